@@ -1,0 +1,3 @@
+//! Wiring per program: what each binary runs.
+
+pub mod node;

@@ -1,0 +1,3 @@
+//! Pure logic: no sockets, no threads, no clock. Everything here takes `now` as an argument.
+
+pub mod node;

@@ -1,0 +1,3 @@
+//! Everything that owns a socket, a thread or the clock.
+
+pub mod rawsock;

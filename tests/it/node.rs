@@ -1,0 +1,1 @@
+//! hb-node and hb-echo tests (placeholder)
