@@ -1,3 +1,5 @@
 //! Wiring per program: what each binary runs.
 
+pub mod cli;
 pub mod node;
+pub mod server;

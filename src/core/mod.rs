@@ -1,3 +1,5 @@
 //! Pure logic: no sockets, no threads, no clock. Everything here takes `now` as an argument.
 
+pub mod heartbeat;
 pub mod node;
+pub mod wire;

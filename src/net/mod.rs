@@ -1,3 +1,6 @@
 //! Everything that owns a socket, a thread or the clock.
 
+pub mod conn;
+pub mod events;
 pub mod rawsock;
+pub mod server;

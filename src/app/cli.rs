@@ -1,0 +1,235 @@
+//! Flags shared by the binaries, parsed in one place (clap) and turned into typed settings.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{
+    parse_count, parse_duration, parse_duration_allow_zero, ClientFlags, ConfigError, FileConfig, Mode,
+    Prompter, ServerFlags, Wire,
+};
+
+/// `--mode`
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Reply `ECHO TEXT` to every `MSG TEXT`.
+    Echo,
+    /// Relay every `MSG TEXT` to all other joined clients.
+    Chat,
+}
+
+/// `--wire`
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WireArg {
+    /// Text lines (`MSG`, `PING`, `END` ...), one TCP connection per client.
+    Line,
+    /// Byte-compatible with the manual's original Python programs.
+    Classic,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Echo => Mode::Echo,
+            ModeArg::Chat => Mode::Chat,
+        }
+    }
+}
+
+impl From<WireArg> for Wire {
+    fn from(w: WireArg) -> Self {
+        match w {
+            WireArg::Line => Wire::Line,
+            WireArg::Classic => Wire::Classic,
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn duration0(s: &str) -> Result<Duration, String> {
+    parse_duration_allow_zero(s)
+}
+
+fn count(s: &str) -> Result<u32, String> {
+    parse_count(s)
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be greater than zero".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// TCP heartbeat server: one data-exchange thread and one heartbeat thread per client.
+///
+/// Every client gets `HELLO hb/1 idle=MS interval=MS count=N`. When a client has sent nothing
+/// for IDLE, the server starts a heartbeat round: `PING 1`, then `PING 2` one INTERVAL later,
+/// and so on. Anything the client sends ends the round. After COUNT unanswered heartbeats the
+/// server sends `END heartbeat-timeout` and closes the connection, freeing its threads.
+///
+/// Settings come from flags, then configuration.json, then prompts on stdin (Enter keeps the
+/// default), then defaults. DUR is a number of seconds (`5`, `0.25`) or has a unit (`250ms`,
+/// `2m`).
+///
+/// Exit status: 0 after Ctrl-C/SIGTERM (clients are told `END server-shutdown`), 2 bad flags
+/// or configuration, 1 anything else (such as a port already in use).
+#[derive(Debug, Parser)]
+#[command(name = "hb-server", version)]
+pub struct ServerArgs {
+    /// Configuration file (manual layout: server.host / server.port, optionally
+    /// server.interval, count, idle, mode, max_conns, max_line, queue) [default:
+    /// configuration.json if present]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// Port to listen on; 0 picks any free port [default: 8000]
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+    /// Time between heartbeats within a round, i.e. how long each heartbeat waits for an
+    /// answer [default: 10]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub interval: Option<Duration>,
+    /// Unanswered heartbeats before the connection is closed [default: 3]
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub count: Option<u32>,
+    /// Silence from a client before its heartbeat round starts; raised to INTERVAL x COUNT
+    /// when smaller, as in the manual [default: 30]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub idle: Option<Duration>,
+    /// What to do with `MSG` lines
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Bytes on the socket
+    #[arg(long, value_enum)]
+    pub wire: Option<WireArg>,
+    /// Clients served at once; newcomers beyond it get `END server-full` [default: 6000]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub max_conns: Option<usize>,
+    /// Longest line accepted; longer gets `END line-too-long` [default: 65536]
+    #[arg(long, value_name = "BYTES", value_parser = positive)]
+    pub max_line: Option<usize>,
+    /// Bytes queued for one client before it is ended as a slow consumer [default: 1048576]
+    #[arg(long, value_name = "BYTES", value_parser = positive)]
+    pub queue: Option<usize>,
+    /// Never prompt: use defaults for whatever flags and the file leave unset
+    #[arg(long)]
+    pub defaults: bool,
+}
+
+impl ServerArgs {
+    /// The flags as settings overrides.
+    pub fn flags(&self) -> ServerFlags {
+        ServerFlags {
+            config: self.config.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            interval: self.interval,
+            count: self.count,
+            idle: self.idle,
+            mode: self.mode.map(Into::into),
+            wire: self.wire.map(Into::into),
+            max_conns: self.max_conns,
+            max_line: self.max_line,
+            queue: self.queue,
+            defaults: self.defaults,
+        }
+    }
+}
+
+/// TCP heartbeat client: sends a message every EVERY and answers the server's heartbeats.
+///
+/// It prints every line the server sends. A `PING t` heartbeat is answered with `PONG t`
+/// after BLOCK (0 by default; raise it only to test the server's heartbeat, as in the manual's
+/// case 3). The client checks the server too: silence longer than the server's
+/// idle + count x interval means the server is gone.
+///
+/// Settings come from flags, then configuration.json (server.host/server.port to connect
+/// to; client.every, block, message, name), then prompts on stdin, then defaults.
+///
+/// Exit status: 0 the user or stdin ended the session (Ctrl-C, --messages reached), 3 the
+/// server ended it (END received; the reason is printed), 4 the server stopped answering or
+/// vanished, 2 bad flags or configuration, 1 anything else (such as connection refused).
+#[derive(Debug, Parser)]
+#[command(name = "hb-client", version)]
+pub struct ClientArgs {
+    /// Configuration file [default: configuration.json if present]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Server host [default: server.host from the file, else 127.0.0.1]
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// Server port [default: server.port from the file, else 8000]
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+    /// Time between data messages to the server; longer than the server's idle makes its
+    /// heartbeat kick in [default: 30]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub every: Option<Duration>,
+    /// Delay before answering a heartbeat; for testing only [default: 0]
+    #[arg(long, value_name = "DUR", value_parser = duration0)]
+    pub block: Option<Duration>,
+    /// The data message [default: "Hello, there"]
+    #[arg(long, value_name = "TEXT")]
+    pub message: Option<String>,
+    /// Bytes on the socket
+    #[arg(long, value_enum)]
+    pub wire: Option<WireArg>,
+    /// Interactive chat: stdin lines are sent, peers' messages are printed, /quit leaves
+    #[arg(long, requires = "name")]
+    pub chat: bool,
+    /// Chat name
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Send this many messages, then leave with QUIT (exit 0)
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+    /// Never prompt: use defaults for whatever flags and the file leave unset
+    #[arg(long)]
+    pub defaults: bool,
+}
+
+impl ClientArgs {
+    /// The flags as settings overrides.
+    pub fn flags(&self) -> ClientFlags {
+        ClientFlags {
+            config: self.config.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            every: self.every,
+            block: self.block,
+            message: self.message.clone(),
+            wire: self.wire.map(Into::into),
+            chat: self.chat,
+            name: self.name.clone(),
+            messages: self.messages,
+            defaults: self.defaults,
+        }
+    }
+}
+
+/// Prompts on stdin/stderr: questions go to stderr so stdout stays a clean event log.
+pub fn stdin_prompter() -> Prompter<std::io::StdinLock<'static>, std::io::Stderr> {
+    let interactive = std::io::stdin().is_terminal();
+    Prompter::new(std::io::stdin().lock(), std::io::stderr(), interactive)
+}
+
+/// Loads the configuration file named by `--config`, or the default one.
+pub fn load_file(path: Option<&std::path::Path>) -> Result<FileConfig, ConfigError> {
+    FileConfig::load(path)
+}
+
+/// Prints `prog: message` on stderr and returns `code`: the one way binaries fail.
+pub fn fail(prog: &str, message: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("{prog}: {message}");
+    ExitCode::from(code)
+}

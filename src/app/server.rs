@@ -1,0 +1,80 @@
+//! `hb-server`: settings, signals, run.
+
+use std::fmt;
+
+use crate::app::cli::{load_file, stdin_prompter, ServerArgs};
+use crate::config::{fmt_duration, ConfigError, ServerSettings};
+use crate::net::events::EventLog;
+use crate::net::server::{Server, ServerError};
+
+/// Why `hb-server` stopped with an error.
+#[derive(Debug)]
+pub enum RunError {
+    /// Bad flags, configuration or prompt answers (exit 2).
+    Config(ConfigError),
+    /// The server could not start (exit 1).
+    Server(ServerError),
+    /// The signal handler could not be installed (exit 1).
+    Signal(ctrlc::Error),
+}
+
+impl RunError {
+    /// The documented exit status.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) => 2,
+            Self::Server(_) | Self::Signal(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => e.fmt(f),
+            Self::Server(e) => e.fmt(f),
+            Self::Signal(e) => write!(f, "cannot install the Ctrl-C handler: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Resolves the settings (prompting if needed), listens, and serves until SIGINT/SIGTERM.
+pub fn run(args: &ServerArgs) -> Result<(), RunError> {
+    let flags = args.flags();
+    let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
+    let mut prompter = stdin_prompter();
+    let settings = ServerSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
+    let hb = settings.heartbeat;
+    if let Some(asked) = settings.idle_raised_from {
+        let _ = prompter.say(&format!(
+            "idle {} is shorter than interval x count; using {}",
+            fmt_duration(asked),
+            fmt_duration(hb.idle())
+        ));
+    }
+    let _ = prompter.say(&format!(
+        "heartbeat: interval {}, count {}, idle {}",
+        fmt_duration(hb.interval()),
+        hb.count(),
+        fmt_duration(hb.idle())
+    ));
+    drop(prompter);
+    let server = Server::bind(settings, EventLog::stdout()).map_err(RunError::Server)?;
+    let handle = server.handle();
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    })
+    .map_err(RunError::Signal)?;
+    let accept = std::thread::Builder::new()
+        .name("hb-accept".into())
+        .spawn(move || server.run())
+        .map_err(|e| RunError::Server(ServerError::Unsupported(format!("cannot start the accept thread: {e}"))))?;
+    let _ = rx.recv();
+    handle.shutdown();
+    // The accept thread sees the stop flag after the self-connect; a failure there is moot now.
+    let _ = accept.join();
+    Ok(())
+}

@@ -1,0 +1,820 @@
+//! Settings: `configuration.json`, flags and prompts, validated into typed settings.
+//!
+//! Precedence is flags > configuration.json > prompts > defaults. The file is walked by hand
+//! rather than through `#[derive(Deserialize)]` so every error names the exact key
+//! (`server.port`), ports may be strings (the manual's layout) or numbers, and durations may be
+//! numbers of seconds or strings with a unit.
+
+use std::fmt;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::core::heartbeat::{HeartbeatConfig, HeartbeatConfigError};
+
+/// Default `configuration.json` looked up in the working directory.
+pub const DEFAULT_CONFIG: &str = "configuration.json";
+
+/// Something wrong with the settings; binaries exit 2 on it.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON.
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key the program does not know (a typo would otherwise be silently ignored).
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the key, e.g. `server.intreval`.
+        key: String,
+    },
+    /// A key with a value of the wrong type or out of range.
+    BadValue {
+        /// Where the value came from: `server.port`, `--port` or `prompt interval`.
+        key: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// An answer to a prompt was invalid and stdin is not a terminal to ask again.
+    BadAnswer {
+        /// The setting asked for.
+        setting: &'static str,
+        /// What was typed.
+        answer: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Reading a prompt's answer failed.
+    Prompt(std::io::Error),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read { path, source } => write!(f, "cannot read config {}: {source}", path.display()),
+            Self::Json { path, message } => write!(f, "config {} is not valid JSON: {message}", path.display()),
+            Self::UnknownKey { path, key } => write!(f, "config {}: unknown key `{key}`", path.display()),
+            Self::BadValue { key, reason } => write!(f, "{key}: {reason}"),
+            Self::BadAnswer { setting, answer, reason } => {
+                write!(f, "invalid answer {answer:?} for {setting}: {reason}")
+            }
+            Self::Prompt(e) => write!(f, "cannot read the answer to a prompt: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Read { source, .. } | Self::Prompt(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a duration as the contract writes it: `5`, `0.25` (seconds) or `250ms`, `5s`, `2m`.
+/// Zero and negative values are rejected; see [`parse_duration_allow_zero`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_allow_zero(s)?;
+    if d.is_zero() {
+        return Err(format!("'{s}' must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// Like [`parse_duration`] but accepts zero (for settings such as `--block`).
+pub fn parse_duration_allow_zero(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let bad = || format!("'{s}' is not a duration (examples: 5, 0.25, 250ms, 2m)");
+    let num = num.trim();
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+') {
+        return Err(bad());
+    }
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    if v < 0.0 {
+        return Err(format!("'{s}' is negative"));
+    }
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("'{s}' is too large"))
+}
+
+/// Formats a duration the way the parser reads it back: `5s`, `250ms`, `2.5s`.
+pub fn fmt_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) && d.subsec_nanos() % 1_000_000 == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        let s = format!("{:.6}", d.as_secs_f64());
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// What a server or client does with each client's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Reply `ECHO TEXT` to `MSG TEXT`.
+    #[default]
+    Echo,
+    /// Relay `MSG TEXT` to every other joined client.
+    Chat,
+}
+
+impl Mode {
+    /// Parses `echo` or `chat`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "echo" => Ok(Self::Echo),
+            "chat" => Ok(Self::Chat),
+            _ => Err(format!("'{s}' is not a mode (echo or chat)")),
+        }
+    }
+}
+
+/// Which bytes go over the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wire {
+    /// The line wire (CONTRACT section 2).
+    #[default]
+    Line,
+    /// Byte-compatible with the manual's original programs (CONTRACT section 3).
+    Classic,
+}
+
+impl Wire {
+    /// Parses `line` or `classic`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "line" => Ok(Self::Line),
+            "classic" => Ok(Self::Classic),
+            _ => Err(format!("'{s}' is not a wire (line or classic)")),
+        }
+    }
+}
+
+/// `server.*` from configuration.json; `None` where the file does not say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileServer {
+    /// `server.host`
+    pub host: Option<String>,
+    /// `server.port`
+    pub port: Option<u16>,
+    /// `server.interval`
+    pub interval: Option<Duration>,
+    /// `server.count`
+    pub count: Option<u32>,
+    /// `server.idle`
+    pub idle: Option<Duration>,
+    /// `server.mode`
+    pub mode: Option<Mode>,
+    /// `server.wire`
+    pub wire: Option<Wire>,
+    /// `server.max_conns`
+    pub max_conns: Option<usize>,
+    /// `server.max_line`
+    pub max_line: Option<usize>,
+    /// `server.queue`
+    pub queue: Option<usize>,
+}
+
+/// `client.*` from configuration.json.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileClient {
+    /// `client.host`: where the client listens for the classic heartbeat socket.
+    pub host: Option<String>,
+    /// `client.port`
+    pub port: Option<u16>,
+    /// `client.every`
+    pub every: Option<Duration>,
+    /// `client.block`
+    pub block: Option<Duration>,
+    /// `client.message`
+    pub message: Option<String>,
+    /// `client.name`
+    pub name: Option<String>,
+}
+
+/// A parsed configuration.json.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileConfig {
+    /// The `server` object.
+    pub server: FileServer,
+    /// The `client` object.
+    pub client: FileClient,
+}
+
+impl FileConfig {
+    /// Loads `path` if given (it must exist), else `configuration.json` if it exists, else
+    /// an empty configuration.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, must_exist) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Parses the text of a configuration file (`path` is only used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::Json { path: path.into(), message: e.to_string() })?;
+        let top = object(&value, "(top level)")?;
+        let mut cfg = Self::default();
+        for (key, v) in top {
+            match key.as_str() {
+                "server" => cfg.server = parse_server(object(v, "server")?, path)?,
+                "client" => cfg.client = parse_client(object(v, "client")?, path)?,
+                other => return Err(ConfigError::UnknownKey { path: path.into(), key: other.to_owned() }),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn object<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, ConfigError> {
+    v.as_object().ok_or_else(|| bad(key, format!("expected an object, got {}", kind(v))))
+}
+
+fn bad(key: &str, reason: String) -> ConfigError {
+    ConfigError::BadValue { key: key.to_owned(), reason }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn string(v: &Value, key: &str) -> Result<String, ConfigError> {
+    v.as_str().map(str::to_owned).ok_or_else(|| bad(key, format!("expected a string, got {}", kind(v))))
+}
+
+fn port(v: &Value, key: &str) -> Result<u16, ConfigError> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    n.and_then(|n| u16::try_from(n).ok())
+        .ok_or_else(|| bad(key, format!("expected a port 0-65535 as a number or a string, got {v}")))
+}
+
+fn positive(v: &Value, key: &str) -> Result<u64, ConfigError> {
+    v.as_u64().filter(|&n| n > 0).ok_or_else(|| bad(key, format!("expected a whole number above zero, got {v}")))
+}
+
+fn duration(v: &Value, key: &str, allow_zero: bool) -> Result<Duration, ConfigError> {
+    let parse = if allow_zero { parse_duration_allow_zero } else { parse_duration };
+    match v {
+        Value::Number(n) => parse(&n.to_string()),
+        Value::String(s) => parse(s),
+        _ => Err(format!("expected seconds as a number or a string such as \"250ms\", got {}", kind(v))),
+    }
+    .map_err(|reason| bad(key, reason))
+}
+
+fn parse_server(obj: &Map<String, Value>, path: &Path) -> Result<FileServer, ConfigError> {
+    let mut s = FileServer::default();
+    for (k, v) in obj {
+        let key = format!("server.{k}");
+        let key = key.as_str();
+        match k.as_str() {
+            "host" => s.host = Some(string(v, key)?),
+            "port" => s.port = Some(port(v, key)?),
+            "interval" => s.interval = Some(duration(v, key, false)?),
+            "idle" => s.idle = Some(duration(v, key, false)?),
+            "count" => {
+                let n = positive(v, key)?;
+                s.count = Some(u32::try_from(n).map_err(|_| bad(key, format!("{n} is too large")))?);
+            }
+            "mode" => s.mode = Some(Mode::parse(&string(v, key)?).map_err(|r| bad(key, r))?),
+            "wire" => s.wire = Some(Wire::parse(&string(v, key)?).map_err(|r| bad(key, r))?),
+            "max_conns" => s.max_conns = Some(positive(v, key)? as usize),
+            "max_line" => s.max_line = Some(positive(v, key)? as usize),
+            "queue" => s.queue = Some(positive(v, key)? as usize),
+            _ => return Err(ConfigError::UnknownKey { path: path.into(), key: key.to_owned() }),
+        }
+    }
+    Ok(s)
+}
+
+fn parse_client(obj: &Map<String, Value>, path: &Path) -> Result<FileClient, ConfigError> {
+    let mut c = FileClient::default();
+    for (k, v) in obj {
+        let key = format!("client.{k}");
+        let key = key.as_str();
+        match k.as_str() {
+            "host" => c.host = Some(string(v, key)?),
+            "port" => c.port = Some(port(v, key)?),
+            "every" => c.every = Some(duration(v, key, false)?),
+            "block" => c.block = Some(duration(v, key, true)?),
+            "message" => c.message = Some(string(v, key)?),
+            "name" => c.name = Some(string(v, key)?),
+            _ => return Err(ConfigError::UnknownKey { path: path.into(), key: key.to_owned() }),
+        }
+    }
+    Ok(c)
+}
+
+/// Asks for settings on a line-oriented input, as the manual's programs do.
+///
+/// Enter or end of input keeps the default. An invalid answer is explained and asked again
+/// when the input is a terminal; otherwise it is an error, so a script never loops forever.
+pub struct Prompter<R, W> {
+    input: R,
+    out: W,
+    interactive: bool,
+    eof: bool,
+}
+
+impl<R: BufRead, W: Write> Prompter<R, W> {
+    /// A prompter reading answers from `input` and writing questions to `out`.
+    pub fn new(input: R, out: W, interactive: bool) -> Self {
+        Self { input, out, interactive, eof: false }
+    }
+
+    /// Asks `question`, showing `default` (already formatted), and parses the answer.
+    pub fn ask<T>(
+        &mut self,
+        setting: &'static str,
+        question: &str,
+        default: T,
+        shown_default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        loop {
+            if self.eof {
+                return Ok(default);
+            }
+            write!(self.out, "{question} [default {shown_default}]: ").map_err(ConfigError::Prompt)?;
+            self.out.flush().map_err(ConfigError::Prompt)?;
+            let mut line = String::new();
+            if self.input.read_line(&mut line).map_err(ConfigError::Prompt)? == 0 {
+                self.eof = true;
+                writeln!(self.out).map_err(ConfigError::Prompt)?;
+                return Ok(default);
+            }
+            let answer = line.trim();
+            if answer.is_empty() {
+                return Ok(default);
+            }
+            match parse(answer) {
+                Ok(v) => return Ok(v),
+                Err(reason) if self.interactive => {
+                    writeln!(self.out, "  {reason}; try again, or press Enter for the default")
+                        .map_err(ConfigError::Prompt)?;
+                }
+                Err(reason) => return Err(ConfigError::BadAnswer { setting, answer: answer.to_owned(), reason }),
+            }
+        }
+    }
+
+    /// Writes an informational line (a confirmation, a warning) next to the prompts.
+    pub fn say(&mut self, line: &str) -> Result<(), ConfigError> {
+        writeln!(self.out, "{line}").map_err(ConfigError::Prompt)
+    }
+}
+
+/// Parses a whole number above zero (for `count` prompts and flags).
+pub fn parse_count(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number above zero")),
+    }
+}
+
+/// Defaults from the contract.
+pub mod defaults {
+    use std::time::Duration;
+    /// `--interval`
+    pub const INTERVAL: Duration = Duration::from_secs(10);
+    /// `--count`
+    pub const COUNT: u32 = 3;
+    /// `--idle`
+    pub const IDLE: Duration = Duration::from_secs(30);
+    /// `--max-line`
+    pub const MAX_LINE: usize = 65536;
+    /// `--queue`
+    pub const QUEUE: usize = 1 << 20;
+    /// `--max-conns`: two threads per connection at about four memory maps each stays well
+    /// inside the stock `vm.max_map_count` of 65530.
+    pub const MAX_CONNS: usize = 6000;
+    /// `--every`
+    pub const EVERY: Duration = Duration::from_secs(30);
+    /// `--block`
+    pub const BLOCK: Duration = Duration::ZERO;
+    /// `--message`
+    pub const MESSAGE: &str = "Hello, there";
+    /// Host when neither flag nor file sets one.
+    pub const HOST: &str = "127.0.0.1";
+    /// Server port when neither flag nor file sets one.
+    pub const SERVER_PORT: u16 = 8000;
+    /// Classic-wire client heartbeat port when neither flag nor file sets one.
+    pub const CLIENT_PORT: u16 = 8001;
+}
+
+/// Server settings from the command line; `None` means "not given".
+#[derive(Debug, Clone, Default)]
+pub struct ServerFlags {
+    /// `--config`
+    pub config: Option<PathBuf>,
+    /// `--host`
+    pub host: Option<String>,
+    /// `--port`
+    pub port: Option<u16>,
+    /// `--interval`
+    pub interval: Option<Duration>,
+    /// `--count`
+    pub count: Option<u32>,
+    /// `--idle`
+    pub idle: Option<Duration>,
+    /// `--mode`
+    pub mode: Option<Mode>,
+    /// `--wire`
+    pub wire: Option<Wire>,
+    /// `--max-conns`
+    pub max_conns: Option<usize>,
+    /// `--max-line`
+    pub max_line: Option<usize>,
+    /// `--queue`
+    pub queue: Option<usize>,
+    /// `--defaults`: never prompt.
+    pub defaults: bool,
+}
+
+/// Validated server settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on (0: any free port).
+    pub port: u16,
+    /// Heartbeat timing (idle already raised to interval * count if needed).
+    pub heartbeat: HeartbeatConfig,
+    /// The idle asked for, when it had to be raised.
+    pub idle_raised_from: Option<Duration>,
+    /// Echo or chat.
+    pub mode: Mode,
+    /// Line or classic.
+    pub wire: Wire,
+    /// Connections served at once; more are refused with `END server-full`.
+    pub max_conns: usize,
+    /// Longest accepted line in bytes.
+    pub max_line: usize,
+    /// Bytes queued for one client before it is a slow consumer.
+    pub queue: usize,
+}
+
+fn heartbeat_error(e: HeartbeatConfigError) -> ConfigError {
+    bad("heartbeat settings", e.to_string())
+}
+
+impl ServerSettings {
+    /// Merges flags, the file and (for what neither sets, unless `--defaults`) prompts.
+    pub fn resolve<R: BufRead, W: Write>(
+        flags: &ServerFlags,
+        file: &FileConfig,
+        prompter: &mut Prompter<R, W>,
+    ) -> Result<Self, ConfigError> {
+        let f = &file.server;
+        let prompt = !flags.defaults;
+        let interval = match flags.interval.or(f.interval) {
+            Some(v) => v,
+            None if prompt => prompter.ask(
+                "interval",
+                "Time between heartbeats (interval)",
+                defaults::INTERVAL,
+                &fmt_duration(defaults::INTERVAL),
+                parse_duration,
+            )?,
+            None => defaults::INTERVAL,
+        };
+        let count = match flags.count.or(f.count) {
+            Some(v) => v,
+            None if prompt => prompter.ask(
+                "count",
+                "Unanswered heartbeats before closing (count)",
+                defaults::COUNT,
+                &defaults::COUNT.to_string(),
+                parse_count,
+            )?,
+            None => defaults::COUNT,
+        };
+        let idle = match flags.idle.or(f.idle) {
+            Some(v) => v,
+            None if prompt => prompter.ask(
+                "idle",
+                "Silence before the heartbeat round starts (idle; at least interval x count)",
+                defaults::IDLE,
+                &fmt_duration(defaults::IDLE),
+                parse_duration,
+            )?,
+            None => defaults::IDLE,
+        };
+        let heartbeat = HeartbeatConfig::new(idle, interval, count).map_err(heartbeat_error)?;
+        let max_line = flags.max_line.or(f.max_line).unwrap_or(defaults::MAX_LINE);
+        let queue = flags.queue.or(f.queue).unwrap_or(defaults::QUEUE);
+        let max_conns = flags.max_conns.or(f.max_conns).unwrap_or(defaults::MAX_CONNS);
+        for (key, v) in [("--max-line", max_line), ("--queue", queue), ("--max-conns", max_conns)] {
+            if v == 0 {
+                return Err(bad(key, "must be greater than zero".into()));
+            }
+        }
+        Ok(Self {
+            host: flags.host.clone().or_else(|| f.host.clone()).unwrap_or_else(|| defaults::HOST.into()),
+            port: flags.port.or(f.port).unwrap_or(defaults::SERVER_PORT),
+            idle_raised_from: HeartbeatConfig::raised_idle_from(idle, &heartbeat),
+            heartbeat,
+            mode: flags.mode.or(f.mode).unwrap_or_default(),
+            wire: flags.wire.or(f.wire).unwrap_or_default(),
+            max_conns,
+            max_line,
+            queue,
+        })
+    }
+}
+
+/// Client settings from the command line; `None` means "not given".
+#[derive(Debug, Clone, Default)]
+pub struct ClientFlags {
+    /// `--config`
+    pub config: Option<PathBuf>,
+    /// `--host`: the server's host.
+    pub host: Option<String>,
+    /// `--port`: the server's port.
+    pub port: Option<u16>,
+    /// `--every`
+    pub every: Option<Duration>,
+    /// `--block`
+    pub block: Option<Duration>,
+    /// `--message`
+    pub message: Option<String>,
+    /// `--wire`
+    pub wire: Option<Wire>,
+    /// `--chat`
+    pub chat: bool,
+    /// `--name`
+    pub name: Option<String>,
+    /// `--messages`: stop after sending this many.
+    pub messages: Option<u64>,
+    /// `--defaults`: never prompt.
+    pub defaults: bool,
+}
+
+/// Validated client settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSettings {
+    /// The server's host.
+    pub host: String,
+    /// The server's port.
+    pub port: u16,
+    /// Time between data messages.
+    pub every: Duration,
+    /// Delay before answering a heartbeat (testing only).
+    pub block: Duration,
+    /// The data message.
+    pub message: String,
+    /// Line or classic.
+    pub wire: Wire,
+    /// Interactive chat with this name.
+    pub chat_name: Option<String>,
+    /// Leave after this many data messages.
+    pub messages: Option<u64>,
+    /// Where the classic-wire client listens for the heartbeat socket.
+    pub listen_host: String,
+    /// Port of the classic-wire heartbeat listener.
+    pub listen_port: u16,
+}
+
+impl ClientSettings {
+    /// Merges flags, the file and (for what neither sets, unless `--defaults`) prompts.
+    pub fn resolve<R: BufRead, W: Write>(
+        flags: &ClientFlags,
+        file: &FileConfig,
+        prompter: &mut Prompter<R, W>,
+    ) -> Result<Self, ConfigError> {
+        let f = &file.client;
+        // The chat client reads stdin for messages, so it never prompts.
+        let prompt = !flags.defaults && !flags.chat;
+        let every = match flags.every.or(f.every) {
+            Some(v) => v,
+            None if prompt => prompter.ask(
+                "every",
+                "Time between messages to the server (every)",
+                defaults::EVERY,
+                &fmt_duration(defaults::EVERY),
+                parse_duration,
+            )?,
+            None => defaults::EVERY,
+        };
+        let block = match flags.block.or(f.block) {
+            Some(v) => v,
+            None if prompt => prompter.ask(
+                "block",
+                "Delay before answering a heartbeat (block; for testing only)",
+                defaults::BLOCK,
+                &fmt_duration(defaults::BLOCK),
+                parse_duration_allow_zero,
+            )?,
+            None => defaults::BLOCK,
+        };
+        let message = flags.message.clone().or_else(|| f.message.clone()).unwrap_or_else(|| defaults::MESSAGE.into());
+        if message.contains(['\n', '\r']) {
+            return Err(bad("--message", "must be a single line".into()));
+        }
+        let name = flags.name.clone().or_else(|| f.name.clone());
+        let chat_name = if flags.chat {
+            Some(name.ok_or_else(|| bad("--name", "the chat client needs --name NAME (or client.name)".into()))?)
+        } else {
+            None
+        };
+        if flags.messages == Some(0) {
+            return Err(bad("--messages", "must be greater than zero".into()));
+        }
+        Ok(Self {
+            host: flags.host.clone().or_else(|| file.server.host.clone()).unwrap_or_else(|| defaults::HOST.into()),
+            port: flags.port.or(file.server.port).unwrap_or(defaults::SERVER_PORT),
+            every,
+            block,
+            message,
+            wire: flags.wire.unwrap_or_default(),
+            chat_name,
+            messages: flags.messages,
+            listen_host: f.host.clone().unwrap_or_else(|| defaults::HOST.into()),
+            listen_port: f.port.unwrap_or(defaults::CLIENT_PORT),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn durations_parse_as_the_contract_says() {
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0.25"), Ok(ms(250)));
+        assert_eq!(parse_duration("250ms"), Ok(ms(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 1.5 "), Ok(ms(1500)));
+        for bad in ["0", "0ms", "-1", "abc", "", "ms", "1h", "1e3", "nan", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration_allow_zero("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn durations_format_round_trip() {
+        for d in [ms(250), ms(5000), ms(2500), ms(1), Duration::from_micros(1500), Duration::ZERO] {
+            assert_eq!(parse_duration_allow_zero(&fmt_duration(d)), Ok(d), "{}", fmt_duration(d));
+        }
+        assert_eq!(fmt_duration(ms(250)), "250ms");
+        assert_eq!(fmt_duration(ms(30_000)), "30s");
+        assert_eq!(fmt_duration(ms(2500)), "2.5s");
+    }
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(text, Path::new("configuration.json"))
+    }
+
+    #[test]
+    fn the_manuals_layout_loads_with_ports_as_strings_or_numbers() {
+        let c = parse(r#"{"server": {"host": "127.0.0.1", "port": "8000"}, "client": {"host": "127.0.0.1", "port": "8001"}}"#)
+            .unwrap();
+        assert_eq!(c.server.port, Some(8000));
+        assert_eq!(c.client.port, Some(8001));
+        let c = parse(r#"{"server": {"port": 9000}, "client": {"port": 0}}"#).unwrap();
+        assert_eq!(c.server.port, Some(9000));
+        assert_eq!(c.client.port, Some(0));
+    }
+
+    #[test]
+    fn file_heartbeat_settings_and_types() {
+        let c = parse(
+            r#"{"server": {"interval": 0.5, "idle": "2s", "count": 4, "mode": "chat", "max_line": 100},
+                "client": {"every": "250ms", "block": 0, "message": "hi", "name": "ann"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.server.interval, Some(ms(500)));
+        assert_eq!(c.server.idle, Some(ms(2000)));
+        assert_eq!(c.server.count, Some(4));
+        assert_eq!(c.server.mode, Some(Mode::Chat));
+        assert_eq!(c.client.every, Some(ms(250)));
+        assert_eq!(c.client.block, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let msg = |t: &str| parse(t).unwrap_err().to_string();
+        assert_eq!(msg(r#"{"server": {"prot": 1}}"#), "config configuration.json: unknown key `server.prot`");
+        assert_eq!(msg(r#"{"servr": {}}"#), "config configuration.json: unknown key `servr`");
+        assert!(msg(r#"{"server": {"port": "80x"}}"#).starts_with("server.port: expected a port"));
+        assert!(msg(r#"{"server": {"port": 70000}}"#).starts_with("server.port:"));
+        assert!(msg(r#"{"server": {"count": 0}}"#).starts_with("server.count:"));
+        assert!(msg(r#"{"server": {"interval": "0"}}"#).starts_with("server.interval:"));
+        assert!(msg(r#"{"server": {"mode": "relay"}}"#).starts_with("server.mode:"));
+        assert!(msg(r#"{"client": {"every": true}}"#).starts_with("client.every:"));
+        assert!(msg(r#"{"client": []}"#).starts_with("client: expected an object"));
+        assert!(msg(r#"{"server": "#).contains("not valid JSON"));
+    }
+
+    fn prompter(input: &str, interactive: bool) -> Prompter<&[u8], Vec<u8>> {
+        Prompter::new(input.as_bytes(), Vec::new(), interactive)
+    }
+
+    #[test]
+    fn prompts_enter_keeps_defaults_and_answers_apply() {
+        let flags = ServerFlags::default();
+        let mut p = prompter("\n\n\n", false);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!(s.heartbeat, HeartbeatConfig::new(defaults::IDLE, defaults::INTERVAL, defaults::COUNT).unwrap());
+        let mut p = prompter("0.5\n4\n1\n", false);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!(s.heartbeat.interval(), ms(500));
+        assert_eq!(s.heartbeat.count(), 4);
+        assert_eq!(s.heartbeat.idle(), ms(2000), "idle raised to interval x count");
+        assert_eq!(s.idle_raised_from, Some(ms(1000)));
+        let asked = String::from_utf8(p.out).unwrap();
+        assert_eq!(asked.matches("[default").count(), 3);
+    }
+
+    #[test]
+    fn prompts_eof_keeps_defaults_and_bad_answers_fail_or_retry() {
+        let flags = ServerFlags::default();
+        let mut p = prompter("", false);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!(s.heartbeat.count(), defaults::COUNT);
+        let mut p = prompter("soon\n", false);
+        let e = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap_err();
+        assert!(matches!(e, ConfigError::BadAnswer { setting: "interval", .. }), "{e}");
+        let mut p = prompter("soon\n2\n", true);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!(s.heartbeat.interval(), ms(2000));
+        assert!(String::from_utf8(p.out).unwrap().contains("try again"));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_skip_prompts() {
+        let file = parse(r#"{"server": {"port": "8000", "interval": 5, "count": 2, "idle": 30}}"#).unwrap();
+        let flags = ServerFlags { port: Some(0), interval: Some(ms(100)), ..Default::default() };
+        let mut p = prompter("garbage\n", false);
+        let s = ServerSettings::resolve(&flags, &file, &mut p).unwrap();
+        assert_eq!((s.port, s.heartbeat.interval(), s.heartbeat.count()), (0, ms(100), 2));
+        assert!(p.out.is_empty(), "nothing asked when everything is set");
+        let flags = ServerFlags { defaults: true, ..Default::default() };
+        let mut p = prompter("garbage\n", false);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8000));
+        assert!(p.out.is_empty());
+    }
+
+    #[test]
+    fn client_settings_resolve() {
+        let file = parse(r#"{"server": {"host": "127.0.0.1", "port": "8000"}, "client": {"port": "8001"}}"#).unwrap();
+        let mut p = prompter("5\n\n", false);
+        let c = ClientSettings::resolve(&ClientFlags::default(), &file, &mut p).unwrap();
+        assert_eq!((c.port, c.listen_port, c.every, c.block), (8000, 8001, ms(5000), Duration::ZERO));
+        let flags = ClientFlags { chat: true, ..Default::default() };
+        let e = ClientSettings::resolve(&flags, &file, &mut prompter("", false)).unwrap_err();
+        assert!(e.to_string().contains("--name"), "{e}");
+        let flags = ClientFlags { message: Some("a\nb".into()), defaults: true, ..Default::default() };
+        assert!(ClientSettings::resolve(&flags, &file, &mut prompter("", false)).is_err());
+    }
+}

@@ -1,0 +1,526 @@
+//! The line wire (CONTRACT section 2): framing and the messages of both directions.
+//!
+//! [`LineDecoder`] turns a byte stream into lines without ever holding more than `max_line`
+//! bytes of an unfinished line; [`ClientMsg`] and [`ServerMsg`] parse and encode one line each.
+//! Nothing here touches a socket.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a connection is being ended (`END REASON`, `LEFT NAME REASON`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// The peer did not answer `count` heartbeats.
+    HeartbeatTimeout,
+    /// The client asked to leave with `QUIT`.
+    Quit,
+    /// The server is shutting down (SIGINT/SIGTERM).
+    ServerShutdown,
+    /// The server is at `--max-conns` or out of threads or file descriptors.
+    ServerFull,
+    /// The client sent a line longer than `--max-line`.
+    LineTooLong,
+    /// The client's outbound queue filled up: it stopped reading.
+    SlowConsumer,
+    /// Only in `LEFT`: the client closed or reset the connection itself.
+    Closed,
+}
+
+impl EndReason {
+    /// Every reason, in contract order.
+    pub const ALL: [EndReason; 7] = [
+        Self::HeartbeatTimeout,
+        Self::Quit,
+        Self::ServerShutdown,
+        Self::ServerFull,
+        Self::LineTooLong,
+        Self::SlowConsumer,
+        Self::Closed,
+    ];
+
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HeartbeatTimeout => "heartbeat-timeout",
+            Self::Quit => "quit",
+            Self::ServerShutdown => "server-shutdown",
+            Self::ServerFull => "server-full",
+            Self::LineTooLong => "line-too-long",
+            Self::SlowConsumer => "slow-consumer",
+            Self::Closed => "closed",
+        }
+    }
+
+    /// Parses the word on the wire.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `ERR CODE`: what was wrong with a line. The connection stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrCode {
+    /// The verb is not one of the contract's (verbs are upper case).
+    UnknownVerb,
+    /// The line is not valid UTF-8.
+    BadUtf8,
+    /// The verb needs an argument and has none.
+    MissingArgument,
+    /// Chat: the name is already in use.
+    NameTaken,
+    /// Chat: `MSG` before `JOIN`.
+    NotJoined,
+}
+
+impl ErrCode {
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownVerb => "unknown-verb",
+            Self::BadUtf8 => "bad-utf8",
+            Self::MissingArgument => "missing-argument",
+            Self::NameTaken => "name-taken",
+            Self::NotJoined => "not-joined",
+        }
+    }
+
+    /// Parses the word on the wire.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::UnknownVerb, Self::BadUtf8, Self::MissingArgument, Self::NameTaken, Self::NotJoined]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A line that could not be parsed: the reply is `ERR code detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// What kind of problem.
+    pub code: ErrCode,
+    /// Human-readable detail (never contains a newline).
+    pub detail: String,
+}
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.detail)
+    }
+}
+
+impl std::error::Error for BadLine {}
+
+/// A line from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg {
+    /// `JOIN NAME`
+    Join(String),
+    /// `MSG TEXT`
+    Msg(String),
+    /// `PING TOKEN`: the client checks the server.
+    Ping(String),
+    /// `PONG TOKEN`: answer to a server heartbeat.
+    Pong(String),
+    /// `QUIT [REASON]`
+    Quit(Option<String>),
+}
+
+/// Splits `VERB SP REST`; a line without a space is all verb.
+fn split_verb(line: &str) -> (&str, Option<&str>) {
+    match line.split_once(' ') {
+        Some((verb, rest)) => (verb, Some(rest)),
+        None => (line, None),
+    }
+}
+
+/// Makes `bytes` safe to quote in an `ERR` detail or a log line: one line, bounded length.
+pub fn printable(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
+    let mut s: String = text.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if bytes.len() > max {
+        s.push_str("...");
+    }
+    s
+}
+
+impl ClientMsg {
+    /// Parses one line (without its `\n`; a trailing `\r` is already dropped by the decoder).
+    pub fn parse(line: &[u8]) -> Result<Self, BadLine> {
+        let line = std::str::from_utf8(line).map_err(|e| BadLine {
+            code: ErrCode::BadUtf8,
+            detail: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        })?;
+        let (verb, rest) = split_verb(line);
+        let need = |rest: Option<&str>| match rest {
+            Some(r) if !r.is_empty() => Ok(r.to_owned()),
+            _ => Err(BadLine { code: ErrCode::MissingArgument, detail: format!("{verb} needs an argument") }),
+        };
+        Ok(match verb {
+            "JOIN" => Self::Join(need(rest)?),
+            "MSG" => Self::Msg(need(rest)?),
+            "PING" => Self::Ping(need(rest)?),
+            "PONG" => Self::Pong(need(rest)?),
+            "QUIT" => Self::Quit(rest.filter(|r| !r.is_empty()).map(str::to_owned)),
+            _ => {
+                return Err(BadLine {
+                    code: ErrCode::UnknownVerb,
+                    detail: format!("'{}' (expected JOIN, MSG, PING, PONG or QUIT)", printable(verb.as_bytes(), 32)),
+                })
+            }
+        })
+    }
+
+    /// The line on the wire, `\n` included.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Join(n) => format!("JOIN {n}\n"),
+            Self::Msg(t) => format!("MSG {t}\n"),
+            Self::Ping(t) => format!("PING {t}\n"),
+            Self::Pong(t) => format!("PONG {t}\n"),
+            Self::Quit(Some(r)) => format!("QUIT {r}\n"),
+            Self::Quit(None) => "QUIT\n".to_owned(),
+        }
+    }
+}
+
+/// A line from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    /// `HELLO hb/1 idle=MS interval=MS count=N`: the first line on every connection.
+    Hello {
+        /// Silence before a heartbeat round starts.
+        idle: Duration,
+        /// Time between heartbeats.
+        interval: Duration,
+        /// Unanswered heartbeats before the server closes.
+        count: u32,
+    },
+    /// `ECHO TEXT`
+    Echo(String),
+    /// `MSG FROM TEXT` (chat)
+    Msg {
+        /// Sender's name.
+        from: String,
+        /// The text.
+        text: String,
+    },
+    /// `JOINED NAME` (chat)
+    Joined(String),
+    /// `LEFT NAME REASON` (chat)
+    Left {
+        /// Who left.
+        name: String,
+        /// Why.
+        reason: EndReason,
+    },
+    /// `PING TOKEN`: a heartbeat.
+    Ping(String),
+    /// `PONG TOKEN`: answer to the client's `PING`.
+    Pong(String),
+    /// `ERR CODE DETAIL`
+    Err(BadLine),
+    /// `END REASON`: the server closes after this line.
+    End(EndReason),
+}
+
+/// A server line the client could not understand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadServerLine(pub String);
+
+impl fmt::Display for BadServerLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unexpected line from server: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadServerLine {}
+
+impl ServerMsg {
+    /// The line on the wire, `\n` included.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Hello { idle, interval, count } => {
+                format!("HELLO hb/1 idle={} interval={} count={count}\n", idle.as_millis(), interval.as_millis())
+            }
+            Self::Echo(t) => format!("ECHO {t}\n"),
+            Self::Msg { from, text } => format!("MSG {from} {text}\n"),
+            Self::Joined(n) => format!("JOINED {n}\n"),
+            Self::Left { name, reason } => format!("LEFT {name} {reason}\n"),
+            Self::Ping(t) => format!("PING {t}\n"),
+            Self::Pong(t) => format!("PONG {t}\n"),
+            Self::Err(b) => format!("ERR {} {}\n", b.code, b.detail),
+            Self::End(r) => format!("END {r}\n"),
+        }
+    }
+
+    /// Parses one line from the server (without its `\n`).
+    pub fn parse(line: &[u8]) -> Result<Self, BadServerLine> {
+        let bad = || BadServerLine(printable(line, 200));
+        let line = std::str::from_utf8(line).map_err(|_| bad())?;
+        let (verb, rest) = split_verb(line);
+        let rest_s = rest.unwrap_or("");
+        Ok(match verb {
+            "HELLO" => {
+                let mut idle = None;
+                let mut interval = None;
+                let mut count = None;
+                let mut words = rest_s.split(' ');
+                if words.next() != Some("hb/1") {
+                    return Err(bad());
+                }
+                for w in words {
+                    match w.split_once('=') {
+                        Some(("idle", v)) => idle = v.parse().ok().map(Duration::from_millis),
+                        Some(("interval", v)) => interval = v.parse().ok().map(Duration::from_millis),
+                        Some(("count", v)) => count = v.parse().ok(),
+                        // Unknown settings are for later versions: ignore them.
+                        _ => {}
+                    }
+                }
+                match (idle, interval, count) {
+                    (Some(idle), Some(interval), Some(count)) => Self::Hello { idle, interval, count },
+                    _ => return Err(bad()),
+                }
+            }
+            "ECHO" => Self::Echo(rest_s.to_owned()),
+            "MSG" => {
+                let (from, text) = rest_s.split_once(' ').ok_or_else(bad)?;
+                Self::Msg { from: from.to_owned(), text: text.to_owned() }
+            }
+            "JOINED" => Self::Joined(rest.ok_or_else(bad)?.to_owned()),
+            "LEFT" => {
+                let (name, reason) = rest_s.split_once(' ').ok_or_else(bad)?;
+                Self::Left { name: name.to_owned(), reason: EndReason::parse(reason).ok_or_else(bad)? }
+            }
+            "PING" => Self::Ping(rest.ok_or_else(bad)?.to_owned()),
+            "PONG" => Self::Pong(rest.ok_or_else(bad)?.to_owned()),
+            "ERR" => {
+                let (code, detail) = rest_s.split_once(' ').unwrap_or((rest_s, ""));
+                Self::Err(BadLine { code: ErrCode::parse(code).ok_or_else(bad)?, detail: detail.to_owned() })
+            }
+            "END" => Self::End(EndReason::parse(rest_s).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+/// A line longer than the decoder's limit arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineTooLong {
+    /// The limit in bytes.
+    pub max: usize,
+}
+
+impl fmt::Display for LineTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line longer than {} bytes", self.max)
+    }
+}
+
+impl std::error::Error for LineTooLong {}
+
+/// Splits a byte stream into `\n`-terminated lines of at most `max_line` bytes (not counting
+/// the `\n`; a `\r` before it is dropped). Feed bytes as they arrive, then take lines out.
+#[derive(Debug, Clone)]
+pub struct LineDecoder {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already scanned for `\n`, so a slow trickle is not rescanned.
+    scanned: usize,
+    /// Start of the first line not yet returned.
+    start: usize,
+    max_line: usize,
+}
+
+impl LineDecoder {
+    /// A decoder that refuses lines longer than `max_line` bytes.
+    pub fn new(max_line: usize) -> Self {
+        Self { buf: Vec::new(), scanned: 0, start: 0, max_line }
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.scanned = 0;
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete line, `Ok(None)` if none is complete yet, or an error once the
+    /// unfinished line exceeds the limit (the stream cannot be resynchronised after that).
+    pub fn next_line(&mut self) -> Result<Option<&[u8]>, LineTooLong> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.scanned = 0;
+            self.start = 0;
+        } else if self.start > 0 && self.start >= self.buf.len() / 2 && self.scanned == self.buf.len() {
+            // Compact before the buffer grows without bound under a steady stream.
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        let from = self.scanned.max(self.start);
+        match self.buf[from..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let end = from + i;
+                let begin = self.start;
+                self.start = end + 1;
+                self.scanned = self.start;
+                let mut line = &self.buf[begin..end];
+                if let Some(stripped) = line.strip_suffix(b"\r") {
+                    line = stripped;
+                }
+                if line.len() > self.max_line {
+                    return Err(LineTooLong { max: self.max_line });
+                }
+                Ok(Some(line))
+            }
+            None => {
+                self.scanned = self.buf.len();
+                // A trailing `\r` may still be dropped, so allow one byte of slack for it.
+                if self.buf.len() - self.start > self.max_line.saturating_add(1) {
+                    return Err(LineTooLong { max: self.max_line });
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Bytes of an unfinished line held back (useful to report a truncated last line).
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(dec: &mut LineDecoder) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(l) = dec.next_line().unwrap() {
+            out.push(String::from_utf8(l.to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn decoder_splits_joins_and_strips_cr() {
+        let mut d = LineDecoder::new(100);
+        d.feed(b"MSG a\r\nMS");
+        assert_eq!(lines(&mut d), vec!["MSG a"]);
+        d.feed(b"G b\n\nQUIT\n");
+        assert_eq!(lines(&mut d), vec!["MSG b", "", "QUIT"]);
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn decoder_byte_by_byte() {
+        let mut d = LineDecoder::new(10);
+        let mut got = Vec::new();
+        for &b in b"PING 1\nPONG 22\n" {
+            d.feed(&[b]);
+            got.extend(lines(&mut d));
+        }
+        assert_eq!(got, vec!["PING 1", "PONG 22"]);
+    }
+
+    #[test]
+    fn decoder_limit_is_exact() {
+        let mut d = LineDecoder::new(5);
+        d.feed(b"12345\n12345\r\n");
+        assert_eq!(lines(&mut d), vec!["12345", "12345"]);
+        d.feed(b"123456\n");
+        assert_eq!(d.next_line(), Err(LineTooLong { max: 5 }));
+        // Without a newline the error comes as soon as the limit is passed, holding no more.
+        let mut d = LineDecoder::new(5);
+        d.feed(b"123456");
+        assert_eq!(d.next_line(), Ok(None), "a trailing \\r could still shorten it");
+        d.feed(b"7");
+        assert_eq!(d.next_line(), Err(LineTooLong { max: 5 }));
+    }
+
+    #[test]
+    fn decoder_does_not_grow_under_a_steady_stream() {
+        let mut d = LineDecoder::new(64);
+        for i in 0..10_000 {
+            d.feed(format!("MSG {i}\nMSG").as_bytes());
+            let _ = lines(&mut d);
+            d.feed(b" x\n");
+            assert_eq!(lines(&mut d), vec!["MSG x"]);
+        }
+        assert!(d.buf.capacity() < 1024, "capacity {}", d.buf.capacity());
+    }
+
+    #[test]
+    fn client_lines_parse() {
+        assert_eq!(ClientMsg::parse(b"MSG hello world"), Ok(ClientMsg::Msg("hello world".into())));
+        assert_eq!(ClientMsg::parse(b"JOIN bob"), Ok(ClientMsg::Join("bob".into())));
+        assert_eq!(ClientMsg::parse(b"PONG 3"), Ok(ClientMsg::Pong("3".into())));
+        assert_eq!(ClientMsg::parse(b"PING x"), Ok(ClientMsg::Ping("x".into())));
+        assert_eq!(ClientMsg::parse(b"QUIT"), Ok(ClientMsg::Quit(None)));
+        assert_eq!(ClientMsg::parse(b"QUIT bye now"), Ok(ClientMsg::Quit(Some("bye now".into()))));
+        for bad in [&b"MSG"[..], b"MSG ", b"JOIN", b"PING", b"PONG "] {
+            assert_eq!(ClientMsg::parse(bad).unwrap_err().code, ErrCode::MissingArgument, "{bad:?}");
+        }
+        for bad in [&b"msg hi"[..], b"HELLO", b"", b" MSG x", b"\x00\x01"] {
+            assert_eq!(ClientMsg::parse(bad).unwrap_err().code, ErrCode::UnknownVerb, "{bad:?}");
+        }
+        let e = ClientMsg::parse(b"MSG \xff\xfe").unwrap_err();
+        assert_eq!(e.code, ErrCode::BadUtf8);
+        assert_eq!(e.detail, "invalid UTF-8 at byte 4");
+        for m in [ClientMsg::Msg("a b".into()), ClientMsg::Quit(None), ClientMsg::Pong("9".into())] {
+            let wire = m.encode();
+            assert_eq!(ClientMsg::parse(wire.trim_end_matches('\n').as_bytes()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn server_lines_round_trip() {
+        let ms = Duration::from_millis;
+        let all = vec![
+            ServerMsg::Hello { idle: ms(2000), interval: ms(500), count: 3 },
+            ServerMsg::Echo("hi there".into()),
+            ServerMsg::Echo(String::new()),
+            ServerMsg::Msg { from: "bob".into(), text: "hi all".into() },
+            ServerMsg::Joined("ann".into()),
+            ServerMsg::Left { name: "ann".into(), reason: EndReason::Closed },
+            ServerMsg::Ping("1".into()),
+            ServerMsg::Pong("x".into()),
+            ServerMsg::Err(BadLine { code: ErrCode::UnknownVerb, detail: "'FOO'".into() }),
+            ServerMsg::End(EndReason::HeartbeatTimeout),
+        ];
+        for m in all {
+            let wire = m.encode();
+            assert!(wire.ends_with('\n') && wire.matches('\n').count() == 1);
+            assert_eq!(ServerMsg::parse(wire.trim_end_matches('\n').as_bytes()), Ok(m));
+        }
+        assert_eq!(
+            ServerMsg::Hello { idle: ms(2000), interval: ms(500), count: 3 }.encode(),
+            "HELLO hb/1 idle=2000 interval=500 count=3\n"
+        );
+        assert!(ServerMsg::parse(b"END nope").is_err());
+        assert!(ServerMsg::parse(b"HELLO hb/2 idle=1").is_err());
+        for r in EndReason::ALL {
+            assert_eq!(EndReason::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn printable_is_one_bounded_line() {
+        assert_eq!(printable(b"a\nb\x00", 10), "a?b?");
+        assert_eq!(printable(b"abcdef", 3), "abc...");
+    }
+}

@@ -1,0 +1,189 @@
+//! One client connection on the server: the state its two threads share.
+//!
+//! The data-exchange thread (reader) and the companion heartbeat thread (the only writer) share
+//! exactly this: the heartbeat core behind a mutex, the manual's "start heartbeat" switch, the
+//! bounded outbound queue, and the first reason anyone gave for ending the connection.
+
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::core::heartbeat::Heartbeat;
+use crate::core::wire::EndReason;
+
+/// What the companion thread writes, in order.
+#[derive(Debug, Clone)]
+pub enum Out {
+    /// A complete line, `\n` included. Shared so a broadcast copies nothing.
+    Line(Arc<str>),
+    /// `END reason`, after everything queued before it (QUIT, line-too-long).
+    End(EndReason),
+}
+
+impl Out {
+    fn cost(&self) -> usize {
+        match self {
+            Out::Line(l) => l.len(),
+            Out::End(_) => 0,
+        }
+    }
+}
+
+/// The outbound queue is full: the client is not reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// Shared state of one connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// Connection number, unique per server run.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    stream: TcpStream,
+    hb: Mutex<Heartbeat>,
+    start_hb: AtomicBool,
+    out: Sender<Out>,
+    queued: AtomicUsize,
+    queue_limit: usize,
+    bell: Sender<()>,
+    /// 0 while open, else `1 + index` of the urgent [`EndReason`] in [`EndReason::ALL`].
+    urgent_end: AtomicU8,
+    /// Set once anyone decided to end the connection, urgently or after the queue.
+    ending: AtomicBool,
+    /// Threads still running for this connection; the last one out frees it.
+    alive: AtomicU8,
+}
+
+/// The receiving ends the companion thread drains.
+#[derive(Debug)]
+pub struct CompanionRx {
+    /// Queued lines.
+    pub out: Receiver<Out>,
+    /// Rung when the switch flips or an urgent end is set.
+    pub bell: Receiver<()>,
+}
+
+impl Conn {
+    /// A connection whose outbound queue holds at most `queue_limit` bytes.
+    pub fn new(id: u64, peer: SocketAddr, stream: TcpStream, hb: Heartbeat, queue_limit: usize) -> (Self, CompanionRx) {
+        // Count-bound the channel too, so tiny frames cannot pile up without limit; a frame
+        // is at least a few bytes, so this never binds before the byte limit in practice.
+        let slots = (queue_limit / 8).clamp(64, 1 << 20);
+        let (out, out_rx) = crossbeam_channel::bounded(slots);
+        let (bell, bell_rx) = crossbeam_channel::bounded(1);
+        let conn = Self {
+            id,
+            peer,
+            stream,
+            hb: Mutex::new(hb),
+            start_hb: AtomicBool::new(false),
+            out,
+            queued: AtomicUsize::new(0),
+            queue_limit,
+            bell,
+            urgent_end: AtomicU8::new(0),
+            ending: AtomicBool::new(false),
+            alive: AtomicU8::new(2),
+        };
+        (conn, CompanionRx { out: out_rx, bell: bell_rx })
+    }
+
+    /// The socket (both threads hold a clone; only the companion writes).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The heartbeat core. Held only for a few instructions at a time.
+    pub fn heartbeat(&self) -> MutexGuard<'_, Heartbeat> {
+        // A panic while holding the lock cannot leave the core half-updated in a way that
+        // matters more than losing the connection, so a poisoned lock is simply taken over.
+        self.hb.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The manual's "Starthb" switch: on while a heartbeat round should run.
+    pub fn heartbeat_on(&self) -> bool {
+        self.start_hb.load(Ordering::Acquire)
+    }
+
+    /// Turns the switch on or off; turning it on wakes the companion.
+    pub fn set_heartbeat(&self, on: bool) {
+        if self.start_hb.swap(on, Ordering::AcqRel) != on && on {
+            self.ring();
+        }
+    }
+
+    /// Wakes the companion thread.
+    pub fn ring(&self) {
+        let _ = self.bell.try_send(());
+    }
+
+    /// Queues a line for the client. A full queue ends the connection as a slow consumer.
+    pub fn send(&self, item: Out) -> Result<(), QueueFull> {
+        let cost = item.cost();
+        if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.queue_limit {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            self.end_now(EndReason::SlowConsumer);
+            return Err(QueueFull);
+        }
+        match self.out.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(cost, Ordering::AcqRel);
+                self.end_now(EndReason::SlowConsumer);
+                Err(QueueFull)
+            }
+            // The companion is gone: the connection is closing anyway.
+            Err(TrySendError::Disconnected(_)) => Ok(()),
+        }
+    }
+
+    /// The companion wrote (or dropped) an item of this many bytes.
+    pub fn dequeued(&self, item: &Out) {
+        self.queued.fetch_sub(item.cost(), Ordering::AcqRel);
+    }
+
+    /// Ends the connection after what is already queued (QUIT, line-too-long). Falls back to
+    /// an urgent end if the queue is full.
+    pub fn end_after_queue(&self, reason: EndReason) {
+        self.ending.store(true, Ordering::Release);
+        if self.out.try_send(Out::End(reason)).is_err() {
+            self.end_now(reason);
+        }
+    }
+
+    /// Ends the connection as soon as the companion wakes, skipping anything queued
+    /// (heartbeat-timeout, slow-consumer, server-shutdown). The first reason given wins.
+    pub fn end_now(&self, reason: EndReason) {
+        self.ending.store(true, Ordering::Release);
+        let code = EndReason::ALL.iter().position(|&r| r == reason).map_or(0, |i| i as u8 + 1);
+        if self.urgent_end.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.ring();
+        }
+    }
+
+    /// The urgent end reason, if one was set.
+    pub fn urgent_end(&self) -> Option<EndReason> {
+        match self.urgent_end.load(Ordering::Acquire) {
+            0 => None,
+            n => EndReason::ALL.get(usize::from(n) - 1).copied(),
+        }
+    }
+
+    /// True once anyone decided to end the connection.
+    pub fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    /// One of the connection's threads is done; true for the last one, which frees it.
+    pub fn release(&self) -> bool {
+        self.alive.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// Shuts the socket down both ways: wakes a reader blocked in `read` and fails any write.
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}

@@ -1,0 +1,227 @@
+//! The timestamped event log of a server (CONTRACT section 1) and its structured twin.
+//!
+//! Every event is printed as one line on stdout with a UTC wall-clock timestamp, and can also
+//! be sent, stamped with an [`Instant`], to a channel: `hb-scenarios` judges the manual's cases
+//! from that channel instead of scraping text.
+
+use std::fmt;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+
+use crate::config::fmt_duration;
+use crate::core::wire::EndReason;
+
+/// Something that happened on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The server is accepting connections.
+    Listening(SocketAddr),
+    /// A client connected.
+    Connected {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+    },
+    /// Nothing was received for `idle`: the heartbeat round starts.
+    RoundStarted {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// The silence that started it.
+        idle: Duration,
+    },
+    /// Heartbeat `k` of `n` was written.
+    PingSent {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// 1-based number within the round.
+        k: u32,
+        /// Heartbeats allowed per round.
+        n: u32,
+    },
+    /// The client sent something during a round.
+    Answered {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// Heartbeats sent in the round.
+        after: u32,
+        /// Time since the last heartbeat.
+        rtt: Duration,
+    },
+    /// `END reason` was sent (or attempted) and the connection is closing.
+    EndSent {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// Why.
+        reason: EndReason,
+    },
+    /// The client closed or reset the connection.
+    ClosedByClient {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// The OS error for a reset, `None` for an orderly close.
+        error: Option<String>,
+    },
+    /// Writing to the client failed or timed out; it was dropped without an `END`.
+    WriteFailed {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// The OS error.
+        error: String,
+    },
+    /// Both threads of a connection are gone and its resources are freed.
+    Closed {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+    },
+    /// A newcomer was turned away.
+    Refused {
+        /// The newcomer's address, when it is known.
+        peer: Option<SocketAddr>,
+        /// What was sent (`server-full`).
+        reason: EndReason,
+        /// Why: limit reached, no thread, no file descriptor.
+        detail: String,
+    },
+    /// A line from a client was refused with `ERR`.
+    BadLine {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// The `ERR` sent.
+        detail: String,
+    },
+    /// The server is shutting down.
+    ShuttingDown {
+        /// Connections told `END server-shutdown`.
+        clients: usize,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Listening(addr) => write!(f, "listening on {addr}"),
+            Self::Connected { id, peer } => write!(f, "#{id} {peer} connected"),
+            Self::RoundStarted { id, peer, idle } => {
+                write!(f, "#{id} {peer} no data for {}, heartbeat round starts", fmt_duration(*idle))
+            }
+            Self::PingSent { id, peer, k, n } => write!(f, "#{id} {peer} heartbeat {k}/{n} sent"),
+            Self::Answered { id, peer, after, rtt } => write!(
+                f,
+                "#{id} {peer} answered after heartbeat {after} (round trip {:.1}ms), connection is alive",
+                rtt.as_secs_f64() * 1000.0
+            ),
+            Self::EndSent { id, peer, reason } => write!(f, "#{id} {peer} END {reason} sent, closing"),
+            Self::ClosedByClient { id, peer, error: None } => write!(f, "#{id} {peer} closed by client"),
+            Self::ClosedByClient { id, peer, error: Some(e) } => write!(f, "#{id} {peer} closed by client ({e})"),
+            Self::WriteFailed { id, peer, error } => write!(f, "#{id} {peer} write failed ({error}), dropping"),
+            Self::Closed { id, peer } => write!(f, "#{id} {peer} closed"),
+            Self::Refused { peer: Some(p), reason, detail } => write!(f, "refused {p}: END {reason} ({detail})"),
+            Self::Refused { peer: None, reason, detail } => write!(f, "refused a connection: END {reason} ({detail})"),
+            Self::BadLine { id, peer, detail } => write!(f, "#{id} {peer} bad line: ERR {detail}"),
+            Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
+        }
+    }
+}
+
+/// An event with the instant it happened.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    /// When.
+    pub at: Instant,
+    /// What.
+    pub event: Event,
+}
+
+/// Where events go: stdout lines, a channel, or both.
+#[derive(Debug, Clone, Default)]
+pub struct EventLog {
+    stdout: bool,
+    tx: Option<Sender<Stamped>>,
+}
+
+impl EventLog {
+    /// Prints every event on stdout.
+    pub fn stdout() -> Self {
+        Self { stdout: true, tx: None }
+    }
+
+    /// Sends every event to `tx` and prints nothing.
+    pub fn channel(tx: Sender<Stamped>) -> Self {
+        Self { stdout: false, tx: Some(tx) }
+    }
+
+    /// Records one event.
+    pub fn emit(&self, event: Event) {
+        if self.stdout {
+            // One write per line so lines from many threads never interleave; a closed stdout
+            // must not take the server down, so errors are ignored.
+            let line = format!("{} {event}\n", utc_timestamp(SystemTime::now()));
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Stamped { at: Instant::now(), event });
+        }
+    }
+}
+
+/// `2026-11-21T22:10:46.123Z` for a wall-clock time (UTC, millisecond precision).
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's public-domain algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_iso8601() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_298_446_123);
+        assert_eq!(utc_timestamp(t), "2026-11-21T22:00:46.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

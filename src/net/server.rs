@@ -1,0 +1,499 @@
+//! `hb-server`: the accept loop and the two threads of every connection.
+//!
+//! ```text
+//!                accept loop (Server::run)
+//!                       │ registers a Conn, spawns two threads, or END server-full
+//!         ┌─────────────┴──────────────┐
+//!  data-exchange thread          companion heartbeat thread
+//!  (reads, never writes)         (the only writer of the socket)
+//!   read with a deadline          drains the bounded outbound queue
+//!   → Heartbeat::handle_rx        sleeps until a queued line, the bell,
+//!   → switch off, parse, reply      or the core's next deadline
+//!   deadline passed in silence:   switch on: poll the core → PING k / END
+//!     switch on, ring the bell    END or error: shutdown(Both), exit
+//! ```
+//! The last of the two threads to exit removes the connection from the registry, so the
+//! registry size is the number of connections still holding threads and descriptors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Select;
+
+use crate::config::{Mode, ServerSettings, Wire};
+use crate::core::heartbeat::{Action, Heartbeat};
+use crate::core::wire::{ClientMsg, EndReason, LineDecoder, ServerMsg};
+use crate::net::conn::{CompanionRx, Conn, Out};
+use crate::net::events::{Event, EventLog};
+
+/// Listen backlog: large enough for a connect burst of a thousand clients.
+pub const BACKLOG: i32 = 1024;
+/// Stack of each connection thread; they hold a 4 KiB buffer and shallow call chains.
+const THREAD_STACK: usize = 128 * 1024;
+/// Longest a read waits when the heartbeat has no deadline (absurdly large settings).
+const MAX_READ_WAIT: Duration = Duration::from_secs(60);
+/// How long the final `END` line may take to write before the socket is closed anyway.
+const END_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long shutdown waits for companions to deliver `END server-shutdown`.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Why the server could not start or keep running.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The listening socket could not be created, bound or put to listen.
+    Bind {
+        /// `host:port` as asked for.
+        addr: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The settings ask for something this build does not do yet.
+    Unsupported(String),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Self::Unsupported(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Bind { source, .. } => Some(source),
+            Self::Unsupported(_) => None,
+        }
+    }
+}
+
+struct Shared {
+    settings: ServerSettings,
+    log: EventLog,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// Signalled whenever a connection is freed, so shutdown can wait without polling.
+    freed: Condvar,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by each of a connection's threads as it exits.
+    fn release(&self, conn: &Conn) {
+        if conn.release() {
+            self.conns().remove(&conn.id);
+            self.log.emit(Event::Closed { id: conn.id, peer: conn.peer });
+            self.freed.notify_all();
+        }
+    }
+}
+
+/// A bound server, ready to [`Server::run`].
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// Controls a running server from another thread (Ctrl-C handler, tests, scenarios).
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+/// Creates a listening TCP socket with [`BACKLOG`] (std's `TcpListener::bind` uses 128).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, BACKLOG)?;
+    Ok(TcpListener::from(fd))
+}
+
+impl Server {
+    /// Binds the listening socket; with port 0 the OS picks a free port ([`Server::local_addr`]).
+    pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
+        if settings.mode == Mode::Chat {
+            return Err(ServerError::Unsupported("--mode chat is not available yet".into()));
+        }
+        if settings.wire == Wire::Classic {
+            return Err(ServerError::Unsupported("--wire classic is not available yet".into()));
+        }
+        let want = format!("{}:{}", settings.host, settings.port);
+        let bind_err = |source| ServerError::Bind { addr: want.clone(), source };
+        let addrs: Vec<SocketAddr> = (settings.host.as_str(), settings.port).to_socket_addrs().map_err(bind_err)?.collect();
+        let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "host resolved to no address");
+        let mut bound = None;
+        for a in addrs {
+            match listen(a) {
+                Ok(l) => {
+                    bound = Some(l);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let listener = bound.ok_or_else(|| bind_err(last))?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        let shared = Arc::new(Shared {
+            settings,
+            log,
+            conns: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+            next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+        });
+        Ok(Self { listener, addr, shared })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle to stop the server from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { shared: self.shared.clone(), addr: self.addr }
+    }
+
+    /// Accepts connections until [`ServerHandle::shutdown`]. Never panics on resource
+    /// exhaustion: newcomers that cannot be served get `END server-full`.
+    pub fn run(self) -> Result<(), ServerError> {
+        self.shared.log.emit(Event::Listening(self.addr));
+        // A spare descriptor, given up when accept fails for lack of descriptors so the
+        // newcomer can still be told why it is refused (instead of spinning on EMFILE).
+        let mut reserve = File::open("/dev/null").ok();
+        loop {
+            let accepted = self.listener.accept();
+            if self.shared.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            match accepted {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if is_fd_exhaustion(&e) => {
+                    drop(reserve.take());
+                    if let Ok((stream, peer)) = self.listener.accept() {
+                        refuse(&self.shared.log, &stream, Some(peer), format!("no file descriptor left: {e}"));
+                    }
+                    reserve = File::open("/dev/null").ok();
+                    if reserve.is_none() {
+                        // Still exhausted: wait for a connection to close rather than spin.
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    self.shared.log.emit(Event::Refused {
+                        peer: None,
+                        reason: EndReason::ServerFull,
+                        detail: format!("accept failed: {e}"),
+                    });
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        let sh = &self.shared;
+        let max = sh.settings.max_conns;
+        if sh.conns().len() >= max {
+            refuse(&sh.log, &stream, Some(peer), format!("max-conns {max} reached"));
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        let cfg = sh.settings.heartbeat;
+        let (conn, rx) = Conn::new(id, peer, stream, Heartbeat::new(cfg, Instant::now()), sh.settings.queue);
+        let conn = Arc::new(conn);
+        let hello = ServerMsg::Hello { idle: cfg.idle(), interval: cfg.interval(), count: cfg.count() };
+        let _ = conn.send(Out::Line(hello.encode().into()));
+        sh.conns().insert(id, conn.clone());
+        sh.log.emit(Event::Connected { id, peer });
+
+        let (sh2, c2) = (sh.clone(), conn.clone());
+        let companion = thread::Builder::new()
+            .name(format!("hb-write-{id}"))
+            .stack_size(THREAD_STACK)
+            .spawn(move || companion(&sh2, &c2, rx));
+        if let Err(e) = companion {
+            // No writer exists, so this thread may write the refusal itself.
+            sh.conns().remove(&id);
+            refuse(&sh.log, conn.stream(), Some(peer), format!("cannot start a thread: {e}"));
+            return;
+        }
+        let (sh2, c2) = (sh.clone(), conn.clone());
+        let reader = thread::Builder::new()
+            .name(format!("hb-read-{id}"))
+            .stack_size(THREAD_STACK)
+            .spawn(move || reader(&sh2, &c2));
+        if let Err(e) = reader {
+            sh.log.emit(Event::Refused {
+                peer: Some(peer),
+                reason: EndReason::ServerFull,
+                detail: format!("cannot start a thread: {e}"),
+            });
+            conn.end_now(EndReason::ServerFull);
+            sh.release(&conn);
+        }
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+        || code == rustix::io::Errno::NFILE.raw_os_error()
+        || code == rustix::io::Errno::NOBUFS.raw_os_error()
+        || code == rustix::io::Errno::NOMEM.raw_os_error())
+}
+
+/// Tells a newcomer `END server-full` without ever blocking the accept loop.
+fn refuse(log: &EventLog, stream: &TcpStream, peer: Option<SocketAddr>, detail: String) {
+    let _ = stream.set_nonblocking(true);
+    let _ = (&*stream).write_all(ServerMsg::End(EndReason::ServerFull).encode().as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    log.emit(Event::Refused { peer, reason: EndReason::ServerFull, detail });
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections currently holding threads.
+    pub fn connections(&self) -> usize {
+        self.shared.conns().len()
+    }
+
+    /// Stops accepting, sends `END server-shutdown` to every client and waits (at most about
+    /// half a second) for them to be closed. Calling it again does nothing.
+    pub fn shutdown(&self) {
+        let sh = &self.shared;
+        if sh.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Unblock accept() with a connection of our own; it sees `stopping` and returns.
+        let wake = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port()),
+            IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), self.addr.port()),
+            _ => self.addr,
+        };
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(100));
+        let conns: Vec<Arc<Conn>> = sh.conns().values().cloned().collect();
+        sh.log.emit(Event::ShuttingDown { clients: conns.len() });
+        for c in &conns {
+            c.end_now(EndReason::ServerShutdown);
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut guard = sh.conns();
+        while !guard.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            guard = sh.freed.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        // Whoever is still there is stuck writing to a client that does not read.
+        for c in guard.values() {
+            c.shutdown();
+        }
+    }
+}
+
+/// The data-exchange thread: reads, feeds the heartbeat core, answers lines through the queue.
+fn reader(sh: &Shared, conn: &Conn) {
+    let mut decoder = LineDecoder::new(sh.settings.max_line);
+    let mut buf = vec![0u8; 4096];
+    // poll() says when to read; this only bounds a read that poll() woke spuriously.
+    let _ = conn.stream().set_read_timeout(Some(Duration::from_secs(1)));
+    let closed = loop {
+        let now = Instant::now();
+        let wait = conn
+            .heartbeat()
+            .poll_timeout()
+            .map_or(MAX_READ_WAIT, |at| at.saturating_duration_since(now))
+            .clamp(Duration::from_millis(1), MAX_READ_WAIT);
+        // poll(2) sleeps on a high-resolution timer; SO_RCVTIMEO would wake up to a few
+        // jiffies late and start every heartbeat round that much behind schedule.
+        match wait_readable(conn.stream(), wait) {
+            Ok(true) => {}
+            Ok(false) => {
+                let hb = conn.heartbeat();
+                if hb.is_idle_expired(Instant::now()) && !conn.heartbeat_on() {
+                    let idle = hb.config().idle();
+                    drop(hb);
+                    sh.log.emit(Event::RoundStarted { id: conn.id, peer: conn.peer, idle });
+                    conn.set_heartbeat(true);
+                }
+                continue;
+            }
+            Err(e) => break Some(Some(e.to_string())),
+        }
+        match (&*conn.stream()).read(&mut buf) {
+            Ok(0) => break Some(None),
+            Ok(n) => {
+                let answered = conn.heartbeat().handle_rx(Instant::now());
+                conn.set_heartbeat(false);
+                if let Some(a) = answered {
+                    sh.log.emit(Event::Answered { id: conn.id, peer: conn.peer, after: a.after_pings, rtt: a.rtt });
+                }
+                decoder.feed(&buf[..n]);
+                if !handle_lines(sh, conn, &mut decoder) {
+                    break None;
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Some(Some(e.to_string())),
+        }
+        if conn.is_ending() {
+            break None;
+        }
+    };
+    // A close we caused ourselves (END sent, socket shut down) is not the client's doing.
+    if let Some(error) = closed {
+        if !conn.is_ending() {
+            sh.log.emit(Event::ClosedByClient { id: conn.id, peer: conn.peer, error });
+            conn.end_now(EndReason::Closed);
+        }
+    }
+    sh.release(conn);
+}
+
+/// Waits until `stream` has bytes (or EOF/error) to read; false when `wait` passed first.
+fn wait_readable(stream: &TcpStream, wait: Duration) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let timeout = Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
+    let mut fds = [PollFd::new(stream, PollFlags::IN)];
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Handles every complete line; false when the connection must stop reading.
+fn handle_lines(sh: &Shared, conn: &Conn, decoder: &mut LineDecoder) -> bool {
+    loop {
+        let line = match decoder.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => return true,
+            Err(_) => {
+                conn.end_after_queue(EndReason::LineTooLong);
+                return false;
+            }
+        };
+        if line.is_empty() {
+            // A bare newline is a keep-alive (someone pressing Enter in nc): nothing to answer.
+            continue;
+        }
+        let reply = match ClientMsg::parse(line) {
+            Ok(ClientMsg::Msg(text)) => Some(ServerMsg::Echo(text)),
+            Ok(ClientMsg::Ping(token)) => Some(ServerMsg::Pong(token)),
+            Ok(ClientMsg::Pong(_) | ClientMsg::Join(_)) => None,
+            Ok(ClientMsg::Quit(_)) => {
+                conn.end_after_queue(EndReason::Quit);
+                return false;
+            }
+            Err(bad) => {
+                sh.log.emit(Event::BadLine { id: conn.id, peer: conn.peer, detail: bad.to_string() });
+                Some(ServerMsg::Err(bad))
+            }
+        };
+        if let Some(reply) = reply {
+            if conn.send(Out::Line(reply.encode().into())).is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// The companion heartbeat thread: the only writer of the socket.
+fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
+    let hb_cfg = sh.settings.heartbeat;
+    // A write that makes no progress for this long means the client stopped reading.
+    let stall = hb_cfg.interval().clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let _ = conn.stream().set_write_timeout(Some(stall));
+    let write = |bytes: &[u8]| -> bool {
+        match (&*conn.stream()).write_all(bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                if !conn.is_ending() {
+                    sh.log.emit(Event::WriteFailed { id: conn.id, peer: conn.peer, error: e.to_string() });
+                }
+                conn.end_now(EndReason::Closed);
+                false
+            }
+        }
+    };
+    let end = 'run: loop {
+        if let Some(reason) = conn.urgent_end() {
+            break reason;
+        }
+        if conn.heartbeat_on() {
+            let action = conn.heartbeat().poll(Instant::now());
+            match action {
+                Some(Action::SendPing(k)) => {
+                    if write(ServerMsg::Ping(k.to_string()).encode().as_bytes()) {
+                        sh.log.emit(Event::PingSent { id: conn.id, peer: conn.peer, k, n: hb_cfg.count() });
+                    }
+                    continue;
+                }
+                Some(Action::Dead) => {
+                    conn.end_now(EndReason::HeartbeatTimeout);
+                    continue;
+                }
+                None => {}
+            }
+        }
+        let deadline = if conn.heartbeat_on() { conn.heartbeat().poll_timeout() } else { None };
+        let mut sel = Select::new();
+        let out_i = sel.recv(&rx.out);
+        sel.recv(&rx.bell);
+        let op = match deadline {
+            Some(at) => match sel.select_deadline(at) {
+                Ok(op) => op,
+                Err(_) => continue,
+            },
+            None => sel.select(),
+        };
+        if op.index() == out_i {
+            let Ok(item) = op.recv(&rx.out) else { break EndReason::Closed };
+            conn.dequeued(&item);
+            match item {
+                Out::Line(line) => {
+                    if !write(line.as_bytes()) {
+                        break 'run EndReason::Closed;
+                    }
+                }
+                Out::End(reason) => break reason,
+            }
+        } else {
+            let _ = op.recv(&rx.bell);
+        }
+    };
+    if end != EndReason::Closed {
+        let _ = conn.stream().set_write_timeout(Some(END_WRITE_TIMEOUT));
+        let _ = (&*conn.stream()).write_all(ServerMsg::End(end).encode().as_bytes());
+        sh.log.emit(Event::EndSent { id: conn.id, peer: conn.peer, reason: end });
+    }
+    conn.shutdown();
+    sh.release(conn);
+}
