@@ -145,33 +145,40 @@ impl fmt::Display for Event {
 
 /// An event with the instant it happened.
 #[derive(Debug, Clone)]
-pub struct Stamped {
+pub struct Stamped<E = Event> {
     /// When.
     pub at: Instant,
     /// What.
-    pub event: Event,
+    pub event: E,
 }
 
-/// Where events go: stdout lines, a channel, or both.
-#[derive(Debug, Clone, Default)]
-pub struct EventLog {
+/// Where events go: stdout lines, a channel, or both. Servers log [`Event`]s, clients
+/// [`crate::net::client::ClientEvent`]s.
+#[derive(Debug, Clone)]
+pub struct EventLog<E = Event> {
     stdout: bool,
-    tx: Option<Sender<Stamped>>,
+    tx: Option<Sender<Stamped<E>>>,
 }
 
-impl EventLog {
+impl<E> Default for EventLog<E> {
+    fn default() -> Self {
+        Self { stdout: false, tx: None }
+    }
+}
+
+impl<E: fmt::Display> EventLog<E> {
     /// Prints every event on stdout.
     pub fn stdout() -> Self {
         Self { stdout: true, tx: None }
     }
 
     /// Sends every event to `tx` and prints nothing.
-    pub fn channel(tx: Sender<Stamped>) -> Self {
+    pub fn channel(tx: Sender<Stamped<E>>) -> Self {
         Self { stdout: false, tx: Some(tx) }
     }
 
     /// Records one event.
-    pub fn emit(&self, event: Event) {
+    pub fn emit(&self, event: E) {
         if self.stdout {
             // One write per line so lines from many threads never interleave; a closed stdout
             // must not take the server down, so errors are ignored.

@@ -1,0 +1,74 @@
+//! `hb-client`: settings, signals, run, exit status.
+
+use std::fmt;
+
+use crate::app::cli::{load_file, stdin_prompter, ClientArgs};
+use crate::config::{fmt_duration, ClientSettings, ConfigError};
+use crate::core::client::Outcome;
+use crate::net::client::{self, ClientError};
+use crate::net::events::EventLog;
+
+/// Why `hb-client` could not run a session.
+#[derive(Debug)]
+pub enum RunError {
+    /// Bad flags, configuration or prompt answers (exit 2).
+    Config(ConfigError),
+    /// Connecting failed (exit 1).
+    Client(ClientError),
+    /// The signal handler could not be installed (exit 1).
+    Signal(ctrlc::Error),
+}
+
+impl RunError {
+    /// The documented exit status.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Client(ClientError::Unsupported(_)) => 2,
+            Self::Client(_) | Self::Signal(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => e.fmt(f),
+            Self::Client(e) => e.fmt(f),
+            Self::Signal(e) => write!(f, "cannot install the Ctrl-C handler: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// One line for stderr explaining how the session ended.
+pub fn describe(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::UserEnded => "session ended".into(),
+        Outcome::ServerEnded(reason) => format!("the server ended the session: {reason}"),
+        Outcome::ServerLost(silence) => {
+            format!("the server stopped answering (silent for {})", fmt_duration(silence))
+        }
+    }
+}
+
+/// Resolves the settings (prompting if needed), connects, and runs until the session ends.
+pub fn run(args: &ClientArgs) -> Result<Outcome, RunError> {
+    let flags = args.flags();
+    let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
+    let mut prompter = stdin_prompter();
+    let settings = ClientSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
+    let _ = prompter.say(&format!(
+        "sending {:?} every {}, answering heartbeats after {}",
+        settings.message,
+        fmt_duration(settings.every),
+        fmt_duration(settings.block)
+    ));
+    drop(prompter);
+    let (tx, stop) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    })
+    .map_err(RunError::Signal)?;
+    client::run(&settings, &EventLog::stdout(), &stop).map_err(RunError::Client)
+}
