@@ -3,4 +3,5 @@
 pub mod cli;
 pub mod client;
 pub mod node;
+pub mod scenarios;
 pub mod server;

@@ -1,0 +1,419 @@
+//! `hb-scenarios`: the manual's four test cases, end to end over real sockets on loopback.
+//!
+//! Each case starts its own server (port 0) and client in this process, collects both sides'
+//! events with their instants, and judges them against the manual's expectation with the
+//! timings scaled by `--speed`. The four cases run at the same time, each on its own server.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use crossbeam_channel::Receiver;
+
+use crate::config::{fmt_duration, ClientSettings, Mode, ServerSettings, Wire};
+use crate::core::client::Outcome;
+use crate::core::heartbeat::HeartbeatConfig;
+use crate::core::wire::{ClientMsg, EndReason};
+use crate::net::client::{self, ClientEvent};
+use crate::net::events::{Event, EventLog, Stamped};
+use crate::net::server::{Server, ServerHandle};
+
+/// Reproduces the manual's four heartbeat test cases and prints a verdict table.
+///
+/// The manual's settings (server: interval 5 s, count 3, idle 30 s; client: every 5 s or
+/// 50 s, block 0 s or 180 s) are divided by --speed. At --speed 1 the run takes about a
+/// minute; --speed 10 takes about six seconds.
+///
+/// Exit status: 0 when every case passes, 1 when one fails, 2 on bad flags.
+#[derive(Debug, Parser)]
+#[command(name = "hb-scenarios", version)]
+pub struct ScenarioArgs {
+    /// Divide every manual timing by this factor (e.g. 10 turns 30 s of idle into 3 s)
+    #[arg(long, default_value_t = 1.0, value_parser = speed)]
+    pub speed: f64,
+    /// Run only this case (1 normal exchange, 2 slow client that answers, 3 slow client that
+    /// does not answer, 4 client closes)
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
+    pub case: Option<u8>,
+    /// Wire to run the cases over
+    #[arg(long, value_enum, default_value = "line")]
+    pub wire: crate::app::cli::WireArg,
+}
+
+fn speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1000.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a speed factor between 0 and 1000 (e.g. 10)")),
+    }
+}
+
+/// Why the scenarios could not run at all.
+#[derive(Debug)]
+pub enum ScenarioError {
+    /// The requested wire is not available.
+    Unsupported(String),
+    /// A server or client could not be started.
+    Setup(String),
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unsupported(s) | Self::Setup(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// The manual's timings, scaled.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Server heartbeat settings.
+    pub hb: HeartbeatConfig,
+    /// Client data interval in cases 1 and 4.
+    pub every_fast: Duration,
+    /// Client data interval in cases 2 and 3.
+    pub every_slow: Duration,
+    /// Client heartbeat block in case 3.
+    pub block_long: Duration,
+    /// Allowed lateness of an observed event.
+    pub slack: Duration,
+}
+
+impl Timings {
+    /// The manual's settings divided by `speed`.
+    pub fn scaled(speed: f64) -> Self {
+        let s = |secs: f64| Duration::from_secs_f64(secs / speed);
+        let hb = HeartbeatConfig::new(s(30.0), s(5.0), 3).expect("manual settings are valid");
+        // Scheduling jitter on a loaded machine is a few milliseconds; allow ten times that,
+        // but never more than a fifth of an interval, so a wrong schedule still fails.
+        let slack = Duration::from_millis(50).min(s(1.0)).max(Duration::from_millis(20));
+        Self { hb, every_fast: s(5.0), every_slow: s(50.0), block_long: s(180.0), slack }
+    }
+}
+
+/// One row of the verdict table.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Case number, 1 to 4.
+    pub case: u8,
+    /// The manual's description.
+    pub description: &'static str,
+    /// The manual's expectation.
+    pub expectation: &'static str,
+    /// What happened, with timings.
+    pub observed: String,
+    /// Whether it met the expectation.
+    pub pass: bool,
+}
+
+const CASES: [(&str, &str); 4] = [
+    ("Normal data exchange at the configured rate", "heartbeat does not kick in"),
+    ("Slow client that answers the heartbeat", "heartbeat kicks in, connection kept"),
+    ("Slow client that does not answer", "heartbeat kicks in, END, connection closed"),
+    ("Client closes the connection", "closed without a heartbeat round"),
+];
+
+struct Harness {
+    handle: ServerHandle,
+    addr: SocketAddr,
+    events: Receiver<Stamped>,
+    accept: thread::JoinHandle<()>,
+}
+
+impl Harness {
+    fn start(hb: HeartbeatConfig) -> Result<Self, ScenarioError> {
+        let settings = ServerSettings {
+            host: "127.0.0.1".into(),
+            port: 0,
+            heartbeat: hb,
+            idle_raised_from: None,
+            mode: Mode::Echo,
+            wire: Wire::Line,
+            max_conns: 16,
+            max_line: crate::config::defaults::MAX_LINE,
+            queue: crate::config::defaults::QUEUE,
+        };
+        let (tx, events) = crossbeam_channel::unbounded();
+        let server = Server::bind(settings, EventLog::channel(tx)).map_err(|e| ScenarioError::Setup(e.to_string()))?;
+        let (handle, addr) = (server.handle(), server.local_addr());
+        let accept = thread::spawn(move || {
+            let _ = server.run();
+        });
+        Ok(Self { handle, addr, events, accept })
+    }
+
+    fn client_settings(&self, every: Duration, block: Duration) -> ClientSettings {
+        ClientSettings {
+            host: "127.0.0.1".into(),
+            port: self.addr.port(),
+            every,
+            block,
+            message: crate::config::defaults::MESSAGE.into(),
+            wire: Wire::Line,
+            chat_name: None,
+            messages: None,
+            listen_host: "127.0.0.1".into(),
+            listen_port: 0,
+        }
+    }
+
+    fn stop(self) -> Vec<Stamped> {
+        self.handle.shutdown();
+        let _ = self.accept.join();
+        self.events.try_iter().collect()
+    }
+}
+
+/// Runs the hb-client session in a thread; `stop_after` ends it like Ctrl-C would.
+fn run_client(
+    settings: ClientSettings,
+    stop_after: Option<Duration>,
+) -> (Result<Outcome, String>, Vec<Stamped<ClientEvent>>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+    let session = thread::spawn(move || {
+        client::run(&settings, &EventLog::channel(tx), &stop_rx).map_err(|e| e.to_string())
+    });
+    if let Some(after) = stop_after {
+        thread::sleep(after);
+        let _ = stop_tx.send(());
+    }
+    let outcome = session.join().unwrap_or_else(|_| Err("client thread panicked".into()));
+    (outcome, rx.try_iter().collect())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+fn last_sent_before(client: &[Stamped<ClientEvent>], at: Instant) -> Option<Instant> {
+    client.iter().filter(|e| matches!(e.event, ClientEvent::Sent(_)) && e.at <= at).map(|e| e.at).last()
+}
+
+fn case1(t: Timings) -> Result<Verdict, ScenarioError> {
+    let h = Harness::start(t.hb)?;
+    let run_for = t.hb.give_up_after() + t.every_fast * 2;
+    let (outcome, cev) = run_client(h.client_settings(t.every_fast, Duration::ZERO), Some(run_for));
+    let sev = h.stop();
+    let sent = cev.iter().filter(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("MSG "))).count();
+    let echoed = cev.iter().filter(|e| matches!(&e.event, ClientEvent::Received(l) if l.starts_with("ECHO "))).count();
+    let rounds = sev.iter().filter(|e| matches!(e.event, Event::RoundStarted { .. } | Event::PingSent { .. })).count();
+    let expected_msgs = (run_for.as_secs_f64() / t.every_fast.as_secs_f64()) as usize;
+    let pass = rounds == 0 && echoed == sent && sent + 1 >= expected_msgs && outcome == Ok(Outcome::UserEnded);
+    let observed = format!(
+        "{sent} messages in {}, {echoed} echoed, {rounds} heartbeats; client {}",
+        secs(run_for),
+        outcome_text(&outcome)
+    );
+    Ok(verdict(1, observed, pass))
+}
+
+fn case2(t: Timings) -> Result<Verdict, ScenarioError> {
+    let h = Harness::start(t.hb)?;
+    let run_for = t.hb.idle() + t.hb.round_length() + t.slack * 4;
+    let (outcome, cev) = run_client(h.client_settings(t.every_slow, Duration::ZERO), Some(run_for));
+    let sev = h.stop();
+    let mut notes = Vec::new();
+    let mut pass = outcome == Ok(Outcome::UserEnded);
+    let start = sev.iter().find(|e| matches!(e.event, Event::RoundStarted { .. }));
+    let answered = sev.iter().find_map(|e| match e.event {
+        Event::Answered { after, rtt, .. } => Some((after, rtt)),
+        _ => None,
+    });
+    let timeouts = sev
+        .iter()
+        .filter(|e| matches!(e.event, Event::EndSent { reason: EndReason::HeartbeatTimeout, .. }))
+        .count();
+    match start {
+        Some(s) => {
+            let quiet = last_sent_before(&cev, s.at).map(|at| s.at.saturating_duration_since(at));
+            let on_time = quiet.is_some_and(|q| q + t.slack / 5 >= t.hb.idle() && q <= t.hb.idle() + t.slack);
+            pass &= on_time;
+            notes.push(format!("round after {} quiet", quiet.map_or("?".into(), secs)));
+        }
+        None => {
+            pass = false;
+            notes.push("no round".into());
+        }
+    }
+    match answered {
+        Some((after, rtt)) => {
+            pass &= after == 1;
+            notes.push(format!("PING {after} answered in {:.1}ms", rtt.as_secs_f64() * 1000.0));
+        }
+        None => {
+            pass = false;
+            notes.push("never answered".into());
+        }
+    }
+    pass &= timeouts == 0;
+    notes.push(if timeouts == 0 { "connection kept".into() } else { "closed by heartbeat".into() });
+    notes.push(format!("client {}", outcome_text(&outcome)));
+    Ok(verdict(2, notes.join(", "), pass))
+}
+
+fn case3(t: Timings) -> Result<Verdict, ScenarioError> {
+    let h = Harness::start(t.hb)?;
+    let (outcome, cev) = run_client(h.client_settings(t.every_slow, t.block_long), None);
+    let sev = h.stop();
+    let first_data = cev.iter().find(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("MSG "))).map(|e| e.at);
+    let at = |pred: &dyn Fn(&Event) -> bool| sev.iter().find(|e| pred(&e.event)).map(|e| e.at);
+    let mut pass = outcome == Ok(Outcome::ServerEnded(EndReason::HeartbeatTimeout));
+    let mut marks = Vec::new();
+    let Some(t0) = first_data else {
+        return Ok(verdict(3, format!("client sent nothing; client {}", outcome_text(&outcome)), false));
+    };
+    let hb = t.hb;
+    let mut check = |label: String, got: Option<Instant>, want: Duration| {
+        let off = got.map(|g| g.saturating_duration_since(t0));
+        let ok = off.is_some_and(|o| o + t.slack / 5 >= want && o <= want + t.slack);
+        pass &= ok;
+        marks.push(format!("{label} {}", off.map_or("missing".into(), secs)));
+    };
+    for k in 1..=hb.count() {
+        let want = hb.idle() + hb.interval() * (k - 1);
+        check(format!("PING {k}"), at(&|e| matches!(e, Event::PingSent { k: kk, .. } if *kk == k)), want);
+    }
+    let end = at(&|e| matches!(e, Event::EndSent { reason: EndReason::HeartbeatTimeout, .. }));
+    check("END".into(), end, hb.give_up_after());
+    let closed = at(&|e| matches!(e, Event::Closed { .. }));
+    pass &= closed.is_some();
+    let pongs = cev.iter().filter(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("PONG"))).count();
+    pass &= pongs == 0;
+    let observed = format!(
+        "{} (expected {} + k x {}, END at {}); {}; client {}",
+        marks.join(", "),
+        secs(hb.idle()),
+        secs(hb.interval()),
+        secs(hb.give_up_after()),
+        if closed.is_some() { "closed" } else { "NOT closed" },
+        outcome_text(&outcome)
+    );
+    Ok(verdict(3, observed, pass))
+}
+
+fn case4(t: Timings) -> Result<Verdict, ScenarioError> {
+    let h = Harness::start(t.hb)?;
+    // Like the manual's client.py being stopped: a few messages, then the socket just closes.
+    let setup = |e: std::io::Error| ScenarioError::Setup(format!("case 4 client: {e}"));
+    let mut sock = TcpStream::connect(h.addr).map_err(setup)?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).map_err(setup)?;
+    let mut echoes = 0;
+    let mut buf = [0u8; 1024];
+    let mut received = Vec::new();
+    for i in 0..4 {
+        if i > 0 {
+            thread::sleep(t.every_fast);
+        }
+        let line = ClientMsg::Msg(crate::config::defaults::MESSAGE.into()).encode();
+        sock.write_all(line.as_bytes()).map_err(setup)?;
+        // HELLO plus one ECHO per message so far.
+        let want = i + 2;
+        while received.iter().filter(|&&b| b == b'\n').count() < want {
+            let n = sock.read(&mut buf).map_err(setup)?;
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+        }
+        echoes = String::from_utf8_lossy(&received).matches("ECHO ").count();
+    }
+    let closed_at = Instant::now();
+    drop(sock);
+    // Wait (bounded) for the server to notice, then stop it.
+    let mut sev = Vec::new();
+    let limit = closed_at + Duration::from_secs(2);
+    while let Ok(e) = h.events.recv_deadline(limit) {
+        let done = matches!(e.event, Event::Closed { .. });
+        sev.push(e);
+        if done {
+            break;
+        }
+    }
+    sev.extend(h.stop());
+    let noticed = sev.iter().find(|e| matches!(e.event, Event::ClosedByClient { .. })).map(|e| e.at);
+    let rounds = sev.iter().filter(|e| matches!(e.event, Event::RoundStarted { .. } | Event::PingSent { .. })).count();
+    let ends = sev.iter().filter(|e| matches!(e.event, Event::EndSent { .. })).count();
+    let delay = noticed.map(|n| n.saturating_duration_since(closed_at));
+    let pass = echoes == 4 && rounds == 0 && ends == 0 && delay.is_some_and(|d| d <= t.slack);
+    let observed = format!(
+        "{echoes} echoes, client closed; server noticed {} later, {rounds} heartbeats, no END",
+        delay.map_or("never".into(), |d| format!("{:.1}ms", d.as_secs_f64() * 1000.0))
+    );
+    Ok(verdict(4, observed, pass))
+}
+
+fn outcome_text(o: &Result<Outcome, String>) -> String {
+    match o {
+        Ok(Outcome::UserEnded) => "left normally".into(),
+        Ok(Outcome::ServerEnded(r)) => format!("got END {r}"),
+        Ok(Outcome::ServerLost(d)) => format!("lost the server after {}", secs(*d)),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+fn verdict(case: u8, observed: String, pass: bool) -> Verdict {
+    let (description, expectation) = CASES[usize::from(case - 1)];
+    Verdict { case, description, expectation, observed, pass }
+}
+
+/// Runs the selected cases concurrently and returns their verdicts in case order.
+pub fn run_cases(timings: Timings, only: Option<u8>) -> Result<Vec<Verdict>, ScenarioError> {
+    let cases: [fn(Timings) -> Result<Verdict, ScenarioError>; 4] = [case1, case2, case3, case4];
+    thread::scope(|s| {
+        let running: Vec<_> = (1..=4u8)
+            .filter(|n| only.is_none_or(|o| o == *n))
+            .map(|n| s.spawn(move || cases[usize::from(n - 1)](timings)))
+            .collect();
+        running
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(ScenarioError::Setup("a case panicked".into()))))
+            .collect()
+    })
+}
+
+/// Formats the verdict table.
+pub fn table(verdicts: &[Verdict]) -> String {
+    let w_desc = verdicts.iter().map(|v| v.description.len()).max().unwrap_or(0);
+    let w_exp = verdicts.iter().map(|v| v.expectation.len()).max().unwrap_or(0);
+    let mut out = format!("{:<4} {:<w_desc$}  {:<w_exp$}  {:<6} {}\n", "case", "description", "expectation", "result", "observed");
+    for v in verdicts {
+        out.push_str(&format!(
+            "{:<4} {:<w_desc$}  {:<w_exp$}  {:<6} {}\n",
+            v.case,
+            v.description,
+            v.expectation,
+            if v.pass { "PASS" } else { "FAIL" },
+            v.observed
+        ));
+    }
+    out
+}
+
+/// Runs the scenarios as the binary does; `Ok(true)` when all passed.
+pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
+    if Wire::from(args.wire) == Wire::Classic {
+        return Err(ScenarioError::Unsupported("--wire classic is not available yet".into()));
+    }
+    let t = Timings::scaled(args.speed);
+    println!(
+        "manual settings / {}: server interval {}, count {}, idle {}; client every {} or {}, block 0 or {}",
+        args.speed,
+        fmt_duration(t.hb.interval()),
+        t.hb.count(),
+        fmt_duration(t.hb.idle()),
+        fmt_duration(t.every_fast),
+        fmt_duration(t.every_slow),
+        fmt_duration(t.block_long),
+    );
+    let verdicts = run_cases(t, args.case)?;
+    print!("{}", table(&verdicts));
+    let passed = verdicts.iter().filter(|v| v.pass).count();
+    println!("{passed} passed, {} failed", verdicts.len() - passed);
+    Ok(passed == verdicts.len())
+}
