@@ -1,0 +1,234 @@
+//! The manual's four cases against the real hb-server binary, at millisecond settings, asserting
+//! the exact bytes a raw peer receives and when; plus the same cases driven by hb-client.
+
+use crate::support::*;
+
+const IDLE: u64 = 600;
+const INTERVAL: u64 = 200;
+const COUNT: u64 = 3;
+/// Allowed lateness: scheduling jitter on a busy 2-core machine is a few ms.
+const SLACK: u64 = 80;
+
+fn server() -> Server {
+    Server::start(&["--idle", "600ms", "--interval", "200ms", "--count", "3"])
+}
+
+const HELLO: &str = "HELLO hb/1 idle=600 interval=200 count=3";
+
+#[test]
+fn case1_normal_exchange_never_starts_a_round() {
+    let _w = Watchdog::new("case1", ms(20_000));
+    let mut srv = server();
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    // Data every IDLE/4 for three idle periods: a round would have started twice by now.
+    for i in 0..12 {
+        peer.send(format!("MSG m{i}\n").as_bytes());
+        peer.expect(&format!("ECHO m{i}"), PROMPT);
+        std::thread::sleep(ms(IDLE / 4));
+    }
+    peer.send(b"QUIT\n");
+    peer.expect("END quit", PROMPT);
+    peer.expect_closed(PROMPT);
+    srv.log().wait_for("END quit sent", PROMPT);
+    assert_eq!(srv.log().count("heartbeat"), 0, "{}", srv.log().text());
+}
+
+#[test]
+fn case2_slow_client_that_answers_keeps_the_connection() {
+    let _w = Watchdog::new("case2", ms(20_000));
+    let mut srv = server();
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    peer.send(b"MSG Hello, there\n");
+    peer.expect("ECHO Hello, there", PROMPT);
+    let quiet_from = peer.t0.elapsed();
+    // Two rounds, each answered after its first heartbeat.
+    let mut from = quiet_from;
+    for _ in 0..2 {
+        let at = peer.expect("PING 1", PROMPT);
+        assert_near("PING 1", at, from + ms(IDLE), ms(SLACK));
+        peer.send(b"PONG 1\n");
+        from = peer.t0.elapsed();
+    }
+    srv.log().wait_for("answered after heartbeat 1", PROMPT);
+    peer.send(b"QUIT\n");
+    peer.expect("END quit", PROMPT);
+    peer.expect_closed(PROMPT);
+    assert_eq!(srv.log().count("heartbeat-timeout"), 0);
+}
+
+#[test]
+fn case3_silent_client_gets_count_pings_then_end_and_close() {
+    let _w = Watchdog::new("case3", ms(20_000));
+    let mut srv = server();
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    for k in 1..=COUNT {
+        let at = peer.expect(&format!("PING {k}"), PROMPT);
+        assert_near(&format!("PING {k}"), at, ms(IDLE + (k - 1) * INTERVAL), ms(SLACK));
+    }
+    let at = peer.expect("END heartbeat-timeout", PROMPT);
+    assert_near("END", at, ms(IDLE + COUNT * INTERVAL), ms(SLACK));
+    let closed = peer.expect_closed(PROMPT);
+    assert_near("close", closed, ms(IDLE + COUNT * INTERVAL), ms(SLACK));
+    srv.log().wait_for("closed", PROMPT);
+    for k in 1..=COUNT {
+        srv.log().wait_for(&format!("heartbeat {k}/3 sent"), PROMPT);
+    }
+    srv.log().wait_for("heartbeat round starts", PROMPT);
+}
+
+#[test]
+fn case3_traffic_in_the_last_interval_saves_the_connection() {
+    let _w = Watchdog::new("case3-late", ms(20_000));
+    let srv = server();
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    peer.expect("PING 1", PROMPT);
+    peer.expect("PING 2", PROMPT);
+    peer.expect("PING 3", PROMPT);
+    peer.send(b"MSG late\n");
+    peer.expect("ECHO late", PROMPT);
+    // The next round starts a full idle after the late answer.
+    let answered = peer.t0.elapsed();
+    let at = peer.expect("PING 1", PROMPT);
+    assert_near("next PING 1", at, answered + ms(IDLE), ms(SLACK));
+}
+
+#[test]
+fn case4_client_close_is_noticed_at_once_without_a_round() {
+    let _w = Watchdog::new("case4", ms(20_000));
+    let mut srv = server();
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    for _ in 0..4 {
+        peer.send(b"MSG Hello, there\n");
+        peer.expect("ECHO Hello, there", PROMPT);
+    }
+    let closed_at = std::time::Instant::now();
+    drop(peer);
+    let (at, _) = srv.log().wait_for("closed by client", PROMPT);
+    assert!(at - closed_at < ms(SLACK), "noticed after {:?}", at - closed_at);
+    srv.log().wait_for(" closed", PROMPT);
+    srv.log().settle(ms(IDLE + COUNT * INTERVAL));
+    assert_eq!(srv.log().count("heartbeat"), 0, "{}", srv.log().text());
+    assert_eq!(srv.log().count("END"), 0, "{}", srv.log().text());
+}
+
+#[test]
+fn half_close_is_treated_as_a_close() {
+    let _w = Watchdog::new("half-close", ms(20_000));
+    let mut srv = server();
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    peer.send(b"MSG bye\n");
+    peer.shutdown_write();
+    peer.expect("ECHO bye", PROMPT);
+    peer.expect_closed(PROMPT);
+    srv.log().wait_for("closed by client", PROMPT);
+}
+
+#[test]
+fn hb_client_cases_end_to_end() {
+    let _w = Watchdog::new("hb-client cases", ms(30_000));
+    let mut srv = server();
+    let port = srv.port.to_string();
+    let dir = temp_dir();
+    // Case 1: fast data, five messages then QUIT: exit 0, every message echoed, no heartbeat.
+    let mut c1 = Proc::spawn("hb-client", &["--port", &port, "--every", "50ms", "--block", "0", "--messages", "5"], &dir, None);
+    assert_eq!(c1.wait(PROMPT).code(), Some(0), "{}", c1.stderr.text());
+    assert_eq!(c1.stdout.count("<- ECHO Hello, there"), 5, "{}", c1.stdout.text());
+    assert_eq!(c1.stdout.count("PING"), 0);
+    // Case 2: slow data, heartbeat answered at once; stopped by Ctrl-C: exit 0.
+    let mut c2 = Proc::spawn("hb-client", &["--port", &port, "--every", "60s", "--block", "0"], &dir, None);
+    c2.stdout.wait_for("-> PONG 1", PROMPT);
+    c2.signal("INT");
+    assert_eq!(c2.wait(PROMPT).code(), Some(0), "{}", c2.stderr.text());
+    c2.stdout.wait_for("<- END quit", PROMPT);
+    // Case 3: slow data, heartbeat blocked: the server ends it: exit 3 with the reason.
+    let mut c3 = Proc::spawn("hb-client", &["--port", &port, "--every", "60s", "--block", "30s"], &dir, None);
+    let st = c3.wait(PROMPT);
+    assert_eq!(st.code(), Some(3), "{}", c3.stderr.text());
+    assert!(c3.stderr.text().contains("heartbeat-timeout"), "{}", c3.stderr.text());
+    assert_eq!(c3.stdout.count("<- PING"), 3, "{}", c3.stdout.text());
+    assert_eq!(c3.stdout.count("-> PONG"), 0);
+    srv.log().wait_for("END heartbeat-timeout sent", PROMPT);
+    // Case 4: the client is killed: closed by client, no round.
+    let mut c4 = Proc::spawn("hb-client", &["--port", &port, "--every", "50ms", "--block", "0"], &dir, None);
+    c4.stdout.wait_for("<- ECHO", PROMPT);
+    let before = srv.log().count("heartbeat round starts");
+    c4.signal("KILL");
+    c4.wait(PROMPT);
+    srv.log().wait_for("#4 ", PROMPT);
+    let (_, line) = srv.log().wait_for("closed by client", PROMPT);
+    assert!(line.contains("#4 "), "{line}");
+    srv.log().settle(ms(IDLE + COUNT * INTERVAL));
+    assert_eq!(srv.log().count("heartbeat round starts"), before, "{}", srv.log().text());
+}
+
+#[test]
+fn client_exits_4_when_the_server_goes_silent() {
+    let _w = Watchdog::new("client-lost", ms(20_000));
+    // A fake server that greets and then never says anything again.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let fake = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"HELLO hb/1 idle=200 interval=100 count=2\n").unwrap();
+        std::thread::sleep(ms(3000));
+        drop(s);
+    });
+    let started = std::time::Instant::now();
+    let mut c = Proc::spawn("hb-client", &["--port", &port, "--every", "60s", "--block", "0"], &temp_dir(), None);
+    let st = c.wait(PROMPT);
+    assert_eq!(st.code(), Some(4), "{}", c.stderr.text());
+    assert!(c.stderr.text().contains("stopped answering"), "{}", c.stderr.text());
+    // idle + count x interval = 400 ms of silence.
+    let took = started.elapsed();
+    assert!(took >= ms(400) && took < ms(2500), "{took:?}");
+    fake.join().unwrap();
+}
+
+#[test]
+fn client_exits_4_when_the_server_vanishes_without_end() {
+    let _w = Watchdog::new("client-vanish", ms(20_000));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let fake = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"HELLO hb/1 idle=2000 interval=500 count=2\n").unwrap();
+        std::thread::sleep(ms(100));
+    });
+    let mut c = Proc::spawn("hb-client", &["--port", &port, "--every", "60s", "--block", "0"], &temp_dir(), None);
+    assert_eq!(c.wait(PROMPT).code(), Some(4), "{}", c.stderr.text());
+    fake.join().unwrap();
+}
+
+#[test]
+fn client_connection_refused_exits_1() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let mut c = Proc::spawn("hb-client", &["--defaults", "--port", &port], &temp_dir(), None);
+    assert_eq!(c.wait(PROMPT).code(), Some(1));
+    assert!(c.stderr.text().contains("cannot connect"), "{}", c.stderr.text());
+}
+
+#[test]
+fn scenarios_binary_passes_all_four_cases_fast() {
+    let _w = Watchdog::new("hb-scenarios", ms(30_000));
+    let mut p = Proc::spawn("hb-scenarios", &["--speed", "50"], &temp_dir(), None);
+    let st = p.wait(ms(20_000));
+    assert_eq!(st.code(), Some(0), "{}\n{}", p.stdout.text(), p.stderr.text());
+    assert_eq!(p.stdout.count("PASS"), 4, "{}", p.stdout.text());
+    assert!(p.stdout.text().contains("4 passed, 0 failed"));
+    let mut p = Proc::spawn("hb-scenarios", &["--speed", "50", "--case", "3"], &temp_dir(), None);
+    assert_eq!(p.wait(ms(20_000)).code(), Some(0));
+    assert_eq!(p.stdout.count("PASS"), 1, "{}", p.stdout.text());
+    let mut p = Proc::spawn("hb-scenarios", &["--case", "5"], &temp_dir(), None);
+    assert_eq!(p.wait(PROMPT).code(), Some(2));
+}

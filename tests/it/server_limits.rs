@@ -1,0 +1,174 @@
+//! Server behaviour at the edges: signals, connection limits, bad and oversized lines.
+
+use std::time::Instant;
+
+use crate::support::*;
+
+const HELLO: &str = "HELLO hb/1 idle=30000 interval=10000 count=3";
+
+#[test]
+fn quit_after_msg_gets_echo_then_end_quit() {
+    let _w = Watchdog::new("quit", ms(10_000));
+    let srv = Server::start(&[]);
+    let mut peer = Peer::connect(srv.port);
+    peer.send(b"MSG hi\nQUIT\n");
+    peer.expect(HELLO, PROMPT);
+    peer.expect("ECHO hi", PROMPT);
+    peer.expect("END quit", PROMPT);
+    peer.expect_closed(PROMPT);
+}
+
+#[test]
+fn bad_lines_get_err_and_the_connection_stays() {
+    let _w = Watchdog::new("bad-lines", ms(10_000));
+    let srv = Server::start(&[]);
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    peer.send(b"msg lower\nMSG\nBOGUS x\nMSG \xff\xfe\n\x00\x01\x02\n\nPING tok\nMSG still here\r\n");
+    let (_, l) = peer.line(PROMPT);
+    assert!(l.starts_with("ERR unknown-verb "), "{l}");
+    let (_, l) = peer.line(PROMPT);
+    assert!(l.starts_with("ERR missing-argument "), "{l}");
+    let (_, l) = peer.line(PROMPT);
+    assert!(l.starts_with("ERR unknown-verb 'BOGUS'"), "{l}");
+    let (_, l) = peer.line(PROMPT);
+    assert!(l.starts_with("ERR bad-utf8 "), "{l}");
+    let (_, l) = peer.line(PROMPT);
+    assert!(l.starts_with("ERR unknown-verb "), "{l}");
+    // The empty line is a keep-alive and gets no answer.
+    peer.expect("PONG tok", PROMPT);
+    peer.expect("ECHO still here", PROMPT);
+}
+
+#[test]
+fn oversized_line_is_ended_with_line_too_long() {
+    let _w = Watchdog::new("line-too-long", ms(10_000));
+    let srv = Server::start(&["--max-line", "16"]);
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    peer.send(b"MSG 123456789012\n"); // exactly 16 bytes
+    peer.expect("ECHO 123456789012", PROMPT);
+    peer.send(b"MSG 1234567890123\n"); // 17 bytes
+    peer.expect("END line-too-long", PROMPT);
+    peer.expect_closed(PROMPT);
+    // Without a newline the server stops at the limit instead of buffering forever.
+    let mut peer = Peer::connect(srv.port);
+    peer.expect(HELLO, PROMPT);
+    peer.send(&[b'x'; 64]);
+    peer.expect("END line-too-long", PROMPT);
+    peer.expect_closed(PROMPT);
+}
+
+#[test]
+fn sigint_and_sigterm_end_every_client_and_exit_0_within_a_second() {
+    for sig in ["INT", "TERM"] {
+        let _w = Watchdog::new("signals", ms(10_000));
+        let mut srv = Server::start(&[]);
+        let mut peers: Vec<Peer> = (0..3).map(|_| Peer::connect(srv.port)).collect();
+        for p in &mut peers {
+            p.expect(HELLO, PROMPT);
+        }
+        let t = Instant::now();
+        srv.proc.signal(sig);
+        for p in &mut peers {
+            p.expect("END server-shutdown", PROMPT);
+            p.expect_closed(PROMPT);
+        }
+        let st = srv.proc.wait(PROMPT);
+        assert!(t.elapsed() < ms(1000), "SIG{sig}: exit took {:?}", t.elapsed());
+        assert_eq!(st.code(), Some(0), "SIG{sig}");
+        assert!(srv.proc.stdout.text().contains("END server-shutdown to 3 client(s)"));
+    }
+}
+
+#[test]
+fn shutdown_is_prompt_even_with_a_client_that_does_not_read() {
+    let _w = Watchdog::new("shutdown-stuck", ms(10_000));
+    let mut srv = Server::start(&["--queue", "100000000"]);
+    let mut stuck = Peer::connect(srv.port);
+    stuck.expect(HELLO, PROMPT);
+    // Fill the server's socket buffer towards this client: it never reads again.
+    let big = format!("MSG {}\n", "x".repeat(60_000));
+    let mut raw = stuck.stream.try_clone().unwrap();
+    let filler = std::thread::spawn(move || {
+        use std::io::Write;
+        for _ in 0..200 {
+            if raw.write_all(big.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(ms(300));
+    let t = Instant::now();
+    srv.proc.signal("INT");
+    assert_eq!(srv.proc.wait(PROMPT).code(), Some(0));
+    assert!(t.elapsed() < ms(1000), "exit took {:?}", t.elapsed());
+    drop(stuck);
+    let _ = filler.join();
+}
+
+#[test]
+fn max_conns_refuses_newcomers_and_keeps_serving_the_others() {
+    let _w = Watchdog::new("max-conns", ms(10_000));
+    let mut srv = Server::start(&["--max-conns", "2"]);
+    let mut a = Peer::connect(srv.port);
+    let mut b = Peer::connect(srv.port);
+    a.expect(HELLO, PROMPT);
+    b.expect(HELLO, PROMPT);
+    for _ in 0..3 {
+        let mut c = Peer::connect(srv.port);
+        c.expect("END server-full", PROMPT);
+        c.expect_closed(PROMPT);
+    }
+    srv.log().wait_for("max-conns 2 reached", PROMPT);
+    a.send(b"MSG a\n");
+    a.expect("ECHO a", PROMPT);
+    b.send(b"MSG b\n");
+    b.expect("ECHO b", PROMPT);
+    // A slot frees up once a client leaves.
+    a.send(b"QUIT\n");
+    a.expect("END quit", PROMPT);
+    a.expect_closed(PROMPT);
+    srv.log().wait_for("#1 127.0.0.1", PROMPT);
+    srv.log().wait_for(" closed", PROMPT);
+    let mut d = Peer::connect(srv.port);
+    d.expect(HELLO, PROMPT);
+}
+
+#[test]
+fn slow_consumer_is_ended_and_others_keep_going() {
+    let _w = Watchdog::new("slow-consumer", ms(15_000));
+    let mut srv = Server::start(&["--queue", "65536"]);
+    let mut slow = Peer::connect(srv.port);
+    slow.expect(HELLO, PROMPT);
+    let mut raw = slow.stream.try_clone().unwrap();
+    let line = format!("MSG {}\n", "y".repeat(8000));
+    let flood = std::thread::spawn(move || {
+        use std::io::Write;
+        // Enough echo traffic to fill both socket buffers and the 64 KiB queue.
+        for _ in 0..2000 {
+            if raw.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    srv.log().wait_for("#1 ", PROMPT);
+    let (_, l) = srv.log().wait_for("END slow-consumer", ms(10_000));
+    assert!(l.contains("#1 "), "{l}");
+    let mut other = Peer::connect(srv.port);
+    other.expect(HELLO, PROMPT);
+    other.send(b"MSG fine\n");
+    other.expect("ECHO fine", PROMPT);
+    drop(slow);
+    let _ = flood.join();
+}
+
+#[test]
+fn port_in_use_is_a_clear_error_with_exit_1() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let mut p = Proc::spawn("hb-server", &["--defaults", "--port", &port], &temp_dir(), None);
+    assert_eq!(p.wait(PROMPT).code(), Some(1));
+    let err = p.stderr.text();
+    assert!(err.contains("cannot listen on 127.0.0.1:") && err.contains("in use"), "{err}");
+}

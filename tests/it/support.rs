@@ -1,0 +1,315 @@
+//! Test support: spawn the binaries on port 0, talk the line wire with timestamps, and never
+//! hang: every wait has a deadline, every child is killed on drop, and a watchdog aborts the
+//! whole test binary if a test runs far past its budget.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+/// Default wait for something that should happen promptly.
+pub const PROMPT: Duration = Duration::from_secs(5);
+
+/// Aborts the test process if the guard lives longer than `limit` (a hung test fails fast).
+pub struct Watchdog(crossbeam_channel::Sender<()>);
+
+impl Watchdog {
+    pub fn new(name: &'static str, limit: Duration) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+        thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("watchdog: test {name} still running after {limit:?}; aborting");
+                std::process::exit(101);
+            }
+        });
+        Self(tx)
+    }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "hb-server" => PathBuf::from(env!("CARGO_BIN_EXE_hb-server")),
+        "hb-client" => PathBuf::from(env!("CARGO_BIN_EXE_hb-client")),
+        "hb-scenarios" => PathBuf::from(env!("CARGO_BIN_EXE_hb-scenarios")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// A fresh empty directory (so no stray configuration.json is picked up).
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "hb-it-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Lines of a child's stream, collected by a thread, with the instant each arrived.
+pub struct Lines {
+    rx: Receiver<(Instant, String)>,
+    pub seen: Vec<(Instant, String)>,
+}
+
+impl Lines {
+    fn spawn(r: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { rx, seen: Vec::new() }
+    }
+
+    /// Waits for a line containing `needle`; panics with everything seen on timeout.
+    pub fn wait_for(&mut self, needle: &str, within: Duration) -> (Instant, String) {
+        if let Some(hit) = self.seen.iter().find(|(_, l)| l.contains(needle)) {
+            return hit.clone();
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            match self.rx.recv_deadline(deadline) {
+                Ok(item) => {
+                    self.seen.push(item.clone());
+                    if item.1.contains(needle) {
+                        return item;
+                    }
+                }
+                Err(_) => panic!("no line containing {needle:?} within {within:?}; saw:\n{}", self.text()),
+            }
+        }
+    }
+
+    /// Collects whatever arrives within `d`.
+    pub fn settle(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while let Ok(item) = self.rx.recv_deadline(deadline) {
+            self.seen.push(item);
+        }
+    }
+
+    /// Collects lines until the stream closes (or `within` passes).
+    pub fn drain(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while let Ok(item) = self.rx.recv_deadline(deadline) {
+            self.seen.push(item);
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.seen.iter().map(|(_, l)| format!("{l}\n")).collect()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.seen.iter().filter(|(_, l)| l.contains(needle)).count()
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    pub stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str], dir: &Path, stdin: Option<&str>) -> Self {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args).current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut input = child.stdin.take();
+        if let (Some(text), Some(w)) = (stdin, input.as_mut()) {
+            w.write_all(text.as_bytes()).unwrap();
+        }
+        let stdout = Lines::spawn(child.stdout.take().unwrap());
+        let stderr = Lines::spawn(child.stderr.take().unwrap());
+        Self { child, stdout, stderr, stdin: input }
+    }
+
+    /// Closes the child's stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the exit status, panicking after `within`.
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.stdout.drain(Duration::from_millis(200));
+                self.stderr.drain(Duration::from_millis(200));
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "process did not exit within {within:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout.text(),
+                    self.stderr.text()
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running hb-server and its port.
+pub struct Server {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    /// `hb-server --defaults --port 0 ARGS...` in an empty directory.
+    pub fn start(args: &[&str]) -> Self {
+        let mut all = vec!["--defaults", "--port", "0"];
+        all.extend_from_slice(args);
+        Self::start_raw(&all, &temp_dir(), None)
+    }
+
+    /// Starts hb-server with exactly `args`, waiting for `listening on`.
+    pub fn start_raw(args: &[&str], dir: &Path, stdin: Option<&str>) -> Self {
+        let mut proc = Proc::spawn("hb-server", args, dir, stdin);
+        let (_, line) = proc.stdout.wait_for("listening on", PROMPT);
+        let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        Self { proc, port, dir: dir.to_path_buf() }
+    }
+
+    pub fn log(&mut self) -> &mut Lines {
+        &mut self.proc.stdout
+    }
+}
+
+/// A raw line-wire peer with timestamps relative to its connection.
+pub struct Peer {
+    pub stream: TcpStream,
+    pub t0: Instant,
+    rx: Receiver<Option<(Instant, String)>>,
+    pub received: Vec<(Duration, String)>,
+}
+
+impl Peer {
+    pub fn connect(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let t0 = Instant::now();
+        let reader = stream.try_clone().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        thread::spawn(move || {
+            let mut r = BufReader::new(reader);
+            loop {
+                let mut line = Vec::new();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).trim_end_matches('\n').to_string();
+                        if tx.send(Some((Instant::now(), text))).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self { stream, t0, rx, received: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// The next line and when it arrived (since connect); panics on timeout or close.
+    pub fn line(&mut self, within: Duration) -> (Duration, String) {
+        match self.rx.recv_timeout(within) {
+            Ok(Some((at, l))) => {
+                let item = (at - self.t0, l);
+                self.received.push(item.clone());
+                item
+            }
+            Ok(None) => panic!("connection closed; received so far: {:?}", self.received),
+            Err(_) => panic!("no line within {within:?}; received so far: {:?}", self.received),
+        }
+    }
+
+    /// Asserts the next line is exactly `want`, returning its arrival time.
+    pub fn expect(&mut self, want: &str, within: Duration) -> Duration {
+        let (at, got) = self.line(within);
+        assert_eq!(got, want, "at {at:?}; received so far: {:?}", self.received);
+        at
+    }
+
+    /// Asserts the server closes the connection (with nothing more) within `within`.
+    pub fn expect_closed(&mut self, within: Duration) -> Duration {
+        match self.rx.recv_timeout(within) {
+            Ok(None) => self.t0.elapsed(),
+            Ok(Some((_, l))) => panic!("expected close, got line {l:?}; before: {:?}", self.received),
+            Err(_) => panic!("connection still open after {within:?}"),
+        }
+    }
+
+    /// Asserts nothing arrives for `d`.
+    pub fn expect_silence(&mut self, d: Duration) {
+        match self.rx.recv_timeout(d) {
+            Err(_) => {}
+            Ok(x) => panic!("expected silence for {d:?}, got {x:?}"),
+        }
+    }
+
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+impl Drop for Peer {
+    /// The reader thread holds a clone of the socket, so dropping alone would not close it.
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Asserts `got` is within [`want` - 5 ms, `want` + `slack`].
+pub fn assert_near(what: &str, got: Duration, want: Duration, slack: Duration) {
+    let early = Duration::from_millis(5);
+    assert!(
+        got + early >= want && got <= want + slack,
+        "{what}: at {got:?}, expected {want:?} (+{slack:?})"
+    );
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
