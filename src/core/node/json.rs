@@ -182,7 +182,7 @@ fn write_float(f: f64, out: &mut String) {
             let int_len = exp as usize + 1;
             if digits.len() <= int_len {
                 out.push_str(&digits);
-                out.extend(std::iter::repeat_n('0', int_len - digits.len()));
+                out.push_str(&"0".repeat(int_len - digits.len()));
                 out.push_str(".0");
             } else {
                 out.push_str(&digits[..int_len]);
@@ -191,7 +191,7 @@ fn write_float(f: f64, out: &mut String) {
             }
         } else {
             out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&"0".repeat((-exp - 1) as usize));
             out.push_str(&digits);
         }
     } else {
