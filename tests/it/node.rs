@@ -66,11 +66,8 @@ fn own_case_files_match_byte_for_byte() {
 #[test]
 fn batch_echo_completes_through_loopback_for_1_3_and_1000_values() {
     let mut p = node(&[]);
-    let mut next_id = 10;
-    for n in [1usize, 3, 1000] {
+    for (batch_id, n) in (10u64..).zip([1usize, 3, 1000]) {
         let values: Vec<Value> = (0..n).map(|i| json!(format!("v{n}-{i}"))).collect();
-        let batch_id = next_id;
-        next_id += 1;
         p.send(&msg(
             "c1",
             "n1",
