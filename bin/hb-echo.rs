@@ -1,1 +1,66 @@
-fn main() {}
+//! hb-echo: a TCP echo server made of raw syscalls, one thread per connection.
+//!
+//! Prints `listening on ADDR:PORT` once bound (the real port when `--port 0`) and runs
+//! until Ctrl-C or SIGTERM. Exit codes: 0 stopped cleanly, 2 bad usage, 1 any other
+//! failure (one line on stderr).
+
+use clap::Parser;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use tcp_heartbeat::net::rawsock::EchoServer;
+
+/// A TCP echo server built from raw syscalls.
+#[derive(Parser, Debug)]
+#[command(name = "hb-echo", version)]
+struct Cli {
+    /// Port to listen on; 0 picks a free port.
+    #[arg(long)]
+    port: u16,
+    /// IPv4 address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: Ipv4Addr,
+}
+
+fn serve(cli: &Cli) -> Result<(), String> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    let server = EchoServer::start(cli.host, cli.port)
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", cli.host, cli.port))?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "listening on {}", server.local_addr())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("writing stdout: {e}"))?;
+    drop(out);
+    // Blocks until a signal; the handler is the only sender, and it lives forever.
+    let _ = stop_rx.recv();
+    let counts = server.counts();
+    server.stop();
+    eprintln!(
+        "hb-echo: stopped after {} connections, {} bytes echoed",
+        counts.connections, counts.bytes
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let text = e.to_string();
+            eprintln!("hb-echo: {}", text.lines().next().unwrap_or("bad usage"));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    match serve(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hb-echo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
