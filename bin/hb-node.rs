@@ -7,7 +7,8 @@ use clap::Parser;
 use std::io::{self, BufReader};
 use std::process::ExitCode;
 use std::time::Duration;
-use tcp_heartbeat::app::node::{parse_duration, run, NodeConfig};
+use tcp_heartbeat::app::node::{run, NodeConfig};
+use tcp_heartbeat::config::parse_duration;
 
 /// A Maelstrom node: keep-alive table, TCP echo over raw syscalls, async RPC.
 #[derive(Parser, Debug)]

@@ -64,11 +64,21 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Read { path, source } => write!(f, "cannot read config {}: {source}", path.display()),
-            Self::Json { path, message } => write!(f, "config {} is not valid JSON: {message}", path.display()),
-            Self::UnknownKey { path, key } => write!(f, "config {}: unknown key `{key}`", path.display()),
+            Self::Read { path, source } => {
+                write!(f, "cannot read config {}: {source}", path.display())
+            }
+            Self::Json { path, message } => {
+                write!(f, "config {} is not valid JSON: {message}", path.display())
+            }
+            Self::UnknownKey { path, key } => {
+                write!(f, "config {}: unknown key `{key}`", path.display())
+            }
             Self::BadValue { key, reason } => write!(f, "{key}: {reason}"),
-            Self::BadAnswer { setting, answer, reason } => {
+            Self::BadAnswer {
+                setting,
+                answer,
+                reason,
+            } => {
                 write!(f, "invalid answer {answer:?} for {setting}: {reason}")
             }
             Self::Prompt(e) => write!(f, "cannot read the answer to a prompt: {e}"),
@@ -109,7 +119,11 @@ pub fn parse_duration_allow_zero(s: &str) -> Result<Duration, String> {
     };
     let bad = || format!("'{s}' is not a duration (examples: 5, 0.25, 250ms, 2m)");
     let num = num.trim();
-    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+') {
+    if num.is_empty()
+        || !num
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
+    {
         return Err(bad());
     }
     let v: f64 = num.parse().map_err(|_| bad())?;
@@ -234,22 +248,31 @@ impl FileConfig {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text, &path),
-            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Self::default())
+            }
             Err(source) => Err(ConfigError::Read { path, source }),
         }
     }
 
     /// Parses the text of a configuration file (`path` is only used in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| ConfigError::Json { path: path.into(), message: e.to_string() })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let top = object(&value, "(top level)")?;
         let mut cfg = Self::default();
         for (key, v) in top {
             match key.as_str() {
                 "server" => cfg.server = parse_server(object(v, "server")?, path)?,
                 "client" => cfg.client = parse_client(object(v, "client")?, path)?,
-                other => return Err(ConfigError::UnknownKey { path: path.into(), key: other.to_owned() }),
+                other => {
+                    return Err(ConfigError::UnknownKey {
+                        path: path.into(),
+                        key: other.to_owned(),
+                    })
+                }
             }
         }
         Ok(cfg)
@@ -257,11 +280,15 @@ impl FileConfig {
 }
 
 fn object<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, ConfigError> {
-    v.as_object().ok_or_else(|| bad(key, format!("expected an object, got {}", kind(v))))
+    v.as_object()
+        .ok_or_else(|| bad(key, format!("expected an object, got {}", kind(v))))
 }
 
 fn bad(key: &str, reason: String) -> ConfigError {
-    ConfigError::BadValue { key: key.to_owned(), reason }
+    ConfigError::BadValue {
+        key: key.to_owned(),
+        reason,
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -276,7 +303,9 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn string(v: &Value, key: &str) -> Result<String, ConfigError> {
-    v.as_str().map(str::to_owned).ok_or_else(|| bad(key, format!("expected a string, got {}", kind(v))))
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| bad(key, format!("expected a string, got {}", kind(v))))
 }
 
 fn port(v: &Value, key: &str) -> Result<u16, ConfigError> {
@@ -285,20 +314,33 @@ fn port(v: &Value, key: &str) -> Result<u16, ConfigError> {
         Value::String(s) => s.trim().parse::<u64>().ok(),
         _ => None,
     };
-    n.and_then(|n| u16::try_from(n).ok())
-        .ok_or_else(|| bad(key, format!("expected a port 0-65535 as a number or a string, got {v}")))
+    n.and_then(|n| u16::try_from(n).ok()).ok_or_else(|| {
+        bad(
+            key,
+            format!("expected a port 0-65535 as a number or a string, got {v}"),
+        )
+    })
 }
 
 fn positive(v: &Value, key: &str) -> Result<u64, ConfigError> {
-    v.as_u64().filter(|&n| n > 0).ok_or_else(|| bad(key, format!("expected a whole number above zero, got {v}")))
+    v.as_u64()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| bad(key, format!("expected a whole number above zero, got {v}")))
 }
 
 fn duration(v: &Value, key: &str, allow_zero: bool) -> Result<Duration, ConfigError> {
-    let parse = if allow_zero { parse_duration_allow_zero } else { parse_duration };
+    let parse = if allow_zero {
+        parse_duration_allow_zero
+    } else {
+        parse_duration
+    };
     match v {
         Value::Number(n) => parse(&n.to_string()),
         Value::String(s) => parse(s),
-        _ => Err(format!("expected seconds as a number or a string such as \"250ms\", got {}", kind(v))),
+        _ => Err(format!(
+            "expected seconds as a number or a string such as \"250ms\", got {}",
+            kind(v)
+        )),
     }
     .map_err(|reason| bad(key, reason))
 }
@@ -315,14 +357,20 @@ fn parse_server(obj: &Map<String, Value>, path: &Path) -> Result<FileServer, Con
             "idle" => s.idle = Some(duration(v, key, false)?),
             "count" => {
                 let n = positive(v, key)?;
-                s.count = Some(u32::try_from(n).map_err(|_| bad(key, format!("{n} is too large")))?);
+                s.count =
+                    Some(u32::try_from(n).map_err(|_| bad(key, format!("{n} is too large")))?);
             }
             "mode" => s.mode = Some(Mode::parse(&string(v, key)?).map_err(|r| bad(key, r))?),
             "wire" => s.wire = Some(Wire::parse(&string(v, key)?).map_err(|r| bad(key, r))?),
             "max_conns" => s.max_conns = Some(positive(v, key)? as usize),
             "max_line" => s.max_line = Some(positive(v, key)? as usize),
             "queue" => s.queue = Some(positive(v, key)? as usize),
-            _ => return Err(ConfigError::UnknownKey { path: path.into(), key: key.to_owned() }),
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    path: path.into(),
+                    key: key.to_owned(),
+                })
+            }
         }
     }
     Ok(s)
@@ -340,7 +388,12 @@ fn parse_client(obj: &Map<String, Value>, path: &Path) -> Result<FileClient, Con
             "block" => c.block = Some(duration(v, key, true)?),
             "message" => c.message = Some(string(v, key)?),
             "name" => c.name = Some(string(v, key)?),
-            _ => return Err(ConfigError::UnknownKey { path: path.into(), key: key.to_owned() }),
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    path: path.into(),
+                    key: key.to_owned(),
+                })
+            }
         }
     }
     Ok(c)
@@ -360,7 +413,12 @@ pub struct Prompter<R, W> {
 impl<R: BufRead, W: Write> Prompter<R, W> {
     /// A prompter reading answers from `input` and writing questions to `out`.
     pub fn new(input: R, out: W, interactive: bool) -> Self {
-        Self { input, out, interactive, eof: false }
+        Self {
+            input,
+            out,
+            interactive,
+            eof: false,
+        }
     }
 
     /// Asks `question`, showing `default` (already formatted), and parses the answer.
@@ -376,10 +434,16 @@ impl<R: BufRead, W: Write> Prompter<R, W> {
             if self.eof {
                 return Ok(default);
             }
-            write!(self.out, "{question} [default {shown_default}]: ").map_err(ConfigError::Prompt)?;
+            write!(self.out, "{question} [default {shown_default}]: ")
+                .map_err(ConfigError::Prompt)?;
             self.out.flush().map_err(ConfigError::Prompt)?;
             let mut line = String::new();
-            if self.input.read_line(&mut line).map_err(ConfigError::Prompt)? == 0 {
+            if self
+                .input
+                .read_line(&mut line)
+                .map_err(ConfigError::Prompt)?
+                == 0
+            {
                 self.eof = true;
                 writeln!(self.out).map_err(ConfigError::Prompt)?;
                 return Ok(default);
@@ -391,10 +455,19 @@ impl<R: BufRead, W: Write> Prompter<R, W> {
             match parse(answer) {
                 Ok(v) => return Ok(v),
                 Err(reason) if self.interactive => {
-                    writeln!(self.out, "  {reason}; try again, or press Enter for the default")
-                        .map_err(ConfigError::Prompt)?;
+                    writeln!(
+                        self.out,
+                        "  {reason}; try again, or press Enter for the default"
+                    )
+                    .map_err(ConfigError::Prompt)?;
                 }
-                Err(reason) => return Err(ConfigError::BadAnswer { setting, answer: answer.to_owned(), reason }),
+                Err(reason) => {
+                    return Err(ConfigError::BadAnswer {
+                        setting,
+                        answer: answer.to_owned(),
+                        reason,
+                    })
+                }
             }
         }
     }
@@ -545,14 +618,25 @@ impl ServerSettings {
         let heartbeat = HeartbeatConfig::new(idle, interval, count).map_err(heartbeat_error)?;
         let max_line = flags.max_line.or(f.max_line).unwrap_or(defaults::MAX_LINE);
         let queue = flags.queue.or(f.queue).unwrap_or(defaults::QUEUE);
-        let max_conns = flags.max_conns.or(f.max_conns).unwrap_or(defaults::MAX_CONNS);
-        for (key, v) in [("--max-line", max_line), ("--queue", queue), ("--max-conns", max_conns)] {
+        let max_conns = flags
+            .max_conns
+            .or(f.max_conns)
+            .unwrap_or(defaults::MAX_CONNS);
+        for (key, v) in [
+            ("--max-line", max_line),
+            ("--queue", queue),
+            ("--max-conns", max_conns),
+        ] {
             if v == 0 {
                 return Err(bad(key, "must be greater than zero".into()));
             }
         }
         Ok(Self {
-            host: flags.host.clone().or_else(|| f.host.clone()).unwrap_or_else(|| defaults::HOST.into()),
+            host: flags
+                .host
+                .clone()
+                .or_else(|| f.host.clone())
+                .unwrap_or_else(|| defaults::HOST.into()),
             port: flags.port.or(f.port).unwrap_or(defaults::SERVER_PORT),
             idle_raised_from: HeartbeatConfig::raised_idle_from(idle, &heartbeat),
             heartbeat,
@@ -649,13 +733,22 @@ impl ClientSettings {
             )?,
             None => defaults::BLOCK,
         };
-        let message = flags.message.clone().or_else(|| f.message.clone()).unwrap_or_else(|| defaults::MESSAGE.into());
+        let message = flags
+            .message
+            .clone()
+            .or_else(|| f.message.clone())
+            .unwrap_or_else(|| defaults::MESSAGE.into());
         if message.contains(['\n', '\r']) {
             return Err(bad("--message", "must be a single line".into()));
         }
         let name = flags.name.clone().or_else(|| f.name.clone());
         let chat_name = if flags.chat {
-            Some(name.ok_or_else(|| bad("--name", "the chat client needs --name NAME (or client.name)".into()))?)
+            Some(name.ok_or_else(|| {
+                bad(
+                    "--name",
+                    "the chat client needs --name NAME (or client.name)".into(),
+                )
+            })?)
         } else {
             None
         };
@@ -663,8 +756,15 @@ impl ClientSettings {
             return Err(bad("--messages", "must be greater than zero".into()));
         }
         Ok(Self {
-            host: flags.host.clone().or_else(|| file.server.host.clone()).unwrap_or_else(|| defaults::HOST.into()),
-            port: flags.port.or(file.server.port).unwrap_or(defaults::SERVER_PORT),
+            host: flags
+                .host
+                .clone()
+                .or_else(|| file.server.host.clone())
+                .unwrap_or_else(|| defaults::HOST.into()),
+            port: flags
+                .port
+                .or(file.server.port)
+                .unwrap_or(defaults::SERVER_PORT),
             every,
             block,
             message,
@@ -702,8 +802,20 @@ mod tests {
 
     #[test]
     fn durations_format_round_trip() {
-        for d in [ms(250), ms(5000), ms(2500), ms(1), Duration::from_micros(1500), Duration::ZERO] {
-            assert_eq!(parse_duration_allow_zero(&fmt_duration(d)), Ok(d), "{}", fmt_duration(d));
+        for d in [
+            ms(250),
+            ms(5000),
+            ms(2500),
+            ms(1),
+            Duration::from_micros(1500),
+            Duration::ZERO,
+        ] {
+            assert_eq!(
+                parse_duration_allow_zero(&fmt_duration(d)),
+                Ok(d),
+                "{}",
+                fmt_duration(d)
+            );
         }
         assert_eq!(fmt_duration(ms(250)), "250ms");
         assert_eq!(fmt_duration(ms(30_000)), "30s");
@@ -743,8 +855,14 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let msg = |t: &str| parse(t).unwrap_err().to_string();
-        assert_eq!(msg(r#"{"server": {"prot": 1}}"#), "config configuration.json: unknown key `server.prot`");
-        assert_eq!(msg(r#"{"servr": {}}"#), "config configuration.json: unknown key `servr`");
+        assert_eq!(
+            msg(r#"{"server": {"prot": 1}}"#),
+            "config configuration.json: unknown key `server.prot`"
+        );
+        assert_eq!(
+            msg(r#"{"servr": {}}"#),
+            "config configuration.json: unknown key `servr`"
+        );
         assert!(msg(r#"{"server": {"port": "80x"}}"#).starts_with("server.port: expected a port"));
         assert!(msg(r#"{"server": {"port": 70000}}"#).starts_with("server.port:"));
         assert!(msg(r#"{"server": {"count": 0}}"#).starts_with("server.count:"));
@@ -764,12 +882,19 @@ mod tests {
         let flags = ServerFlags::default();
         let mut p = prompter("\n\n\n", false);
         let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
-        assert_eq!(s.heartbeat, HeartbeatConfig::new(defaults::IDLE, defaults::INTERVAL, defaults::COUNT).unwrap());
+        assert_eq!(
+            s.heartbeat,
+            HeartbeatConfig::new(defaults::IDLE, defaults::INTERVAL, defaults::COUNT).unwrap()
+        );
         let mut p = prompter("0.5\n4\n1\n", false);
         let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
         assert_eq!(s.heartbeat.interval(), ms(500));
         assert_eq!(s.heartbeat.count(), 4);
-        assert_eq!(s.heartbeat.idle(), ms(2000), "idle raised to interval x count");
+        assert_eq!(
+            s.heartbeat.idle(),
+            ms(2000),
+            "idle raised to interval x count"
+        );
         assert_eq!(s.idle_raised_from, Some(ms(1000)));
         let asked = String::from_utf8(p.out).unwrap();
         assert_eq!(asked.matches("[default").count(), 3);
@@ -783,7 +908,16 @@ mod tests {
         assert_eq!(s.heartbeat.count(), defaults::COUNT);
         let mut p = prompter("soon\n", false);
         let e = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap_err();
-        assert!(matches!(e, ConfigError::BadAnswer { setting: "interval", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::BadAnswer {
+                    setting: "interval",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let mut p = prompter("soon\n2\n", true);
         let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
         assert_eq!(s.heartbeat.interval(), ms(2000));
@@ -792,13 +926,24 @@ mod tests {
 
     #[test]
     fn flags_beat_the_file_and_skip_prompts() {
-        let file = parse(r#"{"server": {"port": "8000", "interval": 5, "count": 2, "idle": 30}}"#).unwrap();
-        let flags = ServerFlags { port: Some(0), interval: Some(ms(100)), ..Default::default() };
+        let file = parse(r#"{"server": {"port": "8000", "interval": 5, "count": 2, "idle": 30}}"#)
+            .unwrap();
+        let flags = ServerFlags {
+            port: Some(0),
+            interval: Some(ms(100)),
+            ..Default::default()
+        };
         let mut p = prompter("garbage\n", false);
         let s = ServerSettings::resolve(&flags, &file, &mut p).unwrap();
-        assert_eq!((s.port, s.heartbeat.interval(), s.heartbeat.count()), (0, ms(100), 2));
+        assert_eq!(
+            (s.port, s.heartbeat.interval(), s.heartbeat.count()),
+            (0, ms(100), 2)
+        );
         assert!(p.out.is_empty(), "nothing asked when everything is set");
-        let flags = ServerFlags { defaults: true, ..Default::default() };
+        let flags = ServerFlags {
+            defaults: true,
+            ..Default::default()
+        };
         let mut p = prompter("garbage\n", false);
         let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
         assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8000));
@@ -807,14 +952,27 @@ mod tests {
 
     #[test]
     fn client_settings_resolve() {
-        let file = parse(r#"{"server": {"host": "127.0.0.1", "port": "8000"}, "client": {"port": "8001"}}"#).unwrap();
+        let file = parse(
+            r#"{"server": {"host": "127.0.0.1", "port": "8000"}, "client": {"port": "8001"}}"#,
+        )
+        .unwrap();
         let mut p = prompter("5\n\n", false);
         let c = ClientSettings::resolve(&ClientFlags::default(), &file, &mut p).unwrap();
-        assert_eq!((c.port, c.listen_port, c.every, c.block), (8000, 8001, ms(5000), Duration::ZERO));
-        let flags = ClientFlags { chat: true, ..Default::default() };
+        assert_eq!(
+            (c.port, c.listen_port, c.every, c.block),
+            (8000, 8001, ms(5000), Duration::ZERO)
+        );
+        let flags = ClientFlags {
+            chat: true,
+            ..Default::default()
+        };
         let e = ClientSettings::resolve(&flags, &file, &mut prompter("", false)).unwrap_err();
         assert!(e.to_string().contains("--name"), "{e}");
-        let flags = ClientFlags { message: Some("a\nb".into()), defaults: true, ..Default::default() };
+        let flags = ClientFlags {
+            message: Some("a\nb".into()),
+            defaults: true,
+            ..Default::default()
+        };
         assert!(ClientSettings::resolve(&flags, &file, &mut prompter("", false)).is_err());
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::config::{
-    parse_count, parse_duration, parse_duration_allow_zero, ClientFlags, ConfigError, FileConfig, Mode,
-    Prompter, ServerFlags, Wire,
+    parse_count, parse_duration, parse_duration_allow_zero, ClientFlags, ConfigError, FileConfig,
+    Mode, Prompter, ServerFlags, Wire,
 };
 
 /// `--mode`

@@ -47,7 +47,10 @@ pub fn describe(outcome: Outcome) -> String {
         Outcome::UserEnded => "session ended".into(),
         Outcome::ServerEnded(reason) => format!("the server ended the session: {reason}"),
         Outcome::ServerLost(silence) => {
-            format!("the server stopped answering (silent for {})", fmt_duration(silence))
+            format!(
+                "the server stopped answering (silent for {})",
+                fmt_duration(silence)
+            )
         }
     }
 }
@@ -57,7 +60,8 @@ pub fn run(args: &ClientArgs) -> Result<Outcome, RunError> {
     let flags = args.flags();
     let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
     let mut prompter = stdin_prompter();
-    let settings = ClientSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
+    let settings =
+        ClientSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
     let _ = prompter.say(&format!(
         "sending {:?} every {}, answering heartbeats after {}",
         settings.message,

@@ -200,32 +200,6 @@ fn emit<W: Write, L: Write>(
     output.flush().map_err(NodeAppError::Output)
 }
 
-/// Parses a duration flag: a plain number means seconds (`5`, `0.25`); the suffixes `ms`,
-/// `s` and `m` are allowed (`250ms`, `1.5s`, `2m`). Zero and negative values are refused.
-///
-/// Kept in one function so the shared parser can replace it later.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (text, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 5, 0.25, 250ms, 2m"))?;
-    let seconds = value * scale;
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(format!("invalid duration {text:?}: must be positive"));
-    }
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {text:?}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,17 +340,5 @@ mod tests {
             last,
             r#"{"src": "n1", "dest": "c1", "body": {"type": "error", "in_reply_to": 2, "code": 0, "text": "no reply to msg_id 1 within 50 ms", "msg_id": 2}}"#
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "abc", "-1", "0", "5h", "inf", "NaN"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
     }
 }

@@ -46,7 +46,9 @@ pub struct ScenarioArgs {
 fn speed(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 1000.0 => Ok(v),
-        _ => Err(format!("'{s}' is not a speed factor between 0 and 1000 (e.g. 10)")),
+        _ => Err(format!(
+            "'{s}' is not a speed factor between 0 and 1000 (e.g. 10)"
+        )),
     }
 }
 
@@ -91,8 +93,16 @@ impl Timings {
         let hb = HeartbeatConfig::new(s(30.0), s(5.0), 3).expect("manual settings are valid");
         // Scheduling jitter on a loaded machine is a few milliseconds; allow ten times that,
         // but never more than a fifth of an interval, so a wrong schedule still fails.
-        let slack = Duration::from_millis(50).min(s(1.0)).max(Duration::from_millis(20));
-        Self { hb, every_fast: s(5.0), every_slow: s(50.0), block_long: s(180.0), slack }
+        let slack = Duration::from_millis(50)
+            .min(s(1.0))
+            .max(Duration::from_millis(20));
+        Self {
+            hb,
+            every_fast: s(5.0),
+            every_slow: s(50.0),
+            block_long: s(180.0),
+            slack,
+        }
     }
 }
 
@@ -112,10 +122,22 @@ pub struct Verdict {
 }
 
 const CASES: [(&str, &str); 4] = [
-    ("Normal data exchange at the configured rate", "heartbeat does not kick in"),
-    ("Slow client that answers the heartbeat", "heartbeat kicks in, connection kept"),
-    ("Slow client that does not answer", "heartbeat kicks in, END, connection closed"),
-    ("Client closes the connection", "closed without a heartbeat round"),
+    (
+        "Normal data exchange at the configured rate",
+        "heartbeat does not kick in",
+    ),
+    (
+        "Slow client that answers the heartbeat",
+        "heartbeat kicks in, connection kept",
+    ),
+    (
+        "Slow client that does not answer",
+        "heartbeat kicks in, END, connection closed",
+    ),
+    (
+        "Client closes the connection",
+        "closed without a heartbeat round",
+    ),
 ];
 
 struct Harness {
@@ -139,12 +161,18 @@ impl Harness {
             queue: crate::config::defaults::QUEUE,
         };
         let (tx, events) = crossbeam_channel::unbounded();
-        let server = Server::bind(settings, EventLog::channel(tx)).map_err(|e| ScenarioError::Setup(e.to_string()))?;
+        let server = Server::bind(settings, EventLog::channel(tx))
+            .map_err(|e| ScenarioError::Setup(e.to_string()))?;
         let (handle, addr) = (server.handle(), server.local_addr());
         let accept = thread::spawn(move || {
             let _ = server.run();
         });
-        Ok(Self { handle, addr, events, accept })
+        Ok(Self {
+            handle,
+            addr,
+            events,
+            accept,
+        })
     }
 
     fn client_settings(&self, every: Duration, block: Duration) -> ClientSettings {
@@ -183,7 +211,9 @@ fn run_client(
         thread::sleep(after);
         let _ = stop_tx.send(());
     }
-    let outcome = session.join().unwrap_or_else(|_| Err("client thread panicked".into()));
+    let outcome = session
+        .join()
+        .unwrap_or_else(|_| Err("client thread panicked".into()));
     (outcome, rx.try_iter().collect())
 }
 
@@ -192,19 +222,38 @@ fn secs(d: Duration) -> String {
 }
 
 fn last_sent_before(client: &[Stamped<ClientEvent>], at: Instant) -> Option<Instant> {
-    client.iter().filter(|e| matches!(e.event, ClientEvent::Sent(_)) && e.at <= at).map(|e| e.at).last()
+    client
+        .iter()
+        .rev()
+        .find(|e| matches!(e.event, ClientEvent::Sent(_)) && e.at <= at)
+        .map(|e| e.at)
 }
 
 fn case1(t: Timings) -> Result<Verdict, ScenarioError> {
     let h = Harness::start(t.hb)?;
     let run_for = t.hb.give_up_after() + t.every_fast * 2;
-    let (outcome, cev) = run_client(h.client_settings(t.every_fast, Duration::ZERO), Some(run_for));
+    let (outcome, cev) = run_client(
+        h.client_settings(t.every_fast, Duration::ZERO),
+        Some(run_for),
+    );
     let sev = h.stop();
-    let sent = cev.iter().filter(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("MSG "))).count();
-    let echoed = cev.iter().filter(|e| matches!(&e.event, ClientEvent::Received(l) if l.starts_with("ECHO "))).count();
-    let rounds = sev.iter().filter(|e| matches!(e.event, Event::RoundStarted { .. } | Event::PingSent { .. })).count();
+    let sent = cev
+        .iter()
+        .filter(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("MSG ")))
+        .count();
+    let echoed = cev
+        .iter()
+        .filter(|e| matches!(&e.event, ClientEvent::Received(l) if l.starts_with("ECHO ")))
+        .count();
+    let rounds = sev
+        .iter()
+        .filter(|e| matches!(e.event, Event::RoundStarted { .. } | Event::PingSent { .. }))
+        .count();
     let expected_msgs = (run_for.as_secs_f64() / t.every_fast.as_secs_f64()) as usize;
-    let pass = rounds == 0 && echoed == sent && sent + 1 >= expected_msgs && outcome == Ok(Outcome::UserEnded);
+    let pass = rounds == 0
+        && echoed == sent
+        && sent + 1 >= expected_msgs
+        && outcome == Ok(Outcome::UserEnded);
     let observed = format!(
         "{sent} messages in {}, {echoed} echoed, {rounds} heartbeats; client {}",
         secs(run_for),
@@ -216,25 +265,42 @@ fn case1(t: Timings) -> Result<Verdict, ScenarioError> {
 fn case2(t: Timings) -> Result<Verdict, ScenarioError> {
     let h = Harness::start(t.hb)?;
     let run_for = t.hb.idle() + t.hb.round_length() + t.slack * 4;
-    let (outcome, cev) = run_client(h.client_settings(t.every_slow, Duration::ZERO), Some(run_for));
+    let (outcome, cev) = run_client(
+        h.client_settings(t.every_slow, Duration::ZERO),
+        Some(run_for),
+    );
     let sev = h.stop();
     let mut notes = Vec::new();
     let mut pass = outcome == Ok(Outcome::UserEnded);
-    let start = sev.iter().find(|e| matches!(e.event, Event::RoundStarted { .. }));
+    let start = sev
+        .iter()
+        .find(|e| matches!(e.event, Event::RoundStarted { .. }));
     let answered = sev.iter().find_map(|e| match e.event {
         Event::Answered { after, rtt, .. } => Some((after, rtt)),
         _ => None,
     });
     let timeouts = sev
         .iter()
-        .filter(|e| matches!(e.event, Event::EndSent { reason: EndReason::HeartbeatTimeout, .. }))
+        .filter(|e| {
+            matches!(
+                e.event,
+                Event::EndSent {
+                    reason: EndReason::HeartbeatTimeout,
+                    ..
+                }
+            )
+        })
         .count();
     match start {
         Some(s) => {
             let quiet = last_sent_before(&cev, s.at).map(|at| s.at.saturating_duration_since(at));
-            let on_time = quiet.is_some_and(|q| q + t.slack / 5 >= t.hb.idle() && q <= t.hb.idle() + t.slack);
+            let on_time =
+                quiet.is_some_and(|q| q + t.slack / 5 >= t.hb.idle() && q <= t.hb.idle() + t.slack);
             pass &= on_time;
-            notes.push(format!("round after {} quiet", quiet.map_or("?".into(), secs)));
+            notes.push(format!(
+                "round after {} quiet",
+                quiet.map_or("?".into(), secs)
+            ));
         }
         None => {
             pass = false;
@@ -244,7 +310,10 @@ fn case2(t: Timings) -> Result<Verdict, ScenarioError> {
     match answered {
         Some((after, rtt)) => {
             pass &= after == 1;
-            notes.push(format!("PING {after} answered in {:.1}ms", rtt.as_secs_f64() * 1000.0));
+            notes.push(format!(
+                "PING {after} answered in {:.1}ms",
+                rtt.as_secs_f64() * 1000.0
+            ));
         }
         None => {
             pass = false;
@@ -252,7 +321,11 @@ fn case2(t: Timings) -> Result<Verdict, ScenarioError> {
         }
     }
     pass &= timeouts == 0;
-    notes.push(if timeouts == 0 { "connection kept".into() } else { "closed by heartbeat".into() });
+    notes.push(if timeouts == 0 {
+        "connection kept".into()
+    } else {
+        "closed by heartbeat".into()
+    });
     notes.push(format!("client {}", outcome_text(&outcome)));
     Ok(verdict(2, notes.join(", "), pass))
 }
@@ -261,12 +334,19 @@ fn case3(t: Timings) -> Result<Verdict, ScenarioError> {
     let h = Harness::start(t.hb)?;
     let (outcome, cev) = run_client(h.client_settings(t.every_slow, t.block_long), None);
     let sev = h.stop();
-    let first_data = cev.iter().find(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("MSG "))).map(|e| e.at);
+    let first_data = cev
+        .iter()
+        .find(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("MSG ")))
+        .map(|e| e.at);
     let at = |pred: &dyn Fn(&Event) -> bool| sev.iter().find(|e| pred(&e.event)).map(|e| e.at);
     let mut pass = outcome == Ok(Outcome::ServerEnded(EndReason::HeartbeatTimeout));
     let mut marks = Vec::new();
     let Some(t0) = first_data else {
-        return Ok(verdict(3, format!("client sent nothing; client {}", outcome_text(&outcome)), false));
+        return Ok(verdict(
+            3,
+            format!("client sent nothing; client {}", outcome_text(&outcome)),
+            false,
+        ));
     };
     let hb = t.hb;
     let mut check = |label: String, got: Option<Instant>, want: Duration| {
@@ -277,13 +357,28 @@ fn case3(t: Timings) -> Result<Verdict, ScenarioError> {
     };
     for k in 1..=hb.count() {
         let want = hb.idle() + hb.interval() * (k - 1);
-        check(format!("PING {k}"), at(&|e| matches!(e, Event::PingSent { k: kk, .. } if *kk == k)), want);
+        check(
+            format!("PING {k}"),
+            at(&|e| matches!(e, Event::PingSent { k: kk, .. } if *kk == k)),
+            want,
+        );
     }
-    let end = at(&|e| matches!(e, Event::EndSent { reason: EndReason::HeartbeatTimeout, .. }));
+    let end = at(&|e| {
+        matches!(
+            e,
+            Event::EndSent {
+                reason: EndReason::HeartbeatTimeout,
+                ..
+            }
+        )
+    });
     check("END".into(), end, hb.give_up_after());
     let closed = at(&|e| matches!(e, Event::Closed { .. }));
     pass &= closed.is_some();
-    let pongs = cev.iter().filter(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("PONG"))).count();
+    let pongs = cev
+        .iter()
+        .filter(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("PONG")))
+        .count();
     pass &= pongs == 0;
     let observed = format!(
         "{} (expected {} + k x {}, END at {}); {}; client {}",
@@ -291,7 +386,11 @@ fn case3(t: Timings) -> Result<Verdict, ScenarioError> {
         secs(hb.idle()),
         secs(hb.interval()),
         secs(hb.give_up_after()),
-        if closed.is_some() { "closed" } else { "NOT closed" },
+        if closed.is_some() {
+            "closed"
+        } else {
+            "NOT closed"
+        },
         outcome_text(&outcome)
     );
     Ok(verdict(3, observed, pass))
@@ -302,7 +401,8 @@ fn case4(t: Timings) -> Result<Verdict, ScenarioError> {
     // Like the manual's client.py being stopped: a few messages, then the socket just closes.
     let setup = |e: std::io::Error| ScenarioError::Setup(format!("case 4 client: {e}"));
     let mut sock = TcpStream::connect(h.addr).map_err(setup)?;
-    sock.set_read_timeout(Some(Duration::from_secs(5))).map_err(setup)?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(setup)?;
     let mut echoes = 0;
     let mut buf = [0u8; 1024];
     let mut received = Vec::new();
@@ -336,14 +436,26 @@ fn case4(t: Timings) -> Result<Verdict, ScenarioError> {
         }
     }
     sev.extend(h.stop());
-    let noticed = sev.iter().find(|e| matches!(e.event, Event::ClosedByClient { .. })).map(|e| e.at);
-    let rounds = sev.iter().filter(|e| matches!(e.event, Event::RoundStarted { .. } | Event::PingSent { .. })).count();
-    let ends = sev.iter().filter(|e| matches!(e.event, Event::EndSent { .. })).count();
+    let noticed = sev
+        .iter()
+        .find(|e| matches!(e.event, Event::ClosedByClient { .. }))
+        .map(|e| e.at);
+    let rounds = sev
+        .iter()
+        .filter(|e| matches!(e.event, Event::RoundStarted { .. } | Event::PingSent { .. }))
+        .count();
+    let ends = sev
+        .iter()
+        .filter(|e| matches!(e.event, Event::EndSent { .. }))
+        .count();
     let delay = noticed.map(|n| n.saturating_duration_since(closed_at));
     let pass = echoes == 4 && rounds == 0 && ends == 0 && delay.is_some_and(|d| d <= t.slack);
     let observed = format!(
         "{echoes} echoes, client closed; server noticed {} later, {rounds} heartbeats, no END",
-        delay.map_or("never".into(), |d| format!("{:.1}ms", d.as_secs_f64() * 1000.0))
+        delay.map_or("never".into(), |d| format!(
+            "{:.1}ms",
+            d.as_secs_f64() * 1000.0
+        ))
     );
     Ok(verdict(4, observed, pass))
 }
@@ -359,7 +471,13 @@ fn outcome_text(o: &Result<Outcome, String>) -> String {
 
 fn verdict(case: u8, observed: String, pass: bool) -> Verdict {
     let (description, expectation) = CASES[usize::from(case - 1)];
-    Verdict { case, description, expectation, observed, pass }
+    Verdict {
+        case,
+        description,
+        expectation,
+        observed,
+        pass,
+    }
 }
 
 /// Runs the selected cases concurrently and returns their verdicts in case order.
@@ -372,16 +490,30 @@ pub fn run_cases(timings: Timings, only: Option<u8>) -> Result<Vec<Verdict>, Sce
             .collect();
         running
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(ScenarioError::Setup("a case panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(ScenarioError::Setup("a case panicked".into())))
+            })
             .collect()
     })
 }
 
 /// Formats the verdict table.
 pub fn table(verdicts: &[Verdict]) -> String {
-    let w_desc = verdicts.iter().map(|v| v.description.len()).max().unwrap_or(0);
-    let w_exp = verdicts.iter().map(|v| v.expectation.len()).max().unwrap_or(0);
-    let mut out = format!("{:<4} {:<w_desc$}  {:<w_exp$}  {:<6} {}\n", "case", "description", "expectation", "result", "observed");
+    let w_desc = verdicts
+        .iter()
+        .map(|v| v.description.len())
+        .max()
+        .unwrap_or(0);
+    let w_exp = verdicts
+        .iter()
+        .map(|v| v.expectation.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "{:<4} {:<w_desc$}  {:<w_exp$}  {:<6} {}\n",
+        "case", "description", "expectation", "result", "observed"
+    );
     for v in verdicts {
         out.push_str(&format!(
             "{:<4} {:<w_desc$}  {:<w_exp$}  {:<6} {}\n",
@@ -398,7 +530,9 @@ pub fn table(verdicts: &[Verdict]) -> String {
 /// Runs the scenarios as the binary does; `Ok(true)` when all passed.
 pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
     if Wire::from(args.wire) == Wire::Classic {
-        return Err(ScenarioError::Unsupported("--wire classic is not available yet".into()));
+        return Err(ScenarioError::Unsupported(
+            "--wire classic is not available yet".into(),
+        ));
     }
     let t = Timings::scaled(args.speed);
     println!(

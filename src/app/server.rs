@@ -45,7 +45,8 @@ pub fn run(args: &ServerArgs) -> Result<(), RunError> {
     let flags = args.flags();
     let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
     let mut prompter = stdin_prompter();
-    let settings = ServerSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
+    let settings =
+        ServerSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
     let hb = settings.heartbeat;
     if let Some(asked) = settings.idle_raised_from {
         let _ = prompter.say(&format!(
@@ -71,7 +72,11 @@ pub fn run(args: &ServerArgs) -> Result<(), RunError> {
     let accept = std::thread::Builder::new()
         .name("hb-accept".into())
         .spawn(move || server.run())
-        .map_err(|e| RunError::Server(ServerError::Unsupported(format!("cannot start the accept thread: {e}"))))?;
+        .map_err(|e| {
+            RunError::Server(ServerError::Unsupported(format!(
+                "cannot start the accept thread: {e}"
+            )))
+        })?;
     let _ = rx.recv();
     handle.shutdown();
     // The accept thread sees the stop flag after the self-connect; a failure there is moot now.

@@ -106,9 +106,14 @@ impl Client {
         }
         self.last_rx = self.last_rx.max(now);
         match msg {
-            ServerMsg::Hello { idle, interval, count } if !self.greeted => {
+            ServerMsg::Hello {
+                idle,
+                interval,
+                count,
+            } if !self.greeted => {
                 self.greeted = true;
-                self.patience = idle.saturating_add(interval.checked_mul(*count).unwrap_or(Duration::MAX));
+                self.patience =
+                    idle.saturating_add(interval.checked_mul(*count).unwrap_or(Duration::MAX));
                 self.next_send = Some(now);
             }
             ServerMsg::Ping(token) => {
@@ -151,7 +156,10 @@ impl Client {
             return None;
         }
         let lost = self.last_rx.checked_add(self.patience);
-        [self.next_send, self.pongs.front().map(|p| p.0), lost].into_iter().flatten().min()
+        [self.next_send, self.pongs.front().map(|p| p.0), lost]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// What is due at `now`, one action per call; call again until `None`.
@@ -191,11 +199,20 @@ mod tests {
     }
 
     fn cfg(every: u64, block: u64, messages: Option<u64>) -> ClientConfig {
-        ClientConfig { every: ms(every), block: ms(block), message: "Hello, there".into(), messages }
+        ClientConfig {
+            every: ms(every),
+            block: ms(block),
+            message: "Hello, there".into(),
+            messages,
+        }
     }
 
     fn hello() -> ServerMsg {
-        ServerMsg::Hello { idle: ms(3000), interval: ms(500), count: 3 }
+        ServerMsg::Hello {
+            idle: ms(3000),
+            interval: ms(500),
+            count: 3,
+        }
     }
 
     /// Steps to each deadline until `end`, returning (ms since t0, action).
@@ -220,7 +237,9 @@ mod tests {
         let got = drain(&mut c, t0, t0 + ms(1000));
         let sends: Vec<u128> = got.iter().map(|g| g.0).collect();
         assert_eq!(sends, vec![0, 500, 1000]);
-        assert!(got.iter().all(|g| g.1 == ClientAction::Send(ClientMsg::Msg("Hello, there".into()))));
+        assert!(got
+            .iter()
+            .all(|g| g.1 == ClientAction::Send(ClientMsg::Msg("Hello, there".into()))));
     }
 
     #[test]
@@ -247,7 +266,10 @@ mod tests {
         let mut c = Client::new(cfg(500, 0, None), t0);
         let _ = c.handle_msg(t0, &hello());
         let end = ServerMsg::End(EndReason::HeartbeatTimeout);
-        assert_eq!(c.handle_msg(t0 + ms(10), &end), Some(Outcome::ServerEnded(EndReason::HeartbeatTimeout)));
+        assert_eq!(
+            c.handle_msg(t0 + ms(10), &end),
+            Some(Outcome::ServerEnded(EndReason::HeartbeatTimeout))
+        );
         assert_eq!(c.poll(t0 + ms(10_000)), None);
         assert_eq!(Outcome::ServerEnded(EndReason::Quit).exit_code(), 3);
     }
@@ -261,7 +283,10 @@ mod tests {
         // idle 3000 + 3 x 500 = 4500 ms of silence.
         assert_eq!(c.poll_timeout(), Some(t0 + ms(4500)));
         assert_eq!(c.poll(t0 + ms(4499)), None);
-        assert_eq!(c.poll(t0 + ms(4500)), Some(ClientAction::Finish(Outcome::ServerLost(ms(4500)))));
+        assert_eq!(
+            c.poll(t0 + ms(4500)),
+            Some(ClientAction::Finish(Outcome::ServerLost(ms(4500))))
+        );
         assert_eq!(Outcome::ServerLost(ms(1)).exit_code(), 4);
     }
 
@@ -270,7 +295,10 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Client::new(cfg(500, 0, None), t0);
         assert_eq!(c.poll_timeout(), Some(t0 + HELLO_TIMEOUT));
-        assert!(matches!(c.poll(t0 + HELLO_TIMEOUT), Some(ClientAction::Finish(Outcome::ServerLost(_)))));
+        assert!(matches!(
+            c.poll(t0 + HELLO_TIMEOUT),
+            Some(ClientAction::Finish(Outcome::ServerLost(_)))
+        ));
     }
 
     #[test]
@@ -281,7 +309,10 @@ mod tests {
         let got = drain(&mut c, t0, t0 + ms(1000));
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(got[2], (200, ClientAction::Send(ClientMsg::Quit(None))));
-        assert_eq!(c.handle_msg(t0 + ms(201), &ServerMsg::End(EndReason::Quit)), Some(Outcome::UserEnded));
+        assert_eq!(
+            c.handle_msg(t0 + ms(201), &ServerMsg::End(EndReason::Quit)),
+            Some(Outcome::UserEnded)
+        );
         assert_eq!(Outcome::UserEnded.exit_code(), 0);
     }
 

@@ -48,7 +48,11 @@ impl HeartbeatConfig {
     /// Validates the settings. Like the manual, an `idle` shorter than `interval * count` is
     /// raised to `interval * count`; [`HeartbeatConfig::raised_idle_from`] tells callers whether
     /// that happened so they can say so.
-    pub fn new(idle: Duration, interval: Duration, count: u32) -> Result<Self, HeartbeatConfigError> {
+    pub fn new(
+        idle: Duration,
+        interval: Duration,
+        count: u32,
+    ) -> Result<Self, HeartbeatConfigError> {
         if interval.is_zero() {
             return Err(HeartbeatConfigError::ZeroInterval);
         }
@@ -59,7 +63,11 @@ impl HeartbeatConfig {
             return Err(HeartbeatConfigError::ZeroIdle);
         }
         let round = saturating_mul(interval, count);
-        Ok(Self { idle: idle.max(round), interval, count })
+        Ok(Self {
+            idle: idle.max(round),
+            interval,
+            count,
+        })
     }
 
     /// The `idle` originally asked for, when [`HeartbeatConfig::new`] had to raise it.
@@ -156,7 +164,13 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// A new connection at `now`; connecting counts as traffic.
     pub fn new(cfg: HeartbeatConfig, now: Instant) -> Self {
-        Self { cfg, last_rx: now, phase: Phase::Quiet, next: now.checked_add(cfg.idle), last_ping: None }
+        Self {
+            cfg,
+            last_rx: now,
+            phase: Phase::Quiet,
+            next: now.checked_add(cfg.idle),
+            last_ping: None,
+        }
     }
 
     /// The settings this machine runs with.
@@ -185,7 +199,9 @@ impl Heartbeat {
         let answered = match self.phase {
             Phase::Round { sent } => Some(Answered {
                 after_pings: sent,
-                rtt: self.last_ping.map_or(Duration::ZERO, |p| now.saturating_duration_since(p)),
+                rtt: self
+                    .last_ping
+                    .map_or(Duration::ZERO, |p| now.saturating_duration_since(p)),
             }),
             _ => None,
         };
@@ -298,7 +314,11 @@ mod tests {
         );
         assert!(hb.phase().is_dead());
         assert_eq!(hb.poll_timeout(), None);
-        assert_eq!(hb.handle_rx(t0 + ms(4000)), None, "a dead connection stays dead");
+        assert_eq!(
+            hb.handle_rx(t0 + ms(4000)),
+            None,
+            "a dead connection stays dead"
+        );
     }
 
     #[test]
@@ -321,7 +341,13 @@ mod tests {
                 assert_eq!(hb.poll(last_ping), Some(Action::SendPing(i)));
             }
             let answer = last_ping + ms(7);
-            assert_eq!(hb.handle_rx(answer), Some(Answered { after_pings: k, rtt: ms(7) }));
+            assert_eq!(
+                hb.handle_rx(answer),
+                Some(Answered {
+                    after_pings: k,
+                    rtt: ms(7)
+                })
+            );
             assert_eq!(hb.phase(), Phase::Quiet);
             // The next round is a full idle after the answer.
             assert_eq!(hb.poll_timeout(), Some(answer + ms(2000)));
@@ -347,7 +373,10 @@ mod tests {
     fn idle_is_raised_to_the_round_length() {
         let c = HeartbeatConfig::new(ms(100), ms(500), 3).unwrap();
         assert_eq!(c.idle(), ms(1500));
-        assert_eq!(HeartbeatConfig::raised_idle_from(ms(100), &c), Some(ms(100)));
+        assert_eq!(
+            HeartbeatConfig::raised_idle_from(ms(100), &c),
+            Some(ms(100))
+        );
         let c = HeartbeatConfig::new(ms(2000), ms(500), 3).unwrap();
         assert_eq!(HeartbeatConfig::raised_idle_from(ms(2000), &c), None);
         assert_eq!(c.give_up_after(), ms(3500));
@@ -355,9 +384,18 @@ mod tests {
 
     #[test]
     fn zero_settings_are_rejected() {
-        assert_eq!(HeartbeatConfig::new(MS, Duration::ZERO, 3), Err(HeartbeatConfigError::ZeroInterval));
-        assert_eq!(HeartbeatConfig::new(MS, MS, 0), Err(HeartbeatConfigError::ZeroCount));
-        assert_eq!(HeartbeatConfig::new(Duration::ZERO, MS, 1), Err(HeartbeatConfigError::ZeroIdle));
+        assert_eq!(
+            HeartbeatConfig::new(MS, Duration::ZERO, 3),
+            Err(HeartbeatConfigError::ZeroInterval)
+        );
+        assert_eq!(
+            HeartbeatConfig::new(MS, MS, 0),
+            Err(HeartbeatConfigError::ZeroCount)
+        );
+        assert_eq!(
+            HeartbeatConfig::new(Duration::ZERO, MS, 1),
+            Err(HeartbeatConfigError::ZeroIdle)
+        );
     }
 
     #[test]
@@ -376,7 +414,11 @@ mod tests {
         assert_eq!(c.round_length(), Duration::MAX);
         assert_eq!(c.give_up_after(), Duration::MAX);
         let mut hb = Heartbeat::new(c, t0);
-        assert_eq!(hb.poll_timeout(), None, "unrepresentable deadline means never");
+        assert_eq!(
+            hb.poll_timeout(),
+            None,
+            "unrepresentable deadline means never"
+        );
         assert_eq!(hb.poll(t0 + Duration::from_secs(1 << 40)), None);
         assert_eq!(hb.handle_rx(t0 + MS), None);
         // interval * count overflows Duration: idle saturates, the deadline is never.

@@ -92,9 +92,15 @@ impl ErrCode {
 
     /// Parses the word on the wire.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::UnknownVerb, Self::BadUtf8, Self::MissingArgument, Self::NameTaken, Self::NotJoined]
-            .into_iter()
-            .find(|c| c.as_str() == s)
+        [
+            Self::UnknownVerb,
+            Self::BadUtf8,
+            Self::MissingArgument,
+            Self::NameTaken,
+            Self::NotJoined,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
     }
 }
 
@@ -147,7 +153,10 @@ fn split_verb(line: &str) -> (&str, Option<&str>) {
 /// Makes `bytes` safe to quote in an `ERR` detail or a log line: one line, bounded length.
 pub fn printable(bytes: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
-    let mut s: String = text.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    let mut s: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
     if bytes.len() > max {
         s.push_str("...");
     }
@@ -164,7 +173,10 @@ impl ClientMsg {
         let (verb, rest) = split_verb(line);
         let need = |rest: Option<&str>| match rest {
             Some(r) if !r.is_empty() => Ok(r.to_owned()),
-            _ => Err(BadLine { code: ErrCode::MissingArgument, detail: format!("{verb} needs an argument") }),
+            _ => Err(BadLine {
+                code: ErrCode::MissingArgument,
+                detail: format!("{verb} needs an argument"),
+            }),
         };
         Ok(match verb {
             "JOIN" => Self::Join(need(rest)?),
@@ -175,7 +187,10 @@ impl ClientMsg {
             _ => {
                 return Err(BadLine {
                     code: ErrCode::UnknownVerb,
-                    detail: format!("'{}' (expected JOIN, MSG, PING, PONG or QUIT)", printable(verb.as_bytes(), 32)),
+                    detail: format!(
+                        "'{}' (expected JOIN, MSG, PING, PONG or QUIT)",
+                        printable(verb.as_bytes(), 32)
+                    ),
                 })
             }
         })
@@ -250,8 +265,16 @@ impl ServerMsg {
     /// The line on the wire, `\n` included.
     pub fn encode(&self) -> String {
         match self {
-            Self::Hello { idle, interval, count } => {
-                format!("HELLO hb/1 idle={} interval={} count={count}\n", idle.as_millis(), interval.as_millis())
+            Self::Hello {
+                idle,
+                interval,
+                count,
+            } => {
+                format!(
+                    "HELLO hb/1 idle={} interval={} count={count}\n",
+                    idle.as_millis(),
+                    interval.as_millis()
+                )
             }
             Self::Echo(t) => format!("ECHO {t}\n"),
             Self::Msg { from, text } => format!("MSG {from} {text}\n"),
@@ -282,32 +305,47 @@ impl ServerMsg {
                 for w in words {
                     match w.split_once('=') {
                         Some(("idle", v)) => idle = v.parse().ok().map(Duration::from_millis),
-                        Some(("interval", v)) => interval = v.parse().ok().map(Duration::from_millis),
+                        Some(("interval", v)) => {
+                            interval = v.parse().ok().map(Duration::from_millis)
+                        }
                         Some(("count", v)) => count = v.parse().ok(),
                         // Unknown settings are for later versions: ignore them.
                         _ => {}
                     }
                 }
                 match (idle, interval, count) {
-                    (Some(idle), Some(interval), Some(count)) => Self::Hello { idle, interval, count },
+                    (Some(idle), Some(interval), Some(count)) => Self::Hello {
+                        idle,
+                        interval,
+                        count,
+                    },
                     _ => return Err(bad()),
                 }
             }
             "ECHO" => Self::Echo(rest_s.to_owned()),
             "MSG" => {
                 let (from, text) = rest_s.split_once(' ').ok_or_else(bad)?;
-                Self::Msg { from: from.to_owned(), text: text.to_owned() }
+                Self::Msg {
+                    from: from.to_owned(),
+                    text: text.to_owned(),
+                }
             }
             "JOINED" => Self::Joined(rest.ok_or_else(bad)?.to_owned()),
             "LEFT" => {
                 let (name, reason) = rest_s.split_once(' ').ok_or_else(bad)?;
-                Self::Left { name: name.to_owned(), reason: EndReason::parse(reason).ok_or_else(bad)? }
+                Self::Left {
+                    name: name.to_owned(),
+                    reason: EndReason::parse(reason).ok_or_else(bad)?,
+                }
             }
             "PING" => Self::Ping(rest.ok_or_else(bad)?.to_owned()),
             "PONG" => Self::Pong(rest.ok_or_else(bad)?.to_owned()),
             "ERR" => {
                 let (code, detail) = rest_s.split_once(' ').unwrap_or((rest_s, ""));
-                Self::Err(BadLine { code: ErrCode::parse(code).ok_or_else(bad)?, detail: detail.to_owned() })
+                Self::Err(BadLine {
+                    code: ErrCode::parse(code).ok_or_else(bad)?,
+                    detail: detail.to_owned(),
+                })
             }
             "END" => Self::End(EndReason::parse(rest_s).ok_or_else(bad)?),
             _ => return Err(bad()),
@@ -345,7 +383,12 @@ pub struct LineDecoder {
 impl LineDecoder {
     /// A decoder that refuses lines longer than `max_line` bytes.
     pub fn new(max_line: usize) -> Self {
-        Self { buf: Vec::new(), scanned: 0, start: 0, max_line }
+        Self {
+            buf: Vec::new(),
+            scanned: 0,
+            start: 0,
+            max_line,
+        }
     }
 
     /// Appends received bytes.
@@ -365,7 +408,10 @@ impl LineDecoder {
             self.buf.clear();
             self.scanned = 0;
             self.start = 0;
-        } else if self.start > 0 && self.start >= self.buf.len() / 2 && self.scanned == self.buf.len() {
+        } else if self.start > 0
+            && self.start >= self.buf.len() / 2
+            && self.scanned == self.buf.len()
+        {
             // Compact before the buffer grows without bound under a steady stream.
             self.buf.drain(..self.start);
             self.scanned -= self.start;
@@ -447,7 +493,11 @@ mod tests {
         // Without a newline the error comes as soon as the limit is passed, holding no more.
         let mut d = LineDecoder::new(5);
         d.feed(b"123456");
-        assert_eq!(d.next_line(), Ok(None), "a trailing \\r could still shorten it");
+        assert_eq!(
+            d.next_line(),
+            Ok(None),
+            "a trailing \\r could still shorten it"
+        );
         d.feed(b"7");
         assert_eq!(d.next_line(), Err(LineTooLong { max: 5 }));
     }
@@ -466,24 +516,48 @@ mod tests {
 
     #[test]
     fn client_lines_parse() {
-        assert_eq!(ClientMsg::parse(b"MSG hello world"), Ok(ClientMsg::Msg("hello world".into())));
-        assert_eq!(ClientMsg::parse(b"JOIN bob"), Ok(ClientMsg::Join("bob".into())));
+        assert_eq!(
+            ClientMsg::parse(b"MSG hello world"),
+            Ok(ClientMsg::Msg("hello world".into()))
+        );
+        assert_eq!(
+            ClientMsg::parse(b"JOIN bob"),
+            Ok(ClientMsg::Join("bob".into()))
+        );
         assert_eq!(ClientMsg::parse(b"PONG 3"), Ok(ClientMsg::Pong("3".into())));
         assert_eq!(ClientMsg::parse(b"PING x"), Ok(ClientMsg::Ping("x".into())));
         assert_eq!(ClientMsg::parse(b"QUIT"), Ok(ClientMsg::Quit(None)));
-        assert_eq!(ClientMsg::parse(b"QUIT bye now"), Ok(ClientMsg::Quit(Some("bye now".into()))));
+        assert_eq!(
+            ClientMsg::parse(b"QUIT bye now"),
+            Ok(ClientMsg::Quit(Some("bye now".into())))
+        );
         for bad in [&b"MSG"[..], b"MSG ", b"JOIN", b"PING", b"PONG "] {
-            assert_eq!(ClientMsg::parse(bad).unwrap_err().code, ErrCode::MissingArgument, "{bad:?}");
+            assert_eq!(
+                ClientMsg::parse(bad).unwrap_err().code,
+                ErrCode::MissingArgument,
+                "{bad:?}"
+            );
         }
         for bad in [&b"msg hi"[..], b"HELLO", b"", b" MSG x", b"\x00\x01"] {
-            assert_eq!(ClientMsg::parse(bad).unwrap_err().code, ErrCode::UnknownVerb, "{bad:?}");
+            assert_eq!(
+                ClientMsg::parse(bad).unwrap_err().code,
+                ErrCode::UnknownVerb,
+                "{bad:?}"
+            );
         }
         let e = ClientMsg::parse(b"MSG \xff\xfe").unwrap_err();
         assert_eq!(e.code, ErrCode::BadUtf8);
         assert_eq!(e.detail, "invalid UTF-8 at byte 4");
-        for m in [ClientMsg::Msg("a b".into()), ClientMsg::Quit(None), ClientMsg::Pong("9".into())] {
+        for m in [
+            ClientMsg::Msg("a b".into()),
+            ClientMsg::Quit(None),
+            ClientMsg::Pong("9".into()),
+        ] {
             let wire = m.encode();
-            assert_eq!(ClientMsg::parse(wire.trim_end_matches('\n').as_bytes()), Ok(m));
+            assert_eq!(
+                ClientMsg::parse(wire.trim_end_matches('\n').as_bytes()),
+                Ok(m)
+            );
         }
     }
 
@@ -491,24 +565,45 @@ mod tests {
     fn server_lines_round_trip() {
         let ms = Duration::from_millis;
         let all = vec![
-            ServerMsg::Hello { idle: ms(2000), interval: ms(500), count: 3 },
+            ServerMsg::Hello {
+                idle: ms(2000),
+                interval: ms(500),
+                count: 3,
+            },
             ServerMsg::Echo("hi there".into()),
             ServerMsg::Echo(String::new()),
-            ServerMsg::Msg { from: "bob".into(), text: "hi all".into() },
+            ServerMsg::Msg {
+                from: "bob".into(),
+                text: "hi all".into(),
+            },
             ServerMsg::Joined("ann".into()),
-            ServerMsg::Left { name: "ann".into(), reason: EndReason::Closed },
+            ServerMsg::Left {
+                name: "ann".into(),
+                reason: EndReason::Closed,
+            },
             ServerMsg::Ping("1".into()),
             ServerMsg::Pong("x".into()),
-            ServerMsg::Err(BadLine { code: ErrCode::UnknownVerb, detail: "'FOO'".into() }),
+            ServerMsg::Err(BadLine {
+                code: ErrCode::UnknownVerb,
+                detail: "'FOO'".into(),
+            }),
             ServerMsg::End(EndReason::HeartbeatTimeout),
         ];
         for m in all {
             let wire = m.encode();
             assert!(wire.ends_with('\n') && wire.matches('\n').count() == 1);
-            assert_eq!(ServerMsg::parse(wire.trim_end_matches('\n').as_bytes()), Ok(m));
+            assert_eq!(
+                ServerMsg::parse(wire.trim_end_matches('\n').as_bytes()),
+                Ok(m)
+            );
         }
         assert_eq!(
-            ServerMsg::Hello { idle: ms(2000), interval: ms(500), count: 3 }.encode(),
+            ServerMsg::Hello {
+                idle: ms(2000),
+                interval: ms(500),
+                count: 3
+            }
+            .encode(),
             "HELLO hb/1 idle=2000 interval=500 count=3\n"
         );
         assert!(ServerMsg::parse(b"END nope").is_err());

@@ -86,8 +86,14 @@ enum Incoming {
 /// Connects to `host:port`, trying each resolved address.
 pub fn connect(host: &str, port: u16) -> Result<TcpStream, ClientError> {
     let addr = format!("{host}:{port}");
-    let err = |source| ClientError::Connect { addr: addr.clone(), source };
-    let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "host resolved to no address");
+    let err = |source| ClientError::Connect {
+        addr: addr.clone(),
+        source,
+    };
+    let mut last = io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        "host resolved to no address",
+    );
     for a in (host, port).to_socket_addrs().map_err(err)? {
         match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
             Ok(s) => return Ok(s),
@@ -129,12 +135,20 @@ fn read_lines(mut stream: TcpStream, tx: Sender<Incoming>) {
 }
 
 /// Runs one session in manual mode until it ends; `stop` firing means the user asked to leave.
-pub fn run(settings: &ClientSettings, log: &EventLog<ClientEvent>, stop: &Receiver<()>) -> Result<Outcome, ClientError> {
+pub fn run(
+    settings: &ClientSettings,
+    log: &EventLog<ClientEvent>,
+    stop: &Receiver<()>,
+) -> Result<Outcome, ClientError> {
     if settings.chat_name.is_some() {
-        return Err(ClientError::Unsupported("--chat is not available yet".into()));
+        return Err(ClientError::Unsupported(
+            "--chat is not available yet".into(),
+        ));
     }
     if settings.wire == crate::config::Wire::Classic {
-        return Err(ClientError::Unsupported("--wire classic is not available yet".into()));
+        return Err(ClientError::Unsupported(
+            "--wire classic is not available yet".into(),
+        ));
     }
     let stream = connect(&settings.host, settings.port)?;
     let _ = stream.set_nodelay(true);
@@ -143,10 +157,17 @@ pub fn run(settings: &ClientSettings, log: &EventLog<ClientEvent>, stop: &Receiv
         log.emit(ClientEvent::Connected(peer));
     }
     let (tx, rx) = crossbeam_channel::bounded(1024);
-    let reader = stream.try_clone().map(|s| std::thread::spawn(move || read_lines(s, tx)));
+    let reader = stream
+        .try_clone()
+        .map(|s| std::thread::spawn(move || read_lines(s, tx)));
     let reader = match reader {
         Ok(r) => r,
-        Err(source) => return Err(ClientError::Connect { addr: format!("{}:{}", settings.host, settings.port), source }),
+        Err(source) => {
+            return Err(ClientError::Connect {
+                addr: format!("{}:{}", settings.host, settings.port),
+                source,
+            })
+        }
     };
     let cfg = ClientConfig {
         every: settings.every,
@@ -216,7 +237,9 @@ fn session(
             }
         }
         let deadline = [client.poll_timeout(), quit_by].into_iter().flatten().min();
-        let timeout = deadline.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(Instant::now()));
+        let timeout = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         select! {
             recv(rx) -> inc => {
                 let Ok(inc) = inc else { return client.handle_eof(Instant::now()) };

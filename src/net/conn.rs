@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::core::heartbeat::Heartbeat;
 use crate::core::wire::EndReason;
+use crate::net::events::{Event, EventLog};
 
 /// What the companion thread writes, in order.
 #[derive(Debug, Clone)]
@@ -42,7 +43,9 @@ pub struct Conn {
     pub id: u64,
     /// The client's address.
     pub peer: SocketAddr,
-    stream: TcpStream,
+    /// Always `Some` until drop, which closes it before reporting the connection closed.
+    stream: Option<TcpStream>,
+    log: EventLog,
     hb: Mutex<Heartbeat>,
     start_hb: AtomicBool,
     out: Sender<Out>,
@@ -67,8 +70,16 @@ pub struct CompanionRx {
 }
 
 impl Conn {
-    /// A connection whose outbound queue holds at most `queue_limit` bytes.
-    pub fn new(id: u64, peer: SocketAddr, stream: TcpStream, hb: Heartbeat, queue_limit: usize) -> (Self, CompanionRx) {
+    /// A connection whose outbound queue holds at most `queue_limit` bytes; `log` receives
+    /// [`Event::Closed`] once the descriptor is really closed.
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        stream: TcpStream,
+        hb: Heartbeat,
+        queue_limit: usize,
+        log: EventLog,
+    ) -> (Self, CompanionRx) {
         // Count-bound the channel too, so tiny frames cannot pile up without limit; a frame
         // is at least a few bytes, so this never binds before the byte limit in practice.
         let slots = (queue_limit / 8).clamp(64, 1 << 20);
@@ -77,7 +88,8 @@ impl Conn {
         let conn = Self {
             id,
             peer,
-            stream,
+            stream: Some(stream),
+            log,
             hb: Mutex::new(hb),
             start_hb: AtomicBool::new(false),
             out,
@@ -88,12 +100,20 @@ impl Conn {
             ending: AtomicBool::new(false),
             alive: AtomicU8::new(2),
         };
-        (conn, CompanionRx { out: out_rx, bell: bell_rx })
+        (
+            conn,
+            CompanionRx {
+                out: out_rx,
+                bell: bell_rx,
+            },
+        )
     }
 
     /// The socket (both threads hold a clone; only the companion writes).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream
+            .as_ref()
+            .expect("the stream lives as long as the connection")
     }
 
     /// The heartbeat core. Held only for a few instructions at a time.
@@ -158,8 +178,15 @@ impl Conn {
     /// (heartbeat-timeout, slow-consumer, server-shutdown). The first reason given wins.
     pub fn end_now(&self, reason: EndReason) {
         self.ending.store(true, Ordering::Release);
-        let code = EndReason::ALL.iter().position(|&r| r == reason).map_or(0, |i| i as u8 + 1);
-        if self.urgent_end.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        let code = EndReason::ALL
+            .iter()
+            .position(|&r| r == reason)
+            .map_or(0, |i| i as u8 + 1);
+        if self
+            .urgent_end
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             self.ring();
         }
     }
@@ -184,6 +211,18 @@ impl Conn {
 
     /// Shuts the socket down both ways: wakes a reader blocked in `read` and fails any write.
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream().shutdown(Shutdown::Both);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Close first, so whoever sees "closed" in the log can rely on the descriptor being
+        // free (tests count descriptors; operators watch for leaks).
+        drop(self.stream.take());
+        self.log.emit(Event::Closed {
+            id: self.id,
+            peer: self.peer,
+        });
     }
 }

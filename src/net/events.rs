@@ -162,19 +162,28 @@ pub struct EventLog<E = Event> {
 
 impl<E> Default for EventLog<E> {
     fn default() -> Self {
-        Self { stdout: false, tx: None }
+        Self {
+            stdout: false,
+            tx: None,
+        }
     }
 }
 
 impl<E: fmt::Display> EventLog<E> {
     /// Prints every event on stdout.
     pub fn stdout() -> Self {
-        Self { stdout: true, tx: None }
+        Self {
+            stdout: true,
+            tx: None,
+        }
     }
 
     /// Sends every event to `tx` and prints nothing.
     pub fn channel(tx: Sender<Stamped<E>>) -> Self {
-        Self { stdout: false, tx: Some(tx) }
+        Self {
+            stdout: false,
+            tx: Some(tx),
+        }
     }
 
     /// Records one event.
@@ -186,7 +195,10 @@ impl<E: fmt::Display> EventLog<E> {
             let _ = std::io::stdout().lock().write_all(line.as_bytes());
         }
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Stamped { at: Instant::now(), event });
+            let _ = tx.send(Stamped {
+                at: Instant::now(),
+                event,
+            });
         }
     }
 }

@@ -94,8 +94,9 @@ impl Shared {
     /// Called by each of a connection's threads as it exits.
     fn release(&self, conn: &Conn) {
         if conn.release() {
+            // The registry's reference goes now; the descriptor closes (and `closed` is
+            // logged) when the two threads drop theirs a moment later.
             self.conns().remove(&conn.id);
-            self.log.emit(Event::Closed { id: conn.id, peer: conn.peer });
             self.freed.notify_all();
         }
     }
@@ -118,7 +119,11 @@ pub struct ServerHandle {
 /// Creates a listening TCP socket with [`BACKLOG`] (std's `TcpListener::bind` uses 128).
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
-    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
     let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
     rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
     rustix::net::bind(&fd, &addr)?;
@@ -130,15 +135,28 @@ impl Server {
     /// Binds the listening socket; with port 0 the OS picks a free port ([`Server::local_addr`]).
     pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
         if settings.mode == Mode::Chat {
-            return Err(ServerError::Unsupported("--mode chat is not available yet".into()));
+            return Err(ServerError::Unsupported(
+                "--mode chat is not available yet".into(),
+            ));
         }
         if settings.wire == Wire::Classic {
-            return Err(ServerError::Unsupported("--wire classic is not available yet".into()));
+            return Err(ServerError::Unsupported(
+                "--wire classic is not available yet".into(),
+            ));
         }
         let want = format!("{}:{}", settings.host, settings.port);
-        let bind_err = |source| ServerError::Bind { addr: want.clone(), source };
-        let addrs: Vec<SocketAddr> = (settings.host.as_str(), settings.port).to_socket_addrs().map_err(bind_err)?.collect();
-        let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "host resolved to no address");
+        let bind_err = |source| ServerError::Bind {
+            addr: want.clone(),
+            source,
+        };
+        let addrs: Vec<SocketAddr> = (settings.host.as_str(), settings.port)
+            .to_socket_addrs()
+            .map_err(bind_err)?
+            .collect();
+        let mut last = io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            "host resolved to no address",
+        );
         let mut bound = None;
         for a in addrs {
             match listen(a) {
@@ -159,7 +177,11 @@ impl Server {
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
         });
-        Ok(Self { listener, addr, shared })
+        Ok(Self {
+            listener,
+            addr,
+            shared,
+        })
     }
 
     /// The address actually bound.
@@ -169,7 +191,10 @@ impl Server {
 
     /// A handle to stop the server from another thread.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle { shared: self.shared.clone(), addr: self.addr }
+        ServerHandle {
+            shared: self.shared.clone(),
+            addr: self.addr,
+        }
     }
 
     /// Accepts connections until [`ServerHandle::shutdown`]. Never panics on resource
@@ -179,17 +204,45 @@ impl Server {
         // A spare descriptor, given up when accept fails for lack of descriptors so the
         // newcomer can still be told why it is refused (instead of spinning on EMFILE).
         let mut reserve = File::open("/dev/null").ok();
+        // Accept only once poll() reports a pending connection: Linux allocates the new
+        // descriptor before it waits in accept(), so a blocking accept() issued while out of
+        // descriptors fails at once, and one issued with the reserve's slot would hold that
+        // slot until the next newcomer, who would then be refused needlessly.
+        if let Err(source) = self.listener.set_nonblocking(true) {
+            return Err(ServerError::Bind {
+                addr: self.addr.to_string(),
+                source,
+            });
+        }
         loop {
-            let accepted = self.listener.accept();
+            if let Err(e) = wait_readable(&self.listener, MAX_READ_WAIT) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
             if self.shared.stopping.load(Ordering::Acquire) {
                 break;
             }
-            match accepted {
-                Ok((stream, peer)) => self.admit(stream, peer),
+            match self.listener.accept() {
+                Ok((stream, peer)) => match stream.set_nonblocking(false) {
+                    Ok(()) => self.admit(stream, peer),
+                    Err(e) => refuse(
+                        &self.shared.log,
+                        &stream,
+                        Some(peer),
+                        format!("socket setup failed: {e}"),
+                    ),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if is_fd_exhaustion(&e) => {
                     drop(reserve.take());
                     if let Ok((stream, peer)) = self.listener.accept() {
-                        refuse(&self.shared.log, &stream, Some(peer), format!("no file descriptor left: {e}"));
+                        refuse(
+                            &self.shared.log,
+                            &stream,
+                            Some(peer),
+                            format!("no file descriptor left: {e}"),
+                        );
                     }
                     reserve = File::open("/dev/null").ok();
                     if reserve.is_none() {
@@ -197,7 +250,11 @@ impl Server {
                         thread::sleep(Duration::from_millis(10));
                     }
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     self.shared.log.emit(Event::Refused {
                         peer: None,
@@ -215,15 +272,31 @@ impl Server {
         let sh = &self.shared;
         let max = sh.settings.max_conns;
         if sh.conns().len() >= max {
-            refuse(&sh.log, &stream, Some(peer), format!("max-conns {max} reached"));
+            refuse(
+                &sh.log,
+                &stream,
+                Some(peer),
+                format!("max-conns {max} reached"),
+            );
             return;
         }
         let _ = stream.set_nodelay(true);
         let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
         let cfg = sh.settings.heartbeat;
-        let (conn, rx) = Conn::new(id, peer, stream, Heartbeat::new(cfg, Instant::now()), sh.settings.queue);
+        let (conn, rx) = Conn::new(
+            id,
+            peer,
+            stream,
+            Heartbeat::new(cfg, Instant::now()),
+            sh.settings.queue,
+            sh.log.clone(),
+        );
         let conn = Arc::new(conn);
-        let hello = ServerMsg::Hello { idle: cfg.idle(), interval: cfg.interval(), count: cfg.count() };
+        let hello = ServerMsg::Hello {
+            idle: cfg.idle(),
+            interval: cfg.interval(),
+            count: cfg.count(),
+        };
         let _ = conn.send(Out::Line(hello.encode().into()));
         sh.conns().insert(id, conn.clone());
         sh.log.emit(Event::Connected { id, peer });
@@ -236,7 +309,12 @@ impl Server {
         if let Err(e) = companion {
             // No writer exists, so this thread may write the refusal itself.
             sh.conns().remove(&id);
-            refuse(&sh.log, conn.stream(), Some(peer), format!("cannot start a thread: {e}"));
+            refuse(
+                &sh.log,
+                conn.stream(),
+                Some(peer),
+                format!("cannot start a thread: {e}"),
+            );
             return;
         }
         let (sh2, c2) = (sh.clone(), conn.clone());
@@ -268,7 +346,11 @@ fn refuse(log: &EventLog, stream: &TcpStream, peer: Option<SocketAddr>, detail: 
     let _ = stream.set_nonblocking(true);
     let _ = (&*stream).write_all(ServerMsg::End(EndReason::ServerFull).encode().as_bytes());
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    log.emit(Event::Refused { peer, reason: EndReason::ServerFull, detail });
+    log.emit(Event::Refused {
+        peer,
+        reason: EndReason::ServerFull,
+        detail,
+    });
 }
 
 impl ServerHandle {
@@ -291,13 +373,19 @@ impl ServerHandle {
         }
         // Unblock accept() with a connection of our own; it sees `stopping` and returns.
         let wake = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port()),
-            IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), self.addr.port()),
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port())
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), self.addr.port())
+            }
             _ => self.addr,
         };
         let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(100));
         let conns: Vec<Arc<Conn>> = sh.conns().values().cloned().collect();
-        sh.log.emit(Event::ShuttingDown { clients: conns.len() });
+        sh.log.emit(Event::ShuttingDown {
+            clients: conns.len(),
+        });
         for c in &conns {
             c.end_now(EndReason::ServerShutdown);
         }
@@ -308,7 +396,11 @@ impl ServerHandle {
             if left.is_zero() {
                 break;
             }
-            guard = sh.freed.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+            guard = sh
+                .freed
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         // Whoever is still there is stuck writing to a client that does not read.
         for c in guard.values() {
@@ -339,27 +431,40 @@ fn reader(sh: &Shared, conn: &Conn) {
                 if hb.is_idle_expired(Instant::now()) && !conn.heartbeat_on() {
                     let idle = hb.config().idle();
                     drop(hb);
-                    sh.log.emit(Event::RoundStarted { id: conn.id, peer: conn.peer, idle });
+                    sh.log.emit(Event::RoundStarted {
+                        id: conn.id,
+                        peer: conn.peer,
+                        idle,
+                    });
                     conn.set_heartbeat(true);
                 }
                 continue;
             }
             Err(e) => break Some(Some(e.to_string())),
         }
-        match (&*conn.stream()).read(&mut buf) {
+        match conn.stream().read(&mut buf) {
             Ok(0) => break Some(None),
             Ok(n) => {
                 let answered = conn.heartbeat().handle_rx(Instant::now());
                 conn.set_heartbeat(false);
                 if let Some(a) = answered {
-                    sh.log.emit(Event::Answered { id: conn.id, peer: conn.peer, after: a.after_pings, rtt: a.rtt });
+                    sh.log.emit(Event::Answered {
+                        id: conn.id,
+                        peer: conn.peer,
+                        after: a.after_pings,
+                        rtt: a.rtt,
+                    });
                 }
                 decoder.feed(&buf[..n]);
                 if !handle_lines(sh, conn, &mut decoder) {
                     break None;
                 }
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => break Some(Some(e.to_string())),
         }
@@ -370,7 +475,11 @@ fn reader(sh: &Shared, conn: &Conn) {
     // A close we caused ourselves (END sent, socket shut down) is not the client's doing.
     if let Some(error) = closed {
         if !conn.is_ending() {
-            sh.log.emit(Event::ClosedByClient { id: conn.id, peer: conn.peer, error });
+            sh.log.emit(Event::ClosedByClient {
+                id: conn.id,
+                peer: conn.peer,
+                error,
+            });
             conn.end_now(EndReason::Closed);
         }
     }
@@ -378,10 +487,13 @@ fn reader(sh: &Shared, conn: &Conn) {
 }
 
 /// Waits until `stream` has bytes (or EOF/error) to read; false when `wait` passed first.
-fn wait_readable(stream: &TcpStream, wait: Duration) -> io::Result<bool> {
+fn wait_readable(fd: impl std::os::fd::AsFd, wait: Duration) -> io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
-    let mut fds = [PollFd::new(stream, PollFlags::IN)];
+    let timeout = Timespec {
+        tv_sec: wait.as_secs() as _,
+        tv_nsec: wait.subsec_nanos() as _,
+    };
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
     match poll(&mut fds, Some(&timeout)) {
         Ok(n) => Ok(n > 0),
         Err(rustix::io::Errno::INTR) => Ok(false),
@@ -413,7 +525,11 @@ fn handle_lines(sh: &Shared, conn: &Conn, decoder: &mut LineDecoder) -> bool {
                 return false;
             }
             Err(bad) => {
-                sh.log.emit(Event::BadLine { id: conn.id, peer: conn.peer, detail: bad.to_string() });
+                sh.log.emit(Event::BadLine {
+                    id: conn.id,
+                    peer: conn.peer,
+                    detail: bad.to_string(),
+                });
                 Some(ServerMsg::Err(bad))
             }
         };
@@ -429,14 +545,20 @@ fn handle_lines(sh: &Shared, conn: &Conn, decoder: &mut LineDecoder) -> bool {
 fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
     let hb_cfg = sh.settings.heartbeat;
     // A write that makes no progress for this long means the client stopped reading.
-    let stall = hb_cfg.interval().clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let stall = hb_cfg
+        .interval()
+        .clamp(Duration::from_millis(100), Duration::from_secs(2));
     let _ = conn.stream().set_write_timeout(Some(stall));
     let write = |bytes: &[u8]| -> bool {
-        match (&*conn.stream()).write_all(bytes) {
+        match conn.stream().write_all(bytes) {
             Ok(()) => true,
             Err(e) => {
                 if !conn.is_ending() {
-                    sh.log.emit(Event::WriteFailed { id: conn.id, peer: conn.peer, error: e.to_string() });
+                    sh.log.emit(Event::WriteFailed {
+                        id: conn.id,
+                        peer: conn.peer,
+                        error: e.to_string(),
+                    });
                 }
                 conn.end_now(EndReason::Closed);
                 false
@@ -452,7 +574,12 @@ fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
             match action {
                 Some(Action::SendPing(k)) => {
                     if write(ServerMsg::Ping(k.to_string()).encode().as_bytes()) {
-                        sh.log.emit(Event::PingSent { id: conn.id, peer: conn.peer, k, n: hb_cfg.count() });
+                        sh.log.emit(Event::PingSent {
+                            id: conn.id,
+                            peer: conn.peer,
+                            k,
+                            n: hb_cfg.count(),
+                        });
                     }
                     continue;
                 }
@@ -463,7 +590,11 @@ fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
                 None => {}
             }
         }
-        let deadline = if conn.heartbeat_on() { conn.heartbeat().poll_timeout() } else { None };
+        let deadline = if conn.heartbeat_on() {
+            conn.heartbeat().poll_timeout()
+        } else {
+            None
+        };
         let mut sel = Select::new();
         let out_i = sel.recv(&rx.out);
         sel.recv(&rx.bell);
@@ -475,7 +606,9 @@ fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
             None => sel.select(),
         };
         if op.index() == out_i {
-            let Ok(item) = op.recv(&rx.out) else { break EndReason::Closed };
+            let Ok(item) = op.recv(&rx.out) else {
+                break EndReason::Closed;
+            };
             conn.dequeued(&item);
             match item {
                 Out::Line(line) => {
@@ -491,8 +624,14 @@ fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
     };
     if end != EndReason::Closed {
         let _ = conn.stream().set_write_timeout(Some(END_WRITE_TIMEOUT));
-        let _ = (&*conn.stream()).write_all(ServerMsg::End(end).encode().as_bytes());
-        sh.log.emit(Event::EndSent { id: conn.id, peer: conn.peer, reason: end });
+        let _ = conn
+            .stream()
+            .write_all(ServerMsg::End(end).encode().as_bytes());
+        sh.log.emit(Event::EndSent {
+            id: conn.id,
+            peer: conn.peer,
+            reason: end,
+        });
     }
     conn.shutdown();
     sh.release(conn);

@@ -2,6 +2,6 @@
 
 mod manual_cases;
 mod node;
-mod server_limits;
 mod prompts_config;
+mod server_limits;
 mod support;

@@ -66,7 +66,12 @@ fn case3_silent_client_gets_count_pings_then_end_and_close() {
     peer.expect(HELLO, PROMPT);
     for k in 1..=COUNT {
         let at = peer.expect(&format!("PING {k}"), PROMPT);
-        assert_near(&format!("PING {k}"), at, ms(IDLE + (k - 1) * INTERVAL), ms(SLACK));
+        assert_near(
+            &format!("PING {k}"),
+            at,
+            ms(IDLE + (k - 1) * INTERVAL),
+            ms(SLACK),
+        );
     }
     let at = peer.expect("END heartbeat-timeout", PROMPT);
     assert_near("END", at, ms(IDLE + COUNT * INTERVAL), ms(SLACK));
@@ -109,7 +114,11 @@ fn case4_client_close_is_noticed_at_once_without_a_round() {
     let closed_at = std::time::Instant::now();
     drop(peer);
     let (at, _) = srv.log().wait_for("closed by client", PROMPT);
-    assert!(at - closed_at < ms(SLACK), "noticed after {:?}", at - closed_at);
+    assert!(
+        at - closed_at < ms(SLACK),
+        "noticed after {:?}",
+        at - closed_at
+    );
     srv.log().wait_for(" closed", PROMPT);
     srv.log().settle(ms(IDLE + COUNT * INTERVAL));
     assert_eq!(srv.log().count("heartbeat"), 0, "{}", srv.log().text());
@@ -136,26 +145,64 @@ fn hb_client_cases_end_to_end() {
     let port = srv.port.to_string();
     let dir = temp_dir();
     // Case 1: fast data, five messages then QUIT: exit 0, every message echoed, no heartbeat.
-    let mut c1 = Proc::spawn("hb-client", &["--port", &port, "--every", "50ms", "--block", "0", "--messages", "5"], &dir, None);
+    let mut c1 = Proc::spawn(
+        "hb-client",
+        &[
+            "--port",
+            &port,
+            "--every",
+            "50ms",
+            "--block",
+            "0",
+            "--messages",
+            "5",
+        ],
+        &dir,
+        None,
+    );
     assert_eq!(c1.wait(PROMPT).code(), Some(0), "{}", c1.stderr.text());
-    assert_eq!(c1.stdout.count("<- ECHO Hello, there"), 5, "{}", c1.stdout.text());
+    assert_eq!(
+        c1.stdout.count("<- ECHO Hello, there"),
+        5,
+        "{}",
+        c1.stdout.text()
+    );
     assert_eq!(c1.stdout.count("PING"), 0);
     // Case 2: slow data, heartbeat answered at once; stopped by Ctrl-C: exit 0.
-    let mut c2 = Proc::spawn("hb-client", &["--port", &port, "--every", "60s", "--block", "0"], &dir, None);
+    let mut c2 = Proc::spawn(
+        "hb-client",
+        &["--port", &port, "--every", "60s", "--block", "0"],
+        &dir,
+        None,
+    );
     c2.stdout.wait_for("-> PONG 1", PROMPT);
     c2.signal("INT");
     assert_eq!(c2.wait(PROMPT).code(), Some(0), "{}", c2.stderr.text());
     c2.stdout.wait_for("<- END quit", PROMPT);
     // Case 3: slow data, heartbeat blocked: the server ends it: exit 3 with the reason.
-    let mut c3 = Proc::spawn("hb-client", &["--port", &port, "--every", "60s", "--block", "30s"], &dir, None);
+    let mut c3 = Proc::spawn(
+        "hb-client",
+        &["--port", &port, "--every", "60s", "--block", "30s"],
+        &dir,
+        None,
+    );
     let st = c3.wait(PROMPT);
     assert_eq!(st.code(), Some(3), "{}", c3.stderr.text());
-    assert!(c3.stderr.text().contains("heartbeat-timeout"), "{}", c3.stderr.text());
+    assert!(
+        c3.stderr.text().contains("heartbeat-timeout"),
+        "{}",
+        c3.stderr.text()
+    );
     assert_eq!(c3.stdout.count("<- PING"), 3, "{}", c3.stdout.text());
     assert_eq!(c3.stdout.count("-> PONG"), 0);
     srv.log().wait_for("END heartbeat-timeout sent", PROMPT);
     // Case 4: the client is killed: closed by client, no round.
-    let mut c4 = Proc::spawn("hb-client", &["--port", &port, "--every", "50ms", "--block", "0"], &dir, None);
+    let mut c4 = Proc::spawn(
+        "hb-client",
+        &["--port", &port, "--every", "50ms", "--block", "0"],
+        &dir,
+        None,
+    );
     c4.stdout.wait_for("<- ECHO", PROMPT);
     let before = srv.log().count("heartbeat round starts");
     c4.signal("KILL");
@@ -164,7 +211,12 @@ fn hb_client_cases_end_to_end() {
     let (_, line) = srv.log().wait_for("closed by client", PROMPT);
     assert!(line.contains("#4 "), "{line}");
     srv.log().settle(ms(IDLE + COUNT * INTERVAL));
-    assert_eq!(srv.log().count("heartbeat round starts"), before, "{}", srv.log().text());
+    assert_eq!(
+        srv.log().count("heartbeat round starts"),
+        before,
+        "{}",
+        srv.log().text()
+    );
 }
 
 #[test]
@@ -176,15 +228,25 @@ fn client_exits_4_when_the_server_goes_silent() {
     let fake = std::thread::spawn(move || {
         use std::io::Write;
         let (mut s, _) = listener.accept().unwrap();
-        s.write_all(b"HELLO hb/1 idle=200 interval=100 count=2\n").unwrap();
+        s.write_all(b"HELLO hb/1 idle=200 interval=100 count=2\n")
+            .unwrap();
         std::thread::sleep(ms(3000));
         drop(s);
     });
     let started = std::time::Instant::now();
-    let mut c = Proc::spawn("hb-client", &["--port", &port, "--every", "60s", "--block", "0"], &temp_dir(), None);
+    let mut c = Proc::spawn(
+        "hb-client",
+        &["--port", &port, "--every", "60s", "--block", "0"],
+        &temp_dir(),
+        None,
+    );
     let st = c.wait(PROMPT);
     assert_eq!(st.code(), Some(4), "{}", c.stderr.text());
-    assert!(c.stderr.text().contains("stopped answering"), "{}", c.stderr.text());
+    assert!(
+        c.stderr.text().contains("stopped answering"),
+        "{}",
+        c.stderr.text()
+    );
     // idle + count x interval = 400 ms of silence.
     let took = started.elapsed();
     assert!(took >= ms(400) && took < ms(2500), "{took:?}");
@@ -199,10 +261,16 @@ fn client_exits_4_when_the_server_vanishes_without_end() {
     let fake = std::thread::spawn(move || {
         use std::io::Write;
         let (mut s, _) = listener.accept().unwrap();
-        s.write_all(b"HELLO hb/1 idle=2000 interval=500 count=2\n").unwrap();
+        s.write_all(b"HELLO hb/1 idle=2000 interval=500 count=2\n")
+            .unwrap();
         std::thread::sleep(ms(100));
     });
-    let mut c = Proc::spawn("hb-client", &["--port", &port, "--every", "60s", "--block", "0"], &temp_dir(), None);
+    let mut c = Proc::spawn(
+        "hb-client",
+        &["--port", &port, "--every", "60s", "--block", "0"],
+        &temp_dir(),
+        None,
+    );
     assert_eq!(c.wait(PROMPT).code(), Some(4), "{}", c.stderr.text());
     fake.join().unwrap();
 }
@@ -213,9 +281,18 @@ fn client_connection_refused_exits_1() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port().to_string()
     };
-    let mut c = Proc::spawn("hb-client", &["--defaults", "--port", &port], &temp_dir(), None);
+    let mut c = Proc::spawn(
+        "hb-client",
+        &["--defaults", "--port", &port],
+        &temp_dir(),
+        None,
+    );
     assert_eq!(c.wait(PROMPT).code(), Some(1));
-    assert!(c.stderr.text().contains("cannot connect"), "{}", c.stderr.text());
+    assert!(
+        c.stderr.text().contains("cannot connect"),
+        "{}",
+        c.stderr.text()
+    );
 }
 
 #[test]
@@ -223,10 +300,21 @@ fn scenarios_binary_passes_all_four_cases_fast() {
     let _w = Watchdog::new("hb-scenarios", ms(30_000));
     let mut p = Proc::spawn("hb-scenarios", &["--speed", "50"], &temp_dir(), None);
     let st = p.wait(ms(20_000));
-    assert_eq!(st.code(), Some(0), "{}\n{}", p.stdout.text(), p.stderr.text());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "{}\n{}",
+        p.stdout.text(),
+        p.stderr.text()
+    );
     assert_eq!(p.stdout.count("PASS"), 4, "{}", p.stdout.text());
     assert!(p.stdout.text().contains("4 passed, 0 failed"));
-    let mut p = Proc::spawn("hb-scenarios", &["--speed", "50", "--case", "3"], &temp_dir(), None);
+    let mut p = Proc::spawn(
+        "hb-scenarios",
+        &["--speed", "50", "--case", "3"],
+        &temp_dir(),
+        None,
+    );
     assert_eq!(p.wait(ms(20_000)).code(), Some(0));
     assert_eq!(p.stdout.count("PASS"), 1, "{}", p.stdout.text());
     let mut p = Proc::spawn("hb-scenarios", &["--case", "5"], &temp_dir(), None);

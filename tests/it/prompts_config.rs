@@ -11,7 +11,10 @@ fn hello_of(srv: &Server) -> String {
 fn prompts_enter_keeps_every_default() {
     let _w = Watchdog::new("prompts-defaults", ms(10_000));
     let srv = Server::start_raw(&["--port", "0"], &temp_dir(), Some("\n\n\n"));
-    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=30000 interval=10000 count=3");
+    assert_eq!(
+        hello_of(&srv),
+        "HELLO hb/1 idle=30000 interval=10000 count=3"
+    );
 }
 
 #[test]
@@ -19,7 +22,10 @@ fn prompts_end_of_input_keeps_the_defaults() {
     let _w = Watchdog::new("prompts-eof", ms(10_000));
     // stdin is /dev/null: the first prompt reads end of input.
     let srv = Server::start_raw(&["--port", "0"], &temp_dir(), None);
-    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=30000 interval=10000 count=3");
+    assert_eq!(
+        hello_of(&srv),
+        "HELLO hb/1 idle=30000 interval=10000 count=3"
+    );
 }
 
 #[test]
@@ -37,14 +43,21 @@ fn prompts_invalid_answer_is_a_startup_error_when_not_a_terminal() {
     let mut p = Proc::spawn("hb-server", &["--port", "0"], &temp_dir(), Some("soon\n"));
     assert_eq!(p.wait(PROMPT).code(), Some(2));
     let err = p.stderr.text();
-    assert!(err.contains("invalid answer \"soon\" for interval"), "{err}");
+    assert!(
+        err.contains("invalid answer \"soon\" for interval"),
+        "{err}"
+    );
 }
 
 #[test]
 fn flags_skip_the_prompts_they_answer() {
     let _w = Watchdog::new("prompts-partial", ms(10_000));
     // interval and count by flag, idle answered by the prompt.
-    let srv = Server::start_raw(&["--port", "0", "--interval", "1", "--count", "2"], &temp_dir(), Some("5\n"));
+    let srv = Server::start_raw(
+        &["--port", "0", "--interval", "1", "--count", "2"],
+        &temp_dir(),
+        Some("5\n"),
+    );
     assert_eq!(hello_of(&srv), "HELLO hb/1 idle=5000 interval=1000 count=2");
     assert_eq!(srv.proc.stderr.count("Time between heartbeats"), 0);
 }
@@ -54,11 +67,27 @@ fn client_prompts_through_stdin() {
     let _w = Watchdog::new("client-prompts", ms(10_000));
     let srv = Server::start(&[]);
     let port = srv.port.to_string();
-    let mut c = Proc::spawn("hb-client", &["--port", &port, "--messages", "3"], &temp_dir(), Some("0.05\n\n"));
+    let mut c = Proc::spawn(
+        "hb-client",
+        &["--port", &port, "--messages", "3"],
+        &temp_dir(),
+        Some("0.05\n\n"),
+    );
     assert_eq!(c.wait(PROMPT).code(), Some(0), "{}", c.stderr.text());
     assert_eq!(c.stdout.count("<- ECHO Hello, there"), 3);
-    assert!(c.stderr.text().contains("every 50ms, answering heartbeats after 0s"), "{}", c.stderr.text());
-    let mut c = Proc::spawn("hb-client", &["--port", &port], &temp_dir(), Some("often\n"));
+    assert!(
+        c.stderr
+            .text()
+            .contains("every 50ms, answering heartbeats after 0s"),
+        "{}",
+        c.stderr.text()
+    );
+    let mut c = Proc::spawn(
+        "hb-client",
+        &["--port", &port],
+        &temp_dir(),
+        Some("often\n"),
+    );
     assert_eq!(c.wait(PROMPT).code(), Some(2));
     assert!(c.stderr.text().contains("for every"), "{}", c.stderr.text());
 }
@@ -84,7 +113,20 @@ fn configuration_json_in_the_working_directory_with_string_or_number_ports() {
             assert_eq!(hello, "HELLO hb/1 idle=3000 interval=500 count=2");
         }
         // The client reads server.host/server.port from the same file.
-        let mut c = Proc::spawn("hb-client", &["--defaults", "--port", &srv.port.to_string(), "--every", "10ms", "--messages", "1"], &dir, None);
+        let mut c = Proc::spawn(
+            "hb-client",
+            &[
+                "--defaults",
+                "--port",
+                &srv.port.to_string(),
+                "--every",
+                "10ms",
+                "--messages",
+                "1",
+            ],
+            &dir,
+            None,
+        );
         assert_eq!(c.wait(PROMPT).code(), Some(0), "{}", c.stderr.text());
     }
 }
@@ -100,18 +142,38 @@ fn config_settings_skip_prompts_and_flags_override_the_file() {
 
 #[test]
 fn missing_config_file_is_exit_2() {
-    let mut p = Proc::spawn("hb-server", &["--defaults", "--config", "nope.json"], &temp_dir(), None);
+    let mut p = Proc::spawn(
+        "hb-server",
+        &["--defaults", "--config", "nope.json"],
+        &temp_dir(),
+        None,
+    );
     assert_eq!(p.wait(PROMPT).code(), Some(2));
-    assert!(p.stderr.text().contains("cannot read config nope.json"), "{}", p.stderr.text());
-    let mut p = Proc::spawn("hb-client", &["--defaults", "--config", "nope.json"], &temp_dir(), None);
+    assert!(
+        p.stderr.text().contains("cannot read config nope.json"),
+        "{}",
+        p.stderr.text()
+    );
+    let mut p = Proc::spawn(
+        "hb-client",
+        &["--defaults", "--config", "nope.json"],
+        &temp_dir(),
+        None,
+    );
     assert_eq!(p.wait(PROMPT).code(), Some(2));
 }
 
 #[test]
 fn unknown_key_and_wrong_type_are_named() {
     for (text, needle) in [
-        (r#"{"server": {"port": "0", "intreval": 5}}"#, "unknown key `server.intreval`"),
-        (r#"{"server": {"port": true}}"#, "server.port: expected a port"),
+        (
+            r#"{"server": {"port": "0", "intreval": 5}}"#,
+            "unknown key `server.intreval`",
+        ),
+        (
+            r#"{"server": {"port": true}}"#,
+            "server.port: expected a port",
+        ),
         (r#"{"client": {"every": "soon"}}"#, "client.every:"),
         (r#"{"server": {"port": "0"}"#, "not valid JSON"),
     ] {
@@ -119,20 +181,35 @@ fn unknown_key_and_wrong_type_are_named() {
         let mut p = Proc::spawn("hb-server", &["--defaults"], &dir, None);
         assert_eq!(p.wait(PROMPT).code(), Some(2), "{text}");
         let err = p.stderr.text();
-        assert!(err.contains(needle) && err.lines().count() == 1, "{text}: {err}");
+        assert!(
+            err.contains(needle) && err.lines().count() == 1,
+            "{text}: {err}"
+        );
     }
 }
 
 #[test]
 fn bad_flags_are_exit_2_and_help_explains_the_settings() {
-    for args in [&["--interval", "0"][..], &["--interval", "soon"], &["--count", "0"], &["--port", "70000"]] {
+    for args in [
+        &["--interval", "0"][..],
+        &["--interval", "soon"],
+        &["--count", "0"],
+        &["--port", "70000"],
+    ] {
         let mut p = Proc::spawn("hb-server", args, &temp_dir(), None);
         assert_eq!(p.wait(PROMPT).code(), Some(2), "{args:?}");
     }
     let mut p = Proc::spawn("hb-server", &["--help"], &temp_dir(), None);
     assert_eq!(p.wait(PROMPT).code(), Some(0));
     let help = p.stdout.text();
-    for word in ["--interval", "--count", "--idle", "heartbeat round", "configuration.json", "Exit status"] {
+    for word in [
+        "--interval",
+        "--count",
+        "--idle",
+        "heartbeat round",
+        "configuration.json",
+        "Exit status",
+    ] {
         assert!(help.contains(word), "help lacks {word}:\n{help}");
     }
     let mut p = Proc::spawn("hb-client", &["--help"], &temp_dir(), None);

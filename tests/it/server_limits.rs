@@ -24,7 +24,9 @@ fn bad_lines_get_err_and_the_connection_stays() {
     let srv = Server::start(&[]);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
-    peer.send(b"msg lower\nMSG\nBOGUS x\nMSG \xff\xfe\n\x00\x01\x02\n\nPING tok\nMSG still here\r\n");
+    peer.send(
+        b"msg lower\nMSG\nBOGUS x\nMSG \xff\xfe\n\x00\x01\x02\n\nPING tok\nMSG still here\r\n",
+    );
     let (_, l) = peer.line(PROMPT);
     assert!(l.starts_with("ERR unknown-verb "), "{l}");
     let (_, l) = peer.line(PROMPT);
@@ -75,9 +77,17 @@ fn sigint_and_sigterm_end_every_client_and_exit_0_within_a_second() {
             p.expect_closed(PROMPT);
         }
         let st = srv.proc.wait(PROMPT);
-        assert!(t.elapsed() < ms(1000), "SIG{sig}: exit took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < ms(1000),
+            "SIG{sig}: exit took {:?}",
+            t.elapsed()
+        );
         assert_eq!(st.code(), Some(0), "SIG{sig}");
-        assert!(srv.proc.stdout.text().contains("END server-shutdown to 3 client(s)"));
+        assert!(srv
+            .proc
+            .stdout
+            .text()
+            .contains("END server-shutdown to 3 client(s)"));
     }
 }
 
@@ -167,8 +177,141 @@ fn slow_consumer_is_ended_and_others_keep_going() {
 fn port_in_use_is_a_clear_error_with_exit_1() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port().to_string();
-    let mut p = Proc::spawn("hb-server", &["--defaults", "--port", &port], &temp_dir(), None);
+    let mut p = Proc::spawn(
+        "hb-server",
+        &["--defaults", "--port", &port],
+        &temp_dir(),
+        None,
+    );
     assert_eq!(p.wait(PROMPT).code(), Some(1));
     let err = p.stderr.text();
-    assert!(err.contains("cannot listen on 127.0.0.1:") && err.contains("in use"), "{err}");
+    assert!(
+        err.contains("cannot listen on 127.0.0.1:") && err.contains("in use"),
+        "{err}"
+    );
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_thousand_idle_clients_cost_no_cpu_between_deadlines() {
+    use std::io::Read;
+    let _w = Watchdog::new("1000-idle", ms(30_000));
+    let srv = Server::start(&[]);
+    // A burst of 1,000 connects also exercises the listen backlog.
+    let mut socks: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap())
+        .collect();
+    for s in &mut socks {
+        s.set_read_timeout(Some(PROMPT)).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HELLO hb/1"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let pid = srv.proc.pid();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(ms(1000));
+    let used = cpu_ticks(pid) - before;
+    // 2,000 threads that polled even every 10 ms would burn far more than this in a second.
+    assert!(
+        used <= 3,
+        "idle server used {used} ticks of CPU in one second"
+    );
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert!(
+        threads >= 2000,
+        "expected two threads per client, found {threads}"
+    );
+}
+
+#[test]
+fn out_of_file_descriptors_refuses_with_server_full_and_keeps_serving() {
+    let _w = Watchdog::new("emfile", ms(20_000));
+    let dir = temp_dir();
+    let server = bin("hb-server");
+    let script = format!(
+        "ulimit -n 32 && exec {} --defaults --port 0",
+        server.display()
+    );
+    let mut proc = {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", &script]).current_dir(&dir);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = Lines::spawn_from(child.stdout.take().unwrap());
+        let stderr = Lines::spawn_from(child.stderr.take().unwrap());
+        Proc {
+            child,
+            stdout,
+            stderr,
+            stdin: None,
+        }
+    };
+    let (_, line) = proc.stdout.wait_for("listening on", PROMPT);
+    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for _ in 0..60 {
+        let mut p = Peer::connect(port);
+        let (_, first) = p.line(PROMPT);
+        if first == "END server-full" {
+            p.expect_closed(PROMPT);
+            refused += 1;
+        } else {
+            assert!(first.starts_with("HELLO"), "{first}");
+            served.push(p);
+        }
+    }
+    assert!(
+        refused > 0 && served.len() > 10,
+        "served {}, refused {refused}",
+        served.len()
+    );
+    proc.stdout.wait_for("no file descriptor left", PROMPT);
+    for p in served.iter_mut().take(5) {
+        p.send(b"MSG still\n");
+        p.expect("ECHO still", PROMPT);
+    }
+    // Descriptors come back when clients leave, and newcomers are served again.
+    // "closed" is logged once a connection's descriptor is really closed.
+    let closed = |l: &Lines| {
+        l.seen
+            .iter()
+            .filter(|(_, l)| l.ends_with(" closed"))
+            .count()
+    };
+    let closed_before = closed(&proc.stdout);
+    served.truncate(served.len() - 5);
+    let deadline = std::time::Instant::now() + PROMPT;
+    while closed(&proc.stdout) < closed_before + 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            proc.stdout.text()
+        );
+        proc.stdout.settle(ms(20));
+    }
+    let mut again = Peer::connect(port);
+    let (_, first) = again.line(PROMPT);
+    assert!(
+        first.starts_with("HELLO"),
+        "{first}\n{}",
+        proc.stdout.text()
+    );
+    assert!(proc.child.try_wait().unwrap().is_none(), "server died");
 }

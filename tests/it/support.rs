@@ -62,6 +62,10 @@ pub struct Lines {
 }
 
 impl Lines {
+    pub fn spawn_from(r: impl Read + Send + 'static) -> Self {
+        Self::spawn(r)
+    }
+
     fn spawn(r: impl Read + Send + 'static) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         thread::spawn(move || {
@@ -72,7 +76,10 @@ impl Lines {
                 }
             }
         });
-        Self { rx, seen: Vec::new() }
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for a line containing `needle`; panics with everything seen on timeout.
@@ -89,7 +96,10 @@ impl Lines {
                         return item;
                     }
                 }
-                Err(_) => panic!("no line containing {needle:?} within {within:?}; saw:\n{}", self.text()),
+                Err(_) => panic!(
+                    "no line containing {needle:?} within {within:?}; saw:\n{}",
+                    self.text()
+                ),
             }
         }
     }
@@ -130,8 +140,15 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], dir: &Path, stdin: Option<&str>) -> Self {
         let mut cmd = Command::new(bin(name));
-        cmd.args(args).current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let mut input = child.stdin.take();
         if let (Some(text), Some(w)) = (stdin, input.as_mut()) {
@@ -139,7 +156,12 @@ impl Proc {
         }
         let stdout = Lines::spawn(child.stdout.take().unwrap());
         let stderr = Lines::spawn(child.stderr.take().unwrap());
-        Self { child, stdout, stderr, stdin: input }
+        Self {
+            child,
+            stdout,
+            stderr,
+            stdin: input,
+        }
     }
 
     /// Closes the child's stdin (end of input).
@@ -152,7 +174,10 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success(), "kill -{sig} failed");
     }
 
@@ -205,7 +230,11 @@ impl Server {
         let mut proc = Proc::spawn("hb-server", args, dir, stdin);
         let (_, line) = proc.stdout.wait_for("listening on", PROMPT);
         let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        Self { proc, port, dir: dir.to_path_buf() }
+        Self {
+            proc,
+            port,
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn log(&mut self) -> &mut Lines {
@@ -237,7 +266,9 @@ impl Peer {
                         return;
                     }
                     Ok(_) => {
-                        let text = String::from_utf8_lossy(&line).trim_end_matches('\n').to_string();
+                        let text = String::from_utf8_lossy(&line)
+                            .trim_end_matches('\n')
+                            .to_string();
                         if tx.send(Some((Instant::now(), text))).is_err() {
                             return;
                         }
@@ -245,7 +276,12 @@ impl Peer {
                 }
             }
         });
-        Self { stream, t0, rx, received: Vec::new() }
+        Self {
+            stream,
+            t0,
+            rx,
+            received: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -261,7 +297,10 @@ impl Peer {
                 item
             }
             Ok(None) => panic!("connection closed; received so far: {:?}", self.received),
-            Err(_) => panic!("no line within {within:?}; received so far: {:?}", self.received),
+            Err(_) => panic!(
+                "no line within {within:?}; received so far: {:?}",
+                self.received
+            ),
         }
     }
 
@@ -276,7 +315,10 @@ impl Peer {
     pub fn expect_closed(&mut self, within: Duration) -> Duration {
         match self.rx.recv_timeout(within) {
             Ok(None) => self.t0.elapsed(),
-            Ok(Some((_, l))) => panic!("expected close, got line {l:?}; before: {:?}", self.received),
+            Ok(Some((_, l))) => panic!(
+                "expected close, got line {l:?}; before: {:?}",
+                self.received
+            ),
             Err(_) => panic!("connection still open after {within:?}"),
         }
     }
