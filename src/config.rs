@@ -567,6 +567,9 @@ pub struct ServerSettings {
     pub max_line: usize,
     /// Bytes queued for one client before it is a slow consumer.
     pub queue: usize,
+    /// Classic wire: the port the server connects back to for the heartbeat socket
+    /// (`client.port` of configuration.json, as in the manual; default 8001).
+    pub classic_client_port: u16,
 }
 
 fn heartbeat_error(e: HeartbeatConfigError) -> ConfigError {
@@ -645,6 +648,7 @@ impl ServerSettings {
             max_conns,
             max_line,
             queue,
+            classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
 }

@@ -58,6 +58,13 @@ pub enum ClientError {
     },
     /// The settings ask for something this build does not do yet.
     Unsupported(String),
+    /// Classic wire: the heartbeat listener could not be bound on `client.host:client.port`.
+    Listen {
+        /// `host:port`.
+        addr: String,
+        /// The OS error.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -65,6 +72,12 @@ impl fmt::Display for ClientError {
         match self {
             Self::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
             Self::Unsupported(what) => f.write_str(what),
+            Self::Listen { addr, source } => {
+                write!(
+                    f,
+                    "cannot listen for the heartbeat socket on {addr}: {source}"
+                )
+            }
         }
     }
 }
@@ -72,7 +85,7 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect { source, .. } => Some(source),
+            Self::Connect { source, .. } | Self::Listen { source, .. } => Some(source),
             Self::Unsupported(_) => None,
         }
     }
@@ -146,9 +159,7 @@ pub fn run(
         ));
     }
     if settings.wire == crate::config::Wire::Classic {
-        return Err(ClientError::Unsupported(
-            "--wire classic is not available yet".into(),
-        ));
+        return crate::net::classic::run_client(settings, log, stop);
     }
     let stream = connect(&settings.host, settings.port)?;
     let _ = stream.set_nodelay(true);

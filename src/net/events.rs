@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Sender;
 
 use crate::config::fmt_duration;
+use crate::core::classic::ClassicEnd;
 use crate::core::wire::EndReason;
 
 /// Something that happened on the server.
@@ -114,6 +115,51 @@ pub enum Event {
         /// Connections told `END server-shutdown`.
         clients: usize,
     },
+    /// Classic wire: the heartbeat socket is connected back to the client.
+    ConnectedBack {
+        /// Connection number.
+        id: u64,
+        /// The client's address (data socket).
+        peer: SocketAddr,
+        /// Where the heartbeat socket goes: the client's IP at `client.port`.
+        to: SocketAddr,
+        /// Attempts it took (1 when the client was already listening).
+        attempts: u32,
+    },
+    /// Classic wire: every connect-back attempt failed; the connection continues without
+    /// heartbeats and is closed after idle + count * interval of silence.
+    ConnectBackFailed {
+        /// Connection number.
+        id: u64,
+        /// The client's address (data socket).
+        peer: SocketAddr,
+        /// Where the heartbeat socket should have gone.
+        to: SocketAddr,
+        /// Attempts made.
+        attempts: u32,
+        /// The last OS error.
+        error: String,
+    },
+    /// Classic wire: heartbeat `k` of `n` was due but there is no heartbeat socket.
+    HeartbeatNotSent {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// 1-based number within the round.
+        k: u32,
+        /// Heartbeats allowed per round.
+        n: u32,
+    },
+    /// Classic wire: `End Connection` was sent (or attempted) on both sockets, which close.
+    EndConnectionSent {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// Why.
+        why: ClassicEnd,
+    },
 }
 
 impl fmt::Display for Event {
@@ -139,6 +185,13 @@ impl fmt::Display for Event {
             Self::Refused { peer: None, reason, detail } => write!(f, "refused a connection: END {reason} ({detail})"),
             Self::BadLine { id, peer, detail } => write!(f, "#{id} {peer} bad line: ERR {detail}"),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
+            Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),
+            Self::ConnectBackFailed { id, peer, to, attempts, error } => write!(
+                f,
+                "#{id} {peer} cannot connect the heartbeat socket to {to} after {attempts} attempts ({error}); closing it after idle + count x interval of silence"
+            ),
+            Self::HeartbeatNotSent { id, peer, k, n } => write!(f, "#{id} {peer} heartbeat {k}/{n} due, no heartbeat socket"),
+            Self::EndConnectionSent { id, peer, why } => write!(f, "#{id} {peer} End Connection sent ({why}), closing"),
         }
     }
 }

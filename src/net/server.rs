@@ -84,6 +84,8 @@ struct Shared {
     freed: Condvar,
     next_id: AtomicU64,
     stopping: AtomicBool,
+    /// Classic-wire connections (empty on the line wire).
+    classic: Arc<crate::net::classic::Registry>,
 }
 
 impl Shared {
@@ -139,11 +141,6 @@ impl Server {
                 "--mode chat is not available yet".into(),
             ));
         }
-        if settings.wire == Wire::Classic {
-            return Err(ServerError::Unsupported(
-                "--wire classic is not available yet".into(),
-            ));
-        }
         let want = format!("{}:{}", settings.host, settings.port);
         let bind_err = |source| ServerError::Bind {
             addr: want.clone(),
@@ -176,6 +173,7 @@ impl Server {
             freed: Condvar::new(),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            classic: Arc::default(),
         });
         Ok(Self {
             listener,
@@ -270,6 +268,10 @@ impl Server {
 
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let sh = &self.shared;
+        if sh.settings.wire == Wire::Classic {
+            crate::net::classic::admit(&sh.classic, &sh.settings, &sh.log, stream, peer);
+            return;
+        }
         let max = sh.settings.max_conns;
         if sh.conns().len() >= max {
             refuse(
@@ -361,7 +363,7 @@ impl ServerHandle {
 
     /// Connections currently holding threads.
     pub fn connections(&self) -> usize {
-        self.shared.conns().len()
+        self.shared.conns().len() + self.shared.classic.len()
     }
 
     /// Stops accepting, sends `END server-shutdown` to every client and waits (at most about
@@ -382,6 +384,10 @@ impl ServerHandle {
             _ => self.addr,
         };
         let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(100));
+        if sh.settings.wire == Wire::Classic {
+            sh.classic.shutdown(&sh.log, SHUTDOWN_GRACE);
+            return;
+        }
         let conns: Vec<Arc<Conn>> = sh.conns().values().cloned().collect();
         sh.log.emit(Event::ShuttingDown {
             clients: conns.len(),
