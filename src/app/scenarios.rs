@@ -431,13 +431,20 @@ fn case3(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
     for k in 1..=hb.count() {
         let want = hb.idle() + hb.interval() * (k - 1);
         check(
-            format!("PING {k}"),
+            match wire {
+                Wire::Line => format!("PING {k}"),
+                Wire::Classic => format!("heartbeat {k}"),
+            },
             at(&|e| matches!(e, Event::PingSent { k: kk, .. } if *kk == k)),
             want,
         );
     }
     let end = at(&|e| fl.is_timeout_end(e));
-    check("END".into(), end, hb.give_up_after());
+    let end_label = match wire {
+        Wire::Line => "END",
+        Wire::Classic => "End Connection",
+    };
+    check(end_label.into(), end, hb.give_up_after());
     let closed = at(&|e| matches!(e, Event::Closed { .. }));
     pass &= closed.is_some();
     let pongs = cev
@@ -673,10 +680,10 @@ pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
     let wire = Wire::from(args.wire);
     let t = Timings::scaled(args.speed);
     println!(
-        "{} wire, manual settings / {}: server interval {}, count {}, idle {}; client every {} or {}, block 0 or {}",
+        "{}manual settings / {}: server interval {}, count {}, idle {}; client every {} or {}, block 0 or {}",
         match wire {
-            Wire::Line => "line",
-            Wire::Classic => "classic",
+            Wire::Line => "",
+            Wire::Classic => "classic wire, ",
         },
         args.speed,
         fmt_duration(t.hb.interval()),

@@ -389,50 +389,65 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
     reg.release(conn);
 }
 
-/// Connects the heartbeat socket back to the client on the retry schedule; `None` when every
-/// attempt failed or the connection ended meanwhile.
-fn connect_back(conn: &ClassicConn, to: SocketAddr) -> Option<TcpStream> {
-    let sched = ConnectBackSchedule::default();
-    let start = Instant::now();
-    let mut last = String::from("no attempt made");
-    let mut attempts = 0;
-    for n in 0..sched.attempts() {
-        let at = start + sched.attempt_at(n)?;
-        // Sleep until the attempt is due, unless the connection ends first.
-        loop {
-            if conn.end().is_some() {
-                return None;
-            }
-            let left = at.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            if let Ok((_, true)) = wait2(None, &conn.hb_bell, left) {
-                conn.hb_bell.clear();
-            }
+/// The connect-back in progress: attempts on [`ConnectBackSchedule`], interleaved with the
+/// heartbeat core's deadlines so a client is closed on time even if it never listens.
+struct ConnectBack {
+    to: SocketAddr,
+    sched: ConnectBackSchedule,
+    start: Instant,
+    made: u32,
+    last_error: String,
+}
+
+impl ConnectBack {
+    fn new(to: SocketAddr, now: Instant) -> Self {
+        Self {
+            to,
+            sched: ConnectBackSchedule::default(),
+            start: now,
+            made: 0,
+            last_error: String::from("no attempt made"),
         }
-        attempts = n + 1;
-        match TcpStream::connect_timeout(&to, sched.attempt_timeout()) {
+    }
+
+    /// When the next attempt is due, `None` once the schedule is used up.
+    fn next_at(&self) -> Option<Instant> {
+        self.sched
+            .attempt_at(self.made)
+            .and_then(|d| self.start.checked_add(d))
+    }
+
+    /// Makes one attempt (bounded by the schedule's step).
+    fn attempt(&mut self, conn: &ClassicConn) -> Option<TcpStream> {
+        self.made += 1;
+        match TcpStream::connect_timeout(&self.to, self.sched.attempt_timeout()) {
             Ok(s) => {
                 conn.log.emit(Event::ConnectedBack {
                     id: conn.id,
                     peer: conn.peer,
-                    to,
-                    attempts,
+                    to: self.to,
+                    attempts: self.made,
                 });
-                return Some(s);
+                Some(s)
             }
-            Err(e) => last = e.to_string(),
+            Err(e) => {
+                self.last_error = e.to_string();
+                None
+            }
         }
     }
-    conn.log.emit(Event::ConnectBackFailed {
-        id: conn.id,
-        peer: conn.peer,
-        to,
-        attempts,
-        error: last,
-    });
-    None
+
+    /// Logs that the heartbeat socket never came (schedule used up, or the connection ended
+    /// while still trying).
+    fn give_up(self, conn: &ClassicConn) {
+        conn.log.emit(Event::ConnectBackFailed {
+            id: conn.id,
+            peer: conn.peer,
+            to: self.to,
+            attempts: self.made,
+            error: self.last_error,
+        });
+    }
 }
 
 /// What a non-blocking read of the heartbeat socket found.
@@ -460,20 +475,33 @@ fn drain(sock: &TcpStream, buf: &mut [u8]) -> Drained {
 /// The companion heartbeat thread: the only reader and writer of the heartbeat socket.
 fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
     let (id, peer) = (conn.id, conn.peer);
-    let mut sock = connect_back(conn, to);
-    if let Some(s) = &sock {
-        let _ = s.set_nodelay(true);
-        let _ = s.set_write_timeout(Some(WRITE_STALL));
-    }
-    // False once the client closed its end: nothing more to read, and a heartbeat due then
-    // finds a dead peer.
-    let mut readable = sock.is_some();
+    let mut back = Some(ConnectBack::new(to, Instant::now()));
+    let mut sock: Option<TcpStream> = None;
+    // False until connected, and again once the client closed its end: nothing more to read,
+    // and a heartbeat due then finds a dead peer.
+    let mut readable = false;
     let mut buf = [0u8; READ_SIZE];
     let (idle, count) = {
         let hb = conn.heartbeat();
         (hb.config().idle(), hb.config().count())
     };
     while conn.end().is_none() {
+        if let Some(b) = back.as_mut() {
+            if b.next_at().is_some_and(|at| at <= Instant::now()) {
+                if let Some(s) = b.attempt(conn) {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_write_timeout(Some(WRITE_STALL));
+                    sock = Some(s);
+                    readable = true;
+                    back = None;
+                }
+            }
+            if back.as_ref().is_some_and(|b| b.next_at().is_none()) {
+                if let Some(b) = back.take() {
+                    b.give_up(conn);
+                }
+            }
+        }
         // Drain before acting: a reply that arrived before a heartbeat is due counts as
         // liveness now, never as the answer to the heartbeat about to be sent.
         if let (Some(s), true) = (&sock, readable) {
@@ -493,6 +521,8 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
                         conn.log.emit(Event::RoundStarted { id, peer, idle });
                     }
                     match &sock {
+                        // Still connecting back, or never managed to: the core keeps the
+                        // schedule, so a silent client is still closed on time.
                         None => conn.log.emit(Event::HeartbeatNotSent {
                             id,
                             peer,
@@ -532,9 +562,11 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
         if conn.end().is_some() {
             break;
         }
-        let wait = conn
-            .heartbeat()
-            .poll_timeout()
+        let next_attempt = back.as_ref().and_then(ConnectBack::next_at);
+        let wait = [conn.heartbeat().poll_timeout(), next_attempt]
+            .into_iter()
+            .flatten()
+            .min()
             .map_or(MAX_WAIT, |at| at.saturating_duration_since(Instant::now()))
             .clamp(Duration::from_millis(1), MAX_WAIT);
         let fd = sock.as_ref().filter(|_| readable).map(|s| s.as_fd());
@@ -544,6 +576,9 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
             // poll(2) itself failing is not the client's fault; do not spin on it.
             Err(_) => thread::sleep(Duration::from_millis(10)),
         }
+    }
+    if let Some(b) = back.take() {
+        b.give_up(conn);
     }
     let why = conn.end().unwrap_or(ClassicEnd::ClientClosed);
     if let Some(s) = sock.take() {

@@ -126,8 +126,9 @@ pub enum Event {
         /// Attempts it took (1 when the client was already listening).
         attempts: u32,
     },
-    /// Classic wire: every connect-back attempt failed; the connection continues without
-    /// heartbeats and is closed after idle + count * interval of silence.
+    /// Classic wire: the connect-back never succeeded (every attempt failed, or the connection
+    /// ended while still trying); without a heartbeat socket a silent client is closed after
+    /// idle + count * interval.
     ConnectBackFailed {
         /// Connection number.
         id: u64,
@@ -188,7 +189,7 @@ impl fmt::Display for Event {
             Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),
             Self::ConnectBackFailed { id, peer, to, attempts, error } => write!(
                 f,
-                "#{id} {peer} cannot connect the heartbeat socket to {to} after {attempts} attempts ({error}); closing it after idle + count x interval of silence"
+                "#{id} {peer} cannot connect the heartbeat socket to {to} after {attempts} attempt(s) ({error}); without it a silent client is closed after idle + count x interval"
             ),
             Self::HeartbeatNotSent { id, peer, k, n } => write!(f, "#{id} {peer} heartbeat {k}/{n} due, no heartbeat socket"),
             Self::EndConnectionSent { id, peer, why } => write!(f, "#{id} {peer} End Connection sent ({why}), closing"),
