@@ -676,20 +676,30 @@ fn accept_and_read_heartbeat(listener: TcpListener, done: &AtomicBool, tx: Sende
     if tx.send(Incoming::HbConnected(writer, sock.1)).is_err() {
         return;
     }
+    // The session may end before the socket is handed over (and so shut down): wake up every
+    // tick to notice.
+    let _ = sock.0.set_read_timeout(Some(ACCEPT_TICK));
     let mut buf = [0u8; READ_SIZE];
-    loop {
+    while !done.load(Ordering::Acquire) {
         match sock.0.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Incoming::HbClosed);
-                return;
-            }
-            Ok(n) => {
+            Ok(n) if n > 0 => {
                 if tx
                     .send(Incoming::Hb(buf[..n].to_vec(), Instant::now()))
                     .is_err()
                 {
                     return;
                 }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Ok(_) | Err(_) => {
+                let _ = tx.send(Incoming::HbClosed);
+                return;
             }
         }
     }
