@@ -92,10 +92,10 @@ impl Timings {
         let s = |secs: f64| Duration::from_secs_f64(secs / speed);
         let hb = HeartbeatConfig::new(s(30.0), s(5.0), 3).expect("manual settings are valid");
         // Scheduling jitter on a loaded machine is a few milliseconds; allow ten times that,
-        // but never more than a fifth of an interval, so a wrong schedule still fails.
+        // but at most half an interval, so a heartbeat sent on the wrong beat still fails.
         let slack = Duration::from_millis(50)
-            .min(s(1.0))
-            .max(Duration::from_millis(20));
+            .min(s(2.5))
+            .max(Duration::from_millis(5));
         Self {
             hb,
             every_fast: s(5.0),
