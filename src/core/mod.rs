@@ -3,4 +3,5 @@
 pub mod client;
 pub mod heartbeat;
 pub mod node;
+pub mod room;
 pub mod wire;

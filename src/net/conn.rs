@@ -140,24 +140,31 @@ impl Conn {
         let _ = self.bell.try_send(());
     }
 
-    /// Queues a line for the client. A full queue ends the connection as a slow consumer.
+    /// Queues a line for the client. A full queue ends the connection as a slow consumer
+    /// at once: its socket is shut down, so a companion blocked writing to it is freed too
+    /// (its kernel buffer is full as well, so an `END` could not get through anyway).
     pub fn send(&self, item: Out) -> Result<(), QueueFull> {
         let cost = item.cost();
         if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.queue_limit {
             self.queued.fetch_sub(cost, Ordering::AcqRel);
-            self.end_now(EndReason::SlowConsumer);
+            self.evict();
             return Err(QueueFull);
         }
         match self.out.try_send(item) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.queued.fetch_sub(cost, Ordering::AcqRel);
-                self.end_now(EndReason::SlowConsumer);
+                self.evict();
                 Err(QueueFull)
             }
             // The companion is gone: the connection is closing anyway.
             Err(TrySendError::Disconnected(_)) => Ok(()),
         }
+    }
+
+    fn evict(&self) {
+        self.end_now(EndReason::SlowConsumer);
+        self.shutdown();
     }
 
     /// The companion wrote (or dropped) an item of this many bytes.

@@ -109,6 +109,26 @@ pub enum Event {
         /// The `ERR` sent.
         detail: String,
     },
+    /// Chat: a client joined the room.
+    Joined {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// Its name.
+        name: String,
+    },
+    /// Chat: a member left the room (announced to the others as `LEFT`).
+    Left {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: EndReason,
+    },
     /// The server is shutting down.
     ShuttingDown {
         /// Connections told `END server-shutdown`.
@@ -138,6 +158,13 @@ impl fmt::Display for Event {
             Self::Refused { peer: Some(p), reason, detail } => write!(f, "refused {p}: END {reason} ({detail})"),
             Self::Refused { peer: None, reason, detail } => write!(f, "refused a connection: END {reason} ({detail})"),
             Self::BadLine { id, peer, detail } => write!(f, "#{id} {peer} bad line: ERR {detail}"),
+            Self::Joined { id, peer, name } => write!(f, "#{id} {peer} joined as {name}"),
+            Self::Left {
+                id,
+                peer,
+                name,
+                reason,
+            } => write!(f, "#{id} {peer} {name} left the room ({reason})"),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
         }
     }

@@ -247,12 +247,17 @@ pub struct Peer {
     pub stream: TcpStream,
     pub t0: Instant,
     rx: Receiver<Option<(Instant, String)>>,
-    pub received: Vec<(Duration, String)>,
+    /// The last lines received (for failure messages), newest last.
+    pub received: std::collections::VecDeque<(Duration, String)>,
 }
 
 impl Peer {
     pub fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Self::from_stream(TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+    }
+
+    /// Wraps an already connected socket.
+    pub fn from_stream(stream: TcpStream) -> Self {
         let t0 = Instant::now();
         let reader = stream.try_clone().unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -280,7 +285,7 @@ impl Peer {
             stream,
             t0,
             rx,
-            received: Vec::new(),
+            received: Default::default(),
         }
     }
 
@@ -293,12 +298,18 @@ impl Peer {
         match self.rx.recv_timeout(within) {
             Ok(Some((at, l))) => {
                 let item = (at - self.t0, l);
-                self.received.push(item.clone());
+                if self.received.len() == 20 {
+                    self.received.pop_front();
+                }
+                self.received.push_back(item.clone());
                 item
             }
-            Ok(None) => panic!("connection closed; received so far: {:?}", self.received),
+            Ok(None) => panic!(
+                "connection closed; last lines received: {:?}",
+                self.received
+            ),
             Err(_) => panic!(
-                "no line within {within:?}; received so far: {:?}",
+                "no line within {within:?}; last lines received: {:?}",
                 self.received
             ),
         }
@@ -307,7 +318,11 @@ impl Peer {
     /// Asserts the next line is exactly `want`, returning its arrival time.
     pub fn expect(&mut self, want: &str, within: Duration) -> Duration {
         let (at, got) = self.line(within);
-        assert_eq!(got, want, "at {at:?}; received so far: {:?}", self.received);
+        assert_eq!(
+            got, want,
+            "at {at:?}; last lines received: {:?}",
+            self.received
+        );
         at
     }
 
