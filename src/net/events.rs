@@ -65,6 +65,8 @@ pub enum Event {
         peer: SocketAddr,
         /// Why.
         reason: EndReason,
+        /// False when the line could not be written (the client stopped reading).
+        delivered: bool,
     },
     /// The client closed or reset the connection.
     ClosedByClient {
@@ -150,7 +152,18 @@ impl fmt::Display for Event {
                 "#{id} {peer} answered after heartbeat {after} (round trip {:.1}ms), connection is alive",
                 rtt.as_secs_f64() * 1000.0
             ),
-            Self::EndSent { id, peer, reason } => write!(f, "#{id} {peer} END {reason} sent, closing"),
+            Self::EndSent {
+                id,
+                peer,
+                reason,
+                delivered: true,
+            } => write!(f, "#{id} {peer} END {reason} sent, closing"),
+            Self::EndSent {
+                id,
+                peer,
+                reason,
+                delivered: false,
+            } => write!(f, "#{id} {peer} END {reason} could not be delivered, closing"),
             Self::ClosedByClient { id, peer, error: None } => write!(f, "#{id} {peer} closed by client"),
             Self::ClosedByClient { id, peer, error: Some(e) } => write!(f, "#{id} {peer} closed by client ({e})"),
             Self::WriteFailed { id, peer, error } => write!(f, "#{id} {peer} write failed ({error}), dropping"),

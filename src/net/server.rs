@@ -734,7 +734,9 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, rx: CompanionRx) {
             match item {
                 Out::Line(line) => {
                     if !write(line.as_bytes()) {
-                        break 'run EndReason::Closed;
+                        // A write fails when someone ended the connection (an eviction shuts
+                        // the socket down) or the client is gone: keep the first reason.
+                        break 'run conn.urgent_end().unwrap_or(EndReason::Closed);
                     }
                 }
                 Out::End(reason) => break reason,
@@ -759,13 +761,15 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, rx: CompanionRx) {
     }
     if end != EndReason::Closed {
         let _ = conn.stream().set_write_timeout(Some(END_WRITE_TIMEOUT));
-        let _ = conn
+        let delivered = conn
             .stream()
-            .write_all(ServerMsg::End(end).encode().as_bytes());
+            .write_all(ServerMsg::End(end).encode().as_bytes())
+            .is_ok();
         sh.log.emit(Event::EndSent {
             id: conn.id,
             peer: conn.peer,
             reason: end,
+            delivered,
         });
     }
     conn.shutdown();

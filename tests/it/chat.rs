@@ -24,13 +24,8 @@ impl Drop for Stuck {
 }
 
 fn join_stuck(port: u16, name: &str) -> Stuck {
-    use rustix::net::{sockopt, AddressFamily, SocketType};
     use std::io::{Read, Write};
-    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    rustix::net::connect(&fd, &addr).unwrap();
-    let mut stream = std::net::TcpStream::from(fd);
+    let mut stream = connect_small_rcvbuf(port);
     stream.set_read_timeout(Some(PROMPT)).unwrap();
     stream
         .write_all(format!("JOIN {name}\nPING joined\n").as_bytes())

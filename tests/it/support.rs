@@ -358,6 +358,17 @@ impl Drop for Peer {
     }
 }
 
+/// A connection with a tiny receive buffer, so a peer that never reads cannot have the kernel
+/// absorb megabytes on its behalf (loopback autotuning allows tens of MB).
+pub fn connect_small_rcvbuf(port: u16) -> TcpStream {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    rustix::net::connect(&fd, &addr).unwrap();
+    TcpStream::from(fd)
+}
+
 /// Asserts `got` is within [`want` - 5 ms, `want` + `slack`].
 pub fn assert_near(what: &str, got: Duration, want: Duration, slack: Duration) {
     let early = Duration::from_millis(5);
