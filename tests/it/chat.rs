@@ -420,3 +420,70 @@ fn interactive_clients_chat_through_pipes() {
     assert_eq!(dee.wait(PROMPT).code(), Some(3), "{}", dee.stderr.text());
     assert!(dee.stderr.text().contains("heartbeat-timeout"));
 }
+
+fn count_dir(path: String) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn dirty_disconnects_mid_write_are_announced_and_leak_nothing() {
+    let _w = Watchdog::new("chat-dirty", ms(20_000));
+    let mut srv = chat_server(&[]);
+    let pid = srv.proc.pid();
+    let mut watcher = join(srv.port, "watcher");
+    let mut talker = join(srv.port, "talker");
+    watcher.expect("JOINED talker", PROMPT);
+    let (threads0, fds0) = (
+        count_dir(format!("/proc/{pid}/task")),
+        count_dir(format!("/proc/{pid}/fd")),
+    );
+    // Twenty members that reset their connection (SO_LINGER 0) while the talker floods the
+    // room, so many of the server's writes to them fail half-way.
+    let victims: Vec<_> = (0..20).map(|i| join(srv.port, &format!("v{i}"))).collect();
+    for i in 0..20 {
+        watcher.expect(&format!("JOINED v{i}"), PROMPT);
+    }
+    let body = "f".repeat(500);
+    for v in victims {
+        talker.send(format!("MSG {body}\nMSG {body}\nMSG {body}\n").as_bytes());
+        let fd = rustix::fd::AsFd::as_fd(&v.stream)
+            .try_clone_to_owned()
+            .unwrap();
+        rustix::net::sockopt::set_socket_linger(&fd, Some(Duration::ZERO)).unwrap();
+        drop(fd);
+        drop(v);
+    }
+    let mut left = 0;
+    while left < 20 {
+        let (_, l) = watcher.line(PROMPT);
+        if l.starts_with("LEFT ") {
+            assert!(l.starts_with("LEFT v") && l.ends_with(" closed"), "{l}");
+            left += 1;
+        }
+    }
+    // Every thread and descriptor of the victims is gone within a second.
+    let deadline = Instant::now() + ms(1000);
+    loop {
+        let (t, f) = (
+            count_dir(format!("/proc/{pid}/task")),
+            count_dir(format!("/proc/{pid}/fd")),
+        );
+        if t == threads0 && f == fds0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads {t} (was {threads0}), fds {f} (was {fds0})"
+        );
+        std::thread::sleep(ms(10));
+    }
+    talker.send(b"MSG still alive\n");
+    watcher.expect("MSG talker still alive", PROMPT);
+    srv.proc.stderr.settle(ms(50));
+    assert_eq!(
+        srv.proc.stderr.count("panicked"),
+        0,
+        "{}",
+        srv.proc.stderr.text()
+    );
+}
