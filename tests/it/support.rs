@@ -301,7 +301,8 @@ impl Peer {
                 if self.received.len() == 20 {
                     self.received.pop_front();
                 }
-                self.received.push_back(item.clone());
+                let short: String = item.1.chars().take(60).collect();
+                self.received.push_back((item.0, short));
                 item
             }
             Ok(None) => panic!(
