@@ -41,6 +41,10 @@ pub struct ScenarioArgs {
     /// Wire to run the cases over
     #[arg(long, value_enum, default_value = "line")]
     pub wire: crate::app::cli::WireArg,
+    /// How late an observed heartbeat or END may be and still pass [default: 50ms, at most
+    /// half an interval]. Raise it on a heavily loaded machine.
+    #[arg(long, value_name = "DUR", value_parser = crate::config::parse_duration)]
+    pub tolerance: Option<Duration>,
 }
 
 fn speed(s: &str) -> Result<f64, String> {
@@ -534,7 +538,18 @@ pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
             "--wire classic is not available yet".into(),
         ));
     }
-    let t = Timings::scaled(args.speed);
+    let mut t = Timings::scaled(args.speed);
+    if let Some(tol) = args.tolerance {
+        // Past half an interval a heartbeat on the wrong beat would pass: refuse that.
+        if tol > t.hb.interval() / 2 {
+            return Err(ScenarioError::Unsupported(format!(
+                "--tolerance {} is more than half an interval ({}) at this speed",
+                fmt_duration(tol),
+                fmt_duration(t.hb.interval() / 2)
+            )));
+        }
+        t.slack = tol;
+    }
     println!(
         "manual settings / {}: server interval {}, count {}, idle {}; client every {} or {}, block 0 or {}",
         args.speed,
