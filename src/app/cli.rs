@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::config::{
     parse_count, parse_duration, parse_duration_allow_zero, ClientFlags, ConfigError, FileConfig,
-    Mode, Prompter, ServerFlags, Wire,
+    Mode, Prompter, ServerFlags, ServerOptions, Wire,
 };
 
 /// `--mode`
@@ -131,17 +131,19 @@ impl ServerArgs {
     pub fn flags(&self) -> ServerFlags {
         ServerFlags {
             config: self.config.clone(),
-            host: self.host.clone(),
-            port: self.port,
-            interval: self.interval,
-            count: self.count,
-            idle: self.idle,
-            mode: self.mode.map(Into::into),
-            wire: self.wire.map(Into::into),
-            max_conns: self.max_conns,
-            max_line: self.max_line,
-            queue: self.queue,
             defaults: self.defaults,
+            options: ServerOptions {
+                host: self.host.clone(),
+                port: self.port,
+                interval: self.interval,
+                count: self.count,
+                idle: self.idle,
+                mode: self.mode.map(Into::into),
+                wire: self.wire.map(Into::into),
+                max_conns: self.max_conns,
+                max_line: self.max_line,
+                queue: self.queue,
+            },
         }
     }
 }

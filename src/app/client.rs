@@ -5,6 +5,7 @@ use std::fmt;
 use crate::app::cli::{load_file, stdin_prompter, ClientArgs};
 use crate::config::{fmt_duration, ClientSettings, ConfigError};
 use crate::core::client::Outcome;
+use crate::net::chat_client;
 use crate::net::client::{self, ClientError};
 use crate::net::events::EventLog;
 
@@ -23,7 +24,8 @@ impl RunError {
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Client(ClientError::Unsupported(_)) => 2,
+            Self::Config(_)
+            | Self::Client(ClientError::Unsupported(_) | ClientError::NameRefused(_)) => 2,
             Self::Client(_) | Self::Signal(_) => 1,
         }
     }
@@ -62,17 +64,23 @@ pub fn run(args: &ClientArgs) -> Result<Outcome, RunError> {
     let mut prompter = stdin_prompter();
     let settings =
         ClientSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
-    let _ = prompter.say(&format!(
-        "sending {:?} every {}, answering heartbeats after {}",
-        settings.message,
-        fmt_duration(settings.every),
-        fmt_duration(settings.block)
-    ));
+    if settings.chat_name.is_none() {
+        let _ = prompter.say(&format!(
+            "sending {:?} every {}, answering heartbeats after {}",
+            settings.message,
+            fmt_duration(settings.every),
+            fmt_duration(settings.block)
+        ));
+    }
     drop(prompter);
     let (tx, stop) = crossbeam_channel::bounded::<()>(1);
     ctrlc::set_handler(move || {
         let _ = tx.try_send(());
     })
     .map_err(RunError::Signal)?;
-    client::run(&settings, &EventLog::stdout(), &stop).map_err(RunError::Client)
+    match &settings.chat_name {
+        Some(name) => chat_client::run_stdio(&settings, name, &stop),
+        None => client::run(&settings, &EventLog::stdout(), &stop),
+    }
+    .map_err(RunError::Client)
 }

@@ -16,8 +16,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client behaviour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// Time between data messages.
-    pub every: Duration,
+    /// Time between data messages; `None` sends none (the chat client sends what the user
+    /// types instead).
+    pub every: Option<Duration>,
     /// Delay before answering a heartbeat.
     pub block: Duration,
     /// The data message.
@@ -114,7 +115,7 @@ impl Client {
                 self.greeted = true;
                 self.patience =
                     idle.saturating_add(interval.checked_mul(*count).unwrap_or(Duration::MAX));
-                self.next_send = Some(now);
+                self.next_send = self.cfg.every.map(|_| now);
             }
             ServerMsg::Ping(token) => {
                 let due = now.checked_add(self.cfg.block).unwrap_or(now);
@@ -183,7 +184,11 @@ impl Client {
             }
             self.sent += 1;
             let planned = self.next_send.unwrap_or(now);
-            self.next_send = planned.checked_add(self.cfg.every).map(|at| at.max(now));
+            self.next_send = self
+                .cfg
+                .every
+                .and_then(|every| planned.checked_add(every))
+                .map(|at| at.max(now));
             return Some(ClientAction::Send(ClientMsg::Msg(self.cfg.message.clone())));
         }
         None
@@ -200,7 +205,7 @@ mod tests {
 
     fn cfg(every: u64, block: u64, messages: Option<u64>) -> ClientConfig {
         ClientConfig {
-            every: ms(every),
+            every: Some(ms(every)),
             block: ms(block),
             message: "Hello, there".into(),
             messages,
@@ -240,6 +245,26 @@ mod tests {
         assert!(got
             .iter()
             .all(|g| g.1 == ClientAction::Send(ClientMsg::Msg("Hello, there".into()))));
+    }
+
+    #[test]
+    fn without_every_nothing_is_sent_but_heartbeats_are_answered() {
+        let t0 = Instant::now();
+        let mut c = Client::new(
+            ClientConfig {
+                every: None,
+                ..cfg(1, 0, None)
+            },
+            t0,
+        );
+        let _ = c.handle_msg(t0, &hello());
+        assert_eq!(c.poll(t0 + ms(1000)), None);
+        let _ = c.handle_msg(t0 + ms(3000), &ServerMsg::Ping("1".into()));
+        assert_eq!(
+            c.poll(t0 + ms(3000)),
+            Some(ClientAction::Send(ClientMsg::Pong("1".into())))
+        );
+        assert_eq!(c.sent(), 0);
     }
 
     #[test]

@@ -4,4 +4,5 @@ pub mod classic;
 pub mod client;
 pub mod heartbeat;
 pub mod node;
+pub mod room;
 pub mod wire;

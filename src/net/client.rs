@@ -18,7 +18,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A write that makes no progress for this long means the server is not reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// After QUIT, how long to wait for `END quit` before leaving anyway.
-const QUIT_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const QUIT_WAIT: Duration = Duration::from_secs(1);
 /// Longest line accepted from the server.
 const MAX_SERVER_LINE: usize = 1 << 20;
 
@@ -58,6 +58,10 @@ pub enum ClientError {
     },
     /// The settings ask for something this build does not do yet.
     Unsupported(String),
+    /// The server refused the chat name (`ERR name-taken` or `ERR missing-argument`).
+    NameRefused(String),
+    /// Setting up the session failed (a thread or a socket clone could not be had).
+    Io(io::Error),
     /// Classic wire: the heartbeat listener could not be bound on `client.host:client.port`.
     Listen {
         /// `host:port`.
@@ -72,6 +76,8 @@ impl fmt::Display for ClientError {
         match self {
             Self::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
             Self::Unsupported(what) => f.write_str(what),
+            Self::NameRefused(why) => write!(f, "the server refused the name: {why}"),
+            Self::Io(e) => write!(f, "cannot start the session: {e}"),
             Self::Listen { addr, source } => {
                 write!(
                     f,
@@ -86,12 +92,13 @@ impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Connect { source, .. } | Self::Listen { source, .. } => Some(source),
-            Self::Unsupported(_) => None,
+            Self::Io(source) => Some(source),
+            Self::Unsupported(_) | Self::NameRefused(_) => None,
         }
     }
 }
 
-enum Incoming {
+pub(crate) enum Incoming {
     Line(Vec<u8>, Instant),
     Closed(Instant),
 }
@@ -116,7 +123,7 @@ pub fn connect(host: &str, port: u16) -> Result<TcpStream, ClientError> {
     Err(err(last))
 }
 
-fn read_lines(mut stream: TcpStream, tx: Sender<Incoming>) {
+pub(crate) fn read_lines(mut stream: TcpStream, tx: Sender<Incoming>) {
     let mut decoder = LineDecoder::new(MAX_SERVER_LINE);
     let mut buf = [0u8; 4096];
     loop {
@@ -153,11 +160,6 @@ pub fn run(
     log: &EventLog<ClientEvent>,
     stop: &Receiver<()>,
 ) -> Result<Outcome, ClientError> {
-    if settings.chat_name.is_some() {
-        return Err(ClientError::Unsupported(
-            "--chat is not available yet".into(),
-        ));
-    }
     if settings.wire == crate::config::Wire::Classic {
         return crate::net::classic::run_client(settings, log, stop);
     }
@@ -181,7 +183,7 @@ pub fn run(
         }
     };
     let cfg = ClientConfig {
-        every: settings.every,
+        every: Some(settings.every),
         block: settings.block,
         message: settings.message.clone(),
         messages: settings.messages,

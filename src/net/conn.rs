@@ -8,7 +8,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::core::heartbeat::Heartbeat;
 use crate::core::wire::EndReason;
@@ -23,10 +23,16 @@ pub enum Out {
     End(EndReason),
 }
 
+/// Memory a queued line costs besides its bytes (channel slot, reference count). Counting
+/// it keeps a flood of tiny lines inside the same `--queue` budget as a few big ones.
+const LINE_OVERHEAD: usize = 32;
+
 impl Out {
+    /// What the item counts against the queue budget. `End` is free: it is queued at most
+    /// once, outside the budget, so it can always be delivered after what precedes it.
     fn cost(&self) -> usize {
         match self {
-            Out::Line(l) => l.len(),
+            Out::Line(l) => l.len() + LINE_OVERHEAD,
             Out::End(_) => 0,
         }
     }
@@ -80,10 +86,10 @@ impl Conn {
         queue_limit: usize,
         log: EventLog,
     ) -> (Self, CompanionRx) {
-        // Count-bound the channel too, so tiny frames cannot pile up without limit; a frame
-        // is at least a few bytes, so this never binds before the byte limit in practice.
-        let slots = (queue_limit / 8).clamp(64, 1 << 20);
-        let (out, out_rx) = crossbeam_channel::bounded(slots);
+        // The queue is bounded in bytes by `send`'s admission check, not in slots: a bounded
+        // channel allocates all its slots up front, which for a 1 MiB budget of short lines
+        // came to megabytes per idle connection. This one grows and shrinks with its content.
+        let (out, out_rx) = crossbeam_channel::unbounded();
         let (bell, bell_rx) = crossbeam_channel::bounded(1);
         let conn = Self {
             id,
@@ -140,24 +146,24 @@ impl Conn {
         let _ = self.bell.try_send(());
     }
 
-    /// Queues a line for the client. A full queue ends the connection as a slow consumer.
+    /// Queues a line for the client. A full queue ends the connection as a slow consumer
+    /// at once: its socket is shut down, so a companion blocked writing to it is freed too
+    /// (its kernel buffer is full as well, so an `END` could not get through anyway).
     pub fn send(&self, item: Out) -> Result<(), QueueFull> {
         let cost = item.cost();
         if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.queue_limit {
             self.queued.fetch_sub(cost, Ordering::AcqRel);
-            self.end_now(EndReason::SlowConsumer);
+            self.evict();
             return Err(QueueFull);
         }
-        match self.out.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                self.queued.fetch_sub(cost, Ordering::AcqRel);
-                self.end_now(EndReason::SlowConsumer);
-                Err(QueueFull)
-            }
-            // The companion is gone: the connection is closing anyway.
-            Err(TrySendError::Disconnected(_)) => Ok(()),
-        }
+        // A send fails only when the companion is gone: the connection is closing anyway.
+        let _ = self.out.send(item);
+        Ok(())
+    }
+
+    fn evict(&self) {
+        self.end_now(EndReason::SlowConsumer);
+        self.shutdown();
     }
 
     /// The companion wrote (or dropped) an item of this many bytes.
@@ -169,7 +175,7 @@ impl Conn {
     /// an urgent end if the queue is full.
     pub fn end_after_queue(&self, reason: EndReason) {
         self.ending.store(true, Ordering::Release);
-        if self.out.try_send(Out::End(reason)).is_err() {
+        if self.out.send(Out::End(reason)).is_err() {
             self.end_now(reason);
         }
     }

@@ -66,6 +66,8 @@ pub enum Event {
         peer: SocketAddr,
         /// Why.
         reason: EndReason,
+        /// False when the line could not be written (the client stopped reading).
+        delivered: bool,
     },
     /// The client closed or reset the connection.
     ClosedByClient {
@@ -109,6 +111,26 @@ pub enum Event {
         peer: SocketAddr,
         /// The `ERR` sent.
         detail: String,
+    },
+    /// Chat: a client joined the room.
+    Joined {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// Its name.
+        name: String,
+    },
+    /// Chat: a member left the room (announced to the others as `LEFT`).
+    Left {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: EndReason,
     },
     /// The server is shutting down.
     ShuttingDown {
@@ -177,7 +199,18 @@ impl fmt::Display for Event {
                 "#{id} {peer} answered after heartbeat {after} (round trip {:.1}ms), connection is alive",
                 rtt.as_secs_f64() * 1000.0
             ),
-            Self::EndSent { id, peer, reason } => write!(f, "#{id} {peer} END {reason} sent, closing"),
+            Self::EndSent {
+                id,
+                peer,
+                reason,
+                delivered: true,
+            } => write!(f, "#{id} {peer} END {reason} sent, closing"),
+            Self::EndSent {
+                id,
+                peer,
+                reason,
+                delivered: false,
+            } => write!(f, "#{id} {peer} END {reason} could not be delivered, closing"),
             Self::ClosedByClient { id, peer, error: None } => write!(f, "#{id} {peer} closed by client"),
             Self::ClosedByClient { id, peer, error: Some(e) } => write!(f, "#{id} {peer} closed by client ({e})"),
             Self::WriteFailed { id, peer, error } => write!(f, "#{id} {peer} write failed ({error}), dropping"),
@@ -185,6 +218,13 @@ impl fmt::Display for Event {
             Self::Refused { peer: Some(p), reason, detail } => write!(f, "refused {p}: END {reason} ({detail})"),
             Self::Refused { peer: None, reason, detail } => write!(f, "refused a connection: END {reason} ({detail})"),
             Self::BadLine { id, peer, detail } => write!(f, "#{id} {peer} bad line: ERR {detail}"),
+            Self::Joined { id, peer, name } => write!(f, "#{id} {peer} joined as {name}"),
+            Self::Left {
+                id,
+                peer,
+                name,
+                reason,
+            } => write!(f, "#{id} {peer} {name} left the room ({reason})"),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
             Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),
             Self::ConnectBackFailed { id, peer, to, attempts, error } => write!(

@@ -15,7 +15,7 @@
 //! The last of the two threads to exit removes the connection from the registry, so the
 //! registry size is the number of connections still holding threads and descriptors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -29,7 +29,8 @@ use crossbeam_channel::Select;
 
 use crate::config::{Mode, ServerSettings, Wire};
 use crate::core::heartbeat::{Action, Heartbeat};
-use crate::core::wire::{ClientMsg, EndReason, LineDecoder, ServerMsg};
+use crate::core::room::{Delivery, Room};
+use crate::core::wire::{BadLine, ClientMsg, EndReason, LineDecoder, ServerMsg};
 use crate::net::conn::{CompanionRx, Conn, Out};
 use crate::net::events::{Event, EventLog};
 
@@ -86,9 +87,75 @@ struct Shared {
     stopping: AtomicBool,
     /// Classic-wire connections (empty on the line wire).
     classic: Arc<crate::net::classic::Registry>,
+    /// The chat room, in chat mode.
+    chat: Option<Mutex<Chat>>,
+}
+
+/// The chat room and the outbound queues of its members. One lock guards both, so every
+/// member sees room events (JOINED, MSG, LEFT) in the same order, and each sender's
+/// messages in the order sent. Nothing done under the lock blocks: a delivery is a
+/// `try_send` on a bounded queue.
+#[derive(Default)]
+struct Chat {
+    room: Room,
+    members: HashMap<u64, Arc<Conn>>,
+}
+
+impl Chat {
+    /// Queues `first` for its recipients. A member whose queue overflows is evicted as a slow
+    /// consumer, and its `LEFT` is delivered in turn (which may evict more).
+    fn deliver(&mut self, first: Delivery, log: &EventLog) {
+        let mut work = VecDeque::from([first]);
+        while let Some(d) = work.pop_front() {
+            let line: Arc<str> = d.msg.encode().into();
+            let mut evicted = Vec::new();
+            for id in d.to {
+                if let Some(member) = self.members.get(&id) {
+                    if member.send(Out::Line(line.clone())).is_err() {
+                        evicted.push(id);
+                    }
+                }
+            }
+            for id in evicted {
+                if let Some(left) = self.leave(id, EndReason::SlowConsumer, log) {
+                    work.push_back(left);
+                }
+            }
+        }
+    }
+
+    /// Removes `id` from the room; the `LEFT` to deliver if it had joined.
+    fn leave(&mut self, id: u64, reason: EndReason, log: &EventLog) -> Option<Delivery> {
+        let member = self.members.remove(&id);
+        let left = self.room.handle_leave(id, reason)?;
+        if let (Some(m), ServerMsg::Left { name, .. }) = (member, &left.msg) {
+            log.emit(Event::Left {
+                id,
+                peer: m.peer,
+                name: name.clone(),
+                reason,
+            });
+        }
+        Some(left)
+    }
 }
 
 impl Shared {
+    fn chat(&self) -> Option<MutexGuard<'_, Chat>> {
+        self.chat
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A connection is ending for `reason`: announce it to the room if it had joined.
+    fn leave(&self, conn: &Conn, reason: EndReason) {
+        if let Some(mut chat) = self.chat() {
+            if let Some(left) = chat.leave(conn.id, reason, &self.log) {
+                chat.deliver(left, &self.log);
+            }
+        }
+    }
+
     fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -136,9 +203,9 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 impl Server {
     /// Binds the listening socket; with port 0 the OS picks a free port ([`Server::local_addr`]).
     pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
-        if settings.mode == Mode::Chat {
+        if settings.wire == Wire::Classic && settings.mode == Mode::Chat {
             return Err(ServerError::Unsupported(
-                "--mode chat is not available yet".into(),
+                "--mode chat works only on the line wire, not with --wire classic".into(),
             ));
         }
         let want = format!("{}:{}", settings.host, settings.port);
@@ -166,6 +233,7 @@ impl Server {
         }
         let listener = bound.ok_or_else(|| bind_err(last))?;
         let addr = listener.local_addr().map_err(bind_err)?;
+        let chat = (settings.mode == Mode::Chat).then(|| Mutex::new(Chat::default()));
         let shared = Arc::new(Shared {
             settings,
             log,
@@ -174,6 +242,7 @@ impl Server {
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             classic: Arc::default(),
+            chat,
         });
         Ok(Self {
             listener,
@@ -389,6 +458,14 @@ impl ServerHandle {
             return;
         }
         let conns: Vec<Arc<Conn>> = sh.conns().values().cloned().collect();
+        // Chat members hear who is leaving before they are told to go themselves.
+        if let Some(mut chat) = sh.chat() {
+            for id in chat.room.members() {
+                if let Some(left) = chat.leave(id, EndReason::ServerShutdown, &sh.log) {
+                    chat.deliver(left, &sh.log);
+                }
+            }
+        }
         sh.log.emit(Event::ShuttingDown {
             clients: conns.len(),
         });
@@ -416,7 +493,7 @@ impl ServerHandle {
 }
 
 /// The data-exchange thread: reads, feeds the heartbeat core, answers lines through the queue.
-fn reader(sh: &Shared, conn: &Conn) {
+fn reader(sh: &Shared, conn: &Arc<Conn>) {
     let mut decoder = LineDecoder::new(sh.settings.max_line);
     let mut buf = vec![0u8; 4096];
     // poll() says when to read; this only bounds a read that poll() woke spuriously.
@@ -508,7 +585,7 @@ fn wait_readable(fd: impl std::os::fd::AsFd, wait: Duration) -> io::Result<bool>
 }
 
 /// Handles every complete line; false when the connection must stop reading.
-fn handle_lines(sh: &Shared, conn: &Conn, decoder: &mut LineDecoder) -> bool {
+fn handle_lines(sh: &Shared, conn: &Arc<Conn>, decoder: &mut LineDecoder) -> bool {
     loop {
         let line = match decoder.next_line() {
             Ok(Some(line)) => line,
@@ -522,11 +599,14 @@ fn handle_lines(sh: &Shared, conn: &Conn, decoder: &mut LineDecoder) -> bool {
             // A bare newline is a keep-alive (someone pressing Enter in nc): nothing to answer.
             continue;
         }
-        let reply = match ClientMsg::parse(line) {
-            Ok(ClientMsg::Msg(text)) => Some(ServerMsg::Echo(text)),
-            Ok(ClientMsg::Ping(token)) => Some(ServerMsg::Pong(token)),
-            Ok(ClientMsg::Pong(_) | ClientMsg::Join(_)) => None,
-            Ok(ClientMsg::Quit(_)) => {
+        let parsed = ClientMsg::parse(line).and_then(|msg| match sh.chat() {
+            Some(mut chat) => chat_line(sh, &mut chat, conn, msg),
+            None => Ok(echo_line(msg)),
+        });
+        let reply = match parsed {
+            Ok(Reply::Line(msg)) => Some(msg),
+            Ok(Reply::Nothing) => None,
+            Ok(Reply::Quit) => {
                 conn.end_after_queue(EndReason::Quit);
                 return false;
             }
@@ -547,8 +627,54 @@ fn handle_lines(sh: &Shared, conn: &Conn, decoder: &mut LineDecoder) -> bool {
     }
 }
 
+/// What a line asks the connection to do.
+enum Reply {
+    /// Queue this line for the sender.
+    Line(ServerMsg),
+    /// Nothing more to do.
+    Nothing,
+    /// `QUIT`: end the connection after what is queued.
+    Quit,
+}
+
+fn echo_line(msg: ClientMsg) -> Reply {
+    match msg {
+        ClientMsg::Msg(text) => Reply::Line(ServerMsg::Echo(text)),
+        ClientMsg::Ping(token) => Reply::Line(ServerMsg::Pong(token)),
+        ClientMsg::Pong(_) | ClientMsg::Join(_) => Reply::Nothing,
+        ClientMsg::Quit(_) => Reply::Quit,
+    }
+}
+
+fn chat_line(
+    sh: &Shared,
+    chat: &mut Chat,
+    conn: &Arc<Conn>,
+    msg: ClientMsg,
+) -> Result<Reply, BadLine> {
+    match msg {
+        ClientMsg::Join(name) => {
+            let joined = chat.room.handle_join(conn.id, &name)?;
+            chat.members.insert(conn.id, conn.clone());
+            sh.log.emit(Event::Joined {
+                id: conn.id,
+                peer: conn.peer,
+                name,
+            });
+            chat.deliver(joined, &sh.log);
+            Ok(Reply::Nothing)
+        }
+        ClientMsg::Msg(text) => {
+            let relay = chat.room.handle_msg(conn.id, &text)?;
+            chat.deliver(relay, &sh.log);
+            Ok(Reply::Nothing)
+        }
+        other => Ok(echo_line(other)),
+    }
+}
+
 /// The companion heartbeat thread: the only writer of the socket.
-fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
+fn companion(sh: &Shared, conn: &Arc<Conn>, rx: CompanionRx) {
     let hb_cfg = sh.settings.heartbeat;
     // A write that makes no progress for this long means the client stopped reading.
     let stall = hb_cfg
@@ -619,7 +745,9 @@ fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
             match item {
                 Out::Line(line) => {
                     if !write(line.as_bytes()) {
-                        break 'run EndReason::Closed;
+                        // A write fails when someone ended the connection (an eviction shuts
+                        // the socket down) or the client is gone: keep the first reason.
+                        break 'run conn.urgent_end().unwrap_or(EndReason::Closed);
                     }
                 }
                 Out::End(reason) => break reason,
@@ -628,15 +756,31 @@ fn companion(sh: &Shared, conn: &Conn, rx: CompanionRx) {
             let _ = op.recv(&rx.bell);
         }
     };
+    sh.leave(conn, end);
+    if end == EndReason::ServerShutdown {
+        // Deliver what was already queued (messages, the LEFTs of the shutdown) first; the
+        // shutdown's grace period bounds how long this may take.
+        let _ = conn.stream().set_write_timeout(Some(END_WRITE_TIMEOUT));
+        while let Ok(item) = rx.out.try_recv() {
+            conn.dequeued(&item);
+            if let Out::Line(line) = item {
+                if conn.stream().write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
     if end != EndReason::Closed {
         let _ = conn.stream().set_write_timeout(Some(END_WRITE_TIMEOUT));
-        let _ = conn
+        let delivered = conn
             .stream()
-            .write_all(ServerMsg::End(end).encode().as_bytes());
+            .write_all(ServerMsg::End(end).encode().as_bytes())
+            .is_ok();
         sh.log.emit(Event::EndSent {
             id: conn.id,
             peer: conn.peer,
             reason: end,
+            delivered,
         });
     }
     conn.shutdown();

@@ -598,3 +598,40 @@ impl StdoutWait for Proc {
         self.stdout.wait_for(needle, PROMPT);
     }
 }
+
+#[test]
+fn chat_is_refused_on_the_classic_wire() {
+    let _w = Watchdog::new("classic-no-chat", ms(20_000));
+    let mut srv = Proc::spawn(
+        "hb-server",
+        &[
+            "--defaults",
+            "--port",
+            "0",
+            "--wire",
+            "classic",
+            "--mode",
+            "chat",
+        ],
+        &temp_dir(),
+        None,
+    );
+    assert_eq!(srv.wait(PROMPT).code(), Some(1));
+    assert!(
+        srv.stderr.text().contains("line wire"),
+        "{}",
+        srv.stderr.text()
+    );
+    let mut cl = Proc::spawn(
+        "hb-client",
+        &["--defaults", "--wire", "classic", "--chat", "--name", "ann"],
+        &temp_dir(),
+        None,
+    );
+    assert_eq!(cl.wait(PROMPT).code(), Some(2));
+    assert!(
+        cl.stderr.text().contains("line wire"),
+        "{}",
+        cl.stderr.text()
+    );
+}

@@ -298,7 +298,14 @@ fn client_connection_refused_exits_1() {
 #[test]
 fn scenarios_binary_passes_all_four_cases_fast() {
     let _w = Watchdog::new("hb-scenarios", ms(30_000));
-    let mut p = Proc::spawn("hb-scenarios", &["--speed", "50"], &temp_dir(), None);
+    // The suite runs many tests at once on two cores, so allow 100 ms of lateness: still
+    // well under half of the 500 ms interval at speed 10, so a wrong beat fails.
+    let mut p = Proc::spawn(
+        "hb-scenarios",
+        &["--speed", "10", "--tolerance", "100ms"],
+        &temp_dir(),
+        None,
+    );
     let st = p.wait(ms(20_000));
     assert_eq!(
         st.code(),
@@ -311,12 +318,23 @@ fn scenarios_binary_passes_all_four_cases_fast() {
     assert!(p.stdout.text().contains("4 passed, 0 failed"));
     let mut p = Proc::spawn(
         "hb-scenarios",
-        &["--speed", "50", "--case", "3"],
+        &["--speed", "10", "--tolerance", "100ms", "--case", "3"],
         &temp_dir(),
         None,
     );
-    assert_eq!(p.wait(ms(20_000)).code(), Some(0));
+    assert_eq!(p.wait(ms(20_000)).code(), Some(0), "{}", p.stdout.text());
     assert_eq!(p.stdout.count("PASS"), 1, "{}", p.stdout.text());
+    let mut p = Proc::spawn(
+        "hb-scenarios",
+        &["--speed", "10", "--tolerance", "300ms"],
+        &temp_dir(),
+        None,
+    );
+    assert_eq!(
+        p.wait(PROMPT).code(),
+        Some(2),
+        "tolerance above half an interval is refused"
+    );
     let mut p = Proc::spawn("hb-scenarios", &["--case", "5"], &temp_dir(), None);
     assert_eq!(p.wait(PROMPT).code(), Some(2));
 }

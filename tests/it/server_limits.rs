@@ -149,13 +149,13 @@ fn max_conns_refuses_newcomers_and_keeps_serving_the_others() {
 fn slow_consumer_is_ended_and_others_keep_going() {
     let _w = Watchdog::new("slow-consumer", ms(15_000));
     let mut srv = Server::start(&["--queue", "65536"]);
-    let mut slow = Peer::connect(srv.port);
-    slow.expect(HELLO, PROMPT);
-    let mut raw = slow.stream.try_clone().unwrap();
+    // Sends and sends but never reads its echoes.
+    let slow = connect_small_rcvbuf(srv.port);
+    let mut raw = slow.try_clone().unwrap();
     let line = format!("MSG {}\n", "y".repeat(8000));
     let flood = std::thread::spawn(move || {
         use std::io::Write;
-        // Enough echo traffic to fill both socket buffers and the 64 KiB queue.
+        // Far more echo traffic than the kernel buffers plus the 64 KiB queue can hold.
         for _ in 0..2000 {
             if raw.write_all(line.as_bytes()).is_err() {
                 break;
@@ -240,30 +240,8 @@ fn a_thousand_idle_clients_cost_no_cpu_between_deadlines() {
 #[test]
 fn out_of_file_descriptors_refuses_with_server_full_and_keeps_serving() {
     let _w = Watchdog::new("emfile", ms(20_000));
-    let dir = temp_dir();
-    let server = bin("hb-server");
-    let script = format!(
-        "ulimit -n 32 && exec {} --defaults --port 0",
-        server.display()
-    );
-    let mut proc = {
-        let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", &script]).current_dir(&dir);
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stdout = Lines::spawn_from(child.stdout.take().unwrap());
-        let stderr = Lines::spawn_from(child.stderr.take().unwrap());
-        Proc {
-            child,
-            stdout,
-            stderr,
-            stdin: None,
-        }
-    };
-    let (_, line) = proc.stdout.wait_for("listening on", PROMPT);
-    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    let mut srv = Server::start_limited("-n 32");
+    let (port, proc) = (srv.port, &mut srv.proc);
     let mut served = Vec::new();
     let mut refused = 0;
     for _ in 0..60 {
@@ -314,4 +292,38 @@ fn out_of_file_descriptors_refuses_with_server_full_and_keeps_serving() {
         proc.stdout.text()
     );
     assert!(proc.child.try_wait().unwrap().is_none(), "server died");
+}
+
+#[test]
+fn out_of_threads_refuses_with_server_full_and_keeps_serving() {
+    let _w = Watchdog::new("no-threads", ms(30_000));
+    // A 400 MB address-space limit runs out of room for thread stacks after a few hundred
+    // connections; every later spawn fails and must turn into a refusal, not an abort.
+    let mut srv = Server::start_limited("-v 400000");
+    let mut first = Peer::connect(srv.port);
+    first.expect(HELLO, PROMPT);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..3000 {
+        let mut p = Peer::connect(srv.port);
+        let (_, l) = p.line(PROMPT);
+        if l == "END server-full" {
+            refused += 1;
+            if refused == 20 {
+                break;
+            }
+        } else {
+            held.push(p);
+        }
+    }
+    assert_eq!(
+        refused,
+        20,
+        "never ran out of threads with {} clients",
+        held.len()
+    );
+    srv.log().wait_for("cannot start a thread", PROMPT);
+    first.send(b"MSG still here\n");
+    first.expect("ECHO still here", PROMPT);
+    assert!(srv.proc.child.try_wait().unwrap().is_none(), "server died");
 }

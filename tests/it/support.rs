@@ -140,8 +140,19 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], dir: &Path, stdin: Option<&str>) -> Self {
         let mut cmd = Command::new(bin(name));
-        cmd.args(args)
-            .current_dir(dir)
+        cmd.args(args);
+        Self::from_command(cmd, dir, stdin)
+    }
+
+    /// Runs `script` with `sh -c` (for `ulimit` and the like before an `exec`).
+    pub fn spawn_sh(script: &str, dir: &Path) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        Self::from_command(cmd, dir, None)
+    }
+
+    fn from_command(mut cmd: Command, dir: &Path, stdin: Option<&str>) -> Self {
+        cmd.current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() {
@@ -149,7 +160,7 @@ impl Proc {
         } else {
             Stdio::null()
         });
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let mut input = child.stdin.take();
         if let (Some(text), Some(w)) = (stdin, input.as_mut()) {
             w.write_all(text.as_bytes()).unwrap();
@@ -227,7 +238,20 @@ impl Server {
 
     /// Starts hb-server with exactly `args`, waiting for `listening on`.
     pub fn start_raw(args: &[&str], dir: &Path, stdin: Option<&str>) -> Self {
-        let mut proc = Proc::spawn("hb-server", args, dir, stdin);
+        Self::started(Proc::spawn("hb-server", args, dir, stdin), dir)
+    }
+
+    /// `hb-server --defaults --port 0` under the resource limit `ulimit_args` (e.g. `-n 32`).
+    pub fn start_limited(ulimit_args: &str) -> Self {
+        let dir = temp_dir();
+        let script = format!(
+            "ulimit {ulimit_args} && exec {} --defaults --port 0",
+            bin("hb-server").display()
+        );
+        Self::started(Proc::spawn_sh(&script, &dir), &dir)
+    }
+
+    fn started(mut proc: Proc, dir: &Path) -> Self {
         let (_, line) = proc.stdout.wait_for("listening on", PROMPT);
         let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
         Self {
@@ -247,12 +271,17 @@ pub struct Peer {
     pub stream: TcpStream,
     pub t0: Instant,
     rx: Receiver<Option<(Instant, String)>>,
-    pub received: Vec<(Duration, String)>,
+    /// The last lines received (for failure messages), newest last.
+    pub received: std::collections::VecDeque<(Duration, String)>,
 }
 
 impl Peer {
     pub fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Self::from_stream(TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+    }
+
+    /// Wraps an already connected socket.
+    pub fn from_stream(stream: TcpStream) -> Self {
         let t0 = Instant::now();
         let reader = stream.try_clone().unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -280,7 +309,7 @@ impl Peer {
             stream,
             t0,
             rx,
-            received: Vec::new(),
+            received: Default::default(),
         }
     }
 
@@ -293,12 +322,19 @@ impl Peer {
         match self.rx.recv_timeout(within) {
             Ok(Some((at, l))) => {
                 let item = (at - self.t0, l);
-                self.received.push(item.clone());
+                if self.received.len() == 20 {
+                    self.received.pop_front();
+                }
+                let short: String = item.1.chars().take(60).collect();
+                self.received.push_back((item.0, short));
                 item
             }
-            Ok(None) => panic!("connection closed; received so far: {:?}", self.received),
+            Ok(None) => panic!(
+                "connection closed; last lines received: {:?}",
+                self.received
+            ),
             Err(_) => panic!(
-                "no line within {within:?}; received so far: {:?}",
+                "no line within {within:?}; last lines received: {:?}",
                 self.received
             ),
         }
@@ -307,7 +343,11 @@ impl Peer {
     /// Asserts the next line is exactly `want`, returning its arrival time.
     pub fn expect(&mut self, want: &str, within: Duration) -> Duration {
         let (at, got) = self.line(within);
-        assert_eq!(got, want, "at {at:?}; received so far: {:?}", self.received);
+        assert_eq!(
+            got, want,
+            "at {at:?}; last lines received: {:?}",
+            self.received
+        );
         at
     }
 
@@ -341,6 +381,17 @@ impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
+}
+
+/// A connection with a tiny receive buffer, so a peer that never reads cannot have the kernel
+/// absorb megabytes on its behalf (loopback autotuning allows tens of MB).
+pub fn connect_small_rcvbuf(port: u16) -> TcpStream {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    rustix::net::connect(&fd, &addr).unwrap();
+    TcpStream::from(fd)
 }
 
 /// Asserts `got` is within [`want` - 5 ms, `want` + `slack`].

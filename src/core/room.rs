@@ -1,0 +1,224 @@
+//! The chat room as pure logic: who is in it under which name, and who must hear what.
+//!
+//! The room knows nothing of sockets: each event (`JOIN`, `MSG`, a member leaving) returns the
+//! deliveries it causes, and the network layer queues them. A sender is never among the
+//! recipients of its own message.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::core::wire::{BadLine, EndReason, ErrCode, ServerMsg};
+
+/// Longest chat name, in characters.
+pub const MAX_NAME: usize = 32;
+
+/// Identifies a connection (the server's connection number).
+pub type MemberId = u64;
+
+/// One message to queue for a set of members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Who gets it.
+    pub to: Vec<MemberId>,
+    /// What they get.
+    pub msg: ServerMsg,
+}
+
+/// Members and their names.
+#[derive(Debug, Default, Clone)]
+pub struct Room {
+    by_id: HashMap<MemberId, String>,
+    by_name: BTreeMap<String, MemberId>,
+}
+
+/// Checks a chat name: 1 to [`MAX_NAME`] characters, no spaces or control characters.
+pub fn validate_name(name: &str) -> Result<(), BadLine> {
+    let chars = name.chars().count();
+    let bad = |why: &str| BadLine {
+        code: ErrCode::MissingArgument,
+        detail: format!("JOIN needs a name: {why}"),
+    };
+    if chars == 0 {
+        return Err(bad("it is empty"));
+    }
+    if chars > MAX_NAME {
+        return Err(bad(&format!("at most {MAX_NAME} characters")));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("no spaces or control characters"));
+    }
+    Ok(())
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Members in the room.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when nobody has joined.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The name of `id`, if it joined.
+    pub fn name_of(&self, id: MemberId) -> Option<&str> {
+        self.by_id.get(&id).map(String::as_str)
+    }
+
+    /// Everyone but `id`, in name order (so deliveries are deterministic).
+    fn others(&self, id: MemberId) -> Vec<MemberId> {
+        self.by_name
+            .values()
+            .copied()
+            .filter(|&m| m != id)
+            .collect()
+    }
+
+    /// `JOIN name` from `id`: on success, `JOINED name` for everyone else.
+    pub fn handle_join(&mut self, id: MemberId, name: &str) -> Result<Delivery, BadLine> {
+        validate_name(name)?;
+        if let Some(current) = self.by_id.get(&id) {
+            return Err(BadLine {
+                code: ErrCode::NameTaken,
+                detail: format!("already joined as {current}"),
+            });
+        }
+        if self.by_name.contains_key(name) {
+            return Err(BadLine {
+                code: ErrCode::NameTaken,
+                detail: format!("{name} is taken"),
+            });
+        }
+        self.by_id.insert(id, name.to_owned());
+        self.by_name.insert(name.to_owned(), id);
+        Ok(Delivery {
+            to: self.others(id),
+            msg: ServerMsg::Joined(name.to_owned()),
+        })
+    }
+
+    /// `MSG text` from `id`: `MSG name text` for everyone else.
+    pub fn handle_msg(&self, id: MemberId, text: &str) -> Result<Delivery, BadLine> {
+        let name = self.by_id.get(&id).ok_or_else(|| BadLine {
+            code: ErrCode::NotJoined,
+            detail: "JOIN NAME first".to_owned(),
+        })?;
+        Ok(Delivery {
+            to: self.others(id),
+            msg: ServerMsg::Msg {
+                from: name.clone(),
+                text: text.to_owned(),
+            },
+        })
+    }
+
+    /// `id` is gone for `reason`: `LEFT name reason` for everyone else, if it had joined.
+    pub fn handle_leave(&mut self, id: MemberId, reason: EndReason) -> Option<Delivery> {
+        let name = self.by_id.remove(&id)?;
+        self.by_name.remove(&name);
+        Some(Delivery {
+            to: self.others(id),
+            msg: ServerMsg::Left { name, reason },
+        })
+    }
+
+    /// Every member, in name order.
+    pub fn members(&self) -> Vec<MemberId> {
+        self.by_name.values().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_announces_to_the_others_only() {
+        let mut r = Room::new();
+        assert_eq!(r.handle_join(1, "ann").unwrap().to, Vec::<u64>::new());
+        let d = r.handle_join(2, "bob").unwrap();
+        assert_eq!(
+            d,
+            Delivery {
+                to: vec![1],
+                msg: ServerMsg::Joined("bob".into())
+            }
+        );
+        let d = r.handle_join(3, "cy").unwrap();
+        assert_eq!(d.to, vec![1, 2]);
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn names_are_unique_and_validated() {
+        let mut r = Room::new();
+        r.handle_join(1, "ann").unwrap();
+        assert_eq!(
+            r.handle_join(2, "ann").unwrap_err().code,
+            ErrCode::NameTaken
+        );
+        assert_eq!(
+            r.handle_join(1, "other").unwrap_err().code,
+            ErrCode::NameTaken
+        );
+        for bad in ["", "a b", "tab\there", "bell\u{7}", &"x".repeat(33)] {
+            assert_eq!(
+                r.handle_join(2, bad).unwrap_err().code,
+                ErrCode::MissingArgument,
+                "{bad:?}"
+            );
+        }
+        assert!(
+            r.handle_join(2, &"é".repeat(32)).is_ok(),
+            "32 characters, 64 bytes"
+        );
+    }
+
+    #[test]
+    fn messages_go_to_everyone_but_the_sender() {
+        let mut r = Room::new();
+        assert_eq!(r.handle_msg(1, "hi").unwrap_err().code, ErrCode::NotJoined);
+        r.handle_join(1, "ann").unwrap();
+        r.handle_join(2, "bob").unwrap();
+        r.handle_join(3, "cy").unwrap();
+        let d = r.handle_msg(2, "hello all").unwrap();
+        assert_eq!(d.to, vec![1, 3]);
+        assert_eq!(
+            d.msg,
+            ServerMsg::Msg {
+                from: "bob".into(),
+                text: "hello all".into()
+            }
+        );
+    }
+
+    #[test]
+    fn leaving_announces_once_and_frees_the_name() {
+        let mut r = Room::new();
+        r.handle_join(1, "ann").unwrap();
+        r.handle_join(2, "bob").unwrap();
+        let d = r.handle_leave(1, EndReason::HeartbeatTimeout).unwrap();
+        assert_eq!(
+            d,
+            Delivery {
+                to: vec![2],
+                msg: ServerMsg::Left {
+                    name: "ann".into(),
+                    reason: EndReason::HeartbeatTimeout
+                }
+            }
+        );
+        assert_eq!(r.handle_leave(1, EndReason::Closed), None);
+        assert_eq!(
+            r.handle_leave(9, EndReason::Closed),
+            None,
+            "never joined: nothing to announce"
+        );
+        assert!(r.handle_join(3, "ann").is_ok());
+    }
+}

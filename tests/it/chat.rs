@@ -1,0 +1,489 @@
+//! Chat mode: relay, names, every LEFT reason, slow consumers, and the interactive client.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn chat_server(extra: &[&str]) -> Server {
+    let mut args = vec!["--mode", "chat"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// A member that never reads: a tiny receive buffer (so the kernel cannot absorb megabytes on
+/// its behalf) and a thread that keeps sending empty lines so heartbeats never end it.
+struct Stuck {
+    _stream: std::net::TcpStream,
+    stop: crossbeam_channel::Sender<()>,
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+    }
+}
+
+fn join_stuck(port: u16, name: &str) -> Stuck {
+    use std::io::{Read, Write};
+    let mut stream = connect_small_rcvbuf(port);
+    stream.set_read_timeout(Some(PROMPT)).unwrap();
+    stream
+        .write_all(format!("JOIN {name}\nPING joined\n").as_bytes())
+        .unwrap();
+    // Read only up to the confirmation; after that, never again.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("PONG joined\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed while joining");
+        seen.push(byte[0]);
+    }
+    let mut w = stream.try_clone().unwrap();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        while stopped.recv_timeout(ms(50)).is_err() {
+            if w.write_all(b"\n").is_err() {
+                break;
+            }
+        }
+    });
+    Stuck {
+        _stream: stream,
+        stop,
+    }
+}
+
+/// Connects, joins as `name` and waits until the server confirmed it (PONG after JOIN).
+fn join(port: u16, name: &str) -> Peer {
+    let mut p = Peer::connect(port);
+    let (_, hello) = p.line(PROMPT);
+    assert!(hello.starts_with("HELLO hb/1 "), "{hello}");
+    p.send(format!("JOIN {name}\nPING joined\n").as_bytes());
+    p.expect("PONG joined", PROMPT);
+    p
+}
+
+#[test]
+fn three_clients_relay_to_each_other_without_self_echo() {
+    let _w = Watchdog::new("chat-relay", ms(15_000));
+    let srv = chat_server(&[]);
+    let mut ann = join(srv.port, "ann");
+    let mut bob = join(srv.port, "bob");
+    ann.expect("JOINED bob", PROMPT);
+    let mut cy = join(srv.port, "cy");
+    ann.expect("JOINED cy", PROMPT);
+    bob.expect("JOINED cy", PROMPT);
+    ann.send(b"MSG hi all\n");
+    bob.expect("MSG ann hi all", PROMPT);
+    cy.expect("MSG ann hi all", PROMPT);
+    bob.send(b"MSG hi ann\n");
+    ann.expect("MSG bob hi ann", PROMPT);
+    cy.expect("MSG bob hi ann", PROMPT);
+    cy.send(b"MSG bye\nQUIT\n");
+    ann.expect("MSG cy bye", PROMPT);
+    ann.expect("LEFT cy quit", PROMPT);
+    bob.expect("MSG cy bye", PROMPT);
+    bob.expect("LEFT cy quit", PROMPT);
+    cy.expect("END quit", PROMPT);
+    cy.expect_closed(PROMPT);
+    // Nobody heard its own words: the next thing each one gets is an answer to its PING.
+    for p in [&mut ann, &mut bob] {
+        p.send(b"PING sync\n");
+        p.expect("PONG sync", PROMPT);
+    }
+}
+
+#[test]
+fn names_must_be_unique_and_valid_and_msg_needs_join() {
+    let _w = Watchdog::new("chat-names", ms(10_000));
+    let srv = chat_server(&[]);
+    let _ann = join(srv.port, "ann");
+    let mut p = Peer::connect(srv.port);
+    p.line(PROMPT);
+    p.send(b"MSG too early\n");
+    p.expect("ERR not-joined JOIN NAME first", PROMPT);
+    p.send(b"JOIN ann\n");
+    p.expect("ERR name-taken ann is taken", PROMPT);
+    p.send(b"JOIN\n");
+    let (_, l) = p.line(PROMPT);
+    assert!(l.starts_with("ERR missing-argument"), "{l}");
+    p.send(b"JOIN two words\n");
+    let (_, l) = p.line(PROMPT);
+    assert!(l.starts_with("ERR missing-argument"), "{l}");
+    p.send(format!("JOIN {}\n", "x".repeat(33)).as_bytes());
+    let (_, l) = p.line(PROMPT);
+    assert!(l.starts_with("ERR missing-argument"), "{l}");
+    p.send(format!("JOIN {}\n", "x".repeat(32)).as_bytes());
+    p.send(b"JOIN again\n");
+    let (_, l) = p.line(PROMPT);
+    assert!(l.starts_with("ERR name-taken already joined as "), "{l}");
+}
+
+/// Reads `n` relay lines at `p`, checking per-sender order; returns the largest gap
+/// between two consecutive lines.
+fn receive_in_order(p: &mut Peer, n: usize, senders: &[&str]) -> Duration {
+    let mut next = vec![0usize; senders.len()];
+    let mut last = Instant::now();
+    let mut max_gap = Duration::ZERO;
+    let mut got = 0;
+    while got < n {
+        let (_, line) = p.line(PROMPT);
+        let now = Instant::now();
+        if got > 0 {
+            max_gap = max_gap.max(now - last);
+        }
+        last = now;
+        if !line.starts_with("MSG ") {
+            continue;
+        }
+        let mut words = line.splitn(4, ' ');
+        let (_, from, seq) = (words.next(), words.next().unwrap(), words.next().unwrap());
+        let i = senders
+            .iter()
+            .position(|s| *s == from)
+            .unwrap_or_else(|| panic!("unexpected {line}"));
+        assert_eq!(
+            seq.parse::<usize>().unwrap(),
+            next[i],
+            "out of order from {from}"
+        );
+        next[i] += 1;
+        got += 1;
+    }
+    max_gap
+}
+
+#[test]
+fn ten_thousand_messages_per_sender_arrive_in_order_with_nothing_lost() {
+    let _w = Watchdog::new("chat-order", ms(60_000));
+    let srv = chat_server(&[]);
+    let mut a = join(srv.port, "a");
+    let mut b = join(srv.port, "b");
+    let mut c = join(srv.port, "c");
+    a.expect("JOINED b", PROMPT);
+    a.expect("JOINED c", PROMPT);
+    b.expect("JOINED c", PROMPT);
+    const N: usize = 10_000;
+    let batch = |who: &str| -> Vec<u8> {
+        (0..N)
+            .flat_map(|i| format!("MSG {i} from {who}\n").into_bytes())
+            .collect()
+    };
+    let (ba, bb) = (batch("a"), batch("b"));
+    let mut wa = a.stream.try_clone().unwrap();
+    let mut wb = b.stream.try_clone().unwrap();
+    let ta = std::thread::spawn(move || std::io::Write::write_all(&mut wa, &ba).unwrap());
+    let tb = std::thread::spawn(move || std::io::Write::write_all(&mut wb, &bb).unwrap());
+    // c hears both senders; a and b hear each other.
+    receive_in_order(&mut c, 2 * N, &["a", "b"]);
+    receive_in_order(&mut a, N, &["b"]);
+    receive_in_order(&mut b, N, &["a"]);
+    ta.join().unwrap();
+    tb.join().unwrap();
+}
+
+#[test]
+fn every_left_reason_is_announced_for_real() {
+    let _w = Watchdog::new("chat-left", ms(20_000));
+    let mut srv = chat_server(&[
+        "--idle",
+        "300ms",
+        "--interval",
+        "100ms",
+        "--count",
+        "2",
+        "--max-line",
+        "2048",
+    ]);
+    let port = srv.port;
+    // The watcher answers heartbeats so it stays in the room the whole time.
+    let mut watcher = join(port, "watcher");
+    let expect_left = |watcher: &mut Peer, want: &str| loop {
+        let (_, l) = watcher.line(PROMPT);
+        if let Some(n) = l.strip_prefix("PING ") {
+            watcher.send(format!("PONG {n}\n").as_bytes());
+            continue;
+        }
+        if l.starts_with("JOINED ") {
+            continue;
+        }
+        assert_eq!(l, want);
+        break;
+    };
+    let mut q = join(port, "quitter");
+    q.send(b"QUIT\n");
+    expect_left(&mut watcher, "LEFT quitter quit");
+    drop(join(port, "closer"));
+    expect_left(&mut watcher, "LEFT closer closed");
+    let ghost = join(port, "ghost"); // never answers its heartbeats
+    expect_left(&mut watcher, "LEFT ghost heartbeat-timeout");
+    drop(ghost);
+    let mut long = join(port, "long");
+    long.send(format!("MSG {}\n", "z".repeat(3000)).as_bytes());
+    long.expect("END line-too-long", PROMPT);
+    expect_left(&mut watcher, "LEFT long line-too-long");
+    // A member that never reads, flooded by a talker, is evicted as a slow consumer.
+    let stuck = join_stuck(port, "stuck");
+    let mut talker = join(port, "talker");
+    watcher.expect("JOINED stuck", PROMPT);
+    watcher.expect("JOINED talker", PROMPT);
+    // The talker speaks in windows the watcher keeps up with, until "stuck" is evicted.
+    let body = "w".repeat(1000);
+    let window: String = (0..20).map(|_| format!("MSG {body}\n")).collect();
+    let mut evicted = false;
+    for _ in 0..2000 {
+        talker.send(window.as_bytes());
+        let mut got = 0;
+        while got < 20 {
+            let (_, l) = watcher.line(PROMPT);
+            if let Some(n) = l.strip_prefix("PING ") {
+                watcher.send(format!("PONG {n}\n").as_bytes());
+            } else if l.starts_with("LEFT ") {
+                assert_eq!(l, "LEFT stuck slow-consumer");
+                evicted = true;
+            } else {
+                got += 1;
+            }
+        }
+        if evicted {
+            break;
+        }
+    }
+    assert!(evicted, "stuck was never evicted");
+    srv.log()
+        .wait_for("stuck left the room (slow-consumer)", PROMPT);
+    drop(talker);
+    drop(stuck);
+    // Server shutdown: the remaining members hear who leaves, then END.
+    let mut last = join(port, "zed");
+    srv.proc.signal("INT");
+    let mut seen = Vec::new();
+    loop {
+        let (_, l) = last.line(PROMPT);
+        if l == "END server-shutdown" {
+            break;
+        }
+        seen.push(l);
+    }
+    assert!(
+        seen.iter().any(|l| l == "LEFT watcher server-shutdown"),
+        "{seen:?}"
+    );
+    assert_eq!(srv.proc.wait(PROMPT).code(), Some(0));
+}
+
+#[test]
+fn a_reader_that_stalls_is_evicted_while_others_exchange_10k_without_loss_or_pause() {
+    let _w = Watchdog::new("chat-slow", ms(60_000));
+    let mut srv = chat_server(&["--queue", "65536"]);
+    let stuck = join_stuck(srv.port, "stuck");
+    let mut a = join(srv.port, "a");
+    let mut b = join(srv.port, "b");
+    a.expect("JOINED b", PROMPT);
+    let mut a_out = a.stream.try_clone().unwrap();
+    let mut b_out = b.stream.try_clone().unwrap();
+    // a and b talk in both directions, 10,000 messages of 2 KB in all, in windows small enough
+    // for their own 64 KiB queues, while "stuck" never reads a byte.
+    let body = "p".repeat(2000);
+    let mut max_gap = Duration::ZERO;
+    let mut left_seen = 0;
+    for w in 0..500usize {
+        let mut chunk_a = String::new();
+        let mut chunk_b = String::new();
+        for i in 0..10 {
+            chunk_a.push_str(&format!("MSG {} {body}\n", w * 10 + i));
+            chunk_b.push_str(&format!("MSG {} {body}\n", w * 10 + i));
+        }
+        std::io::Write::write_all(&mut a_out, chunk_a.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut b_out, chunk_b.as_bytes()).unwrap();
+        for (p, from) in [(&mut b, "a"), (&mut a, "b")] {
+            let mut got = 0;
+            let mut last = Instant::now();
+            while got < 10 {
+                let (_, l) = p.line(PROMPT);
+                max_gap = max_gap.max(last.elapsed());
+                last = Instant::now();
+                if l.starts_with("LEFT ") {
+                    assert_eq!(l, "LEFT stuck slow-consumer");
+                    left_seen += 1;
+                    continue;
+                }
+                let want = format!("MSG {from} {} ", w * 10 + got);
+                assert!(
+                    l.starts_with(&want),
+                    "expected {want:?}..., got {:?}",
+                    &l[..l.len().min(40)]
+                );
+                got += 1;
+            }
+        }
+    }
+    assert_eq!(left_seen, 2, "both a and b hear that stuck was evicted");
+    srv.log()
+        .wait_for("stuck left the room (slow-consumer)", PROMPT);
+    assert!(max_gap < ms(100), "longest pause {max_gap:?}");
+    drop(stuck);
+}
+
+#[test]
+fn a_killed_chat_client_is_announced_as_left_closed() {
+    let _w = Watchdog::new("chat-kill", ms(15_000));
+    let srv = chat_server(&[]);
+    let mut watcher = join(srv.port, "watcher");
+    let port = srv.port.to_string();
+    let mut victim = Proc::spawn(
+        "hb-client",
+        &["--chat", "--name", "victim", "--port", &port],
+        &temp_dir(),
+        Some(""),
+    );
+    watcher.expect("JOINED victim", PROMPT);
+    victim.signal("KILL");
+    victim.wait(PROMPT);
+    watcher.expect("LEFT victim closed", PROMPT);
+}
+
+#[test]
+fn interactive_clients_chat_through_pipes() {
+    let _w = Watchdog::new("chat-pipes", ms(15_000));
+    let mut srv = chat_server(&["--idle", "300ms", "--interval", "100ms", "--count", "3"]);
+    let port = srv.port.to_string();
+    let dir = temp_dir();
+    let mut ann = Proc::spawn(
+        "hb-client",
+        &["--chat", "--name", "ann", "--port", &port],
+        &dir,
+        Some(""),
+    );
+    srv.log().wait_for("joined as ann", PROMPT);
+    let mut bob = Proc::spawn(
+        "hb-client",
+        &["--chat", "--name", "bob", "--port", &port],
+        &dir,
+        Some(""),
+    );
+    ann.stdout.wait_for("* bob joined", PROMPT);
+    let say = |p: &mut Proc, line: &str| {
+        let w = p.stdin.as_mut().unwrap();
+        std::io::Write::write_all(w, format!("{line}\n").as_bytes()).unwrap();
+        std::io::Write::flush(w).unwrap();
+    };
+    say(&mut ann, "hello bob");
+    bob.stdout.wait_for("ann: hello bob", PROMPT);
+    say(&mut bob, "hi ann");
+    ann.stdout.wait_for("bob: hi ann", PROMPT);
+    // Both stay through several heartbeat rounds, answering by themselves.
+    std::thread::sleep(ms(1000));
+    say(&mut bob, "still here");
+    ann.stdout.wait_for("bob: still here", PROMPT);
+    say(&mut bob, "/quit");
+    assert_eq!(bob.wait(PROMPT).code(), Some(0), "{}", bob.stderr.text());
+    ann.stdout.wait_for("* bob left (quit)", PROMPT);
+    // End of input leaves cleanly too.
+    ann.close_stdin();
+    assert_eq!(ann.wait(PROMPT).code(), Some(0), "{}", ann.stderr.text());
+    assert_eq!(
+        ann.stdout.count("ann:"),
+        0,
+        "no self-echo:\n{}",
+        ann.stdout.text()
+    );
+    assert_eq!(bob.stdout.count("left (heartbeat-timeout)"), 0);
+    // A taken name is a usage error.
+    let mut cy = Proc::spawn(
+        "hb-client",
+        &["--chat", "--name", "cy", "--port", &port],
+        &dir,
+        Some(""),
+    );
+    srv.log().wait_for("joined as cy", PROMPT);
+    let mut cy2 = Proc::spawn(
+        "hb-client",
+        &["--chat", "--name", "cy", "--port", &port],
+        &dir,
+        None,
+    );
+    assert_eq!(cy2.wait(PROMPT).code(), Some(2));
+    assert!(
+        cy2.stderr.text().contains("cy is taken"),
+        "{}",
+        cy2.stderr.text()
+    );
+    cy.signal("INT");
+    assert_eq!(cy.wait(PROMPT).code(), Some(0));
+    // The server ending the session is exit 3.
+    let mut dee = Proc::spawn(
+        "hb-client",
+        &["--chat", "--name", "dee", "--port", &port, "--block", "10s"],
+        &dir,
+        Some(""),
+    );
+    assert_eq!(dee.wait(PROMPT).code(), Some(3), "{}", dee.stderr.text());
+    assert!(dee.stderr.text().contains("heartbeat-timeout"));
+}
+
+fn count_dir(path: String) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn dirty_disconnects_mid_write_are_announced_and_leak_nothing() {
+    let _w = Watchdog::new("chat-dirty", ms(20_000));
+    let mut srv = chat_server(&[]);
+    let pid = srv.proc.pid();
+    let mut watcher = join(srv.port, "watcher");
+    let mut talker = join(srv.port, "talker");
+    watcher.expect("JOINED talker", PROMPT);
+    let (threads0, fds0) = (
+        count_dir(format!("/proc/{pid}/task")),
+        count_dir(format!("/proc/{pid}/fd")),
+    );
+    // Twenty members that reset their connection (SO_LINGER 0) while the talker floods the
+    // room, so many of the server's writes to them fail half-way.
+    let victims: Vec<_> = (0..20).map(|i| join(srv.port, &format!("v{i}"))).collect();
+    for i in 0..20 {
+        watcher.expect(&format!("JOINED v{i}"), PROMPT);
+    }
+    let body = "f".repeat(500);
+    for v in victims {
+        talker.send(format!("MSG {body}\nMSG {body}\nMSG {body}\n").as_bytes());
+        let fd = rustix::fd::AsFd::as_fd(&v.stream)
+            .try_clone_to_owned()
+            .unwrap();
+        rustix::net::sockopt::set_socket_linger(&fd, Some(Duration::ZERO)).unwrap();
+        drop(fd);
+        drop(v);
+    }
+    let mut left = 0;
+    while left < 20 {
+        let (_, l) = watcher.line(PROMPT);
+        if l.starts_with("LEFT ") {
+            assert!(l.starts_with("LEFT v") && l.ends_with(" closed"), "{l}");
+            left += 1;
+        }
+    }
+    // Every thread and descriptor of the victims is gone within a second.
+    let deadline = Instant::now() + ms(1000);
+    loop {
+        let (t, f) = (
+            count_dir(format!("/proc/{pid}/task")),
+            count_dir(format!("/proc/{pid}/fd")),
+        );
+        if t == threads0 && f == fds0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads {t} (was {threads0}), fds {f} (was {fds0})"
+        );
+        std::thread::sleep(ms(10));
+    }
+    talker.send(b"MSG still alive\n");
+    while watcher.line(PROMPT).1 != "MSG talker still alive" {}
+    srv.proc.stderr.settle(ms(50));
+    assert_eq!(
+        srv.proc.stderr.count("panicked"),
+        0,
+        "{}",
+        srv.proc.stderr.text()
+    );
+}
