@@ -794,7 +794,8 @@ impl ClientSettings {
             every,
             block,
             message,
-            wire: flags.wire.unwrap_or_default(),
+            // The file's server.wire describes the server this client talks to.
+            wire: flags.wire.or(file.server.wire).unwrap_or_default(),
             chat_name,
             messages: flags.messages,
             listen_host: f.host.clone().unwrap_or_else(|| defaults::HOST.into()),

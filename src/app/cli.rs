@@ -85,7 +85,8 @@ fn positive(s: &str) -> Result<usize, String> {
 #[command(name = "hb-server", version)]
 pub struct ServerArgs {
     /// Configuration file (manual layout: server.host / server.port, optionally
-    /// server.interval, count, idle, mode, max_conns, max_line, queue) [default:
+    /// server.interval, count, idle, mode, wire, max_conns, max_line, queue; with --wire
+    /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
