@@ -205,19 +205,30 @@ fn a_thousand_idle_clients_cost_no_cpu_between_deadlines() {
     use std::io::Read;
     let _w = Watchdog::new("1000-idle", ms(30_000));
     let srv = Server::start(&[]);
-    // A burst of 1,000 connects also exercises the listen backlog.
-    let mut socks: Vec<std::net::TcpStream> = (0..1000)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap())
-        .collect();
-    for s in &mut socks {
-        s.set_read_timeout(Some(PROMPT)).unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        assert!(
-            buf[..n].starts_with(b"HELLO hb/1"),
-            "{:?}",
-            String::from_utf8_lossy(&buf[..n])
-        );
+    // The listen backlog is 1024 (std's TcpListener would give 128): `ss` shows it as Send-Q.
+    let ss = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", srv.port)])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert_eq!(ss.split_whitespace().nth(2), Some("1024"), "{ss}");
+    // Connect in bursts of 100, each confirmed by its HELLO before the next.
+    let mut socks: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..10 {
+        let burst: Vec<std::net::TcpStream> = (0..100)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap())
+            .collect();
+        for mut s in burst {
+            s.set_read_timeout(Some(PROMPT)).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                buf[..n].starts_with(b"HELLO hb/1"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            socks.push(s);
+        }
     }
     let pid = srv.proc.pid();
     let before = cpu_ticks(pid);
