@@ -519,9 +519,9 @@ pub mod defaults {
     pub const MAX_LINE: usize = 65536;
     /// `--queue`
     pub const QUEUE: usize = 1 << 20;
-    /// `--max-conns`: two threads per connection at about four memory maps each stays well
-    /// inside the stock `vm.max_map_count` of 65530.
-    pub const MAX_CONNS: usize = 6000;
+    /// `--max-conns`. The server lowers it further to what `vm.max_map_count` allows (two
+    /// threads per connection at four memory maps each: about 8,000 on stock limits).
+    pub const MAX_CONNS: usize = 16384;
     /// `--every`
     pub const EVERY: Duration = Duration::from_secs(30);
     /// `--block`

@@ -113,7 +113,8 @@ pub struct ServerArgs {
     /// Bytes on the socket
     #[arg(long, value_enum)]
     pub wire: Option<WireArg>,
-    /// Clients served at once; newcomers beyond it get `END server-full` [default: 6000]
+    /// Clients served at once; newcomers beyond it get `END server-full`. Lowered (and
+    /// logged) to what vm.max_map_count allows, about 8,000 on stock limits [default: 16384]
     #[arg(long, value_name = "N", value_parser = positive)]
     pub max_conns: Option<usize>,
     /// Longest line accepted; longer gets `END line-too-long` [default: 65536]

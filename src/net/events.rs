@@ -132,6 +132,15 @@ pub enum Event {
         /// Why.
         reason: EndReason,
     },
+    /// `--max-conns` is more than the kernel's memory-map limit allows; it was lowered.
+    CapacityLowered {
+        /// `--max-conns` as asked.
+        asked: usize,
+        /// What the server will serve.
+        allowed: usize,
+        /// `vm.max_map_count`.
+        max_map_count: usize,
+    },
     /// The server is shutting down.
     ShuttingDown {
         /// Connections told `END server-shutdown`.
@@ -225,6 +234,15 @@ impl fmt::Display for Event {
                 name,
                 reason,
             } => write!(f, "#{id} {peer} {name} left the room ({reason})"),
+            Self::CapacityLowered {
+                asked,
+                allowed,
+                max_map_count,
+            } => write!(
+                f,
+                "serving at most {allowed} clients, not {asked}: vm.max_map_count {max_map_count} \
+                 leaves room for that many (8 memory maps each); raise it to serve more"
+            ),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
             Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),
             Self::ConnectBackFailed { id, peer, to, attempts, error } => write!(

@@ -338,3 +338,31 @@ fn out_of_threads_refuses_with_server_full_and_keeps_serving() {
     first.expect("ECHO still here", PROMPT);
     assert!(srv.proc.child.try_wait().unwrap().is_none(), "server died");
 }
+
+#[test]
+fn max_conns_beyond_the_memory_map_limit_is_lowered_and_said() {
+    let _w = Watchdog::new("map-cap", ms(10_000));
+    let max_maps: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Eight maps per client: asking for as many clients as there are maps is always too many.
+    let asked = max_maps.to_string();
+    let mut srv = Server::start(&["--max-conns", &asked]);
+    let (_, line) = srv.log().wait_for("serving at most", PROMPT);
+    let allowed: usize = line
+        .split("serving at most ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        allowed < max_maps / 8 && allowed > max_maps / 8 - 500,
+        "{line}"
+    );
+    assert!(line.contains(&format!("not {asked}")), "{line}");
+}
