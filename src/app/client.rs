@@ -7,7 +7,8 @@ use crate::config::{fmt_duration, ClientSettings, ConfigError};
 use crate::core::client::Outcome;
 use crate::net::chat_client;
 use crate::net::client::{self, ClientError};
-use crate::net::events::EventLog;
+use crate::net::events::{flush_stdout, EventLog};
+use std::time::Duration;
 
 /// Why `hb-client` could not run a session.
 #[derive(Debug)]
@@ -78,9 +79,10 @@ pub fn run(args: &ClientArgs) -> Result<Outcome, RunError> {
         let _ = tx.try_send(());
     })
     .map_err(RunError::Signal)?;
-    match &settings.chat_name {
+    let outcome = match &settings.chat_name {
         Some(name) => chat_client::run_stdio(&settings, name, &stop),
         None => client::run(&settings, &EventLog::stdout(), &stop),
-    }
-    .map_err(RunError::Client)
+    };
+    flush_stdout(Duration::from_millis(200));
+    outcome.map_err(RunError::Client)
 }

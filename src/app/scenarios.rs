@@ -273,7 +273,26 @@ impl Harness {
     fn stop(self) -> Vec<Stamped> {
         self.handle.shutdown();
         let _ = self.accept.join();
-        self.events.try_iter().collect()
+        // `Closed` is logged when a connection's last thread lets go of its descriptor, a
+        // moment after shutdown returns: wait for every connection's, within a bound.
+        let mut seen: Vec<Stamped> = self.events.try_iter().collect();
+        let open = |seen: &[Stamped]| {
+            let connected = seen
+                .iter()
+                .filter(|e| matches!(e.event, Event::Connected { .. }));
+            let closed = seen
+                .iter()
+                .filter(|e| matches!(e.event, Event::Closed { .. }));
+            connected.count() > closed.count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while open(&seen) {
+            match self.events.recv_deadline(deadline) {
+                Ok(e) => seen.push(e),
+                Err(_) => break,
+            }
+        }
+        seen
     }
 }
 

@@ -4,8 +4,9 @@ use std::fmt;
 
 use crate::app::cli::{load_file, stdin_prompter, ServerArgs};
 use crate::config::{fmt_duration, ConfigError, ServerSettings};
-use crate::net::events::EventLog;
+use crate::net::events::{flush_stdout, EventLog};
 use crate::net::server::{Server, ServerError};
+use std::time::Duration;
 
 /// Why `hb-server` stopped with an error.
 #[derive(Debug)]
@@ -81,5 +82,6 @@ pub fn run(args: &ServerArgs) -> Result<(), RunError> {
     handle.shutdown();
     // The accept thread sees the stop flag after the self-connect; a failure there is moot now.
     let _ = accept.join();
+    flush_stdout(Duration::from_millis(200));
     Ok(())
 }

@@ -298,13 +298,10 @@ impl<E: fmt::Display> EventLog<E> {
         }
     }
 
-    /// Records one event.
+    /// Records one event. Never blocks on stdout: see [`flush_stdout`].
     pub fn emit(&self, event: E) {
         if self.stdout {
-            // One write per line so lines from many threads never interleave; a closed stdout
-            // must not take the server down, so errors are ignored.
-            let line = format!("{} {event}\n", utc_timestamp(SystemTime::now()));
-            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            stdout_writer().line(format!("{} {event}\n", utc_timestamp(SystemTime::now())));
         }
         if let Some(tx) = &self.tx {
             let _ = tx.send(Stamped {
@@ -312,6 +309,85 @@ impl<E: fmt::Display> EventLog<E> {
                 event,
             });
         }
+    }
+}
+
+/// Lines waiting for stdout before new ones are dropped (and counted).
+const STDOUT_BACKLOG: usize = 16_384;
+
+enum ToStdout {
+    Line(String),
+    Flush(Sender<()>),
+}
+
+/// One thread owns stdout, so a reader of the log that stalls (a paused pager, a full pipe)
+/// delays only the log, never a connection thread. Lines beyond [`STDOUT_BACKLOG`] are
+/// dropped and their number reported once stdout drains.
+struct StdoutWriter {
+    tx: Sender<ToStdout>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StdoutWriter {
+    fn start() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<ToStdout>(STDOUT_BACKLOG);
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lost = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hb-log".into())
+            .spawn(move || {
+                let mut out = std::io::stdout();
+                for msg in rx {
+                    match msg {
+                        // A closed stdout must not take the program down: errors are ignored.
+                        ToStdout::Line(line) => {
+                            let _ = out.write_all(line.as_bytes());
+                        }
+                        ToStdout::Flush(done) => {
+                            let _ = out.flush();
+                            let _ = done.send(());
+                        }
+                    }
+                    let n = lost.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if n > 0 {
+                        let note = format!(
+                            "{} {n} log line(s) dropped: stdout was not keeping up\n",
+                            utc_timestamp(SystemTime::now())
+                        );
+                        let _ = out.write_all(note.as_bytes());
+                    }
+                }
+            });
+        if spawned.is_err() {
+            // Without a log thread lines are counted as dropped; serving goes on.
+            dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Self { tx, dropped }
+    }
+
+    fn line(&self, line: String) {
+        if self.tx.try_send(ToStdout::Line(line)).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn stdout_writer() -> &'static StdoutWriter {
+    static WRITER: std::sync::OnceLock<StdoutWriter> = std::sync::OnceLock::new();
+    WRITER.get_or_init(StdoutWriter::start)
+}
+
+/// Waits (at most `within`) until every line logged so far has been written to stdout; call
+/// before exiting so the last lines (`shutting down`, the final `END`s) are not lost.
+pub fn flush_stdout(within: std::time::Duration) {
+    let (done, wait) = crossbeam_channel::bounded(1);
+    if stdout_writer()
+        .tx
+        .send_timeout(ToStdout::Flush(done), within)
+        .is_ok()
+    {
+        let _ = wait.recv_timeout(within);
     }
 }
 
