@@ -1,6 +1,7 @@
 //! Integration tests: real processes on 127.0.0.1:0 with a watchdog.
 
 mod chat;
+mod faults;
 mod manual_cases;
 mod node;
 mod prompts_config;
