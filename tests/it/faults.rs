@@ -818,6 +818,46 @@ fn wait_for_nth(lines: &mut Lines, needle: &str, n: usize) -> (Instant, String) 
 // ---------------------------------------------------------------------------------------------
 // 6. Hostile input, with a well-behaved client's round trip checked throughout
 
+/// Counts `connected` and `closed` lines of a server log, scanning each line once.
+#[derive(Default)]
+struct Tally {
+    next: usize,
+    connected: usize,
+    closed: usize,
+    /// Refused with `END server-full` (past `--max-conns` while earlier ones still close).
+    refused: usize,
+}
+
+impl Tally {
+    fn update(&mut self, log: &Lines) {
+        for (_, l) in &log.seen[self.next..] {
+            if l.ends_with(" connected") {
+                self.connected += 1;
+            } else if l.ends_with(" closed") {
+                self.closed += 1;
+            } else if l.contains(" refused ") {
+                self.refused += 1;
+            }
+        }
+        self.next = log.seen.len();
+    }
+}
+
+/// Runs `f` on a thread at the lowest CPU priority (nice 19). Real attackers spend their own
+/// machines' CPU on connect(2) and close(2); here they share the server's two cores, so they
+/// are niced to keep their own cost from standing in for the server's.
+fn attacker<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    thread::spawn(move || {
+        let me = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(me), 19) {
+            eprintln!("cannot renice the attacker thread: {e}");
+        }
+        f()
+    })
+    .join()
+    .expect("attacker thread")
+}
+
 /// A deterministic byte soup (xorshift), newlines included.
 fn garbage(n: usize, mut seed: u64) -> Vec<u8> {
     (0..n)
@@ -833,7 +873,8 @@ fn garbage(n: usize, mut seed: u64) -> Vec<u8> {
 /// Slowloris, a 10 MB line, invalid UTF-8, binary garbage, connections opened and dropped
 /// without a byte (10,000 of them), and a connect flood past `--max-conns`. Each gets the contract's answer, the
 /// server never panics, every thread and descriptor comes back, and a well-behaved client's
-/// round trip stays under 50 ms throughout.
+/// round trip stays under 50 ms throughout. The connection storms come from a thread at
+/// nice 19 (see [`attacker`]).
 #[test]
 fn hostile_input_gets_contract_behaviour_and_never_delays_a_good_client() {
     const OPEN_AND_DROP: usize = 10_000;
@@ -926,45 +967,61 @@ fn hostile_input_gets_contract_behaviour_and_never_delays_a_good_client() {
     assert_back_to(pid, base, "invalid UTF-8 and garbage");
     prober.check("invalid UTF-8 and garbage");
 
-    // Connections opened and dropped without a byte.
+    // Connections opened and dropped without a byte, in batches well inside the listen
+    // backlog (a connection the kernel drops from a full backlog never reaches the server, so
+    // it would prove nothing). Every one is accepted, closed, and its resources come back.
+    const BATCH: usize = 250;
+    let mut tally = Tally::default();
+    tally.update(srv.log());
+    let handled = |t: &Tally| t.connected + t.refused;
+    let handled0 = handled(&tally);
     let t = Instant::now();
-    for i in 0..OPEN_AND_DROP {
-        drop(TcpStream::connect(addr).expect("connect"));
-        if i % 20 == 19 {
-            // A breath now and then, as a real storm of clients has: the point is what the
-            // server does with them, not how fast one test thread can call connect(2).
-            thread::sleep(ms(2));
+    for b in 1..=OPEN_AND_DROP / BATCH {
+        attacker(move || {
+            for _ in 0..BATCH {
+                drop(TcpStream::connect(addr).expect("connect"));
+            }
+        });
+        let deadline = Instant::now() + ms(10_000);
+        while handled(&tally) < handled0 + b * BATCH {
+            assert!(
+                Instant::now() < deadline,
+                "batch {b}: the server accepted or refused {} of {}",
+                handled(&tally) - handled0,
+                b * BATCH
+            );
+            srv.log().settle(ms(5));
+            tally.update(srv.log());
         }
     }
     let opened_in = t.elapsed();
-    // Every one the server accepted is closed (a client gone before accept(2) is never
-    // accepted at all), and every resource comes back.
-    let count = |l: &Lines, end: &str| l.seen.iter().filter(|(_, l)| l.ends_with(end)).count();
-    let deadline = Instant::now() + ms(20_000);
-    loop {
-        srv.log().settle(ms(20));
-        let (opened, closed) = (count(srv.log(), " connected"), count(srv.log(), " closed"));
-        // The prober is the one still open.
-        if opened == closed + 1 && opened >= OPEN_AND_DROP * 9 / 10 {
-            eprintln!(
-                "measured: {OPEN_AND_DROP} connections opened and dropped in {:?}: {opened} accepted, all closed after {:?}",
-                opened_in,
-                t.elapsed()
-            );
-            break;
-        }
+    // The prober is the one still open.
+    let deadline = Instant::now() + ms(10_000);
+    while tally.closed + 1 < tally.connected {
         assert!(
             Instant::now() < deadline,
-            "of {OPEN_AND_DROP} dropped connections {opened} were accepted and {closed} closed"
+            "{} accepted, only {} closed",
+            tally.connected,
+            tally.closed
         );
+        srv.log().settle(ms(5));
+        tally.update(srv.log());
     }
+    eprintln!(
+        "measured: {OPEN_AND_DROP} connections opened and dropped: handled in {opened_in:?} \
+         ({} refused as server-full while earlier ones were still closing), all closed after {:?}",
+        tally.refused,
+        t.elapsed()
+    );
     assert_back_to(pid, base, "connections opened and dropped");
     prober.check("connections opened and dropped");
 
     // A connect flood past --max-conns: the prober holds one slot.
-    let flood: Vec<TcpStream> = (0..4 * MAX_CONNS)
-        .map(|_| TcpStream::connect(addr).expect("connect"))
-        .collect();
+    let flood: Vec<TcpStream> = attacker(move || {
+        (0..4 * MAX_CONNS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect()
+    });
     let (mut served, mut refused) = (0, 0);
     for s in &flood {
         s.set_read_timeout(Some(PROMPT)).unwrap();
@@ -1089,8 +1146,14 @@ fn live_clients_on_saturated_cores_are_never_disconnected() {
         }
     };
     // Everyone is connected and idle before the cores are taken away.
-    answer_until(Instant::now() + ms(500), &mut hellos, &mut pings);
-    assert_eq!(hellos, CLIENTS);
+    let deadline = Instant::now() + ms(10_000);
+    while hellos < CLIENTS {
+        assert!(
+            Instant::now() < deadline,
+            "only {hellos} of {CLIENTS} got HELLO"
+        );
+        answer_until(Instant::now() + ms(50), &mut hellos, &mut pings);
+    }
     let burners = Burners::start(2);
     let t = Instant::now();
     answer_until(t + FOR, &mut hellos, &mut pings);

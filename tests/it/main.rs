@@ -5,5 +5,6 @@ mod faults;
 mod manual_cases;
 mod node;
 mod prompts_config;
+mod props;
 mod server_limits;
 mod support;
