@@ -1078,9 +1078,10 @@ impl Drop for Burners {
     }
 }
 
-/// Many live clients answer heartbeats every 300 ms while both cores are saturated by two
+/// Many live clients answer heartbeats every 500 ms while both cores are saturated by two
 /// busy-loop processes: none is disconnected. The issue says 1,000 clients; this runs 1,000
-/// raw sockets answered by one poll(2) loop.
+/// raw sockets answered by one poll(2) loop. Each must answer within one round (500 ms: idle
+/// 500 ms, interval 250 ms, count 2), so a false positive needs a half-second stall.
 #[test]
 fn live_clients_on_saturated_cores_are_never_disconnected() {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -1088,7 +1089,7 @@ fn live_clients_on_saturated_cores_are_never_disconnected() {
     const FOR: Duration = Duration::from_secs(3);
     let _w = Watchdog::new("fault-no-false-positives", ms(60_000));
     let _x = exclusive();
-    let mut srv = Server::start(&HB);
+    let mut srv = Server::start(&["--idle", "500ms", "--interval", "250ms", "--count", "2"]);
     let pid = srv.proc.pid();
     let base = baseline(pid);
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
@@ -1102,48 +1103,67 @@ fn live_clients_on_saturated_cores_are_never_disconnected() {
     let mut hellos = 0;
     let mut pings = 0u64;
     let mut buf = [0u8; 4096];
-    let mut answer_until = |until: Instant, hellos: &mut usize, pings: &mut u64| {
-        while Instant::now() < until {
-            let mut fds: Vec<PollFd> = socks
-                .iter()
-                .map(|s| PollFd::new(s, PollFlags::IN))
-                .collect();
-            let timeout = Timespec {
-                tv_sec: 0,
-                tv_nsec: 20_000_000,
-            };
-            let _ = poll(&mut fds, Some(&timeout));
-            let ready: Vec<usize> = fds
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| !f.revents().is_empty())
-                .map(|(i, _)| i)
-                .collect();
-            drop(fds);
-            for i in ready {
-                let n = match (&socks[i]).read(&mut buf) {
-                    Ok(0) => panic!("client {i} was disconnected"),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => panic!("client {i}: {e}"),
+    let mut answer_until =
+        |until: Instant, hellos: &mut usize, pings: &mut u64| -> Result<(), String> {
+            while Instant::now() < until {
+                let mut fds: Vec<PollFd> = socks
+                    .iter()
+                    .map(|s| PollFd::new(s, PollFlags::IN))
+                    .collect();
+                let timeout = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 20_000_000,
                 };
-                pending[i].extend_from_slice(&buf[..n]);
-                while let Some(nl) = pending[i].iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = pending[i].drain(..=nl).collect();
-                    let line = String::from_utf8_lossy(&line[..nl]).to_string();
-                    if line.starts_with("HELLO ") {
-                        *hellos += 1;
-                    } else if let Some(k) = line.strip_prefix("PING ") {
-                        *pings += 1;
-                        (&socks[i])
-                            .write_all(format!("PONG {k}\n").as_bytes())
-                            .expect("answer");
-                    } else {
-                        panic!("client {i} got {line:?}");
+                let _ = poll(&mut fds, Some(&timeout));
+                let ready: Vec<usize> = fds
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| !f.revents().is_empty())
+                    .map(|(i, _)| i)
+                    .collect();
+                drop(fds);
+                for i in ready {
+                    let n = match (&socks[i]).read(&mut buf) {
+                        Ok(0) => return Err(format!("client {i} was disconnected")),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(format!("client {i}: {e}")),
+                    };
+                    pending[i].extend_from_slice(&buf[..n]);
+                    while let Some(nl) = pending[i].iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = pending[i].drain(..=nl).collect();
+                        let line = String::from_utf8_lossy(&line[..nl]).to_string();
+                        if line.starts_with("HELLO ") {
+                            *hellos += 1;
+                        } else if let Some(k) = line.strip_prefix("PING ") {
+                            *pings += 1;
+                            if let Err(e) = (&socks[i]).write_all(format!("PONG {k}\n").as_bytes())
+                            {
+                                return Err(format!("client {i}: answering PING {k}: {e}"));
+                            }
+                        } else {
+                            return Err(format!("client {i} got {line:?}"));
+                        }
                     }
                 }
             }
-        }
+            Ok(())
+        };
+    let fail = |srv: &mut Server, what: String| -> ! {
+        srv.log().settle(ms(200));
+        let text = srv.log().text();
+        let ends: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("END "))
+            .take(5)
+            .collect();
+        panic!(
+            "{what}; the server ended {} client(s), first: {ends:#?}; load: {}",
+            text.matches("END ").count(),
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        )
     };
     // Everyone is connected and idle before the cores are taken away.
     let deadline = Instant::now() + ms(10_000);
@@ -1152,16 +1172,21 @@ fn live_clients_on_saturated_cores_are_never_disconnected() {
             Instant::now() < deadline,
             "only {hellos} of {CLIENTS} got HELLO"
         );
-        answer_until(Instant::now() + ms(50), &mut hellos, &mut pings);
+        if let Err(e) = answer_until(Instant::now() + ms(50), &mut hellos, &mut pings) {
+            fail(&mut srv, e);
+        }
     }
     let burners = Burners::start(2);
     let t = Instant::now();
-    answer_until(t + FOR, &mut hellos, &mut pings);
+    let answered = answer_until(t + FOR, &mut hellos, &mut pings);
     drop(burners);
-    // Each client is asked about every 300 ms: most of them several times in the window.
+    if let Err(e) = answered {
+        fail(&mut srv, e);
+    }
+    // Each client is asked about every 500 ms: most of them several times in the window.
     let rounds = pings as f64 / CLIENTS as f64;
     eprintln!("measured: {CLIENTS} live clients on saturated cores for {FOR:?}: {pings} heartbeats answered ({rounds:.1} each), none disconnected");
-    assert!(rounds >= 5.0, "only {pings} heartbeats in {FOR:?}");
+    assert!(rounds >= 3.0, "only {pings} heartbeats in {FOR:?}");
     srv.log().settle(ms(100));
     assert_eq!(srv.log().count("heartbeat-timeout"), 0);
     assert_eq!(srv.log().count("closed"), 0);
