@@ -346,7 +346,7 @@ impl Prober {
     }
 }
 
-/// Reads lines, answering heartbeats, until one satisfies `want`; returns it and when.
+/// The next line that is not a heartbeat (those are answered on the way) and when it came.
 fn next_non_ping(p: &mut Peer, within: Duration) -> (Instant, String) {
     loop {
         let (at, l) = p.line(within);
