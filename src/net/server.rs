@@ -739,7 +739,18 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, rx: CompanionRx) {
                         error: e.to_string(),
                     });
                 }
-                conn.end_now(EndReason::Closed);
+                // A write that made no progress for `stall` means the client takes no data
+                // (it stopped reading, or its path is gone): the slow-consumer rule. It did
+                // not close anything itself, so `closed` would be a lie to the room.
+                let stalled = matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                );
+                conn.end_now(if stalled {
+                    EndReason::SlowConsumer
+                } else {
+                    EndReason::Closed
+                });
                 false
             }
         }

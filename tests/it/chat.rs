@@ -154,6 +154,7 @@ fn receive_in_order(p: &mut Peer, n: usize, senders: &[&str]) -> Duration {
 
 #[test]
 fn ten_thousand_messages_per_sender_arrive_in_order_with_nothing_lost() {
+    let _x = exclusive();
     let _w = Watchdog::new("chat-order", ms(60_000));
     let srv = chat_server(&[]);
     let mut a = join(srv.port, "a");
@@ -183,6 +184,7 @@ fn ten_thousand_messages_per_sender_arrive_in_order_with_nothing_lost() {
 
 #[test]
 fn every_left_reason_is_announced_for_real() {
+    let _x = exclusive();
     let _w = Watchdog::new("chat-left", ms(20_000));
     let mut srv = chat_server(&[
         "--idle",
@@ -273,6 +275,7 @@ fn every_left_reason_is_announced_for_real() {
 
 #[test]
 fn a_reader_that_stalls_is_evicted_while_others_exchange_10k_without_loss_or_pause() {
+    let _x = exclusive();
     let _w = Watchdog::new("chat-slow", ms(60_000));
     let mut srv = chat_server(&["--queue", "65536"]);
     let stuck = join_stuck(srv.port, "stuck");

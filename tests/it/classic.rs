@@ -119,6 +119,7 @@ fn server_case1_original_client_gets_exact_echoes_and_no_heartbeat() {
 
 #[test]
 fn server_case2_original_client_answers_and_stays_connected() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-server-case2", ms(20_000));
     let l = OrigClientListener::bind();
     let mut srv = classic_server(l.port);
@@ -155,6 +156,7 @@ fn server_case2_original_client_answers_and_stays_connected() {
 
 #[test]
 fn server_case3_original_client_that_blocks_gets_end_connection_on_both_sockets() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-server-case3", ms(20_000));
     let l = OrigClientListener::bind();
     let mut srv = classic_server(l.port);
@@ -194,6 +196,7 @@ fn server_case3_original_client_that_blocks_gets_end_connection_on_both_sockets(
 
 #[test]
 fn server_case4_original_client_closing_ends_both_sockets_without_a_round() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-server-case4", ms(20_000));
     let l = OrigClientListener::bind();
     let mut srv = classic_server(l.port);
@@ -223,6 +226,7 @@ fn server_case4_original_client_closing_ends_both_sockets_without_a_round() {
 
 #[test]
 fn client_answers_the_original_server_and_leaves_with_0_on_ctrl_c() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-client-case2", ms(20_000));
     let client_port = free_port();
     let mut srv = OrigServer::start(client_port, ms(IDLE), ms(INTERVAL), COUNT as u32);
@@ -275,6 +279,7 @@ fn client_sends_every_interval_to_the_original_server() {
 
 #[test]
 fn client_exits_3_when_the_original_server_sends_end_connection() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-client-case3", ms(20_000));
     let client_port = free_port();
     let mut srv = OrigServer::start(client_port, ms(IDLE), ms(INTERVAL), COUNT as u32);
@@ -435,6 +440,7 @@ fn connect_back_is_retried_while_the_client_is_still_starting() {
 
 #[test]
 fn failed_connect_back_still_closes_a_silent_client_on_time() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-no-connect-back", ms(20_000));
     let mut srv = classic_server(free_port());
     let mut peer = RawPeer {
@@ -454,6 +460,7 @@ fn failed_connect_back_still_closes_a_silent_client_on_time() {
 
 #[test]
 fn connect_back_gives_up_after_2s_and_the_data_exchange_goes_on() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-give-up", ms(20_000));
     let mut srv = classic_server(free_port());
     let mut data = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
@@ -487,6 +494,7 @@ fn connect_back_gives_up_after_2s_and_the_data_exchange_goes_on() {
 
 #[test]
 fn a_late_reply_cannot_answer_the_next_round() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-stale-reply", ms(20_000));
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut srv = classic_server(l.local_addr().unwrap().port());
@@ -524,6 +532,7 @@ fn a_late_reply_cannot_answer_the_next_round() {
 
 #[test]
 fn a_closed_heartbeat_socket_is_a_dead_peer_at_the_first_heartbeat() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-hb-closed", ms(20_000));
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut srv = classic_server(l.local_addr().unwrap().port());
@@ -564,6 +573,7 @@ fn shutdown_sends_end_connection_to_classic_clients_and_exits_0() {
 
 #[test]
 fn scenarios_binary_passes_all_four_cases_over_the_classic_wire() {
+    let _x = exclusive();
     let _w = Watchdog::new("hb-scenarios-classic", ms(45_000));
     // hb-scenarios allows only ~30 ms of lateness at this speed; on a shared, overloaded
     // machine one run may miss that, so a second run is allowed. A wrong schedule fails both.

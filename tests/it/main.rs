@@ -2,8 +2,10 @@
 
 mod chat;
 mod classic;
+mod faults;
 mod manual_cases;
 mod node;
 mod prompts_config;
+mod props;
 mod server_limits;
 mod support;

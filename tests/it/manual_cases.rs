@@ -17,6 +17,7 @@ const HELLO: &str = "HELLO hb/1 idle=600 interval=200 count=3";
 
 #[test]
 fn case1_normal_exchange_never_starts_a_round() {
+    let _x = exclusive();
     let _w = Watchdog::new("case1", ms(20_000));
     let mut srv = server();
     let mut peer = Peer::connect(srv.port);
@@ -36,6 +37,7 @@ fn case1_normal_exchange_never_starts_a_round() {
 
 #[test]
 fn case2_slow_client_that_answers_keeps_the_connection() {
+    let _x = exclusive();
     let _w = Watchdog::new("case2", ms(20_000));
     let mut srv = server();
     let mut peer = Peer::connect(srv.port);
@@ -60,6 +62,7 @@ fn case2_slow_client_that_answers_keeps_the_connection() {
 
 #[test]
 fn case3_silent_client_gets_count_pings_then_end_and_close() {
+    let _x = exclusive();
     let _w = Watchdog::new("case3", ms(20_000));
     let mut srv = server();
     let mut peer = Peer::connect(srv.port);
@@ -86,6 +89,7 @@ fn case3_silent_client_gets_count_pings_then_end_and_close() {
 
 #[test]
 fn case3_traffic_in_the_last_interval_saves_the_connection() {
+    let _x = exclusive();
     let _w = Watchdog::new("case3-late", ms(20_000));
     let srv = server();
     let mut peer = Peer::connect(srv.port);
@@ -103,6 +107,7 @@ fn case3_traffic_in_the_last_interval_saves_the_connection() {
 
 #[test]
 fn case4_client_close_is_noticed_at_once_without_a_round() {
+    let _x = exclusive();
     let _w = Watchdog::new("case4", ms(20_000));
     let mut srv = server();
     let mut peer = Peer::connect(srv.port);
@@ -140,6 +145,7 @@ fn half_close_is_treated_as_a_close() {
 
 #[test]
 fn hb_client_cases_end_to_end() {
+    let _x = exclusive();
     let _w = Watchdog::new("hb-client cases", ms(30_000));
     let mut srv = server();
     let port = srv.port.to_string();
@@ -297,6 +303,7 @@ fn client_connection_refused_exits_1() {
 
 #[test]
 fn scenarios_binary_passes_all_four_cases_fast() {
+    let _x = exclusive();
     let _w = Watchdog::new("hb-scenarios", ms(30_000));
     // The suite runs many tests at once on two cores, so allow 100 ms of lateness: still
     // well under half of the 500 ms interval at speed 10, so a wrong beat fails.

@@ -17,6 +17,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 /// Default wait for something that should happen promptly.
 pub const PROMPT: Duration = Duration::from_secs(5);
 
+/// Tests that measure latency or saturate the CPU run one at a time: on two cores, one
+/// test's busy loops or floods would otherwise show up as another test's lateness. Take it
+/// before starting the test's [`Watchdog`], so waiting for it does not count.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Aborts the test process if the guard lives longer than `limit` (a hung test fails fast).
 pub struct Watchdog(crossbeam_channel::Sender<()>);
 
@@ -249,6 +257,17 @@ impl Server {
             bin("hb-server").display()
         );
         Self::started(Proc::spawn_sh(&script, &dir), &dir)
+    }
+
+    /// `hb-server --defaults --port 0` run through `wrapper` (e.g. `setpriv ... prlimit ...`).
+    pub fn start_wrapped(wrapper: &[&str]) -> Self {
+        let dir = temp_dir();
+        let server = bin("hb-server");
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(&server)
+            .args(["--defaults", "--port", "0"]);
+        Self::started(Proc::from_command(cmd, &dir, None), &dir)
     }
 
     fn started(mut proc: Proc, dir: &Path) -> Self {
