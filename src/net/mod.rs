@@ -4,5 +4,6 @@ pub mod chat_client;
 pub mod client;
 pub mod conn;
 pub mod events;
+pub mod loadgen;
 pub mod rawsock;
 pub mod server;
