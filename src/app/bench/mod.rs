@@ -131,6 +131,8 @@ pub struct Plan {
     pub stock_max_conns: Option<usize>,
     /// Connections tried against a server with `--max-conns` raised, to find capacity.
     pub capacity_try: usize,
+    /// First step of the raised run, held for the full window (the 8k CPU target).
+    pub raised_first: usize,
     /// Connections for the heartbeat-overhead measurement.
     pub hb_conns: Vec<usize>,
     /// Its heartbeat interval (= idle, count 1).
@@ -166,6 +168,7 @@ impl Plan {
                 hold_interval: "0.2",
                 stock_max_conns: Some(30),
                 capacity_try: 60,
+                raised_first: 30,
                 hb_conns: vec![50],
                 hb_interval: "0.1",
                 hb_window: ms(600),
@@ -182,11 +185,12 @@ impl Plan {
                 name: "quick",
                 steps: vec![1000, 2000, 4000, 8000],
                 hold: s(3),
-                hold_interval: "1",
+                hold_interval: "10",
                 stock_max_conns: None,
                 capacity_try: 19_000,
-                hb_conns: vec![2000, 8000],
-                hb_interval: "1",
+                raised_first: 8000,
+                hb_conns: vec![2000, 4000],
+                hb_interval: "2",
                 hb_window: s(3),
                 ghosts: 1000,
                 ghost_interval: "0.25",
@@ -204,8 +208,9 @@ impl Plan {
                 hold_interval: "10",
                 stock_max_conns: None,
                 capacity_try: 19_000,
+                raised_first: 8000,
                 hb_conns: vec![2000, 4000, 8000],
-                hb_interval: "1",
+                hb_interval: "2",
                 hb_window: s(15),
                 ghosts: 1000,
                 ghost_interval: "1",

@@ -30,6 +30,8 @@ pub struct LogCounts {
     pub slow_consumers: u64,
     /// The last lines, for error messages.
     pub tail: Vec<String>,
+    /// The last lines of stderr.
+    pub stderr: Vec<String>,
 }
 
 /// The detail of a `refused ... (DETAIL)` line with numbers blanked, so kinds can be counted.
@@ -133,14 +135,27 @@ impl Peer {
             .current_dir(scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| BenchError::Spawn {
                 what: command.clone(),
                 source: e,
             })?;
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(LogCounts::default()));
+        let log3 = log.clone();
+        // stderr carries settings and, if it comes to that, the reason for an abort.
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = log3.lock().unwrap_or_else(|p| p.into_inner());
+                if l.stderr.len() >= 10 {
+                    l.stderr.remove(0);
+                }
+                l.stderr.push(line);
+            }
+        });
         let (tx, rx) = crossbeam_channel::bounded::<SocketAddr>(1);
         let log2 = log.clone();
         // Drains stdout for the child's whole life: an undrained pipe would block the
@@ -296,11 +311,17 @@ impl Peer {
     pub fn check_alive(&mut self, during: &str) -> Result<(), BenchError> {
         match self.exited() {
             None => Ok(()),
-            Some(status) => Err(BenchError::Measurement(format!(
-                "{} exited during {during}: {status}; last lines:\n{}",
-                self.name,
-                self.log().tail.join("\n")
-            ))),
+            Some(status) => {
+                // The stderr thread may still be reading the last words.
+                thread::sleep(Duration::from_millis(100));
+                let log = self.log();
+                Err(BenchError::Measurement(format!(
+                    "{} exited during {during}: {status}; stderr: {}; last log lines:\n{}",
+                    self.name,
+                    log.stderr.join(" | "),
+                    log.tail[log.tail.len().saturating_sub(4)..].join("\n")
+                )))
+            }
         }
     }
 

@@ -105,6 +105,8 @@ pub struct Machine {
     pub kernel: String,
     /// CPU model name.
     pub cpu: String,
+    /// /proc/loadavg when the run started: other load on the machine skews every number.
+    pub loadavg: String,
 }
 
 fn read_num(path: &str) -> u64 {
@@ -142,6 +144,9 @@ impl Machine {
                 .and_then(|r| r.split_once(':'))
                 .map(|(_, v)| v.trim().to_owned())
                 .unwrap_or_default(),
+            loadavg: fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
         }
     }
 
@@ -149,7 +154,7 @@ impl Machine {
     pub fn describe(&self) -> String {
         format!(
             "{} cores ({}), {} MiB memory, Linux {}; ulimit -n {}, vm.max_map_count {}, \
-             kernel.pid_max {}, kernel.threads-max {}",
+             kernel.pid_max {}, kernel.threads-max {}; load average at start {}",
             self.cores,
             if self.cpu.is_empty() { "?" } else { &self.cpu },
             self.mem_mib,
@@ -157,7 +162,8 @@ impl Machine {
             self.nofile,
             self.max_map_count,
             self.pid_max,
-            self.threads_max
+            self.threads_max,
+            self.loadavg
         )
     }
 }
