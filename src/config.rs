@@ -187,9 +187,10 @@ impl Wire {
     }
 }
 
-/// `server.*` from configuration.json; `None` where the file does not say.
+/// Server settings as a flag or `server.*` in configuration.json may give them; `None`
+/// where that source does not say.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FileServer {
+pub struct ServerOptions {
     /// `server.host`
     pub host: Option<String>,
     /// `server.port`
@@ -210,6 +211,24 @@ pub struct FileServer {
     pub max_line: Option<usize>,
     /// `server.queue`
     pub queue: Option<usize>,
+}
+
+impl ServerOptions {
+    /// Each setting from `self`, else from `fallback` (flags over the file).
+    pub fn or(&self, fallback: &ServerOptions) -> ServerOptions {
+        ServerOptions {
+            host: self.host.clone().or_else(|| fallback.host.clone()),
+            port: self.port.or(fallback.port),
+            interval: self.interval.or(fallback.interval),
+            count: self.count.or(fallback.count),
+            idle: self.idle.or(fallback.idle),
+            mode: self.mode.or(fallback.mode),
+            wire: self.wire.or(fallback.wire),
+            max_conns: self.max_conns.or(fallback.max_conns),
+            max_line: self.max_line.or(fallback.max_line),
+            queue: self.queue.or(fallback.queue),
+        }
+    }
 }
 
 /// `client.*` from configuration.json.
@@ -233,7 +252,7 @@ pub struct FileClient {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FileConfig {
     /// The `server` object.
-    pub server: FileServer,
+    pub server: ServerOptions,
     /// The `client` object.
     pub client: FileClient,
 }
@@ -345,8 +364,8 @@ fn duration(v: &Value, key: &str, allow_zero: bool) -> Result<Duration, ConfigEr
     .map_err(|reason| bad(key, reason))
 }
 
-fn parse_server(obj: &Map<String, Value>, path: &Path) -> Result<FileServer, ConfigError> {
-    let mut s = FileServer::default();
+fn parse_server(obj: &Map<String, Value>, path: &Path) -> Result<ServerOptions, ConfigError> {
+    let mut s = ServerOptions::default();
     for (k, v) in obj {
         let key = format!("server.{k}");
         let key = key.as_str();
@@ -500,9 +519,9 @@ pub mod defaults {
     pub const MAX_LINE: usize = 65536;
     /// `--queue`
     pub const QUEUE: usize = 1 << 20;
-    /// `--max-conns`: two threads per connection at about four memory maps each stays well
-    /// inside the stock `vm.max_map_count` of 65530.
-    pub const MAX_CONNS: usize = 6000;
+    /// `--max-conns`. The server lowers it further to what `vm.max_map_count` allows (two
+    /// threads per connection at four memory maps each: about 8,000 on stock limits).
+    pub const MAX_CONNS: usize = 16384;
     /// `--every`
     pub const EVERY: Duration = Duration::from_secs(30);
     /// `--block`
@@ -517,33 +536,15 @@ pub mod defaults {
     pub const CLIENT_PORT: u16 = 8001;
 }
 
-/// Server settings from the command line; `None` means "not given".
+/// Server settings from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct ServerFlags {
     /// `--config`
     pub config: Option<PathBuf>,
-    /// `--host`
-    pub host: Option<String>,
-    /// `--port`
-    pub port: Option<u16>,
-    /// `--interval`
-    pub interval: Option<Duration>,
-    /// `--count`
-    pub count: Option<u32>,
-    /// `--idle`
-    pub idle: Option<Duration>,
-    /// `--mode`
-    pub mode: Option<Mode>,
-    /// `--wire`
-    pub wire: Option<Wire>,
-    /// `--max-conns`
-    pub max_conns: Option<usize>,
-    /// `--max-line`
-    pub max_line: Option<usize>,
-    /// `--queue`
-    pub queue: Option<usize>,
     /// `--defaults`: never prompt.
     pub defaults: bool,
+    /// Every other flag; `None` means "not given".
+    pub options: ServerOptions,
 }
 
 /// Validated server settings.
@@ -567,6 +568,9 @@ pub struct ServerSettings {
     pub max_line: usize,
     /// Bytes queued for one client before it is a slow consumer.
     pub queue: usize,
+    /// Classic wire: the port the server connects back to for the heartbeat socket
+    /// (`client.port` of configuration.json, as in the manual; default 8001).
+    pub classic_client_port: u16,
 }
 
 fn heartbeat_error(e: HeartbeatConfigError) -> ConfigError {
@@ -580,48 +584,36 @@ impl ServerSettings {
         file: &FileConfig,
         prompter: &mut Prompter<R, W>,
     ) -> Result<Self, ConfigError> {
-        let f = &file.server;
-        let prompt = !flags.defaults;
-        let interval = match flags.interval.or(f.interval) {
-            Some(v) => v,
-            None if prompt => prompter.ask(
-                "interval",
-                "Time between heartbeats (interval)",
-                defaults::INTERVAL,
-                &fmt_duration(defaults::INTERVAL),
-                parse_duration,
-            )?,
-            None => defaults::INTERVAL,
-        };
-        let count = match flags.count.or(f.count) {
-            Some(v) => v,
-            None if prompt => prompter.ask(
-                "count",
-                "Unanswered heartbeats before closing (count)",
-                defaults::COUNT,
-                &defaults::COUNT.to_string(),
-                parse_count,
-            )?,
-            None => defaults::COUNT,
-        };
-        let idle = match flags.idle.or(f.idle) {
-            Some(v) => v,
-            None if prompt => prompter.ask(
-                "idle",
-                "Silence before the heartbeat round starts (idle; at least interval x count)",
-                defaults::IDLE,
-                &fmt_duration(defaults::IDLE),
-                parse_duration,
-            )?,
-            None => defaults::IDLE,
-        };
+        let o = flags.options.or(&file.server);
+        let mut ask = (!flags.defaults).then_some(prompter);
+        let interval = setting(
+            o.interval,
+            &mut ask,
+            "interval",
+            "Time between heartbeats (interval)",
+            defaults::INTERVAL,
+            parse_duration,
+        )?;
+        let count = setting(
+            o.count,
+            &mut ask,
+            "count",
+            "Unanswered heartbeats before closing (count)",
+            defaults::COUNT,
+            parse_count,
+        )?;
+        let idle = setting(
+            o.idle,
+            &mut ask,
+            "idle",
+            "Silence before the heartbeat round starts (idle; at least interval x count)",
+            defaults::IDLE,
+            parse_duration,
+        )?;
         let heartbeat = HeartbeatConfig::new(idle, interval, count).map_err(heartbeat_error)?;
-        let max_line = flags.max_line.or(f.max_line).unwrap_or(defaults::MAX_LINE);
-        let queue = flags.queue.or(f.queue).unwrap_or(defaults::QUEUE);
-        let max_conns = flags
-            .max_conns
-            .or(f.max_conns)
-            .unwrap_or(defaults::MAX_CONNS);
+        let max_line = o.max_line.unwrap_or(defaults::MAX_LINE);
+        let queue = o.queue.unwrap_or(defaults::QUEUE);
+        let max_conns = o.max_conns.unwrap_or(defaults::MAX_CONNS);
         for (key, v) in [
             ("--max-line", max_line),
             ("--queue", queue),
@@ -632,20 +624,53 @@ impl ServerSettings {
             }
         }
         Ok(Self {
-            host: flags
-                .host
-                .clone()
-                .or_else(|| f.host.clone())
-                .unwrap_or_else(|| defaults::HOST.into()),
-            port: flags.port.or(f.port).unwrap_or(defaults::SERVER_PORT),
+            host: o.host.unwrap_or_else(|| defaults::HOST.into()),
+            port: o.port.unwrap_or(defaults::SERVER_PORT),
             idle_raised_from: HeartbeatConfig::raised_idle_from(idle, &heartbeat),
             heartbeat,
-            mode: flags.mode.or(f.mode).unwrap_or_default(),
-            wire: flags.wire.or(f.wire).unwrap_or_default(),
+            mode: o.mode.unwrap_or_default(),
+            wire: o.wire.unwrap_or_default(),
             max_conns,
             max_line,
             queue,
+            classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
+    }
+}
+
+/// A setting's value: given, else asked for (when a prompter is at hand), else the default.
+fn setting<T: ShowDefault, R: BufRead, W: Write>(
+    given: Option<T>,
+    prompter: &mut Option<&mut Prompter<R, W>>,
+    name: &'static str,
+    question: &str,
+    default: T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match (given, prompter) {
+        (Some(v), _) => Ok(v),
+        (None, Some(p)) => {
+            let shown = default.show();
+            p.ask(name, question, default, &shown, parse)
+        }
+        (None, None) => Ok(default),
+    }
+}
+
+/// How a default is shown in a prompt: the way a user would type it.
+trait ShowDefault {
+    fn show(&self) -> String;
+}
+
+impl ShowDefault for Duration {
+    fn show(&self) -> String {
+        fmt_duration(*self)
+    }
+}
+
+impl ShowDefault for u32 {
+    fn show(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -711,28 +736,23 @@ impl ClientSettings {
         let f = &file.client;
         // The chat client reads stdin for messages, so it never prompts.
         let prompt = !flags.defaults && !flags.chat;
-        let every = match flags.every.or(f.every) {
-            Some(v) => v,
-            None if prompt => prompter.ask(
-                "every",
-                "Time between messages to the server (every)",
-                defaults::EVERY,
-                &fmt_duration(defaults::EVERY),
-                parse_duration,
-            )?,
-            None => defaults::EVERY,
-        };
-        let block = match flags.block.or(f.block) {
-            Some(v) => v,
-            None if prompt => prompter.ask(
-                "block",
-                "Delay before answering a heartbeat (block; for testing only)",
-                defaults::BLOCK,
-                &fmt_duration(defaults::BLOCK),
-                parse_duration_allow_zero,
-            )?,
-            None => defaults::BLOCK,
-        };
+        let mut ask = prompt.then_some(prompter);
+        let every = setting(
+            flags.every.or(f.every),
+            &mut ask,
+            "every",
+            "Time between messages to the server (every)",
+            defaults::EVERY,
+            parse_duration,
+        )?;
+        let block = setting(
+            flags.block.or(f.block),
+            &mut ask,
+            "block",
+            "Delay before answering a heartbeat (block; for testing only)",
+            defaults::BLOCK,
+            parse_duration_allow_zero,
+        )?;
         let message = flags
             .message
             .clone()
@@ -755,6 +775,12 @@ impl ClientSettings {
         if flags.messages == Some(0) {
             return Err(bad("--messages", "must be greater than zero".into()));
         }
+        if flags.chat && flags.wire == Some(Wire::Classic) {
+            return Err(bad(
+                "--chat",
+                "chat works only on the line wire, not with --wire classic".into(),
+            ));
+        }
         Ok(Self {
             host: flags
                 .host
@@ -768,7 +794,8 @@ impl ClientSettings {
             every,
             block,
             message,
-            wire: flags.wire.unwrap_or_default(),
+            // The file's server.wire describes the server this client talks to.
+            wire: flags.wire.or(file.server.wire).unwrap_or_default(),
             chat_name,
             messages: flags.messages,
             listen_host: f.host.clone().unwrap_or_else(|| defaults::HOST.into()),
@@ -929,8 +956,11 @@ mod tests {
         let file = parse(r#"{"server": {"port": "8000", "interval": 5, "count": 2, "idle": 30}}"#)
             .unwrap();
         let flags = ServerFlags {
-            port: Some(0),
-            interval: Some(ms(100)),
+            options: ServerOptions {
+                port: Some(0),
+                interval: Some(ms(100)),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let mut p = prompter("garbage\n", false);

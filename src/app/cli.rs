@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::config::{
     parse_count, parse_duration, parse_duration_allow_zero, ClientFlags, ConfigError, FileConfig,
-    Mode, Prompter, ServerFlags, Wire,
+    Mode, Prompter, ServerFlags, ServerOptions, Wire,
 };
 
 /// `--mode`
@@ -85,7 +85,8 @@ fn positive(s: &str) -> Result<usize, String> {
 #[command(name = "hb-server", version)]
 pub struct ServerArgs {
     /// Configuration file (manual layout: server.host / server.port, optionally
-    /// server.interval, count, idle, mode, max_conns, max_line, queue) [default:
+    /// server.interval, count, idle, mode, wire, max_conns, max_line, queue; with --wire
+    /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -112,7 +113,8 @@ pub struct ServerArgs {
     /// Bytes on the socket
     #[arg(long, value_enum)]
     pub wire: Option<WireArg>,
-    /// Clients served at once; newcomers beyond it get `END server-full` [default: 6000]
+    /// Clients served at once; newcomers beyond it get `END server-full`. Lowered (and
+    /// logged) to what vm.max_map_count allows, about 8,000 on stock limits [default: 16384]
     #[arg(long, value_name = "N", value_parser = positive)]
     pub max_conns: Option<usize>,
     /// Longest line accepted; longer gets `END line-too-long` [default: 65536]
@@ -131,17 +133,19 @@ impl ServerArgs {
     pub fn flags(&self) -> ServerFlags {
         ServerFlags {
             config: self.config.clone(),
-            host: self.host.clone(),
-            port: self.port,
-            interval: self.interval,
-            count: self.count,
-            idle: self.idle,
-            mode: self.mode.map(Into::into),
-            wire: self.wire.map(Into::into),
-            max_conns: self.max_conns,
-            max_line: self.max_line,
-            queue: self.queue,
             defaults: self.defaults,
+            options: ServerOptions {
+                host: self.host.clone(),
+                port: self.port,
+                interval: self.interval,
+                count: self.count,
+                idle: self.idle,
+                mode: self.mode.map(Into::into),
+                wire: self.wire.map(Into::into),
+                max_conns: self.max_conns,
+                max_line: self.max_line,
+                queue: self.queue,
+            },
         }
     }
 }

@@ -6,7 +6,8 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use clap::Parser;
 use crossbeam_channel::Receiver;
 
 use crate::config::{fmt_duration, ClientSettings, Mode, ServerSettings, Wire};
+use crate::core::classic::{echo_reply, ClassicEnd};
 use crate::core::client::Outcome;
 use crate::core::heartbeat::HeartbeatConfig;
 use crate::core::wire::{ClientMsg, EndReason};
@@ -144,25 +146,86 @@ const CASES: [(&str, &str); 4] = [
     ),
 ];
 
+/// What tells the two wires apart in the verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flavor(Wire);
+
+/// How the classic client labels its heartbeat-socket traffic in its events.
+const HB_TAG: &str = "[heartbeat] ";
+
+impl Flavor {
+    fn is_data_sent(self, e: &ClientEvent) -> bool {
+        match (self.0, e) {
+            (Wire::Line, ClientEvent::Sent(l)) => l.starts_with("MSG "),
+            (Wire::Classic, ClientEvent::Sent(l)) => !l.starts_with(HB_TAG),
+            _ => false,
+        }
+    }
+
+    fn is_echo(self, e: &ClientEvent) -> bool {
+        match (self.0, e) {
+            (Wire::Line, ClientEvent::Received(l)) => l.starts_with("ECHO "),
+            (Wire::Classic, ClientEvent::Received(l)) => l.starts_with("Echoing..."),
+            _ => false,
+        }
+    }
+
+    fn is_heartbeat_answer(self, e: &ClientEvent) -> bool {
+        match (self.0, e) {
+            (Wire::Line, ClientEvent::Sent(l)) => l.starts_with("PONG"),
+            (Wire::Classic, ClientEvent::Sent(l)) => l.starts_with(HB_TAG),
+            _ => false,
+        }
+    }
+
+    fn is_timeout_end(self, e: &Event) -> bool {
+        match (self.0, e) {
+            (Wire::Line, Event::EndSent { reason, .. }) => *reason == EndReason::HeartbeatTimeout,
+            (Wire::Classic, Event::EndConnectionSent { why, .. }) => {
+                *why == ClassicEnd::HeartbeatTimeout
+            }
+            _ => false,
+        }
+    }
+
+    fn is_any_end(self, e: &Event) -> bool {
+        matches!(e, Event::EndSent { .. } | Event::EndConnectionSent { .. })
+    }
+}
+
 struct Harness {
     handle: ServerHandle,
     addr: SocketAddr,
     events: Receiver<Stamped>,
     accept: thread::JoinHandle<()>,
+    wire: Wire,
+    /// Classic wire: the client's heartbeat listener, bound before the server starts so the
+    /// server can be told its port (`client.port`).
+    listener: Mutex<Option<TcpListener>>,
 }
 
 impl Harness {
-    fn start(hb: HeartbeatConfig) -> Result<Self, ScenarioError> {
+    fn start(hb: HeartbeatConfig, wire: Wire) -> Result<Self, ScenarioError> {
+        let setup = |e: std::io::Error| ScenarioError::Setup(format!("heartbeat listener: {e}"));
+        let listener = match wire {
+            Wire::Classic => Some(TcpListener::bind("127.0.0.1:0").map_err(setup)?),
+            Wire::Line => None,
+        };
+        let classic_client_port = match &listener {
+            Some(l) => l.local_addr().map_err(setup)?.port(),
+            None => crate::config::defaults::CLIENT_PORT,
+        };
         let settings = ServerSettings {
             host: "127.0.0.1".into(),
             port: 0,
             heartbeat: hb,
             idle_raised_from: None,
             mode: Mode::Echo,
-            wire: Wire::Line,
+            wire,
             max_conns: 16,
             max_line: crate::config::defaults::MAX_LINE,
             queue: crate::config::defaults::QUEUE,
+            classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();
         let server = Server::bind(settings, EventLog::channel(tx))
@@ -176,7 +239,20 @@ impl Harness {
             addr,
             events,
             accept,
+            wire,
+            listener: Mutex::new(listener),
         })
+    }
+
+    fn flavor(&self) -> Flavor {
+        Flavor(self.wire)
+    }
+
+    fn take_listener(&self) -> Option<TcpListener> {
+        self.listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     fn client_settings(&self, every: Duration, block: Duration) -> ClientSettings {
@@ -186,7 +262,7 @@ impl Harness {
             every,
             block,
             message: crate::config::defaults::MESSAGE.into(),
-            wire: Wire::Line,
+            wire: self.wire,
             chat_name: None,
             messages: None,
             listen_host: "127.0.0.1".into(),
@@ -203,13 +279,20 @@ impl Harness {
 
 /// Runs the hb-client session in a thread; `stop_after` ends it like Ctrl-C would.
 fn run_client(
+    h: &Harness,
     settings: ClientSettings,
     stop_after: Option<Duration>,
 ) -> (Result<Outcome, String>, Vec<Stamped<ClientEvent>>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+    let listener = h.take_listener();
     let session = thread::spawn(move || {
-        client::run(&settings, &EventLog::channel(tx), &stop_rx).map_err(|e| e.to_string())
+        let log = EventLog::channel(tx);
+        match listener {
+            Some(l) => crate::net::classic::run_client_with_listener(&settings, l, &log, &stop_rx),
+            None => client::run(&settings, &log, &stop_rx),
+        }
+        .map_err(|e| e.to_string())
     });
     if let Some(after) = stop_after {
         thread::sleep(after);
@@ -225,37 +308,37 @@ fn secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
 
-fn last_sent_before(client: &[Stamped<ClientEvent>], at: Instant) -> Option<Instant> {
+fn last_sent_before(fl: Flavor, client: &[Stamped<ClientEvent>], at: Instant) -> Option<Instant> {
     client
         .iter()
         .rev()
-        .find(|e| matches!(e.event, ClientEvent::Sent(_)) && e.at <= at)
+        .find(|e| (fl.is_data_sent(&e.event) || fl.is_heartbeat_answer(&e.event)) && e.at <= at)
         .map(|e| e.at)
 }
 
-fn case1(t: Timings) -> Result<Verdict, ScenarioError> {
-    let h = Harness::start(t.hb)?;
+fn case1(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
+    let h = Harness::start(t.hb, wire)?;
+    let fl = h.flavor();
     let run_for = t.hb.give_up_after() + t.every_fast * 2;
     let (outcome, cev) = run_client(
+        &h,
         h.client_settings(t.every_fast, Duration::ZERO),
         Some(run_for),
     );
     let sev = h.stop();
-    let sent = cev
-        .iter()
-        .filter(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("MSG ")))
-        .count();
-    let echoed = cev
-        .iter()
-        .filter(|e| matches!(&e.event, ClientEvent::Received(l) if l.starts_with("ECHO ")))
-        .count();
+    let sent = cev.iter().filter(|e| fl.is_data_sent(&e.event)).count();
+    let echoed = cev.iter().filter(|e| fl.is_echo(&e.event)).count();
     let rounds = sev
         .iter()
         .filter(|e| matches!(e.event, Event::RoundStarted { .. } | Event::PingSent { .. }))
         .count();
     let expected_msgs = (run_for.as_secs_f64() / t.every_fast.as_secs_f64()) as usize;
+    // The classic wire has no QUIT handshake: the client leaves at once, so the echo of a
+    // message sent at the very moment it is stopped may never be read.
+    let unechoed_ok = usize::from(wire == Wire::Classic);
     let pass = rounds == 0
-        && echoed == sent
+        && echoed <= sent
+        && echoed + unechoed_ok >= sent
         && sent + 1 >= expected_msgs
         && outcome == Ok(Outcome::UserEnded);
     let observed = format!(
@@ -266,10 +349,12 @@ fn case1(t: Timings) -> Result<Verdict, ScenarioError> {
     Ok(verdict(1, observed, pass))
 }
 
-fn case2(t: Timings) -> Result<Verdict, ScenarioError> {
-    let h = Harness::start(t.hb)?;
+fn case2(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
+    let h = Harness::start(t.hb, wire)?;
+    let fl = h.flavor();
     let run_for = t.hb.idle() + t.hb.round_length() + t.slack * 4;
     let (outcome, cev) = run_client(
+        &h,
         h.client_settings(t.every_slow, Duration::ZERO),
         Some(run_for),
     );
@@ -283,21 +368,11 @@ fn case2(t: Timings) -> Result<Verdict, ScenarioError> {
         Event::Answered { after, rtt, .. } => Some((after, rtt)),
         _ => None,
     });
-    let timeouts = sev
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.event,
-                Event::EndSent {
-                    reason: EndReason::HeartbeatTimeout,
-                    ..
-                }
-            )
-        })
-        .count();
+    let timeouts = sev.iter().filter(|e| fl.is_timeout_end(&e.event)).count();
     match start {
         Some(s) => {
-            let quiet = last_sent_before(&cev, s.at).map(|at| s.at.saturating_duration_since(at));
+            let quiet =
+                last_sent_before(fl, &cev, s.at).map(|at| s.at.saturating_duration_since(at));
             let on_time =
                 quiet.is_some_and(|q| q + t.slack / 5 >= t.hb.idle() && q <= t.hb.idle() + t.slack);
             pass &= on_time;
@@ -334,14 +409,12 @@ fn case2(t: Timings) -> Result<Verdict, ScenarioError> {
     Ok(verdict(2, notes.join(", "), pass))
 }
 
-fn case3(t: Timings) -> Result<Verdict, ScenarioError> {
-    let h = Harness::start(t.hb)?;
-    let (outcome, cev) = run_client(h.client_settings(t.every_slow, t.block_long), None);
+fn case3(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
+    let h = Harness::start(t.hb, wire)?;
+    let fl = h.flavor();
+    let (outcome, cev) = run_client(&h, h.client_settings(t.every_slow, t.block_long), None);
     let sev = h.stop();
-    let first_data = cev
-        .iter()
-        .find(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("MSG ")))
-        .map(|e| e.at);
+    let first_data = cev.iter().find(|e| fl.is_data_sent(&e.event)).map(|e| e.at);
     let at = |pred: &dyn Fn(&Event) -> bool| sev.iter().find(|e| pred(&e.event)).map(|e| e.at);
     let mut pass = outcome == Ok(Outcome::ServerEnded(EndReason::HeartbeatTimeout));
     let mut marks = Vec::new();
@@ -362,26 +435,25 @@ fn case3(t: Timings) -> Result<Verdict, ScenarioError> {
     for k in 1..=hb.count() {
         let want = hb.idle() + hb.interval() * (k - 1);
         check(
-            format!("PING {k}"),
+            match wire {
+                Wire::Line => format!("PING {k}"),
+                Wire::Classic => format!("heartbeat {k}"),
+            },
             at(&|e| matches!(e, Event::PingSent { k: kk, .. } if *kk == k)),
             want,
         );
     }
-    let end = at(&|e| {
-        matches!(
-            e,
-            Event::EndSent {
-                reason: EndReason::HeartbeatTimeout,
-                ..
-            }
-        )
-    });
-    check("END".into(), end, hb.give_up_after());
+    let end = at(&|e| fl.is_timeout_end(e));
+    let end_label = match wire {
+        Wire::Line => "END",
+        Wire::Classic => "End Connection",
+    };
+    check(end_label.into(), end, hb.give_up_after());
     let closed = at(&|e| matches!(e, Event::Closed { .. }));
     pass &= closed.is_some();
     let pongs = cev
         .iter()
-        .filter(|e| matches!(&e.event, ClientEvent::Sent(l) if l.starts_with("PONG")))
+        .filter(|e| fl.is_heartbeat_answer(&e.event))
         .count();
     pass &= pongs == 0;
     let observed = format!(
@@ -400,10 +472,14 @@ fn case3(t: Timings) -> Result<Verdict, ScenarioError> {
     Ok(verdict(3, observed, pass))
 }
 
-fn case4(t: Timings) -> Result<Verdict, ScenarioError> {
-    let h = Harness::start(t.hb)?;
+fn case4(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
+    let h = Harness::start(t.hb, wire)?;
+    let fl = h.flavor();
     // Like the manual's client.py being stopped: a few messages, then the socket just closes.
     let setup = |e: std::io::Error| ScenarioError::Setup(format!("case 4 client: {e}"));
+    if wire == Wire::Classic {
+        return case4_classic(t, h);
+    }
     let mut sock = TcpStream::connect(h.addr).map_err(setup)?;
     sock.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(setup)?;
@@ -440,6 +516,74 @@ fn case4(t: Timings) -> Result<Verdict, ScenarioError> {
         }
     }
     sev.extend(h.stop());
+    case4_verdict(t, fl, echoes, closed_at, sev)
+}
+
+/// Case 4 over the classic wire with a raw client: a heartbeat listener the server connects
+/// back to, `Hello, there` four times on the data socket, then both sockets just close.
+fn case4_classic(t: Timings, h: Harness) -> Result<Verdict, ScenarioError> {
+    let setup = |e: std::io::Error| ScenarioError::Setup(format!("case 4 client: {e}"));
+    let listener = h
+        .take_listener()
+        .ok_or_else(|| ScenarioError::Setup("case 4: no heartbeat listener".into()))?;
+    let mut sock = TcpStream::connect(h.addr).map_err(setup)?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(setup)?;
+    // The server connects back at once; accept it (bounded) so the session is complete.
+    listener.set_nonblocking(true).map_err(setup)?;
+    let accept_by = Instant::now() + Duration::from_secs(2);
+    let hb_sock = loop {
+        match listener.accept() {
+            Ok((s, _)) => break Some(s),
+            Err(_) if Instant::now() < accept_by => thread::sleep(Duration::from_millis(2)),
+            Err(_) => break None,
+        }
+    };
+    let message = crate::config::defaults::MESSAGE.as_bytes();
+    let want = echo_reply(message);
+    let mut echoes = 0;
+    let mut buf = [0u8; 1024];
+    for i in 0..4 {
+        if i > 0 {
+            thread::sleep(t.every_fast);
+        }
+        sock.write_all(message).map_err(setup)?;
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let n = sock.read(&mut buf).map_err(setup)?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if got == want {
+            echoes += 1;
+        }
+    }
+    let closed_at = Instant::now();
+    drop(sock);
+    drop(hb_sock);
+    let mut sev = Vec::new();
+    let limit = closed_at + Duration::from_secs(2);
+    while let Ok(e) = h.events.recv_deadline(limit) {
+        let done = matches!(e.event, Event::Closed { .. });
+        sev.push(e);
+        if done {
+            break;
+        }
+    }
+    let fl = h.flavor();
+    sev.extend(h.stop());
+    case4_verdict(t, fl, echoes, closed_at, sev)
+}
+
+fn case4_verdict(
+    t: Timings,
+    fl: Flavor,
+    echoes: usize,
+    closed_at: Instant,
+    sev: Vec<Stamped>,
+) -> Result<Verdict, ScenarioError> {
     let noticed = sev
         .iter()
         .find(|e| matches!(e.event, Event::ClosedByClient { .. }))
@@ -448,10 +592,7 @@ fn case4(t: Timings) -> Result<Verdict, ScenarioError> {
         .iter()
         .filter(|e| matches!(e.event, Event::RoundStarted { .. } | Event::PingSent { .. }))
         .count();
-    let ends = sev
-        .iter()
-        .filter(|e| matches!(e.event, Event::EndSent { .. }))
-        .count();
+    let ends = sev.iter().filter(|e| fl.is_any_end(&e.event)).count();
     let delay = noticed.map(|n| n.saturating_duration_since(closed_at));
     let pass = echoes == 4 && rounds == 0 && ends == 0 && delay.is_some_and(|d| d <= t.slack);
     let observed = format!(
@@ -484,13 +625,20 @@ fn verdict(case: u8, observed: String, pass: bool) -> Verdict {
     }
 }
 
-/// Runs the selected cases concurrently and returns their verdicts in case order.
-pub fn run_cases(timings: Timings, only: Option<u8>) -> Result<Vec<Verdict>, ScenarioError> {
-    let cases: [fn(Timings) -> Result<Verdict, ScenarioError>; 4] = [case1, case2, case3, case4];
+/// One manual case over one wire.
+type CaseFn = fn(Timings, Wire) -> Result<Verdict, ScenarioError>;
+
+/// Runs the selected cases concurrently over `wire` and returns their verdicts in case order.
+pub fn run_cases(
+    timings: Timings,
+    only: Option<u8>,
+    wire: Wire,
+) -> Result<Vec<Verdict>, ScenarioError> {
+    let cases: [CaseFn; 4] = [case1, case2, case3, case4];
     thread::scope(|s| {
         let running: Vec<_> = (1..=4u8)
             .filter(|n| only.is_none_or(|o| o == *n))
-            .map(|n| s.spawn(move || cases[usize::from(n - 1)](timings)))
+            .map(|n| s.spawn(move || cases[usize::from(n - 1)](timings, wire)))
             .collect();
         running
             .into_iter()
@@ -533,11 +681,7 @@ pub fn table(verdicts: &[Verdict]) -> String {
 
 /// Runs the scenarios as the binary does; `Ok(true)` when all passed.
 pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
-    if Wire::from(args.wire) == Wire::Classic {
-        return Err(ScenarioError::Unsupported(
-            "--wire classic is not available yet".into(),
-        ));
-    }
+    let wire = Wire::from(args.wire);
     let mut t = Timings::scaled(args.speed);
     if let Some(tol) = args.tolerance {
         // Past half an interval a heartbeat on the wrong beat would pass: refuse that.
@@ -551,7 +695,11 @@ pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
         t.slack = tol;
     }
     println!(
-        "manual settings / {}: server interval {}, count {}, idle {}; client every {} or {}, block 0 or {}",
+        "{}manual settings / {}: server interval {}, count {}, idle {}; client every {} or {}, block 0 or {}",
+        match wire {
+            Wire::Line => "",
+            Wire::Classic => "classic wire, ",
+        },
         args.speed,
         fmt_duration(t.hb.interval()),
         t.hb.count(),
@@ -560,7 +708,7 @@ pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
         fmt_duration(t.every_slow),
         fmt_duration(t.block_long),
     );
-    let verdicts = run_cases(t, args.case)?;
+    let verdicts = run_cases(t, args.case, wire)?;
     print!("{}", table(&verdicts));
     let passed = verdicts.iter().filter(|v| v.pass).count();
     println!("{passed} passed, {} failed", verdicts.len() - passed);

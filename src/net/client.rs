@@ -62,6 +62,13 @@ pub enum ClientError {
     NameRefused(String),
     /// Setting up the session failed (a thread or a socket clone could not be had).
     Io(io::Error),
+    /// Classic wire: the heartbeat listener could not be bound on `client.host:client.port`.
+    Listen {
+        /// `host:port`.
+        addr: String,
+        /// The OS error.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -71,6 +78,12 @@ impl fmt::Display for ClientError {
             Self::Unsupported(what) => f.write_str(what),
             Self::NameRefused(why) => write!(f, "the server refused the name: {why}"),
             Self::Io(e) => write!(f, "cannot start the session: {e}"),
+            Self::Listen { addr, source } => {
+                write!(
+                    f,
+                    "cannot listen for the heartbeat socket on {addr}: {source}"
+                )
+            }
         }
     }
 }
@@ -78,7 +91,7 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect { source, .. } => Some(source),
+            Self::Connect { source, .. } | Self::Listen { source, .. } => Some(source),
             Self::Io(source) => Some(source),
             Self::Unsupported(_) | Self::NameRefused(_) => None,
         }
@@ -148,9 +161,7 @@ pub fn run(
     stop: &Receiver<()>,
 ) -> Result<Outcome, ClientError> {
     if settings.wire == crate::config::Wire::Classic {
-        return Err(ClientError::Unsupported(
-            "--wire classic is not available yet".into(),
-        ));
+        return crate::net::classic::run_client(settings, log, stop);
     }
     let stream = connect(&settings.host, settings.port)?;
     let _ = stream.set_nodelay(true);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Sender;
 
 use crate::config::fmt_duration;
+use crate::core::classic::ClassicEnd;
 use crate::core::wire::EndReason;
 
 /// Something that happened on the server.
@@ -131,10 +132,65 @@ pub enum Event {
         /// Why.
         reason: EndReason,
     },
+    /// `--max-conns` is more than the kernel's memory-map limit allows; it was lowered.
+    CapacityLowered {
+        /// `--max-conns` as asked.
+        asked: usize,
+        /// What the server will serve.
+        allowed: usize,
+        /// `vm.max_map_count`.
+        max_map_count: usize,
+    },
     /// The server is shutting down.
     ShuttingDown {
         /// Connections told `END server-shutdown`.
         clients: usize,
+    },
+    /// Classic wire: the heartbeat socket is connected back to the client.
+    ConnectedBack {
+        /// Connection number.
+        id: u64,
+        /// The client's address (data socket).
+        peer: SocketAddr,
+        /// Where the heartbeat socket goes: the client's IP at `client.port`.
+        to: SocketAddr,
+        /// Attempts it took (1 when the client was already listening).
+        attempts: u32,
+    },
+    /// Classic wire: the connect-back never succeeded (every attempt failed, or the connection
+    /// ended while still trying); without a heartbeat socket a silent client is closed after
+    /// idle + count * interval.
+    ConnectBackFailed {
+        /// Connection number.
+        id: u64,
+        /// The client's address (data socket).
+        peer: SocketAddr,
+        /// Where the heartbeat socket should have gone.
+        to: SocketAddr,
+        /// Attempts made.
+        attempts: u32,
+        /// The last OS error.
+        error: String,
+    },
+    /// Classic wire: heartbeat `k` of `n` was due but there is no heartbeat socket.
+    HeartbeatNotSent {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// 1-based number within the round.
+        k: u32,
+        /// Heartbeats allowed per round.
+        n: u32,
+    },
+    /// Classic wire: `End Connection` was sent (or attempted) on both sockets, which close.
+    EndConnectionSent {
+        /// Connection number.
+        id: u64,
+        /// The client's address.
+        peer: SocketAddr,
+        /// Why.
+        why: ClassicEnd,
     },
 }
 
@@ -178,7 +234,23 @@ impl fmt::Display for Event {
                 name,
                 reason,
             } => write!(f, "#{id} {peer} {name} left the room ({reason})"),
+            Self::CapacityLowered {
+                asked,
+                allowed,
+                max_map_count,
+            } => write!(
+                f,
+                "serving at most {allowed} clients, not {asked}: vm.max_map_count {max_map_count} \
+                 leaves room for that many (8 memory maps each); raise it to serve more"
+            ),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
+            Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),
+            Self::ConnectBackFailed { id, peer, to, attempts, error } => write!(
+                f,
+                "#{id} {peer} cannot connect the heartbeat socket to {to} after {attempts} attempt(s) ({error}); without it a silent client is closed after idle + count x interval"
+            ),
+            Self::HeartbeatNotSent { id, peer, k, n } => write!(f, "#{id} {peer} heartbeat {k}/{n} due, no heartbeat socket"),
+            Self::EndConnectionSent { id, peer, why } => write!(f, "#{id} {peer} End Connection sent ({why}), closing"),
         }
     }
 }

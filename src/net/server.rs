@@ -85,6 +85,8 @@ struct Shared {
     freed: Condvar,
     next_id: AtomicU64,
     stopping: AtomicBool,
+    /// Classic-wire connections (empty on the line wire).
+    classic: Arc<crate::net::classic::Registry>,
     /// The chat room, in chat mode.
     chat: Option<Mutex<Chat>>,
 }
@@ -174,6 +176,31 @@ pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// `(asked, allowed, vm.max_map_count)` when `--max-conns` had to be lowered.
+    lowered: Option<(usize, usize, usize)>,
+}
+
+/// Memory maps one connection costs: two threads, each with its stack and guard page plus
+/// the runtime's signal stack and its guard page (measured: 8.0 per connection).
+const MAPS_PER_CONN: usize = 8;
+/// Maps left for everything else (large allocations, allocator arenas, the runtime).
+const MAPS_RESERVE: usize = 1024;
+
+/// How many connections the kernel's memory-map limit leaves room for, and that limit.
+///
+/// Past `vm.max_map_count` a new thread cannot map its signal stack and the Rust runtime
+/// aborts the whole process, so the server must stop admitting before that, not after.
+fn map_capacity() -> Option<(usize, usize)> {
+    let max: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let used = std::fs::read_to_string("/proc/self/maps")
+        .ok()?
+        .lines()
+        .count();
+    Some((max.saturating_sub(used + MAPS_RESERVE) / MAPS_PER_CONN, max))
 }
 
 /// Controls a running server from another thread (Ctrl-C handler, tests, scenarios).
@@ -201,9 +228,9 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 impl Server {
     /// Binds the listening socket; with port 0 the OS picks a free port ([`Server::local_addr`]).
     pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
-        if settings.wire == Wire::Classic {
+        if settings.wire == Wire::Classic && settings.mode == Mode::Chat {
             return Err(ServerError::Unsupported(
-                "--wire classic is not available yet".into(),
+                "--mode chat works only on the line wire, not with --wire classic".into(),
             ));
         }
         let want = format!("{}:{}", settings.host, settings.port);
@@ -232,6 +259,15 @@ impl Server {
         let listener = bound.ok_or_else(|| bind_err(last))?;
         let addr = listener.local_addr().map_err(bind_err)?;
         let chat = (settings.mode == Mode::Chat).then(|| Mutex::new(Chat::default()));
+        let mut settings = settings;
+        let lowered = match map_capacity() {
+            Some((allowed, max_maps)) if allowed < settings.max_conns => {
+                let asked = settings.max_conns;
+                settings.max_conns = allowed.max(1);
+                Some((asked, settings.max_conns, max_maps))
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             settings,
             log,
@@ -239,18 +275,25 @@ impl Server {
             freed: Condvar::new(),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            classic: Arc::default(),
             chat,
         });
         Ok(Self {
             listener,
             addr,
             shared,
+            lowered,
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections served at once: `--max-conns`, or less if memory maps run out first.
+    pub fn max_conns(&self) -> usize {
+        self.shared.settings.max_conns
     }
 
     /// A handle to stop the server from another thread.
@@ -265,6 +308,13 @@ impl Server {
     /// exhaustion: newcomers that cannot be served get `END server-full`.
     pub fn run(self) -> Result<(), ServerError> {
         self.shared.log.emit(Event::Listening(self.addr));
+        if let Some((asked, allowed, max_map_count)) = self.lowered {
+            self.shared.log.emit(Event::CapacityLowered {
+                asked,
+                allowed,
+                max_map_count,
+            });
+        }
         // A spare descriptor, given up when accept fails for lack of descriptors so the
         // newcomer can still be told why it is refused (instead of spinning on EMFILE).
         let mut reserve = File::open("/dev/null").ok();
@@ -334,6 +384,10 @@ impl Server {
 
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let sh = &self.shared;
+        if sh.settings.wire == Wire::Classic {
+            crate::net::classic::admit(&sh.classic, &sh.settings, &sh.log, stream, peer);
+            return;
+        }
         let max = sh.settings.max_conns;
         if sh.conns().len() >= max {
             refuse(
@@ -425,7 +479,7 @@ impl ServerHandle {
 
     /// Connections currently holding threads.
     pub fn connections(&self) -> usize {
-        self.shared.conns().len()
+        self.shared.conns().len() + self.shared.classic.len()
     }
 
     /// Stops accepting, sends `END server-shutdown` to every client and waits (at most about
@@ -446,6 +500,10 @@ impl ServerHandle {
             _ => self.addr,
         };
         let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(100));
+        if sh.settings.wire == Wire::Classic {
+            sh.classic.shutdown(&sh.log, SHUTDOWN_GRACE);
+            return;
+        }
         let conns: Vec<Arc<Conn>> = sh.conns().values().cloned().collect();
         // Chat members hear who is leaving before they are told to go themselves.
         if let Some(mut chat) = sh.chat() {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod classic;
 mod manual_cases;
 mod node;
 mod prompts_config;

@@ -205,19 +205,30 @@ fn a_thousand_idle_clients_cost_no_cpu_between_deadlines() {
     use std::io::Read;
     let _w = Watchdog::new("1000-idle", ms(30_000));
     let srv = Server::start(&[]);
-    // A burst of 1,000 connects also exercises the listen backlog.
-    let mut socks: Vec<std::net::TcpStream> = (0..1000)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap())
-        .collect();
-    for s in &mut socks {
-        s.set_read_timeout(Some(PROMPT)).unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        assert!(
-            buf[..n].starts_with(b"HELLO hb/1"),
-            "{:?}",
-            String::from_utf8_lossy(&buf[..n])
-        );
+    // The listen backlog is 1024 (std's TcpListener would give 128): `ss` shows it as Send-Q.
+    let ss = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", srv.port)])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert_eq!(ss.split_whitespace().nth(2), Some("1024"), "{ss}");
+    // Connect in bursts of 100, each confirmed by its HELLO before the next.
+    let mut socks: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..10 {
+        let burst: Vec<std::net::TcpStream> = (0..100)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap())
+            .collect();
+        for mut s in burst {
+            s.set_read_timeout(Some(PROMPT)).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                buf[..n].starts_with(b"HELLO hb/1"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            socks.push(s);
+        }
     }
     let pid = srv.proc.pid();
     let before = cpu_ticks(pid);
@@ -240,30 +251,8 @@ fn a_thousand_idle_clients_cost_no_cpu_between_deadlines() {
 #[test]
 fn out_of_file_descriptors_refuses_with_server_full_and_keeps_serving() {
     let _w = Watchdog::new("emfile", ms(20_000));
-    let dir = temp_dir();
-    let server = bin("hb-server");
-    let script = format!(
-        "ulimit -n 32 && exec {} --defaults --port 0",
-        server.display()
-    );
-    let mut proc = {
-        let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", &script]).current_dir(&dir);
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stdout = Lines::spawn_from(child.stdout.take().unwrap());
-        let stderr = Lines::spawn_from(child.stderr.take().unwrap());
-        Proc {
-            child,
-            stdout,
-            stderr,
-            stdin: None,
-        }
-    };
-    let (_, line) = proc.stdout.wait_for("listening on", PROMPT);
-    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    let mut srv = Server::start_limited("-n 32");
+    let (port, proc) = (srv.port, &mut srv.proc);
     let mut served = Vec::new();
     let mut refused = 0;
     for _ in 0..60 {
@@ -314,4 +303,66 @@ fn out_of_file_descriptors_refuses_with_server_full_and_keeps_serving() {
         proc.stdout.text()
     );
     assert!(proc.child.try_wait().unwrap().is_none(), "server died");
+}
+
+#[test]
+fn out_of_threads_refuses_with_server_full_and_keeps_serving() {
+    let _w = Watchdog::new("no-threads", ms(30_000));
+    // A 400 MB address-space limit runs out of room for thread stacks after a few hundred
+    // connections; every later spawn fails and must turn into a refusal, not an abort.
+    let mut srv = Server::start_limited("-v 400000");
+    let mut first = Peer::connect(srv.port);
+    first.expect(HELLO, PROMPT);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..3000 {
+        let mut p = Peer::connect(srv.port);
+        let (_, l) = p.line(PROMPT);
+        if l == "END server-full" {
+            refused += 1;
+            if refused == 20 {
+                break;
+            }
+        } else {
+            held.push(p);
+        }
+    }
+    assert_eq!(
+        refused,
+        20,
+        "never ran out of threads with {} clients",
+        held.len()
+    );
+    srv.log().wait_for("cannot start a thread", PROMPT);
+    first.send(b"MSG still here\n");
+    first.expect("ECHO still here", PROMPT);
+    assert!(srv.proc.child.try_wait().unwrap().is_none(), "server died");
+}
+
+#[test]
+fn max_conns_beyond_the_memory_map_limit_is_lowered_and_said() {
+    let _w = Watchdog::new("map-cap", ms(10_000));
+    let max_maps: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Eight maps per client: asking for as many clients as there are maps is always too many.
+    let asked = max_maps.to_string();
+    let mut srv = Server::start(&["--max-conns", &asked]);
+    let (_, line) = srv.log().wait_for("serving at most", PROMPT);
+    let allowed: usize = line
+        .split("serving at most ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        allowed < max_maps / 8 && allowed > max_maps / 8 - 500,
+        "{line}"
+    );
+    assert!(line.contains(&format!("not {asked}")), "{line}");
 }

@@ -140,8 +140,19 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], dir: &Path, stdin: Option<&str>) -> Self {
         let mut cmd = Command::new(bin(name));
-        cmd.args(args)
-            .current_dir(dir)
+        cmd.args(args);
+        Self::from_command(cmd, dir, stdin)
+    }
+
+    /// Runs `script` with `sh -c` (for `ulimit` and the like before an `exec`).
+    pub fn spawn_sh(script: &str, dir: &Path) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        Self::from_command(cmd, dir, None)
+    }
+
+    fn from_command(mut cmd: Command, dir: &Path, stdin: Option<&str>) -> Self {
+        cmd.current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() {
@@ -149,7 +160,7 @@ impl Proc {
         } else {
             Stdio::null()
         });
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let mut input = child.stdin.take();
         if let (Some(text), Some(w)) = (stdin, input.as_mut()) {
             w.write_all(text.as_bytes()).unwrap();
@@ -227,7 +238,20 @@ impl Server {
 
     /// Starts hb-server with exactly `args`, waiting for `listening on`.
     pub fn start_raw(args: &[&str], dir: &Path, stdin: Option<&str>) -> Self {
-        let mut proc = Proc::spawn("hb-server", args, dir, stdin);
+        Self::started(Proc::spawn("hb-server", args, dir, stdin), dir)
+    }
+
+    /// `hb-server --defaults --port 0` under the resource limit `ulimit_args` (e.g. `-n 32`).
+    pub fn start_limited(ulimit_args: &str) -> Self {
+        let dir = temp_dir();
+        let script = format!(
+            "ulimit {ulimit_args} && exec {} --defaults --port 0",
+            bin("hb-server").display()
+        );
+        Self::started(Proc::spawn_sh(&script, &dir), &dir)
+    }
+
+    fn started(mut proc: Proc, dir: &Path) -> Self {
         let (_, line) = proc.stdout.wait_for("listening on", PROMPT);
         let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
         Self {

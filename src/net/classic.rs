@@ -1,0 +1,898 @@
+//! The classic wire on real sockets: the server's two threads per client and the client.
+//!
+//! ## Server, per client
+//! ```text
+//!            accept loop (Server::run, shared with the line wire)
+//!                   │ admit: registers a ClassicConn, spawns two threads
+//!      ┌────────────┴──────────────────────┐
+//!  data-exchange thread               companion heartbeat thread
+//!  owns the data socket               owns the heartbeat socket
+//!   poll(data, bell)                   connects back to (client IP, client.port),
+//!   one read (≤ 1024) → handle_rx        retrying every 50 ms for up to 2 s
+//!     → "Echoing..." + those bytes     poll(heartbeat, bell) until the core's deadline
+//!   EOF → end(ClientClosed)            drain replies → handle_rx
+//!   end set → "End Connection"?        Heartbeat::poll → "heartbeat" / end(HeartbeatTimeout)
+//!     close, ring the companion        end set → "End Connection"?, close, ring the reader
+//! ```
+//! Each socket has exactly one writer: the thread that owns it. The two threads share the
+//! [`Heartbeat`] core behind a mutex and the first reason anyone gave for ending
+//! ([`ClassicEnd`]); each sleeps in poll(2) on its socket and an eventfd "bell" the other rings,
+//! so every wait is bounded by the core's next deadline and either side can end both at once.
+//!
+//! Fixed flaws of the original: a failed connect-back is logged and the client is still closed
+//! after idle + count * interval of silence (the core keeps its schedule, there is just no
+//! socket to send on); heartbeat replies are read as they arrive and the socket is drained
+//! right before every heartbeat, so a late reply proves liveness when it arrived and can never
+//! answer a later heartbeat; a failed heartbeat send ends the connection as a dead peer.
+//!
+//! ## Client
+//! The heartbeat listener is bound before the data socket connects. One thread reads the data
+//! socket, one accepts and reads the heartbeat socket; the calling thread is the only writer of
+//! both and drives the pure [`ClassicClient`].
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use crate::config::{ClientSettings, ServerSettings};
+use crate::core::classic::{
+    echo_reply, ClassicClient, ClassicClientAction, ClassicClientConfig, ClassicEnd,
+    ConnectBackSchedule, ECHO_PATIENCE, END_CONNECTION, HEARTBEAT, READ_SIZE,
+};
+use crate::core::client::Outcome;
+use crate::core::heartbeat::{Action, Heartbeat};
+use crate::core::wire::EndReason;
+use crate::net::client::{ClientError, ClientEvent};
+use crate::net::events::{Event, EventLog};
+
+/// Stack of each connection thread: a 1 KiB buffer and shallow calls.
+const THREAD_STACK: usize = 128 * 1024;
+/// Longest sleep when the heartbeat core has no deadline (absurdly large settings).
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// A write that makes no progress for this long means the peer stopped reading.
+const WRITE_STALL: Duration = Duration::from_secs(2);
+/// How long the final `End Connection` may take before the socket is closed anyway.
+const END_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How often the client's accept thread checks whether the session is over.
+const ACCEPT_TICK: Duration = Duration::from_millis(50);
+/// How long the client's threads may take to notice their sockets were shut down.
+const JOIN_WAIT: Duration = Duration::from_secs(1);
+
+/// An eventfd that wakes a thread sleeping in poll(2).
+struct Bell(OwnedFd);
+
+impl Bell {
+    fn new() -> io::Result<Self> {
+        use rustix::event::{eventfd, EventfdFlags};
+        Ok(Self(eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+        )?))
+    }
+
+    fn ring(&self) {
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    fn clear(&self) {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(&self.0, &mut b);
+    }
+}
+
+/// Waits until `sock` (if any) or `bell` is readable, or `wait` passes. Returns
+/// (socket ready, bell rang). A hang-up or error on the socket counts as ready: the next read
+/// reports it.
+fn wait2(sock: Option<BorrowedFd<'_>>, bell: &Bell, wait: Duration) -> io::Result<(bool, bool)> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let timeout = Timespec {
+        tv_sec: wait.as_secs() as _,
+        tv_nsec: wait.subsec_nanos() as _,
+    };
+    let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
+    let bell_fd = bell.0.as_fd();
+    let mut fds = Vec::with_capacity(2);
+    fds.push(PollFd::new(&bell_fd, PollFlags::IN));
+    if let Some(s) = sock.as_ref() {
+        fds.push(PollFd::new(s, PollFlags::IN));
+    }
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(_) => Ok((
+            fds.get(1).is_some_and(|f| f.revents().intersects(ready)),
+            fds[0].revents().intersects(ready),
+        )),
+        Err(rustix::io::Errno::INTR) => Ok((false, false)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One classic client on the server: what its two threads share.
+struct ClassicConn {
+    id: u64,
+    peer: SocketAddr,
+    /// Always `Some` until drop, which closes it before logging `closed`.
+    data: Option<TcpStream>,
+    hb: Mutex<Heartbeat>,
+    /// 0 while open, else [`ClassicEnd::code`] of the first reason given.
+    end: AtomicU8,
+    data_bell: Bell,
+    hb_bell: Bell,
+    /// Threads still running; the last one out frees the connection.
+    alive: AtomicU8,
+    log: EventLog,
+}
+
+impl ClassicConn {
+    fn data(&self) -> &TcpStream {
+        self.data
+            .as_ref()
+            .expect("the data socket lives as long as the connection")
+    }
+
+    fn heartbeat(&self) -> MutexGuard<'_, Heartbeat> {
+        // A panic under the lock loses at most this connection's timing; take it over.
+        self.hb.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn end(&self) -> Option<ClassicEnd> {
+        ClassicEnd::from_code(self.end.load(Ordering::Acquire))
+    }
+
+    /// Records why the connection ends and wakes both threads; true for the first reason.
+    fn set_end(&self, why: ClassicEnd) -> bool {
+        let first = self
+            .end
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        self.data_bell.ring();
+        self.hb_bell.ring();
+        first
+    }
+
+    /// Any bytes from the client prove it alive; logs the end of a round.
+    fn received(&self, at: Instant) {
+        let answered = self.heartbeat().handle_rx(at);
+        if let Some(a) = answered {
+            self.log.emit(Event::Answered {
+                id: self.id,
+                peer: self.peer,
+                after: a.after_pings,
+                rtt: a.rtt,
+            });
+        }
+    }
+}
+
+impl Drop for ClassicConn {
+    fn drop(&mut self) {
+        // Close first, so "closed" in the log means the descriptor is free.
+        drop(self.data.take());
+        self.log.emit(Event::Closed {
+            id: self.id,
+            peer: self.peer,
+        });
+    }
+}
+
+/// The classic connections of one server, so shutdown can end them all.
+#[derive(Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<u64, Arc<ClassicConn>>>,
+    /// Signalled whenever a connection is freed.
+    freed: Condvar,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<ClassicConn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connections still holding threads and descriptors.
+    pub fn len(&self) -> usize {
+        self.conns().len()
+    }
+
+    /// True when no classic connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn release(&self, conn: &ClassicConn) {
+        if conn.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.conns().remove(&conn.id);
+            self.freed.notify_all();
+        }
+    }
+
+    /// Sends `End Connection` on both sockets of every client and waits up to `grace` for
+    /// them to close; whoever is still stuck then has its data socket shut down.
+    pub fn shutdown(&self, log: &EventLog, grace: Duration) {
+        let conns: Vec<Arc<ClassicConn>> = self.conns().values().cloned().collect();
+        log.emit(Event::ShuttingDown {
+            clients: conns.len(),
+        });
+        for c in &conns {
+            c.set_end(ClassicEnd::ServerShutdown);
+        }
+        let deadline = Instant::now() + grace;
+        let mut guard = self.conns();
+        while !guard.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            guard = self
+                .freed
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        for c in guard.values() {
+            let _ = c.data().shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Serves one accepted classic client: registers it and starts its two threads. Never blocks
+/// the accept loop; a client that cannot be served is logged as refused and closed (the
+/// classic wire has no words for "server full").
+pub fn admit(
+    reg: &Arc<Registry>,
+    settings: &ServerSettings,
+    log: &EventLog,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let refuse = |detail: String| {
+        log.emit(Event::Refused {
+            peer: Some(peer),
+            reason: EndReason::ServerFull,
+            detail,
+        });
+    };
+    if reg.len() >= settings.max_conns {
+        refuse(format!("max-conns {} reached", settings.max_conns));
+        return;
+    }
+    let bells = Bell::new().and_then(|a| Ok((a, Bell::new()?)));
+    let (data_bell, hb_bell) = match bells {
+        Ok(b) => b,
+        Err(e) => {
+            refuse(format!("cannot create a wake-up descriptor: {e}"));
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let cfg = settings.heartbeat;
+    let id = reg.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let conn = Arc::new(ClassicConn {
+        id,
+        peer,
+        data: Some(stream),
+        hb: Mutex::new(Heartbeat::new(cfg, Instant::now())),
+        end: AtomicU8::new(0),
+        data_bell,
+        hb_bell,
+        alive: AtomicU8::new(2),
+        log: log.clone(),
+    });
+    reg.conns().insert(id, conn.clone());
+    log.emit(Event::Connected { id, peer });
+    let to = SocketAddr::new(peer.ip(), settings.classic_client_port);
+    let (r2, c2) = (reg.clone(), conn.clone());
+    let companion = thread::Builder::new()
+        .name(format!("hb-classic-hb-{id}"))
+        .stack_size(THREAD_STACK)
+        .spawn(move || companion(&r2, &c2, to));
+    if let Err(e) = companion {
+        reg.conns().remove(&id);
+        refuse(format!("cannot start a thread: {e}"));
+        return;
+    }
+    let (r2, c2) = (reg.clone(), conn.clone());
+    let reader = thread::Builder::new()
+        .name(format!("hb-classic-data-{id}"))
+        .stack_size(THREAD_STACK)
+        .spawn(move || data_exchange(&r2, &c2));
+    if let Err(e) = reader {
+        refuse(format!("cannot start a thread: {e}"));
+        conn.set_end(ClassicEnd::ServerShutdown);
+        let _ = conn.data().shutdown(Shutdown::Both);
+        reg.release(&conn);
+    }
+}
+
+/// The data-exchange thread: the only reader and writer of the data socket.
+fn data_exchange(reg: &Registry, conn: &ClassicConn) {
+    let stream = conn.data();
+    let _ = stream.set_write_timeout(Some(WRITE_STALL));
+    // poll() says when to read; this only bounds a read that poll() woke spuriously.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; READ_SIZE];
+    let closed_by_client = |error: Option<String>| {
+        if conn.set_end(ClassicEnd::ClientClosed) {
+            conn.log.emit(Event::ClosedByClient {
+                id: conn.id,
+                peer: conn.peer,
+                error,
+            });
+        }
+    };
+    while conn.end().is_none() {
+        match wait2(Some(stream.as_fd()), &conn.data_bell, MAX_WAIT) {
+            Ok((true, _)) => {}
+            Ok((false, rang)) => {
+                if rang {
+                    conn.data_bell.clear();
+                }
+                continue;
+            }
+            Err(e) => {
+                closed_by_client(Some(e.to_string()));
+                break;
+            }
+        }
+        match (&*stream).read(&mut buf) {
+            Ok(0) => {
+                closed_by_client(None);
+                break;
+            }
+            Ok(n) => {
+                conn.received(Instant::now());
+                // Exactly the bytes of this one read, like the original: no framing exists.
+                if let Err(e) = (&*stream).write_all(&echo_reply(&buf[..n])) {
+                    if conn.set_end(ClassicEnd::DataWriteFailed) {
+                        conn.log.emit(Event::WriteFailed {
+                            id: conn.id,
+                            peer: conn.peer,
+                            error: e.to_string(),
+                        });
+                    }
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                closed_by_client(Some(e.to_string()));
+                break;
+            }
+        }
+    }
+    let why = conn.end().unwrap_or(ClassicEnd::ClientClosed);
+    if why.sends_end_connection() {
+        if why != ClassicEnd::DataWriteFailed {
+            let _ = stream.set_write_timeout(Some(END_WRITE_TIMEOUT));
+            let _ = (&*stream).write_all(END_CONNECTION);
+        }
+        conn.log.emit(Event::EndConnectionSent {
+            id: conn.id,
+            peer: conn.peer,
+            why,
+        });
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    conn.hb_bell.ring();
+    reg.release(conn);
+}
+
+/// The connect-back in progress: attempts on [`ConnectBackSchedule`], interleaved with the
+/// heartbeat core's deadlines so a client is closed on time even if it never listens.
+struct ConnectBack {
+    to: SocketAddr,
+    sched: ConnectBackSchedule,
+    start: Instant,
+    made: u32,
+    last_error: String,
+}
+
+impl ConnectBack {
+    fn new(to: SocketAddr, now: Instant) -> Self {
+        Self {
+            to,
+            sched: ConnectBackSchedule::default(),
+            start: now,
+            made: 0,
+            last_error: String::from("no attempt made"),
+        }
+    }
+
+    /// When the next attempt is due, `None` once the schedule is used up.
+    fn next_at(&self) -> Option<Instant> {
+        self.sched
+            .attempt_at(self.made)
+            .and_then(|d| self.start.checked_add(d))
+    }
+
+    /// Makes one attempt (bounded by the schedule's step).
+    fn attempt(&mut self, conn: &ClassicConn) -> Option<TcpStream> {
+        self.made += 1;
+        match TcpStream::connect_timeout(&self.to, self.sched.attempt_timeout()) {
+            Ok(s) => {
+                conn.log.emit(Event::ConnectedBack {
+                    id: conn.id,
+                    peer: conn.peer,
+                    to: self.to,
+                    attempts: self.made,
+                });
+                Some(s)
+            }
+            Err(e) => {
+                self.last_error = e.to_string();
+                None
+            }
+        }
+    }
+
+    /// Logs that the heartbeat socket never came (schedule used up, or the connection ended
+    /// while still trying).
+    fn give_up(self, conn: &ClassicConn) {
+        conn.log.emit(Event::ConnectBackFailed {
+            id: conn.id,
+            peer: conn.peer,
+            to: self.to,
+            attempts: self.made,
+            error: self.last_error,
+        });
+    }
+}
+
+/// What a non-blocking read of the heartbeat socket found.
+enum Drained {
+    Nothing,
+    Bytes,
+    Closed,
+}
+
+/// Reads everything the heartbeat socket holds right now without blocking.
+fn drain(sock: &TcpStream, buf: &mut [u8]) -> Drained {
+    use rustix::net::{recv, RecvFlags};
+    let mut got = Drained::Nothing;
+    loop {
+        match recv(sock, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Drained::Closed,
+            Ok(_) => got = Drained::Bytes,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return got,
+            Err(_) => return Drained::Closed,
+        }
+    }
+}
+
+/// The companion heartbeat thread: the only reader and writer of the heartbeat socket.
+fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
+    let (id, peer) = (conn.id, conn.peer);
+    let mut back = Some(ConnectBack::new(to, Instant::now()));
+    let mut sock: Option<TcpStream> = None;
+    // False until connected, and again once the client closed its end: nothing more to read,
+    // and a heartbeat due then finds a dead peer.
+    let mut readable = false;
+    let mut buf = [0u8; READ_SIZE];
+    let (idle, count) = {
+        let hb = conn.heartbeat();
+        (hb.config().idle(), hb.config().count())
+    };
+    while conn.end().is_none() {
+        if let Some(b) = back.as_mut() {
+            if b.next_at().is_some_and(|at| at <= Instant::now()) {
+                if let Some(s) = b.attempt(conn) {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_write_timeout(Some(WRITE_STALL));
+                    sock = Some(s);
+                    readable = true;
+                    back = None;
+                }
+            }
+            if back.as_ref().is_some_and(|b| b.next_at().is_none()) {
+                if let Some(b) = back.take() {
+                    b.give_up(conn);
+                }
+            }
+        }
+        // Drain before acting: a reply that arrived before a heartbeat is due counts as
+        // liveness now, never as the answer to the heartbeat about to be sent.
+        if let (Some(s), true) = (&sock, readable) {
+            match drain(s, &mut buf) {
+                Drained::Nothing => {}
+                Drained::Bytes => conn.received(Instant::now()),
+                Drained::Closed => readable = false,
+            }
+        }
+        let now = Instant::now();
+        loop {
+            let action = conn.heartbeat().poll(now);
+            match action {
+                None => break,
+                Some(Action::SendPing(k)) => {
+                    if k == 1 {
+                        conn.log.emit(Event::RoundStarted { id, peer, idle });
+                    }
+                    match &sock {
+                        // Still connecting back, or never managed to: the core keeps the
+                        // schedule, so a silent client is still closed on time.
+                        None => conn.log.emit(Event::HeartbeatNotSent {
+                            id,
+                            peer,
+                            k,
+                            n: count,
+                        }),
+                        Some(_) if !readable => {
+                            conn.set_end(ClassicEnd::HeartbeatLost);
+                        }
+                        Some(s) => match (&*s).write_all(HEARTBEAT) {
+                            Ok(()) => conn.log.emit(Event::PingSent {
+                                id,
+                                peer,
+                                k,
+                                n: count,
+                            }),
+                            Err(e) => {
+                                if conn.set_end(ClassicEnd::HeartbeatLost) {
+                                    conn.log.emit(Event::WriteFailed {
+                                        id,
+                                        peer,
+                                        error: e.to_string(),
+                                    });
+                                }
+                            }
+                        },
+                    }
+                }
+                Some(Action::Dead) => {
+                    conn.set_end(ClassicEnd::HeartbeatTimeout);
+                }
+            }
+            if conn.end().is_some() {
+                break;
+            }
+        }
+        if conn.end().is_some() {
+            break;
+        }
+        let next_attempt = back.as_ref().and_then(ConnectBack::next_at);
+        let wait = [conn.heartbeat().poll_timeout(), next_attempt]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(MAX_WAIT, |at| at.saturating_duration_since(Instant::now()))
+            .clamp(Duration::from_millis(1), MAX_WAIT);
+        let fd = sock.as_ref().filter(|_| readable).map(|s| s.as_fd());
+        match wait2(fd, &conn.hb_bell, wait) {
+            Ok((_, true)) => conn.hb_bell.clear(),
+            Ok(_) => {}
+            // poll(2) itself failing is not the client's fault; do not spin on it.
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    if let Some(b) = back.take() {
+        b.give_up(conn);
+    }
+    let why = conn.end().unwrap_or(ClassicEnd::ClientClosed);
+    if let Some(s) = sock.take() {
+        if why.sends_end_connection() && why != ClassicEnd::HeartbeatLost {
+            let _ = s.set_write_timeout(Some(END_WRITE_TIMEOUT));
+            let _ = (&s).write_all(END_CONNECTION);
+        }
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    conn.data_bell.ring();
+    reg.release(conn);
+}
+
+/// Bytes for a log line: text as is, control characters escaped.
+fn show(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(bytes).chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Binds the classic client's heartbeat listener on `host:port` (port 0: any free port).
+pub fn listen_for_heartbeat(host: &str, port: u16) -> Result<TcpListener, ClientError> {
+    let addr = format!("{host}:{port}");
+    let err = |source| ClientError::Listen {
+        addr: addr.clone(),
+        source,
+    };
+    let mut last = io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        "host resolved to no address",
+    );
+    for a in (host, port).to_socket_addrs().map_err(err)? {
+        match TcpListener::bind(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(err(last))
+}
+
+/// What the client's reader threads report.
+enum Incoming {
+    Data(Vec<u8>, Instant),
+    DataClosed(Instant),
+    HbConnected(TcpStream, SocketAddr),
+    Hb(Vec<u8>, Instant),
+    HbClosed,
+}
+
+fn read_data(mut s: TcpStream, tx: Sender<Incoming>) {
+    let mut buf = [0u8; READ_SIZE];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Incoming::DataClosed(Instant::now()));
+                return;
+            }
+            Ok(n) => {
+                if tx
+                    .send(Incoming::Data(buf[..n].to_vec(), Instant::now()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn accept_and_read_heartbeat(listener: TcpListener, done: &AtomicBool, tx: Sender<Incoming>) {
+    let mut sock = loop {
+        if done.load(Ordering::Acquire) {
+            return;
+        }
+        if !matches!(poll_listener(&listener, ACCEPT_TICK), Ok(true)) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((s, from)) => break (s, from),
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    // One heartbeat socket per session, like the original: stop listening once it is here.
+    drop(listener);
+    let _ = sock.0.set_nonblocking(false);
+    let Ok(writer) = sock.0.try_clone() else {
+        return;
+    };
+    if tx.send(Incoming::HbConnected(writer, sock.1)).is_err() {
+        return;
+    }
+    // The session may end before the socket is handed over (and so shut down): wake up every
+    // tick to notice.
+    let _ = sock.0.set_read_timeout(Some(ACCEPT_TICK));
+    let mut buf = [0u8; READ_SIZE];
+    while !done.load(Ordering::Acquire) {
+        match sock.0.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                if tx
+                    .send(Incoming::Hb(buf[..n].to_vec(), Instant::now()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Ok(_) | Err(_) => {
+                let _ = tx.send(Incoming::HbClosed);
+                return;
+            }
+        }
+    }
+}
+
+fn poll_listener(l: &TcpListener, wait: Duration) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let timeout = Timespec {
+        tv_sec: wait.as_secs() as _,
+        tv_nsec: wait.subsec_nanos() as _,
+    };
+    let mut fds = [PollFd::new(l, PollFlags::IN)];
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs one classic-wire client session: listens on `client.host:client.port` for the
+/// server's heartbeat socket, then connects the data socket. `stop` firing ends it (exit 0).
+pub fn run_client(
+    settings: &ClientSettings,
+    log: &EventLog<ClientEvent>,
+    stop: &Receiver<()>,
+) -> Result<Outcome, ClientError> {
+    let listener = listen_for_heartbeat(&settings.listen_host, settings.listen_port)?;
+    run_client_with_listener(settings, listener, log, stop)
+}
+
+/// Like [`run_client`] with a heartbeat listener bound by the caller (so the caller knows its
+/// port before the server needs it).
+pub fn run_client_with_listener(
+    settings: &ClientSettings,
+    listener: TcpListener,
+    log: &EventLog<ClientEvent>,
+    stop: &Receiver<()>,
+) -> Result<Outcome, ClientError> {
+    let listen_err = |source| ClientError::Listen {
+        addr: format!("{}:{}", settings.listen_host, settings.listen_port),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    let data = crate::net::client::connect(&settings.host, settings.port)?;
+    let _ = data.set_nodelay(true);
+    let _ = data.set_write_timeout(Some(WRITE_STALL));
+    if let Ok(p) = data.peer_addr() {
+        log.emit(ClientEvent::Connected(p));
+    }
+    let connect_err = |source| ClientError::Connect {
+        addr: format!("{}:{}", settings.host, settings.port),
+        source,
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1024);
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (s, tx) = (data.try_clone().map_err(connect_err)?, tx.clone());
+        thread::spawn(move || read_data(s, tx))
+    };
+    let hb_reader = {
+        let done = done.clone();
+        thread::spawn(move || accept_and_read_heartbeat(listener, &done, tx))
+    };
+    let cfg = ClassicClientConfig {
+        every: settings.every,
+        block: settings.block,
+        message: settings.message.clone().into_bytes(),
+        messages: settings.messages,
+        patience: ECHO_PATIENCE,
+    };
+    let mut hb_sock = None;
+    let outcome = client_session(
+        &data,
+        &mut hb_sock,
+        ClassicClient::new(cfg, Instant::now()),
+        &rx,
+        stop,
+        log,
+    );
+    done.store(true, Ordering::Release);
+    let _ = data.shutdown(Shutdown::Both);
+    // The heartbeat socket may still be in the channel, not yet handed over: take it too.
+    for inc in rx.try_iter() {
+        if let Incoming::HbConnected(s, _) = inc {
+            hb_sock = Some(s);
+        }
+    }
+    if let Some(s) = &hb_sock {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    drop(rx);
+    // Both threads end once their sockets are shut down (or within one accept tick).
+    let deadline = Instant::now() + JOIN_WAIT;
+    for t in [reader, hb_reader] {
+        while !t.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+    Ok(outcome)
+}
+
+fn client_session(
+    data: &TcpStream,
+    hb_sock: &mut Option<TcpStream>,
+    mut client: ClassicClient,
+    rx: &Receiver<Incoming>,
+    stop: &Receiver<()>,
+    log: &EventLog<ClientEvent>,
+) -> Outcome {
+    // A dropped sender must not end the session: stop listening to it instead.
+    let mut stop = stop.clone();
+    loop {
+        let now = Instant::now();
+        while let Some(action) = client.poll(now) {
+            match action {
+                ClassicClientAction::SendData(bytes) => {
+                    if (&*data).write_all(&bytes).is_err() {
+                        // The server is gone; an `End Connection` it sent first still says why.
+                        while let Ok(inc) = rx.recv_timeout(Duration::from_millis(50)) {
+                            if let Some(o) = handle(&mut client, hb_sock, inc, log) {
+                                return o;
+                            }
+                        }
+                        return client.handle_data_eof(Instant::now());
+                    }
+                    log.emit(ClientEvent::Sent(show(&bytes)));
+                }
+                ClassicClientAction::SendHeartbeatReply(bytes) => {
+                    // A failed reply is the server's loss to notice; the data socket tells us.
+                    if let Some(s) = hb_sock.as_ref() {
+                        if (&*s).write_all(&bytes).is_ok() {
+                            log.emit(ClientEvent::Sent(format!("[heartbeat] {}", show(&bytes))));
+                        }
+                    }
+                }
+                ClassicClientAction::Finish(o) => return o,
+            }
+        }
+        let timeout = client
+            .poll_timeout()
+            .map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+        select! {
+            recv(rx) -> inc => {
+                let Ok(inc) = inc else { return client.handle_data_eof(Instant::now()) };
+                if let Some(o) = handle(&mut client, hb_sock, inc, log) {
+                    return o;
+                }
+            }
+            recv(stop) -> msg => {
+                if msg.is_ok() {
+                    return Outcome::UserEnded;
+                }
+                stop = crossbeam_channel::never();
+            }
+            default(timeout) => {}
+        }
+    }
+}
+
+fn handle(
+    client: &mut ClassicClient,
+    hb_sock: &mut Option<TcpStream>,
+    inc: Incoming,
+    log: &EventLog<ClientEvent>,
+) -> Option<Outcome> {
+    match inc {
+        Incoming::Data(bytes, at) => {
+            log.emit(ClientEvent::Received(show(&bytes)));
+            client.handle_data(at, &bytes)
+        }
+        Incoming::DataClosed(at) => Some(client.handle_data_eof(at)),
+        Incoming::HbConnected(s, from) => {
+            let _ = s.set_nodelay(true);
+            let _ = s.set_write_timeout(Some(WRITE_STALL));
+            log.emit(ClientEvent::Received(format!(
+                "[heartbeat] socket connected from {from}"
+            )));
+            *hb_sock = Some(s);
+            None
+        }
+        Incoming::Hb(bytes, at) => {
+            log.emit(ClientEvent::Received(format!(
+                "[heartbeat] {}",
+                show(&bytes)
+            )));
+            client.handle_heartbeat(at, &bytes)
+        }
+        // The data socket decides how the session ends.
+        Incoming::HbClosed => None,
+    }
+}
