@@ -286,6 +286,12 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
         };
         let add = target - tried_total(&lg);
         connect(&mut lg, srv.addr, add, true, &format!("connect {target}"))?;
+        let beat = secs_arg(p.hold_interval);
+        if i == 0 && p.hold < beat * 3 {
+            // A short window would see no heartbeat at all (the first comes one idle period
+            // after a connection's last byte): wait for them to start.
+            idle(&mut lg, beat, "wait for heartbeats")?;
+        }
         match hold_row(
             &mut lg,
             &mut srv,
@@ -339,11 +345,9 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
         .last()
         .or(last_stock)
         .map_or(f64::NAN, |r| r.per_conn_kib);
-    let cpu8k = all
-        .iter()
-        .filter(|r| r.held >= 7900)
-        .map(|r| r.cpu_pct)
-        .fold(f64::NAN, f64::min);
+    let row8k = rows2.iter().chain(rows.iter()).find(|r| r.held >= 7900);
+    let cpu8k = row8k.map_or(f64::NAN, |r| r.cpu_pct);
+    let beats8k = row8k.map_or(0, |r| r.pongs);
 
     let svg = ctx.report.svg_dir.join("connections.svg");
     let pts = |rows: &[HoldRow], f: fn(&HoldRow) -> f64| -> Vec<(f64, f64)> {
@@ -425,11 +429,19 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
         yes(per_conn <= 32.0),
         p.hold_interval,
         if cpu8k.is_finite() {
-            format!("{cpu8k:.2}%")
+            format!(
+                "{cpu8k:.2}% with {beats8k} heartbeats answered in the window \
+                 (count 1, so one heartbeat per connection per interval; the default count 3 \
+                 has idle 30 s and a third of the heartbeats)"
+            )
         } else {
             "n/a: 8k connections were never held at once".into()
         },
-        yes(cpu8k <= 1.0),
+        if beats8k == 0 {
+            "**not shown**: no heartbeat fell in the window"
+        } else {
+            yes(cpu8k <= 1.0)
+        },
         ctx.machine.max_map_count,
         ctx.machine.max_map_count as f64 / maps_per_conn.max(1.0),
         ctx.machine.pid_max,

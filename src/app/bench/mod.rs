@@ -338,11 +338,24 @@ impl Report {
             svg_link: "bench".into(),
             preamble,
         };
+        let busy = machine
+            .loadavg
+            .split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .is_some_and(|l| l > machine.cores as f64);
         let head = format!(
             "# BENCHMARKS\n\nWritten by `hb-bench` (see README: how to run it). Every number below \
              was measured in one run on one machine; peers (`ncat --chat`, `redis-server`) ran \
-             on loopback in the same run.\n\n{}\n",
-            report.preamble
+             on loopback in the same run, so ratios compare like with like.\n\n{}{}\n",
+            report.preamble,
+            if busy {
+                "\n**The machine was busy with other work during this run** (load average above \
+                 the number of cores): absolute numbers are noisy and vary from run to run; the \
+                 ratios, taken seconds apart, less so.\n"
+            } else {
+                ""
+            }
         );
         report.write(&head, false)?;
         Ok(report)
@@ -442,8 +455,12 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    if let Some(p) = &report.path {
-        eprintln!("hb-bench: report written to {}", p.display());
+    match &report.path {
+        Some(p) => eprintln!("hb-bench: report written to {}", p.display()),
+        // Smoke without --out: the SVGs were drawn only to prove they can be.
+        None => {
+            let _ = std::fs::remove_dir_all(&report.svg_dir);
+        }
     }
     if failures.is_empty() {
         Ok(())

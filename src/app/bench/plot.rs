@@ -134,9 +134,16 @@ pub fn bars(
         .y_desc(y_label)
         .draw()
         .map_err(|e| err(path, e))?;
+    // One colour per group (the label's first word: the peer), in order of appearance.
+    let mut groups: Vec<&str> = Vec::new();
     chart
-        .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-            let color = COLORS[i % COLORS.len()];
+        .draw_series(bars.iter().enumerate().map(|(i, (name, v))| {
+            let g = name.split(' ').next().unwrap_or("");
+            let k = groups.iter().position(|x| *x == g).unwrap_or_else(|| {
+                groups.push(g);
+                groups.len() - 1
+            });
+            let color = COLORS[k % COLORS.len()];
             Rectangle::new(
                 [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
                 color.filled(),
