@@ -995,9 +995,6 @@ fn relay_run(
             .poll(Duration::from_millis(5))
             .map_err(io_err("polling"))?
         {
-            if std::env::var_os("HB_BENCH_DEBUG").is_some() {
-                eprintln!("probe: #{} {}", inc.id, String::from_utf8_lossy(&inc.line));
-            }
             if let (Some(&k), Some((0, _))) = (index.get(&inc.id), parse_mark(&inc.line)) {
                 ready[k] = true;
             }
@@ -1052,9 +1049,7 @@ fn relay_run(
             }
             (Some(s), None) => format!("closed it {s:.2} s after it stopped reading"),
             (None, Some(r)) => format!("sent it `END {r}`"),
-            (None, None) if still => {
-                "kept it connected (buffering for it) until the end of the window".into()
-            }
+            (None, None) if still => "kept it connected until the end of the window".into(),
             (None, None) => "closed it".into(),
         };
         let _ = write!(
