@@ -5,5 +5,6 @@ pub mod classic;
 pub mod client;
 pub mod conn;
 pub mod events;
+pub mod loadgen;
 pub mod rawsock;
 pub mod server;

@@ -1,5 +1,6 @@
 //! Integration tests: real processes on 127.0.0.1:0 with a watchdog.
 
+mod bench;
 mod chat;
 mod classic;
 mod faults;

@@ -1,0 +1,510 @@
+//! `hb-bench`: measures the real `hb-server` from outside and writes `BENCHMARKS.md`.
+//!
+//! ```text
+//!   hb-bench ── spawns ──> hb-server (child, loopback, port 0)   ncat --chat   redis-server
+//!      │                       ▲ RSS, threads, CPU, maps from /proc/PID
+//!      └── one thread: net::loadgen (epoll, thousands of non-blocking client sockets)
+//! ```
+//! Measurements, in order: connections held, heartbeat overhead, ghost detection latency,
+//! echo round trip, chat relay throughput (against ncat and Redis). Each prints its numbers,
+//! appends a section to the report and draws one SVG. `--quick` fits in two minutes,
+//! `--smoke` runs tiny versions and only checks that every measurement produced numbers.
+
+mod measure;
+mod peers;
+mod plot;
+mod procinfo;
+mod stats;
+
+use std::fmt;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+
+pub use procinfo::Machine;
+
+/// Measures hb-server against real peers and writes BENCHMARKS.md.
+///
+/// Starts the hb-server found next to this executable (and, when installed, `ncat --chat`
+/// and `redis-server`: `apt-get install ncat redis-server`; a missing peer is skipped with a
+/// note) on 127.0.0.1, drives it with one thread of non-blocking client sockets, and reads
+/// its RSS, threads and CPU from /proc. Only loopback addresses are used.
+///
+/// Without --quick the full run takes about ten minutes (30 s idle windows, up to capacity).
+///
+/// Exit status: 0 every measurement produced its numbers, 1 one failed (or the server
+/// aborted), 2 bad usage (flags, missing hb-server binary).
+#[derive(Debug, Parser)]
+#[command(name = "hb-bench", version)]
+pub struct BenchArgs {
+    /// Shorter windows and fewer steps: finishes in under two minutes
+    #[arg(long)]
+    pub quick: bool,
+    /// Tiny versions of every measurement; checks that each produced numbers, never a
+    /// speed. Writes no report unless --out is given
+    #[arg(long)]
+    pub smoke: bool,
+    /// Where to write the report (SVGs go to a `bench/` folder beside it)
+    /// [default: BENCHMARKS.md; none with --smoke]
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// The hb-server binary [default: hb-server next to this executable]
+    #[arg(long, value_name = "PATH")]
+    pub server: Option<PathBuf>,
+    /// Run only these measurements (1 connections, 2 heartbeat overhead, 3 detection,
+    /// 4 echo, 5 relay), comma-separated
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub only: Vec<u8>,
+}
+
+/// Why `hb-bench` failed.
+#[derive(Debug)]
+pub enum BenchError {
+    /// Bad flags or a missing hb-server binary (exit 2).
+    Usage(String),
+    /// A process could not be started (exit 1).
+    Spawn {
+        /// The command.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A socket, epoll or file operation failed (exit 1).
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A measurement produced no numbers, or the server died during it (exit 1).
+    Measurement(String),
+}
+
+impl BenchError {
+    /// The documented exit status.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Usage(s) | Self::Measurement(s) => f.write_str(s),
+            Self::Spawn { what, source } => write!(f, "cannot start {what}: {source}"),
+            Self::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for BenchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Spawn { source, .. } | Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// How big each measurement is: full, quick or smoke.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Name for the report (`full`, `quick`, `smoke`).
+    pub name: &'static str,
+    /// Connection counts held in turn at stock settings.
+    pub steps: Vec<usize>,
+    /// Idle window measured at each step.
+    pub hold: Duration,
+    /// Heartbeat interval (= idle, count 1) while holding connections.
+    pub hold_interval: &'static str,
+    /// `--max-conns` of the stock server (None: the server's default).
+    pub stock_max_conns: Option<usize>,
+    /// Connections tried against a server with `--max-conns` raised, to find capacity.
+    pub capacity_try: usize,
+    /// First step of the raised run, held for the full window (the 8k CPU target).
+    pub raised_first: usize,
+    /// Connections for the heartbeat-overhead measurement.
+    pub hb_conns: Vec<usize>,
+    /// Its heartbeat interval (= idle, count 1).
+    pub hb_interval: &'static str,
+    /// Its window.
+    pub hb_window: Duration,
+    /// Ghost clients.
+    pub ghosts: usize,
+    /// Ghost server settings: interval, count.
+    pub ghost_interval: &'static str,
+    /// Unanswered heartbeats before the server closes.
+    pub ghost_count: u32,
+    /// Concurrent echo clients, in turn.
+    pub echo_clients: Vec<usize>,
+    /// Echo window per client count.
+    pub echo_window: Duration,
+    /// Relay receivers, in turn.
+    pub relay_receivers: Vec<usize>,
+    /// Relay window per run.
+    pub relay_window: Duration,
+}
+
+impl Plan {
+    /// The plan for the given flags.
+    pub fn for_args(args: &BenchArgs) -> Self {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        if args.smoke {
+            Self {
+                name: "smoke",
+                steps: vec![20, 40],
+                hold: ms(500),
+                hold_interval: "0.2",
+                stock_max_conns: Some(30),
+                capacity_try: 60,
+                raised_first: 30,
+                hb_conns: vec![50],
+                hb_interval: "0.1",
+                hb_window: ms(600),
+                ghosts: 20,
+                ghost_interval: "0.1",
+                ghost_count: 2,
+                echo_clients: vec![1, 10],
+                echo_window: ms(300),
+                relay_receivers: vec![10],
+                relay_window: ms(400),
+            }
+        } else if args.quick {
+            Self {
+                name: "quick",
+                steps: vec![1000, 2000, 4000, 8000],
+                hold: s(3),
+                hold_interval: "10",
+                stock_max_conns: None,
+                capacity_try: 19_000,
+                raised_first: 8000,
+                hb_conns: vec![2000, 4000],
+                hb_interval: "2",
+                hb_window: s(3),
+                ghosts: 1000,
+                ghost_interval: "0.25",
+                ghost_count: 2,
+                echo_clients: vec![1, 10, 100],
+                echo_window: s(2),
+                relay_receivers: vec![10, 100],
+                relay_window: s(2),
+            }
+        } else {
+            Self {
+                name: "full",
+                steps: vec![1000, 2000, 4000, 8000],
+                hold: s(30),
+                hold_interval: "10",
+                stock_max_conns: None,
+                capacity_try: 19_000,
+                raised_first: 8000,
+                hb_conns: vec![2000, 4000, 8000],
+                hb_interval: "2",
+                hb_window: s(15),
+                ghosts: 1000,
+                ghost_interval: "1",
+                ghost_count: 3,
+                echo_clients: vec![1, 10, 100],
+                echo_window: s(10),
+                relay_receivers: vec![10, 100],
+                relay_window: s(10),
+            }
+        }
+    }
+}
+
+/// A progress bar on stderr: redrawn in place on a terminal, one line at the end otherwise.
+pub struct Progress {
+    label: String,
+    total: usize,
+    tty: bool,
+    start: Instant,
+}
+
+impl Progress {
+    /// Starts a bar for `total` units of work.
+    pub fn new(label: impl Into<String>, total: usize) -> Self {
+        Self {
+            label: label.into(),
+            total: total.max(1),
+            tty: io::stderr().is_terminal(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Shows `done` units complete.
+    pub fn set(&self, done: usize) {
+        if self.tty {
+            let _ = write!(io::stderr(), "\r{}", bar(&self.label, done, self.total));
+        }
+    }
+
+    /// Ends the bar with a summary line.
+    pub fn finish(&self, note: &str) {
+        let line = format!(
+            "{} ({:.1} s) {note}",
+            bar(&self.label, self.total, self.total),
+            self.start.elapsed().as_secs_f64()
+        );
+        if self.tty {
+            let _ = writeln!(io::stderr(), "\r{line}\x1b[K");
+        } else {
+            let _ = writeln!(io::stderr(), "{line}");
+        }
+    }
+}
+
+/// `label [#####.....] done/total`
+pub fn bar(label: &str, done: usize, total: usize) -> String {
+    const W: usize = 30;
+    let done = done.min(total);
+    let filled = done * W / total.max(1);
+    format!(
+        "{label} [{}{}] {done}/{total}",
+        "#".repeat(filled),
+        ".".repeat(W - filled)
+    )
+}
+
+/// `YYYY-MM-DD HH:MM UTC` for a time since the Unix epoch (civil-from-days, no time zone
+/// database needed).
+pub fn utc_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Where the report and its SVGs go.
+pub struct Report {
+    path: Option<PathBuf>,
+    /// Folder of the SVGs.
+    pub svg_dir: PathBuf,
+    /// The SVG folder as linked from the report.
+    pub svg_link: String,
+    /// How the report describes the run: command, machine, date.
+    pub preamble: String,
+}
+
+impl Report {
+    fn open(args: &BenchArgs, plan: &Plan, machine: &Machine) -> Result<Self, BenchError> {
+        let path = match (&args.out, args.smoke) {
+            (Some(p), _) => Some(p.clone()),
+            (None, true) => None,
+            (None, false) => Some(PathBuf::from("BENCHMARKS.md")),
+        };
+        let svg_dir = match &path {
+            Some(p) => p.parent().unwrap_or(Path::new("")).join("bench"),
+            None => std::env::temp_dir().join(format!("hb-bench-smoke-{}", std::process::id())),
+        };
+        std::fs::create_dir_all(&svg_dir)
+            .map_err(BenchError::io(format!("creating {}", svg_dir.display())))?;
+        let command = std::iter::once("hb-bench".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let preamble = format!(
+            "- command: `{command}` (plan: {})\n- machine: {}\n- date: {}\n",
+            plan.name,
+            machine.describe(),
+            utc_date(SystemTime::now())
+        );
+        let report = Self {
+            path,
+            svg_dir,
+            svg_link: "bench".into(),
+            preamble,
+        };
+        let busy = machine
+            .loadavg
+            .split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .is_some_and(|l| l > machine.cores as f64);
+        let head = format!(
+            "# BENCHMARKS\n\nWritten by `hb-bench` (see README: how to run it). Every number below \
+             was measured in one run on one machine; peers (`ncat --chat`, `redis-server`) ran \
+             on loopback in the same run, so ratios compare like with like.\n\n{}{}\n",
+            report.preamble,
+            if busy {
+                "\n**The machine was busy with other work during this run** (load average above \
+                 the number of cores): absolute numbers are noisy and vary from run to run; the \
+                 ratios, taken seconds apart, less so.\n"
+            } else {
+                ""
+            }
+        );
+        report.write(&head, false)?;
+        Ok(report)
+    }
+
+    fn write(&self, text: &str, append: bool) -> Result<(), BenchError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(path)
+            .map_err(BenchError::io(format!("opening {}", path.display())))?;
+        f.write_all(text.as_bytes())
+            .map_err(BenchError::io(format!("writing {}", path.display())))
+    }
+
+    /// Appends one measurement's section (with the command, machine and date).
+    pub fn section(&self, title: &str, body: &str) -> Result<(), BenchError> {
+        self.write(
+            &format!("\n## {title}\n\n{}\n{body}\n", self.preamble),
+            true,
+        )
+    }
+}
+
+/// What one measurement produced: printed, and checked by `--smoke`.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Measurement title.
+    pub title: String,
+    /// Numbers produced (name, value); empty means the measurement failed to measure.
+    pub numbers: Vec<(String, f64)>,
+}
+
+/// One measurement: runs, reports, and returns its numbers.
+type Measurement = fn(&measure::Ctx) -> Result<Outcome, BenchError>;
+
+/// Runs the plan; Ok when every measurement produced numbers.
+pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    let plan = Plan::for_args(args);
+    let server = match &args.server {
+        Some(p) if p.is_file() => p.clone(),
+        Some(p) => {
+            return Err(BenchError::Usage(format!(
+                "--server {}: no such file",
+                p.display()
+            )))
+        }
+        None => peers::sibling_binary("hb-server")?,
+    };
+    let machine = Machine::probe();
+    let report = Report::open(args, &plan, &machine)?;
+    eprintln!("hb-bench: plan {}; {}", plan.name, machine.describe());
+    let scratch = std::env::temp_dir().join(format!("hb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .map_err(BenchError::io(format!("creating {}", scratch.display())))?;
+    let ctx = measure::Ctx {
+        plan: &plan,
+        server: &server,
+        scratch: &scratch,
+        report: &report,
+        machine: &machine,
+    };
+    let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
+    let all: [(u8, Measurement); 5] = [
+        (1, measure::connections),
+        (2, measure::heartbeat_overhead),
+        (3, measure::detection),
+        (4, measure::echo),
+        (5, measure::relay),
+    ];
+    let mut failures = Vec::new();
+    for (n, f) in all {
+        if !wanted(n) {
+            continue;
+        }
+        match f(&ctx) {
+            Ok(o) if o.numbers.is_empty() => {
+                failures.push(format!("{}: produced no numbers", o.title));
+            }
+            Ok(o) => {
+                let nums: Vec<String> = o
+                    .numbers
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", fmt_num(*v)))
+                    .collect();
+                println!("[{n}] {}: {}", o.title, nums.join(", "));
+            }
+            Err(e) => {
+                eprintln!("hb-bench: measurement {n} failed: {e}");
+                failures.push(format!("measurement {n}: {e}"));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    match &report.path {
+        Some(p) => eprintln!("hb-bench: report written to {}", p.display()),
+        // Smoke without --out: the SVGs were drawn only to prove they can be.
+        None => {
+            let _ = std::fs::remove_dir_all(&report.svg_dir);
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(BenchError::Measurement(failures.join("; ")))
+    }
+}
+
+/// A number for humans: integers plainly, others with three significant decimals.
+pub fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(utc_date(UNIX_EPOCH), "1970-01-01 00:00 UTC");
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29 12:34:56
+        assert_eq!(utc_date(t), "2024-02-29 12:34 UTC");
+    }
+
+    #[test]
+    fn bar_fills_proportionally() {
+        assert_eq!(bar("x", 0, 10), format!("x [{}] 0/10", ".".repeat(30)));
+        assert_eq!(
+            bar("x", 5, 10),
+            format!("x [{}{}] 5/10", "#".repeat(15), ".".repeat(15))
+        );
+        assert_eq!(bar("x", 20, 10), format!("x [{}] 10/10", "#".repeat(30)));
+    }
+
+    #[test]
+    fn numbers_print_compactly() {
+        assert_eq!(fmt_num(8000.0), "8000");
+        assert_eq!(fmt_num(12.34567), "12.346");
+        assert_eq!(fmt_num(1234.567), "1234.6");
+    }
+}
