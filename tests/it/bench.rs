@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{temp_dir, Watchdog};
+use crate::support::{exclusive, temp_dir, Watchdog};
 
 #[test]
 fn smoke_run_reports_numbers_for_every_measurement() {
