@@ -42,6 +42,8 @@ const THREAD_STACK: usize = 128 * 1024;
 const MAX_READ_WAIT: Duration = Duration::from_secs(60);
 /// How long the final `END` line may take to write before the socket is closed anyway.
 const END_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+/// Most bytes the companion gathers from its queue into one write.
+const WRITE_BATCH: usize = 64 * 1024;
 /// How long shutdown waits for companions to deliver `END server-shutdown`.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
@@ -755,6 +757,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, rx: CompanionRx) {
             }
         }
     };
+    let mut batch = Vec::new();
     let end = 'run: loop {
         if let Some(reason) = conn.urgent_end() {
             break reason;
@@ -800,15 +803,37 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, rx: CompanionRx) {
                 break EndReason::Closed;
             };
             conn.dequeued(&item);
-            match item {
-                Out::Line(line) => {
-                    if !write(line.as_bytes()) {
-                        // A write fails when someone ended the connection (an eviction shuts
-                        // the socket down) or the client is gone: keep the first reason.
-                        break 'run conn.urgent_end().unwrap_or(EndReason::Closed);
+            let first = match item {
+                Out::Line(line) => line,
+                Out::End(reason) => break reason,
+            };
+            // Whatever else is already queued goes out in the same write: under load one
+            // syscall (and one wake-up of the client) carries many lines.
+            batch.clear();
+            batch.extend_from_slice(first.as_bytes());
+            let mut then_end = None;
+            while batch.len() < WRITE_BATCH {
+                let Ok(item) = rx.out.try_recv() else { break };
+                conn.dequeued(&item);
+                match item {
+                    Out::Line(line) => batch.extend_from_slice(line.as_bytes()),
+                    Out::End(reason) => {
+                        then_end = Some(reason);
+                        break;
                     }
                 }
-                Out::End(reason) => break reason,
+            }
+            if !write(&batch) {
+                // A write fails when someone ended the connection (an eviction shuts the
+                // socket down) or the client is gone: keep the first reason.
+                break 'run conn.urgent_end().unwrap_or(EndReason::Closed);
+            }
+            if batch.capacity() > 4 * WRITE_BATCH / 16 {
+                // Give back a burst's buffer: idle connections should stay small.
+                batch = Vec::new();
+            }
+            if let Some(reason) = then_end {
+                break reason;
             }
         } else {
             let _ = op.recv(&rx.bell);
