@@ -336,8 +336,10 @@ impl StdoutWriter {
         let spawned = std::thread::Builder::new()
             .name("hb-log".into())
             .spawn(move || {
-                let mut out = std::io::stdout();
-                for msg in rx {
+                // Lines that arrive together leave in one write; the buffer is flushed as soon
+                // as nothing more is waiting, so a quiet log is never held back.
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+                for msg in rx.iter() {
                     match msg {
                         // A closed stdout must not take the program down: errors are ignored.
                         ToStdout::Line(line) => {
@@ -347,6 +349,9 @@ impl StdoutWriter {
                             let _ = out.flush();
                             let _ = done.send(());
                         }
+                    }
+                    if rx.is_empty() {
+                        let _ = out.flush();
                     }
                     let n = lost.swap(0, std::sync::atomic::Ordering::Relaxed);
                     if n > 0 {
