@@ -525,15 +525,7 @@ fn case4(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
     let closed_at = Instant::now();
     drop(sock);
     // Wait (bounded) for the server to notice, then stop it.
-    let mut sev = Vec::new();
-    let limit = closed_at + Duration::from_secs(2);
-    while let Ok(e) = h.events.recv_deadline(limit) {
-        let done = matches!(e.event, Event::Closed { .. });
-        sev.push(e);
-        if done {
-            break;
-        }
-    }
+    let mut sev = events_until_closed(&h.events, closed_at + Duration::from_secs(2));
     sev.extend(h.stop());
     case4_verdict(t, fl, echoes, closed_at, sev)
 }
@@ -582,15 +574,7 @@ fn case4_classic(t: Timings, h: Harness) -> Result<Verdict, ScenarioError> {
     let closed_at = Instant::now();
     drop(sock);
     drop(hb_sock);
-    let mut sev = Vec::new();
-    let limit = closed_at + Duration::from_secs(2);
-    while let Ok(e) = h.events.recv_deadline(limit) {
-        let done = matches!(e.event, Event::Closed { .. });
-        sev.push(e);
-        if done {
-            break;
-        }
-    }
+    let mut sev = events_until_closed(&h.events, closed_at + Duration::from_secs(2));
     let fl = h.flavor();
     sev.extend(h.stop());
     case4_verdict(t, fl, echoes, closed_at, sev)
@@ -622,6 +606,19 @@ fn case4_verdict(
         ))
     );
     Ok(verdict(4, observed, pass))
+}
+
+/// The server's events up to its first `Closed` (or `limit`).
+fn events_until_closed(events: &Receiver<Stamped>, limit: Instant) -> Vec<Stamped> {
+    let mut seen = Vec::new();
+    while let Ok(e) = events.recv_deadline(limit) {
+        let done = matches!(e.event, Event::Closed { .. });
+        seen.push(e);
+        if done {
+            break;
+        }
+    }
+    seen
 }
 
 fn outcome_text(o: &Result<Outcome, String>) -> String {

@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -607,22 +607,10 @@ fn show(bytes: &[u8]) -> String {
 
 /// Binds the classic client's heartbeat listener on `host:port` (port 0: any free port).
 pub fn listen_for_heartbeat(host: &str, port: u16) -> Result<TcpListener, ClientError> {
-    let addr = format!("{host}:{port}");
-    let err = |source| ClientError::Listen {
-        addr: addr.clone(),
+    crate::net::try_each_addr(host, port, TcpListener::bind).map_err(|source| ClientError::Listen {
+        addr: format!("{host}:{port}"),
         source,
-    };
-    let mut last = io::Error::new(
-        io::ErrorKind::AddrNotAvailable,
-        "host resolved to no address",
-    );
-    for a in (host, port).to_socket_addrs().map_err(err)? {
-        match TcpListener::bind(a) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = e,
-        }
-    }
-    Err(err(last))
+    })
 }
 
 /// What the client's reader threads report.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
@@ -105,22 +105,13 @@ pub(crate) enum Incoming {
 
 /// Connects to `host:port`, trying each resolved address.
 pub fn connect(host: &str, port: u16) -> Result<TcpStream, ClientError> {
-    let addr = format!("{host}:{port}");
-    let err = |source| ClientError::Connect {
-        addr: addr.clone(),
+    crate::net::try_each_addr(host, port, |a| {
+        TcpStream::connect_timeout(&a, CONNECT_TIMEOUT)
+    })
+    .map_err(|source| ClientError::Connect {
+        addr: format!("{host}:{port}"),
         source,
-    };
-    let mut last = io::Error::new(
-        io::ErrorKind::AddrNotAvailable,
-        "host resolved to no address",
-    );
-    for a in (host, port).to_socket_addrs().map_err(err)? {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(err(last))
+    })
 }
 
 pub(crate) fn read_lines(mut stream: TcpStream, tx: Sender<Incoming>) {

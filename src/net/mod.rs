@@ -8,3 +8,24 @@ pub mod events;
 pub mod loadgen;
 pub mod rawsock;
 pub mod server;
+
+/// Resolves `host:port` and returns the first address `f` succeeds with, or the last error
+/// (a host name may resolve to several addresses, say IPv6 and IPv4, and only one may work).
+pub fn try_each_addr<T>(
+    host: &str,
+    port: u16,
+    mut f: impl FnMut(std::net::SocketAddr) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        "host resolved to no address",
+    );
+    for a in (host, port).to_socket_addrs()? {
+        match f(a) {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

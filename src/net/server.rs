@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -240,25 +240,8 @@ impl Server {
             addr: want.clone(),
             source,
         };
-        let addrs: Vec<SocketAddr> = (settings.host.as_str(), settings.port)
-            .to_socket_addrs()
-            .map_err(bind_err)?
-            .collect();
-        let mut last = io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            "host resolved to no address",
-        );
-        let mut bound = None;
-        for a in addrs {
-            match listen(a) {
-                Ok(l) => {
-                    bound = Some(l);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let listener = bound.ok_or_else(|| bind_err(last))?;
+        let listener =
+            crate::net::try_each_addr(&settings.host, settings.port, listen).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
         let chat = (settings.mode == Mode::Chat).then(|| Mutex::new(Chat::default()));
         let mut settings = settings;
