@@ -382,6 +382,7 @@ fn server_on(host: Ipv4Addr, extra: &[&str]) -> Server {
 
 #[test]
 fn cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals() {
+    let _x = exclusive();
     let _w = Watchdog::new("fault-idle-echo", ms(20_000));
     let Some(ns) = Netns::create("cable_pulled_while_idle_echo") else {
         return;
@@ -415,6 +416,7 @@ fn cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals() {
 
 #[test]
 fn cable_pulled_while_idle_chat_announces_left_heartbeat_timeout() {
+    let _x = exclusive();
     let _w = Watchdog::new("fault-idle-chat", ms(20_000));
     let Some(ns) = Netns::create("cable_pulled_while_idle_chat") else {
         return;
@@ -453,11 +455,11 @@ fn cable_pulled_while_idle_chat_announces_left_heartbeat_timeout() {
 /// pulled while the server is writing the echoes.
 #[test]
 fn cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody() {
+    let _x = exclusive();
     let _w = Watchdog::new("fault-mid-echo", ms(30_000));
     let Some(ns) = Netns::create("cable_pulled_mid_transfer_echo") else {
         return;
     };
-    let _x = exclusive();
     // A queue larger than the last window, so the only thing that can stop the server
     // writing is the pulled cable.
     let mut srv = server_on(ns.host_ip, &["--queue", "8000000"]);
@@ -518,11 +520,11 @@ fn cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody() {
 /// A talker floods the room; one member's cable is pulled while the server writes to it.
 #[test]
 fn cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace() {
+    let _x = exclusive();
     let _w = Watchdog::new("fault-mid-chat", ms(30_000));
     let Some(ns) = Netns::create("cable_pulled_mid_transfer_chat") else {
         return;
     };
-    let _x = exclusive();
     // A queue large enough that the write stalling on the dead path, not the queue, is what
     // notices first.
     let mut srv = server_on(ns.host_ip, &["--mode", "chat", "--queue", "8000000"]);
@@ -604,6 +606,7 @@ fn cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace() {
 
 #[test]
 fn frozen_client_is_detected_and_exits_3_or_4_after_sigcont() {
+    let _x = exclusive();
     let _w = Watchdog::new("fault-frozen-echo", ms(20_000));
     let mut srv = Server::start(&HB);
     let pid = srv.proc.pid();
@@ -646,6 +649,7 @@ fn frozen_client_is_detected_and_exits_3_or_4_after_sigcont() {
 
 #[test]
 fn frozen_chat_client_is_announced_and_exits_3_or_4_after_sigcont() {
+    let _x = exclusive();
     let _w = Watchdog::new("fault-frozen-chat", ms(20_000));
     let mut srv = Server::start(&["--mode", "chat", HB[0], HB[1], HB[2], HB[3], HB[4], HB[5]]);
     let pid = srv.proc.pid();
@@ -695,6 +699,7 @@ fn frozen_chat_client_is_announced_and_exits_3_or_4_after_sigcont() {
 
 #[test]
 fn sigkill_reset_and_half_close_are_closed_at_once_without_a_round() {
+    let _x = exclusive();
     let _w = Watchdog::new("fault-kill-rst-half", ms(20_000));
     let mut srv = Server::start(&HB);
     let pid = srv.proc.pid();
@@ -753,6 +758,7 @@ fn sigkill_reset_and_half_close_are_closed_at_once_without_a_round() {
 
 #[test]
 fn chat_reset_and_half_close_are_announced_as_left_closed_at_once() {
+    let _x = exclusive();
     let _w = Watchdog::new("fault-chat-rst-half", ms(20_000));
     let mut srv = Server::start(&["--mode", "chat", HB[0], HB[1], HB[2], HB[3], HB[4], HB[5]]);
     let pid = srv.proc.pid();
