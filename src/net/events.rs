@@ -312,6 +312,9 @@ impl<E: fmt::Display> EventLog<E> {
     }
 }
 
+/// How long the log thread rests after emptying its queue (see `StdoutWriter::start`).
+const LOG_BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Lines waiting for stdout before new ones are dropped (and counted).
 const STDOUT_BACKLOG: usize = 16_384;
 
@@ -352,6 +355,11 @@ impl StdoutWriter {
                     }
                     if rx.is_empty() {
                         let _ = out.flush();
+                        // Rest a moment before waiting again: while this thread is not
+                        // parked on the channel, a logging thread's send wakes nobody, so a
+                        // busy server pays one wake-up per batch of lines instead of one per
+                        // line. A line waits at most this long.
+                        std::thread::sleep(LOG_BATCH_PAUSE);
                     }
                     let n = lost.swap(0, std::sync::atomic::Ordering::Relaxed);
                     if n > 0 {

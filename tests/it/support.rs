@@ -17,19 +17,47 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 /// Default wait for something that should happen promptly.
 pub const PROMPT: Duration = Duration::from_secs(5);
 
-/// Tests that measure latency or saturate the CPU run one at a time: on two cores, one
-/// test's busy loops or floods would otherwise show up as another test's lateness. Take it
-/// before starting the test's [`Watchdog`], so waiting for it does not count.
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner())
+/// Latency-sensitive and CPU-heavy tests run alone; the others share the machine. Every test
+/// with a [`Watchdog`] holds the gate for reading; [`exclusive`] holds it for writing. On two
+/// cores one test's floods or busy loops would otherwise show up as another's lateness.
+static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    /// Set while this test thread holds the gate for writing (its watchdog must not read it).
+    static EXCLUSIVE_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Holds the machine for one test; take it before the test's [`Watchdog`].
+pub struct Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>);
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        EXCLUSIVE_HERE.with(|e| e.set(false));
+    }
+}
+
+/// Runs the calling test with no other watched test at the same time.
+pub fn exclusive() -> Exclusive {
+    let guard = GATE.write().unwrap_or_else(|p| p.into_inner());
+    EXCLUSIVE_HERE.with(|e| e.set(true));
+    Exclusive(guard)
 }
 
 /// Aborts the test process if the guard lives longer than `limit` (a hung test fails fast).
-pub struct Watchdog(crossbeam_channel::Sender<()>);
+/// It also holds the gate for reading, taken before the clock starts, so time spent waiting
+/// for an exclusive test to finish does not count against the limit.
+pub struct Watchdog(
+    crossbeam_channel::Sender<()>,
+    #[allow(dead_code)] Option<std::sync::RwLockReadGuard<'static, ()>>,
+);
 
 impl Watchdog {
     pub fn new(name: &'static str, limit: Duration) -> Self {
+        let shared = if EXCLUSIVE_HERE.with(|e| e.get()) {
+            None
+        } else {
+            Some(GATE.read().unwrap_or_else(|p| p.into_inner()))
+        };
         let (tx, rx) = crossbeam_channel::bounded::<()>(0);
         thread::spawn(move || {
             if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
@@ -37,7 +65,7 @@ impl Watchdog {
                 std::process::exit(101);
             }
         });
-        Self(tx)
+        Self(tx, shared)
     }
 }
 
