@@ -359,13 +359,7 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
                     break;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if crate::net::is_retryable_read(&e) => {}
             Err(e) => {
                 closed_by_client(Some(e.to_string()));
                 break;
@@ -678,13 +672,7 @@ fn accept_and_read_heartbeat(listener: TcpListener, done: &AtomicBool, tx: Sende
                     return;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if crate::net::is_retryable_read(&e) => {}
             Ok(_) | Err(_) => {
                 let _ = tx.send(Incoming::HbClosed);
                 return;

@@ -575,12 +575,7 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                     break None;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if crate::net::is_retryable_read(&e) => {}
             Err(e) => break Some(Some(e.to_string())),
         }
         if conn.is_ending() {
