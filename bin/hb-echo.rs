@@ -14,12 +14,30 @@ use tcp_heartbeat::net::rawsock::EchoServer;
 #[derive(Parser, Debug)]
 #[command(name = "hb-echo", version)]
 struct Cli {
-    /// Port to listen on; 0 picks a free port.
-    #[arg(long)]
+    /// TCP port to listen on (required); 0 picks a free port and prints it.
+    #[arg(long, value_name = "PORT")]
     port: u16,
-    /// IPv4 address to bind.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: Ipv4Addr,
+    /// Host name or IPv4 address to bind (the raw-syscall server speaks IPv4 only).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    host: String,
+}
+
+/// The first IPv4 address `host` names (a literal address or a name to resolve).
+fn resolve_v4(host: &str) -> Result<Ipv4Addr, String> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok(ip);
+    }
+    let addrs = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve --host {host}: {e}"))?;
+    addrs
+        .filter_map(|a| match a {
+            SocketAddr::V4(v4) => Some(*v4.ip()),
+            SocketAddr::V6(_) => None,
+        })
+        .next()
+        .ok_or_else(|| format!("--host {host} has no IPv4 address (hb-echo serves IPv4 only)"))
 }
 
 fn serve(cli: &Cli) -> Result<(), String> {
@@ -28,7 +46,8 @@ fn serve(cli: &Cli) -> Result<(), String> {
         let _ = stop_tx.try_send(());
     })
     .map_err(|e| format!("cannot install signal handler: {e}"))?;
-    let server = EchoServer::start(cli.host, cli.port)
+    let ip = resolve_v4(&cli.host)?;
+    let server = EchoServer::start(ip, cli.port)
         .map_err(|e| format!("cannot listen on {}:{}: {e}", cli.host, cli.port))?;
     let mut out = io::stdout().lock();
     writeln!(out, "listening on {}", server.local_addr())
@@ -50,8 +69,8 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            let text = e.to_string();
-            eprintln!("hb-echo: {}", text.lines().next().unwrap_or("bad usage"));
+            // clap's whole message: its first line alone does not name a missing argument.
+            eprint!("hb-echo: {e}");
             return ExitCode::from(2);
         }
         Err(e) => e.exit(),

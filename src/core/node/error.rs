@@ -43,8 +43,17 @@ pub enum NodeError {
     NotInitialized,
     /// The TCP echo server could not start, e.g. the port is in use (code 11).
     EchoStartFailed {
+        /// The port asked for (0: any).
+        port: u16,
         /// The operating system's error text.
         os_error: String,
+    },
+    /// `tcp_echo_start` for another port while the echo server already listens (code 22).
+    EchoAlreadyRunning {
+        /// The port the echo server listens on.
+        running: u16,
+        /// The other port asked for.
+        asked: u16,
     },
     /// A field is missing, has the wrong type or is out of range (code 12).
     Malformed {
@@ -90,7 +99,9 @@ impl NodeError {
             }
             NodeError::Malformed { .. } => code::MALFORMED_REQUEST,
             NodeError::UnknownClient { .. } => code::KEY_DOES_NOT_EXIST,
-            NodeError::EchoNotStarted => code::PRECONDITION_FAILED,
+            NodeError::EchoNotStarted | NodeError::EchoAlreadyRunning { .. } => {
+                code::PRECONDITION_FAILED
+            }
             NodeError::EchoIo { .. } => code::ABORT,
             NodeError::Remote { code, .. } => *code,
         }
@@ -107,7 +118,13 @@ impl fmt::Display for NodeError {
                 write!(f, "unsupported message type: {msg_type}")
             }
             NodeError::NotInitialized => f.write_str("node not initialized: send init first"),
-            NodeError::EchoStartFailed { os_error } => f.write_str(os_error),
+            NodeError::EchoStartFailed { port, os_error } => {
+                write!(f, "cannot listen on port {port}: {os_error}")
+            }
+            NodeError::EchoAlreadyRunning { running, asked } => write!(
+                f,
+                "echo server already listening on port {running}; cannot also listen on {asked}"
+            ),
             NodeError::Malformed { reason } => write!(f, "malformed request: {reason}"),
             NodeError::UnknownClient { client_id } => write!(f, "unknown client: {client_id}"),
             NodeError::EchoNotStarted => {

@@ -15,8 +15,12 @@ pub enum Json {
     Null,
     /// `true` or `false`.
     Bool(bool),
-    /// Any JSON number, kept as serde_json parsed it (integer or float).
+    /// Any JSON number that fits an `i64`/`u64` or is a float, as serde_json parsed it.
     Number(serde_json::Number),
+    /// An integer too large for 64 bits, kept as its decimal text (Python's `int` has no
+    /// limit, so a Maelstrom id such as `100000000000000000000000` must come back unchanged,
+    /// not as the float `1e+23`).
+    BigInt(String),
     /// A string.
     String(String),
     /// An array.
@@ -101,6 +105,7 @@ impl Json {
             Json::Bool(true) => out.push_str("true"),
             Json::Bool(false) => out.push_str("false"),
             Json::Number(n) => write_number(n, out),
+            Json::BigInt(digits) => out.push_str(digits),
             Json::String(s) => write_string(s, out),
             Json::Array(items) => {
                 out.push('[');
@@ -279,7 +284,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
+        while let Some(Element(item)) = seq.next_element()? {
             items.push(item);
         }
         Ok(Json::Array(items))
@@ -287,7 +292,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut fields: Vec<(String, Json)> = Vec::new();
-        while let Some((key, value)) = map.next_entry::<String, Json>()? {
+        while let Some((key, Element(value))) = map.next_entry::<String, Element>()? {
             // Python's dict keeps the first position of a repeated key and the last value.
             match fields.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = value,
@@ -295,6 +300,34 @@ impl<'de> Visitor<'de> for JsonVisitor {
             }
         }
         Ok(Json::Object(fields))
+    }
+}
+
+/// A value inside an array or object, read through its raw text so that an integer too
+/// large for 64 bits keeps its digits: serde_json (without `arbitrary_precision`, which would
+/// change number handling for every user of serde_json in the build) hands such an integer
+/// over only as a lossy `f64`.
+struct Element(Json);
+
+impl<'de> Deserialize<'de> for Element {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Element, D::Error> {
+        use serde::de::Error;
+        let raw = <Box<serde_json::value::RawValue>>::deserialize(deserializer)?;
+        let text = raw.get();
+        let value = match text.as_bytes().first() {
+            Some(b'-' | b'0'..=b'9') if !text.contains(['.', 'e', 'E']) => {
+                match serde_json::from_str::<serde_json::Number>(text) {
+                    Ok(n) if !n.is_f64() => Json::Number(n),
+                    // serde_json reads `-0` as the float -0.0; Python's int prints `0`.
+                    _ if text.trim_start_matches('-').bytes().all(|b| b == b'0') => Json::uint(0),
+                    _ => Json::BigInt(text.to_owned()),
+                }
+            }
+            // Containers are parsed again from their text (once per nesting level: Maelstrom
+            // bodies are shallow); scalars are cheap.
+            _ => serde_json::from_str::<Json>(text).map_err(D::Error::custom)?,
+        };
+        Ok(Element(value))
     }
 }
 
@@ -346,6 +379,16 @@ mod tests {
     fn integers_stay_exact() {
         assert_eq!(py("-12"), "-12");
         assert_eq!(py("18446744073709551615"), "18446744073709551615");
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_round_trip_exactly() {
+        assert_eq!(
+            py(r#"{"msg_id":100000000000000000000000,"n":[-99999999999999999999999,1e23,-0]}"#),
+            r#"{"msg_id": 100000000000000000000000, "n": [-99999999999999999999999, 1e+23, 0]}"#
+        );
+        let v = Json::parse(br#"{"a":18446744073709551616}"#).unwrap();
+        assert_eq!(v.get("a").and_then(Json::as_u64), None, "not a u64");
     }
 
     #[test]

@@ -74,10 +74,9 @@ impl Message {
                 _ => {}
             }
         }
+        // A body without a string `type` is still a message: it gets a malformed-request
+        // error reply (when it has a msg_id to answer), not silence.
         let body = body.ok_or(MessageError::MissingField("body"))?;
-        if body.get("type").and_then(Json::as_str).is_none() {
-            return Err(MessageError::MissingField("body.type"));
-        }
         Ok(Message {
             src: src.ok_or(MessageError::MissingField("src"))?,
             dest: dest.ok_or(MessageError::MissingField("dest"))?,
@@ -85,7 +84,7 @@ impl Message {
         })
     }
 
-    /// The body's `type` ("" if absent, which [`Message::from_line`] never lets through).
+    /// The body's `type` ("" if absent or not a string).
     pub fn msg_type(&self) -> &str {
         self.body.get("type").and_then(Json::as_str).unwrap_or("")
     }
@@ -323,7 +322,9 @@ impl<E: EchoBackend + 'static> Node<E> {
             ));
             return;
         };
-        let result = if msg_type == "init" {
+        let result = if msg.body.get("type").and_then(Json::as_str).is_none() {
+            Err(NodeError::malformed("body.type must be a string"))
+        } else if msg_type == "init" {
             self.on_init(&msg.body)
         } else if self.id.is_none() {
             Err(NodeError::NotInitialized)
@@ -479,12 +480,20 @@ impl<E: EchoBackend + 'static> Node<E> {
             .and_then(|p| u16::try_from(p).ok())
             .ok_or_else(|| NodeError::malformed("port must be an integer in 0..=65535"))?;
         let port = match self.echo_port {
-            Some(running) => running,
+            // Asking again for the same port (or any port) finds it running; another port
+            // would need a second server, which the node does not run.
+            Some(running) if port == 0 || port == running => running,
+            Some(running) => {
+                return Err(NodeError::EchoAlreadyRunning {
+                    running,
+                    asked: port,
+                })
+            }
             None => {
                 let bound = self
                     .echo
                     .start(port)
-                    .map_err(|os_error| NodeError::EchoStartFailed { os_error })?;
+                    .map_err(|os_error| NodeError::EchoStartFailed { port, os_error })?;
                 self.echo_port = Some(bound);
                 bound
             }

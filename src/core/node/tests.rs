@@ -221,7 +221,9 @@ fn tcp_echo_flow_and_errors() {
         0,
     );
     assert!(
-        busy.contains(r#""code": 11, "text": "Address already in use (os error 98)""#),
+        busy.contains(
+            r#""code": 11, "text": "cannot listen on port 8081: Address already in use (os error 98)""#
+        ),
         "{busy}"
     );
     assert!(req(
@@ -244,7 +246,23 @@ fn tcp_echo_flow_and_errors() {
         r#"{"type":"tcp_echo_start","msg_id":7,"port":9999}"#,
         0,
     );
-    assert!(again.contains(r#""port": 40000"#), "{again}");
+    assert!(
+        again.contains(
+            r#""code": 22, "text": "echo server already listening on port 40000; cannot also listen on 9999""#
+        ),
+        "{again}"
+    );
+    for (id, port) in [(10, 0), (11, 40000)] {
+        let same = req(
+            &mut n,
+            &format!(r#"{{"type":"tcp_echo_start","msg_id":{id},"port":{port}}}"#),
+            0,
+        );
+        assert!(
+            same.contains(r#""status": "listening", "port": 40000"#),
+            "port {port}: {same}"
+        );
+    }
     assert_eq!(n.echo.starts, 1);
     let echoed = req(
         &mut n,
@@ -439,9 +457,36 @@ fn bad_lines_are_rejected_with_reasons() {
         Message::from_line(br#"{"src":"a","dest":"b"}"#),
         Err(MessageError::MissingField("body"))
     );
-    assert_eq!(
-        Message::from_line(br#"{"src":"a","dest":"b","body":{"msg_id":1}}"#),
-        Err(MessageError::MissingField("body.type"))
-    );
+    // A body without a type is a message; the node answers it with malformed-request.
+    let mut n = node();
+    for body in [r#"{"msg_id":2}"#, r#"{"msg_id":3,"type":7}"#] {
+        let line = format!(r#"{{"src":"c1","dest":"n1","body":{body}}}"#);
+        let out = lines(&n.handle(msg(&line), 0));
+        assert_eq!(out.len(), 1, "{body}: {out:?}");
+        assert!(
+            out[0].contains(r#""type": "error""#)
+                && out[0].contains(
+                    r#""code": 12, "text": "malformed request: body.type must be a string""#
+                ),
+            "{body}: {}",
+            out[0]
+        );
+    }
     assert!(Message::from_line(b"{\"src\":\"\xff\"}").is_err());
+}
+
+#[test]
+fn msg_ids_beyond_64_bits_come_back_exactly() {
+    let mut n = node();
+    for id in ["100000000000000000000000", "-5", "18446744073709551616"] {
+        let line = format!(
+            r#"{{"src":"c1","dest":"n1","body":{{"type":"echo","echo":1,"msg_id":{id}}}}}"#
+        );
+        let out = lines(&n.handle(msg(&line), 0));
+        assert!(
+            out[0].contains(&format!(r#""in_reply_to": {id}, "#)),
+            "{id}: {}",
+            out[0]
+        );
+    }
 }
