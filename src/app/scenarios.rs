@@ -47,6 +47,9 @@ pub struct ScenarioArgs {
     /// half an interval]. Raise it on a heavily loaded machine.
     #[arg(long, value_name = "DUR", value_parser = crate::config::parse_duration)]
     pub tolerance: Option<Duration>,
+    /// Print only the settings and the verdict table, not each step as it happens
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 fn speed(s: &str) -> Result<f64, String> {
@@ -90,6 +93,9 @@ pub struct Timings {
     pub block_long: Duration,
     /// Allowed lateness of an observed event.
     pub slack: Duration,
+    /// When set, each case prints its steps as they happen, timed from this instant (a case
+    /// at the manual's speed runs for most of a minute and should not be silent).
+    pub progress: Option<Instant>,
 }
 
 impl Timings {
@@ -108,6 +114,7 @@ impl Timings {
             every_slow: s(50.0),
             block_long: s(180.0),
             slack,
+            progress: None,
         }
     }
 }
@@ -127,22 +134,43 @@ pub struct Verdict {
     pub pass: bool,
 }
 
+/// Description and expectation of each case, in the words of the line wire.
 const CASES: [(&str, &str); 4] = [
     (
         "Normal data exchange at the configured rate",
-        "heartbeat does not kick in",
+        "no heartbeat (no PING)",
     ),
     (
         "Slow client that answers the heartbeat",
-        "heartbeat kicks in, connection kept",
+        "PING 1 after idle, answered with PONG, connection kept",
     ),
     (
         "Slow client that does not answer",
-        "heartbeat kicks in, END, connection closed",
+        "PING 1..3 one interval apart, then END heartbeat-timeout, connection closed",
     ),
     (
         "Client closes the connection",
-        "closed without a heartbeat round",
+        "closed at once, no heartbeat round, no END",
+    ),
+];
+
+/// The same over the classic wire, whose only words are `heartbeat` and `End Connection`.
+const CASES_CLASSIC: [(&str, &str); 4] = [
+    (
+        "Normal data exchange at the configured rate",
+        "no heartbeat sent on the heartbeat socket",
+    ),
+    (
+        "Slow client that answers the heartbeat",
+        "heartbeat after idle, any reply ends the round, connection kept",
+    ),
+    (
+        "Slow client that does not answer",
+        "3 heartbeats one interval apart, then End Connection on both sockets, closed",
+    ),
+    (
+        "Client closes the connection",
+        "both sockets closed at once, no heartbeat, no End Connection",
     ),
 ];
 
@@ -202,10 +230,13 @@ struct Harness {
     /// Classic wire: the client's heartbeat listener, bound before the server starts so the
     /// server can be told its port (`client.port`).
     listener: Mutex<Option<TcpListener>>,
+    case: u8,
+    progress: Option<Instant>,
 }
 
 impl Harness {
-    fn start(hb: HeartbeatConfig, wire: Wire) -> Result<Self, ScenarioError> {
+    fn start(t: Timings, wire: Wire, case: u8) -> Result<Self, ScenarioError> {
+        let hb = t.hb;
         let setup = |e: std::io::Error| ScenarioError::Setup(format!("heartbeat listener: {e}"));
         let listener = match wire {
             Wire::Classic => Some(TcpListener::bind("127.0.0.1:0").map_err(setup)?),
@@ -228,6 +259,17 @@ impl Harness {
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();
+        let tx = match t.progress {
+            Some(since) => {
+                let (description, _) = match wire {
+                    Wire::Line => CASES,
+                    Wire::Classic => CASES_CLASSIC,
+                }[usize::from(case - 1)];
+                println!("{:>8.3}s case {case}: {description}", 0.0);
+                progress_relay(format!("case {case} server"), since, tx, server_step)
+            }
+            None => tx,
+        };
         let server = Server::bind(settings, EventLog::channel(tx))
             .map_err(|e| ScenarioError::Setup(e.to_string()))?;
         let (handle, addr) = (server.handle(), server.local_addr());
@@ -241,6 +283,8 @@ impl Harness {
             accept,
             wire,
             listener: Mutex::new(listener),
+            case,
+            progress: t.progress,
         })
     }
 
@@ -303,6 +347,10 @@ fn run_client(
     stop_after: Option<Duration>,
 ) -> (Result<Outcome, String>, Vec<Stamped<ClientEvent>>) {
     let (tx, rx) = crossbeam_channel::unbounded();
+    let tx = match h.progress {
+        Some(since) => progress_relay(format!("case {} client", h.case), since, tx, |_| true),
+        None => tx,
+    };
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
     let listener = h.take_listener();
     let session = thread::spawn(move || {
@@ -336,7 +384,8 @@ fn last_sent_before(fl: Flavor, client: &[Stamped<ClientEvent>], at: Instant) ->
 }
 
 fn case1(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
-    let h = Harness::start(t.hb, wire)?;
+    const CASE: u8 = 1;
+    let h = Harness::start(t, wire, CASE)?;
     let fl = h.flavor();
     let run_for = t.hb.give_up_after() + t.every_fast * 2;
     let (outcome, cev) = run_client(
@@ -363,13 +412,14 @@ fn case1(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
     let observed = format!(
         "{sent} messages in {}, {echoed} echoed, {rounds} heartbeats; client {}",
         secs(run_for),
-        outcome_text(&outcome)
+        outcome_text(&outcome, wire)
     );
-    Ok(verdict(1, observed, pass))
+    Ok(verdict(1, wire, observed, pass))
 }
 
 fn case2(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
-    let h = Harness::start(t.hb, wire)?;
+    const CASE: u8 = 2;
+    let h = Harness::start(t, wire, CASE)?;
     let fl = h.flavor();
     let run_for = t.hb.idle() + t.hb.round_length() + t.slack * 4;
     let (outcome, cev) = run_client(
@@ -409,7 +459,11 @@ fn case2(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
         Some((after, rtt)) => {
             pass &= after == 1;
             notes.push(format!(
-                "PING {after} answered in {:.1}ms",
+                "{} {after} answered in {:.1}ms",
+                match wire {
+                    Wire::Line => "PING",
+                    Wire::Classic => "heartbeat",
+                },
                 rtt.as_secs_f64() * 1000.0
             ));
         }
@@ -424,12 +478,13 @@ fn case2(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
     } else {
         "closed by heartbeat".into()
     });
-    notes.push(format!("client {}", outcome_text(&outcome)));
-    Ok(verdict(2, notes.join(", "), pass))
+    notes.push(format!("client {}", outcome_text(&outcome, wire)));
+    Ok(verdict(2, wire, notes.join(", "), pass))
 }
 
 fn case3(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
-    let h = Harness::start(t.hb, wire)?;
+    const CASE: u8 = 3;
+    let h = Harness::start(t, wire, CASE)?;
     let fl = h.flavor();
     let (outcome, cev) = run_client(&h, h.client_settings(t.every_slow, t.block_long), None);
     let sev = h.stop();
@@ -440,7 +495,11 @@ fn case3(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
     let Some(t0) = first_data else {
         return Ok(verdict(
             3,
-            format!("client sent nothing; client {}", outcome_text(&outcome)),
+            wire,
+            format!(
+                "client sent nothing; client {}",
+                outcome_text(&outcome, wire)
+            ),
             false,
         ));
     };
@@ -476,7 +535,7 @@ fn case3(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
         .count();
     pass &= pongs == 0;
     let observed = format!(
-        "{} (expected {} + k x {}, END at {}); {}; client {}",
+        "{} (expected {} + k x {}, {end_label} at {}); {}; client {}",
         marks.join(", "),
         secs(hb.idle()),
         secs(hb.interval()),
@@ -486,13 +545,14 @@ fn case3(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
         } else {
             "NOT closed"
         },
-        outcome_text(&outcome)
+        outcome_text(&outcome, wire)
     );
-    Ok(verdict(3, observed, pass))
+    Ok(verdict(3, wire, observed, pass))
 }
 
 fn case4(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
-    let h = Harness::start(t.hb, wire)?;
+    const CASE: u8 = 4;
+    let h = Harness::start(t, wire, CASE)?;
     let fl = h.flavor();
     // Like the manual's client.py being stopped: a few messages, then the socket just closes.
     let setup = |e: std::io::Error| ScenarioError::Setup(format!("case 4 client: {e}"));
@@ -598,14 +658,18 @@ fn case4_verdict(
     let ends = sev.iter().filter(|e| fl.is_any_end(&e.event)).count();
     let delay = noticed.map(|n| n.saturating_duration_since(closed_at));
     let pass = echoes == 4 && rounds == 0 && ends == 0 && delay.is_some_and(|d| d <= t.slack);
+    let end_word = match fl.0 {
+        Wire::Line => "END",
+        Wire::Classic => "End Connection",
+    };
     let observed = format!(
-        "{echoes} echoes, client closed; server noticed {} later, {rounds} heartbeats, no END",
+        "{echoes} echoes, client closed; server noticed {} later, {rounds} heartbeats, {ends} {end_word}",
         delay.map_or("never".into(), |d| format!(
             "{:.1}ms",
             d.as_secs_f64() * 1000.0
         ))
     );
-    Ok(verdict(4, observed, pass))
+    Ok(verdict(4, fl.0, observed, pass))
 }
 
 /// The server's events up to its first `Closed` (or `limit`).
@@ -621,17 +685,21 @@ fn events_until_closed(events: &Receiver<Stamped>, limit: Instant) -> Vec<Stampe
     seen
 }
 
-fn outcome_text(o: &Result<Outcome, String>) -> String {
+fn outcome_text(o: &Result<Outcome, String>, wire: Wire) -> String {
     match o {
         Ok(Outcome::UserEnded) => "left normally".into(),
+        Ok(Outcome::ServerEnded(_)) if wire == Wire::Classic => "got End Connection".into(),
         Ok(Outcome::ServerEnded(r)) => format!("got END {r}"),
         Ok(Outcome::ServerLost(d)) => format!("lost the server after {}", secs(*d)),
         Err(e) => format!("failed: {e}"),
     }
 }
 
-fn verdict(case: u8, observed: String, pass: bool) -> Verdict {
-    let (description, expectation) = CASES[usize::from(case - 1)];
+fn verdict(case: u8, wire: Wire, observed: String, pass: bool) -> Verdict {
+    let (description, expectation) = match wire {
+        Wire::Line => CASES,
+        Wire::Classic => CASES_CLASSIC,
+    }[usize::from(case - 1)];
     Verdict {
         case,
         description,
@@ -666,33 +734,81 @@ pub fn run_cases(
     })
 }
 
-/// Formats the verdict table.
+/// Width the verdict table keeps to.
+const TABLE_WIDTH: usize = 100;
+
+/// Formats the verdict table: per case a header line (number, description, verdict) and the
+/// expectation and observation wrapped to [`TABLE_WIDTH`] columns under it.
 pub fn table(verdicts: &[Verdict]) -> String {
-    let w_desc = verdicts
-        .iter()
-        .map(|v| v.description.len())
-        .max()
-        .unwrap_or(0);
-    let w_exp = verdicts
-        .iter()
-        .map(|v| v.expectation.len())
-        .max()
-        .unwrap_or(0);
-    let mut out = format!(
-        "{:<4} {:<w_desc$}  {:<w_exp$}  {:<6} {}\n",
-        "case", "description", "expectation", "result", "observed"
-    );
+    const INDENT: &str = "        ";
+    let mut out = String::new();
     for v in verdicts {
-        out.push_str(&format!(
-            "{:<4} {:<w_desc$}  {:<w_exp$}  {:<6} {}\n",
-            v.case,
-            v.description,
-            v.expectation,
-            if v.pass { "PASS" } else { "FAIL" },
-            v.observed
-        ));
+        let result = if v.pass { "PASS" } else { "FAIL" };
+        let head = format!("case {}  {}", v.case, v.description);
+        let pad = TABLE_WIDTH.saturating_sub(head.len() + result.len()).max(2);
+        out.push_str(&format!("{head}{}{result}\n", " ".repeat(pad)));
+        for (label, text) in [
+            ("expected", v.expectation),
+            ("observed", v.observed.as_str()),
+        ] {
+            let first = format!("{INDENT}{label}: ");
+            let rest = " ".repeat(first.len());
+            for (i, line) in wrap(text, TABLE_WIDTH - first.len()).iter().enumerate() {
+                out.push_str(if i == 0 { &first } else { &rest });
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
     }
     out
+}
+
+/// Splits `text` at spaces into lines of at most `width` characters (a longer word stands
+/// alone on its line).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}
+
+/// Relays a case's events to `tx`, printing each one that `show` accepts as it happens,
+/// timed from `since` and tagged `case N server` or `case N client`, so a long case shows
+/// its steps.
+fn progress_relay<E: fmt::Display + Send + 'static>(
+    tag: String,
+    since: Instant,
+    tx: crossbeam_channel::Sender<Stamped<E>>,
+    show: fn(&E) -> bool,
+) -> crossbeam_channel::Sender<Stamped<E>> {
+    let (relay_tx, relay_rx) = crossbeam_channel::unbounded::<Stamped<E>>();
+    thread::spawn(move || {
+        // Ends when the log's owner drops it, i.e. when the case is over.
+        for e in relay_rx {
+            if show(&e.event) {
+                let at = e.at.saturating_duration_since(since).as_secs_f64();
+                println!("{at:>8.3}s {tag}: {}", e.event);
+            }
+            if tx.send(e).is_err() {
+                break;
+            }
+        }
+    });
+    relay_tx
+}
+
+/// Server events worth a progress line: not the harness's own start and stop.
+fn server_step(e: &Event) -> bool {
+    !matches!(e, Event::Listening(_) | Event::ShuttingDown { .. })
 }
 
 /// Runs the scenarios as the binary does; `Ok(true)` when all passed.
@@ -724,6 +840,9 @@ pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
         fmt_duration(t.every_slow),
         fmt_duration(t.block_long),
     );
+    if !args.quiet {
+        t.progress = Some(Instant::now());
+    }
     let verdicts = run_cases(t, args.case, wire)?;
     print!("{}", table(&verdicts));
     let passed = verdicts.iter().filter(|v| v.pass).count();

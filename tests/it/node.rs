@@ -363,7 +363,7 @@ fn hb_echo_usage_and_port_in_use_exit_codes() {
         usage.stderr()
     );
 
-    let mut by_name = Proc::spawn(HB_ECHO, &["--port", "0", "--host", "localhost"]);
+    let by_name = Proc::spawn(HB_ECHO, &["--port", "0", "--host", "localhost"]);
     let named_port = listening_port(&by_name);
     assert_eq!(roundtrip(named_port, b"named"), b"named");
     drop(by_name);
