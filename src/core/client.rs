@@ -111,6 +111,7 @@ impl Client {
                 idle,
                 interval,
                 count,
+                ..
             } if !self.greeted => {
                 self.greeted = true;
                 self.patience =
@@ -217,6 +218,7 @@ mod tests {
             idle: ms(3000),
             interval: ms(500),
             count: 3,
+            mode: None,
         }
     }
 

@@ -84,7 +84,7 @@ impl Room {
         validate_name(name)?;
         if let Some(current) = self.by_id.get(&id) {
             return Err(BadLine {
-                code: ErrCode::NameTaken,
+                code: ErrCode::AlreadyJoined,
                 detail: format!("already joined as {current}"),
             });
         }
@@ -127,6 +127,11 @@ impl Room {
         })
     }
 
+    /// Every member's name, in name order (the `MEMBERS` answer to `WHO`).
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
     /// Every member, in name order.
     pub fn members(&self) -> Vec<MemberId> {
         self.by_name.values().copied().collect()
@@ -164,8 +169,10 @@ mod tests {
         );
         assert_eq!(
             r.handle_join(1, "other").unwrap_err().code,
-            ErrCode::NameTaken
+            ErrCode::AlreadyJoined
         );
+        r.handle_join(3, "bob").unwrap();
+        assert_eq!(r.names(), vec!["ann".to_owned(), "bob".to_owned()]);
         for bad in ["", "a b", "tab\there", "bell\u{7}", &"x".repeat(33)] {
             assert_eq!(
                 r.handle_join(2, bad).unwrap_err().code,

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::config::Mode;
+
 /// Why a connection is being ended (`END REASON`, `LEFT NAME REASON`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndReason {
@@ -76,6 +78,8 @@ pub enum ErrCode {
     NameTaken,
     /// Chat: `MSG` before `JOIN`.
     NotJoined,
+    /// Chat: a second `JOIN` on a connection that already joined.
+    AlreadyJoined,
 }
 
 impl ErrCode {
@@ -87,6 +91,7 @@ impl ErrCode {
             Self::MissingArgument => "missing-argument",
             Self::NameTaken => "name-taken",
             Self::NotJoined => "not-joined",
+            Self::AlreadyJoined => "already-joined",
         }
     }
 
@@ -98,6 +103,7 @@ impl ErrCode {
             Self::MissingArgument,
             Self::NameTaken,
             Self::NotJoined,
+            Self::AlreadyJoined,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
@@ -140,6 +146,8 @@ pub enum ClientMsg {
     Pong(String),
     /// `QUIT [REASON]`
     Quit(Option<String>),
+    /// `WHO`: asks for the member list (answered `MEMBERS ...` in chat mode).
+    Who,
 }
 
 /// Splits `VERB SP REST`; a line without a space is all verb.
@@ -184,11 +192,13 @@ impl ClientMsg {
             "PING" => Self::Ping(need(rest)?),
             "PONG" => Self::Pong(need(rest)?),
             "QUIT" => Self::Quit(rest.filter(|r| !r.is_empty()).map(str::to_owned)),
+            // Extra words after WHO are ignored, like QUIT's reason.
+            "WHO" => Self::Who,
             _ => {
                 return Err(BadLine {
                     code: ErrCode::UnknownVerb,
                     detail: format!(
-                        "'{}' (expected JOIN, MSG, PING, PONG or QUIT)",
+                        "'{}' (expected JOIN, MSG, PING, PONG, QUIT or WHO)",
                         printable(verb.as_bytes(), 32)
                     ),
                 })
@@ -205,6 +215,7 @@ impl ClientMsg {
             Self::Pong(t) => format!("PONG {t}\n"),
             Self::Quit(Some(r)) => format!("QUIT {r}\n"),
             Self::Quit(None) => "QUIT\n".to_owned(),
+            Self::Who => "WHO\n".to_owned(),
         }
     }
 }
@@ -212,7 +223,8 @@ impl ClientMsg {
 /// A line from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsg {
-    /// `HELLO hb/1 idle=MS interval=MS count=N`: the first line on every connection.
+    /// `HELLO hb/1 idle=MS interval=MS count=N mode=echo|chat`: the first line on every
+    /// connection.
     Hello {
         /// Silence before a heartbeat round starts.
         idle: Duration,
@@ -220,6 +232,8 @@ pub enum ServerMsg {
         interval: Duration,
         /// Unanswered heartbeats before the server closes.
         count: u32,
+        /// What the server does with `MSG` (`None`: the server did not say).
+        mode: Option<Mode>,
     },
     /// `ECHO TEXT`
     Echo(String),
@@ -232,6 +246,8 @@ pub enum ServerMsg {
     },
     /// `JOINED NAME` (chat)
     Joined(String),
+    /// `MEMBERS NAME ...` (chat): who is in the room, in name order; the answer to `WHO`.
+    Members(Vec<String>),
     /// `LEFT NAME REASON` (chat)
     Left {
         /// Who left.
@@ -269,9 +285,15 @@ impl ServerMsg {
                 idle,
                 interval,
                 count,
+                mode,
             } => {
+                let mode = match mode {
+                    Some(Mode::Echo) => " mode=echo",
+                    Some(Mode::Chat) => " mode=chat",
+                    None => "",
+                };
                 format!(
-                    "HELLO hb/1 idle={} interval={} count={count}\n",
+                    "HELLO hb/1 idle={} interval={} count={count}{mode}\n",
                     idle.as_millis(),
                     interval.as_millis()
                 )
@@ -279,6 +301,8 @@ impl ServerMsg {
             Self::Echo(t) => format!("ECHO {t}\n"),
             Self::Msg { from, text } => format!("MSG {from} {text}\n"),
             Self::Joined(n) => format!("JOINED {n}\n"),
+            Self::Members(names) if names.is_empty() => "MEMBERS\n".to_owned(),
+            Self::Members(names) => format!("MEMBERS {}\n", names.join(" ")),
             Self::Left { name, reason } => format!("LEFT {name} {reason}\n"),
             Self::Ping(t) => format!("PING {t}\n"),
             Self::Pong(t) => format!("PONG {t}\n"),
@@ -298,6 +322,7 @@ impl ServerMsg {
                 let mut idle = None;
                 let mut interval = None;
                 let mut count = None;
+                let mut mode = None;
                 let mut words = rest_s.split(' ');
                 if words.next() != Some("hb/1") {
                     return Err(bad());
@@ -309,6 +334,8 @@ impl ServerMsg {
                             interval = v.parse().ok().map(Duration::from_millis)
                         }
                         Some(("count", v)) => count = v.parse().ok(),
+                        // An unknown mode is a later version's: treat it as unsaid.
+                        Some(("mode", v)) => mode = Mode::parse(v).ok(),
                         // Unknown settings are for later versions: ignore them.
                         _ => {}
                     }
@@ -318,6 +345,7 @@ impl ServerMsg {
                         idle,
                         interval,
                         count,
+                        mode,
                     },
                     _ => return Err(bad()),
                 }
@@ -331,6 +359,13 @@ impl ServerMsg {
                 }
             }
             "JOINED" => Self::Joined(rest.ok_or_else(bad)?.to_owned()),
+            "MEMBERS" => Self::Members(
+                rest_s
+                    .split(' ')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
             "LEFT" => {
                 let (name, reason) = rest_s.split_once(' ').ok_or_else(bad)?;
                 Self::Left {
@@ -368,6 +403,9 @@ impl fmt::Display for LineTooLong {
 
 impl std::error::Error for LineTooLong {}
 
+/// Capacity a decoder may keep between reads without giving it back.
+const MIN_CAPACITY: usize = 8 * 1024;
+
 /// Splits a byte stream into `\n`-terminated lines of at most `max_line` bytes (not counting
 /// the `\n`; a `\r` before it is dropped). Feed bytes as they arrive, then take lines out.
 #[derive(Debug, Clone)]
@@ -392,13 +430,29 @@ impl LineDecoder {
     }
 
     /// Appends received bytes.
+    ///
+    /// Lines already returned are dropped first, so the buffer holds only the unfinished line
+    /// (at most `max_line + 1` bytes) plus `bytes`; memory a burst needed is given back. The
+    /// buffer's size therefore stays about `max_line` plus the caller's read size, whatever the
+    /// write pattern of the peer.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.scanned = 0;
+        if self.start > 0 {
+            // Moves at most one unfinished line (<= max_line + 1 bytes) to the front.
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
             self.start = 0;
         }
+        let need = self.buf.len() + bytes.len();
+        let keep = need.max(MIN_CAPACITY);
+        if self.buf.capacity() > keep.saturating_mul(2) {
+            self.buf.shrink_to(keep);
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes of memory the decoder holds now (its buffer's capacity, not just the bytes in it).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The next complete line, `Ok(None)` if none is complete yet, or an error once the
@@ -407,14 +461,6 @@ impl LineDecoder {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.scanned = 0;
-            self.start = 0;
-        } else if self.start > 0
-            && self.start >= self.buf.len() / 2
-            && self.scanned == self.buf.len()
-        {
-            // Compact before the buffer grows without bound under a steady stream.
-            self.buf.drain(..self.start);
-            self.scanned -= self.start;
             self.start = 0;
         }
         let from = self.scanned.max(self.start);
@@ -514,6 +560,98 @@ mod tests {
         assert!(d.buf.capacity() < 1024, "capacity {}", d.buf.capacity());
     }
 
+    /// Hostile-input regression: lines well under the limit, written so that reads end
+    /// mid-line, used to grow the buffer without bound (4 clients, 394 MiB in 4 s).
+    #[test]
+    fn decoder_memory_stays_near_max_line_whatever_the_write_pattern() {
+        let max_line = 8192;
+        let read = 4096;
+        let line = {
+            let mut l = vec![b'x'; 4000];
+            l.push(b'\n');
+            l
+        };
+        let stream: Vec<u8> = line.iter().copied().cycle().take(4 << 20).collect();
+        for chunk in [read, 1000, 4097, 777] {
+            let mut d = LineDecoder::new(max_line);
+            let mut peak = 0;
+            let mut got = 0;
+            for piece in stream.chunks(chunk) {
+                d.feed(piece);
+                while let Some(l) = d.next_line().unwrap() {
+                    assert_eq!(l.len(), 4000);
+                    got += 1;
+                }
+                peak = peak.max(d.capacity());
+            }
+            assert_eq!(got, (4 << 20) / 4001, "chunk {chunk}");
+            assert!(
+                peak <= 2 * (max_line + 2 + chunk).max(MIN_CAPACITY),
+                "chunk {chunk}: peak capacity {peak}"
+            );
+        }
+    }
+
+    /// A burst of big reads must not leave an idle connection holding the peak.
+    #[test]
+    fn decoder_gives_memory_back_after_a_burst() {
+        let mut d = LineDecoder::new(65536);
+        let burst: Vec<u8> = b"MSG 0123456789\n".repeat(20_000);
+        d.feed(&burst);
+        while d.next_line().unwrap().is_some() {}
+        assert!(d.capacity() >= burst.len());
+        d.feed(b"MSG x");
+        assert!(
+            d.capacity() <= 2 * MIN_CAPACITY,
+            "capacity {}",
+            d.capacity()
+        );
+        d.feed(b"\n");
+        assert_eq!(d.next_line().unwrap(), Some(&b"MSG x"[..]));
+    }
+
+    #[test]
+    fn who_members_already_joined_and_hello_mode() {
+        assert_eq!(ClientMsg::parse(b"WHO"), Ok(ClientMsg::Who));
+        assert_eq!(ClientMsg::Who.encode(), "WHO\n");
+        assert_eq!(
+            ServerMsg::parse(b"MEMBERS ann bob"),
+            Ok(ServerMsg::Members(vec!["ann".into(), "bob".into()]))
+        );
+        assert_eq!(ServerMsg::parse(b"MEMBERS"), Ok(ServerMsg::Members(vec![])));
+        assert_eq!(ServerMsg::Members(vec![]).encode(), "MEMBERS\n");
+        assert_eq!(
+            ServerMsg::parse(b"ERR already-joined already joined as ann"),
+            Ok(ServerMsg::Err(BadLine {
+                code: ErrCode::AlreadyJoined,
+                detail: "already joined as ann".into()
+            }))
+        );
+        let ms = Duration::from_millis;
+        for (line, mode) in [
+            (
+                &b"HELLO hb/1 idle=1 interval=2 count=3 mode=chat"[..],
+                Some(Mode::Chat),
+            ),
+            (
+                b"HELLO hb/1 idle=1 interval=2 count=3 mode=echo",
+                Some(Mode::Echo),
+            ),
+            (b"HELLO hb/1 idle=1 interval=2 count=3", None),
+            (b"HELLO hb/1 idle=1 interval=2 count=3 mode=future", None),
+        ] {
+            assert_eq!(
+                ServerMsg::parse(line),
+                Ok(ServerMsg::Hello {
+                    idle: ms(1),
+                    interval: ms(2),
+                    count: 3,
+                    mode
+                })
+            );
+        }
+    }
+
     #[test]
     fn client_lines_parse() {
         assert_eq!(
@@ -569,7 +707,9 @@ mod tests {
                 idle: ms(2000),
                 interval: ms(500),
                 count: 3,
+                mode: Some(Mode::Chat),
             },
+            ServerMsg::Members(vec!["ann".into(), "bob".into()]),
             ServerMsg::Echo("hi there".into()),
             ServerMsg::Echo(String::new()),
             ServerMsg::Msg {
@@ -601,10 +741,11 @@ mod tests {
             ServerMsg::Hello {
                 idle: ms(2000),
                 interval: ms(500),
-                count: 3
+                count: 3,
+                mode: Some(Mode::Echo),
             }
             .encode(),
-            "HELLO hb/1 idle=2000 interval=500 count=3\n"
+            "HELLO hb/1 idle=2000 interval=500 count=3 mode=echo\n"
         );
         assert!(ServerMsg::parse(b"END nope").is_err());
         assert!(ServerMsg::parse(b"HELLO hb/2 idle=1").is_err());

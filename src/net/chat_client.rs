@@ -57,6 +57,7 @@ pub fn render(msg: &ServerMsg) -> Option<String> {
     Some(match msg {
         ServerMsg::Msg { from, text } => format!("{from}: {text}"),
         ServerMsg::Joined(name) => format!("* {name} joined"),
+        ServerMsg::Members(names) => format!("* in the room: {}", names.join(", ")),
         ServerMsg::Left { name, reason } => format!("* {name} left ({reason})"),
         ServerMsg::Err(bad) => format!("! {} {}", bad.code, bad.detail),
         ServerMsg::Echo(text) => format!("(echo) {text}"),

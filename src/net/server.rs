@@ -30,7 +30,7 @@ use crossbeam_channel::Select;
 use crate::config::{Mode, ServerSettings, Wire};
 use crate::core::heartbeat::{Action, Heartbeat};
 use crate::core::room::{Delivery, Room};
-use crate::core::wire::{BadLine, ClientMsg, EndReason, LineDecoder, ServerMsg};
+use crate::core::wire::{BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, ServerMsg};
 use crate::net::conn::{CompanionRx, Conn, Out};
 use crate::net::events::{Event, EventLog};
 
@@ -399,6 +399,7 @@ impl Server {
             idle: cfg.idle(),
             interval: cfg.interval(),
             count: cfg.count(),
+            mode: Some(sh.settings.mode),
         };
         let _ = conn.send(Out::Line(hello.encode().into()));
         sh.conns().insert(id, conn.clone());
@@ -628,7 +629,7 @@ fn handle_lines(sh: &Shared, conn: &Arc<Conn>, decoder: &mut LineDecoder) -> boo
         }
         let parsed = ClientMsg::parse(line).and_then(|msg| match sh.chat() {
             Some(mut chat) => chat_line(sh, &mut chat, conn, msg),
-            None => Ok(echo_line(msg)),
+            None => echo_line(msg),
         });
         let reply = match parsed {
             Ok(Reply::Line(msg)) => Some(msg),
@@ -664,13 +665,19 @@ enum Reply {
     Quit,
 }
 
-fn echo_line(msg: ClientMsg) -> Reply {
-    match msg {
+fn echo_line(msg: ClientMsg) -> Result<Reply, BadLine> {
+    Ok(match msg {
         ClientMsg::Msg(text) => Reply::Line(ServerMsg::Echo(text)),
         ClientMsg::Ping(token) => Reply::Line(ServerMsg::Pong(token)),
         ClientMsg::Pong(_) | ClientMsg::Join(_) => Reply::Nothing,
         ClientMsg::Quit(_) => Reply::Quit,
-    }
+        ClientMsg::Who => {
+            return Err(BadLine {
+                code: ErrCode::UnknownVerb,
+                detail: "WHO works only on a chat server (this one is --mode echo)".into(),
+            })
+        }
+    })
 }
 
 fn chat_line(
@@ -696,7 +703,8 @@ fn chat_line(
             chat.deliver(relay, &sh.log);
             Ok(Reply::Nothing)
         }
-        other => Ok(echo_line(other)),
+        ClientMsg::Who => Ok(Reply::Line(ServerMsg::Members(chat.room.names()))),
+        other => echo_line(other),
     }
 }
 

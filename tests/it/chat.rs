@@ -56,7 +56,10 @@ fn join_stuck(port: u16, name: &str) -> Stuck {
 fn join(port: u16, name: &str) -> Peer {
     let mut p = Peer::connect(port);
     let (_, hello) = p.line(PROMPT);
-    assert!(hello.starts_with("HELLO hb/1 "), "{hello}");
+    assert!(
+        hello.starts_with("HELLO hb/1 ") && hello.ends_with(" mode=chat"),
+        "{hello}"
+    );
     p.send(format!("JOIN {name}\nPING joined\n").as_bytes());
     p.expect("PONG joined", PROMPT);
     p
@@ -99,6 +102,8 @@ fn names_must_be_unique_and_valid_and_msg_needs_join() {
     let _ann = join(srv.port, "ann");
     let mut p = Peer::connect(srv.port);
     p.line(PROMPT);
+    p.send(b"WHO\n");
+    p.expect("MEMBERS ann", PROMPT);
     p.send(b"MSG too early\n");
     p.expect("ERR not-joined JOIN NAME first", PROMPT);
     p.send(b"JOIN ann\n");
@@ -115,7 +120,12 @@ fn names_must_be_unique_and_valid_and_msg_needs_join() {
     p.send(format!("JOIN {}\n", "x".repeat(32)).as_bytes());
     p.send(b"JOIN again\n");
     let (_, l) = p.line(PROMPT);
-    assert!(l.starts_with("ERR name-taken already joined as "), "{l}");
+    assert!(
+        l.starts_with("ERR already-joined already joined as "),
+        "{l}"
+    );
+    p.send(b"WHO\n");
+    p.expect(&format!("MEMBERS ann {}", "x".repeat(32)), PROMPT);
 }
 
 /// Reads `n` relay lines at `p`, checking per-sender order; returns the largest gap

@@ -32,7 +32,8 @@ const GIVE_UP: u64 = IDLE + COUNT * INTERVAL;
 /// How late detection may be (the bound; observed lateness is a few ms).
 const DETECT_SLACK: u64 = 100;
 const HB: [&str; 6] = ["--idle", "300ms", "--interval", "100ms", "--count", "3"];
-const HELLO: &str = "HELLO hb/1 idle=300 interval=100 count=3";
+const HELLO: &str = "HELLO hb/1 idle=300 interval=100 count=3 mode=echo";
+const HELLO_CHAT: &str = "HELLO hb/1 idle=300 interval=100 count=3 mode=chat";
 /// A well-behaved client's round trip must stay under this during every fault.
 const RTT_LIMIT: Duration = Duration::from_millis(50);
 
@@ -354,7 +355,7 @@ fn next_non_ping(p: &mut Peer, within: Duration) -> (Instant, String) {
 
 fn join_chat(p: &mut Peer, name: &str) {
     let (_, hello) = p.line(PROMPT);
-    assert_eq!(hello, HELLO);
+    assert_eq!(hello, HELLO_CHAT);
     p.send(format!("JOIN {name}\nPING joined\n").as_bytes());
     loop {
         let (_, l) = next_non_ping(p, PROMPT);

@@ -13,7 +13,7 @@ fn server() -> Server {
     Server::start(&["--idle", "600ms", "--interval", "200ms", "--count", "3"])
 }
 
-const HELLO: &str = "HELLO hb/1 idle=600 interval=200 count=3";
+const HELLO: &str = "HELLO hb/1 idle=600 interval=200 count=3 mode=echo";
 
 #[test]
 fn case1_normal_exchange_never_starts_a_round() {

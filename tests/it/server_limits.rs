@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use crate::support::*;
 
-const HELLO: &str = "HELLO hb/1 idle=30000 interval=10000 count=3";
+const HELLO: &str = "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo";
 
 #[test]
 fn quit_after_msg_gets_echo_then_end_quit() {
