@@ -343,10 +343,9 @@ fn a_killed_chat_client_is_announced_as_left_closed() {
     let srv = chat_server(&[]);
     let mut watcher = join(srv.port, "watcher");
     let port = srv.port.to_string();
-    let mut victim = Proc::spawn(
+    let mut victim = Proc::spawn_in_temp(
         "hb-client",
         &["--chat", "--name", "victim", "--port", &port],
-        &temp_dir(),
         Some(""),
     );
     watcher.expect("JOINED victim", PROMPT);

@@ -54,7 +54,7 @@ fn classic_server(client_port: u16) -> Server {
         "--config",
         &cfg,
     ];
-    Server::start_raw(&args, &dir, None)
+    Server::start_raw(&args, &dir, None).keep_dir(dir)
 }
 
 /// hb-client --wire classic against `server_port`, listening on `client_port`.
@@ -78,7 +78,7 @@ fn classic_client(server_port: u16, client_port: u16, every: &str, block: &str) 
         "--block",
         block,
     ];
-    Proc::spawn("hb-client", &args, &dir, None)
+    Proc::spawn("hb-client", &args, &dir, None).keep_dir(dir)
 }
 
 fn since(t0: Instant, at: Instant) -> Duration {
@@ -579,10 +579,9 @@ fn scenarios_binary_passes_all_four_cases_over_the_classic_wire() {
     // machine one run may miss that, so a second run is allowed. A wrong schedule fails both.
     let mut last = String::new();
     for _ in 0..2 {
-        let mut p = Proc::spawn(
+        let mut p = Proc::spawn_in_temp(
             "hb-scenarios",
             &["--speed", "30", "--wire", "classic"],
-            &temp_dir(),
             None,
         );
         let st = p.wait(ms(20_000));
@@ -612,7 +611,7 @@ impl StdoutWait for Proc {
 #[test]
 fn chat_is_refused_on_the_classic_wire() {
     let _w = Watchdog::new("classic-no-chat", ms(20_000));
-    let mut srv = Proc::spawn(
+    let mut srv = Proc::spawn_in_temp(
         "hb-server",
         &[
             "--defaults",
@@ -623,7 +622,6 @@ fn chat_is_refused_on_the_classic_wire() {
             "--mode",
             "chat",
         ],
-        &temp_dir(),
         None,
     );
     assert_eq!(srv.wait(PROMPT).code(), Some(1));
@@ -632,10 +630,9 @@ fn chat_is_refused_on_the_classic_wire() {
         "{}",
         srv.stderr.text()
     );
-    let mut cl = Proc::spawn(
+    let mut cl = Proc::spawn_in_temp(
         "hb-client",
         &["--defaults", "--wire", "classic", "--chat", "--name", "ann"],
-        &temp_dir(),
         None,
     );
     assert_eq!(cl.wait(PROMPT).code(), Some(2));

@@ -4,9 +4,9 @@
 //! pair, and the test takes the namespace's end of the link down, so the server's packets go
 //! nowhere and nothing (no FIN, no RST, no ICMP) comes back. Addresses are link pairs in the
 //! benchmarking range 198.18.0.0/15 on veth pairs the test makes itself; the server listens on
-//! the host end with `--port 0`. A test that cannot make a namespace prints
-//! `SKIPPED (needs root/netns): ...` and returns; every namespace and link is removed on drop,
-//! panics included.
+//! the host end with `--port 0`. A test that cannot make a namespace calls
+//! [`skip`](crate::support::skip): it fails under CI and prints a visible `SKIPPED` line
+//! elsewhere (docs/TESTING.md); every namespace and link is removed on drop, panics included.
 //!
 //! Every scenario ends with the accounting check: the server's thread and descriptor counts
 //! (`/proc/PID/task`, `/proc/PID/fd`) are back to their baseline within one second.
@@ -67,7 +67,7 @@ struct Netns {
 }
 
 impl Netns {
-    /// Makes the namespace, or prints a loud SKIPPED line and returns `None`.
+    /// Makes the namespace, or skips the test ([`skip`]: a failure under CI) and returns `None`.
     fn create(test: &str) -> Option<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
@@ -87,7 +87,7 @@ impl Netns {
         match ns.setup() {
             Ok(()) => Some(ns),
             Err(e) => {
-                eprintln!("SKIPPED (needs root/netns): {test}: {e}");
+                skip(test, &format!("needs root and network namespaces ({e})"));
                 None
             }
         }
@@ -385,7 +385,9 @@ fn server_on(host: Ipv4Addr, extra: &[&str]) -> Server {
 fn cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals() {
     let _x = exclusive();
     let _w = Watchdog::new("fault-idle-echo", ms(20_000));
-    let Some(ns) = Netns::create("cable_pulled_while_idle_echo") else {
+    let Some(ns) =
+        Netns::create("cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals")
+    else {
         return;
     };
     let mut srv = server_on(ns.host_ip, &[]);
@@ -419,7 +421,8 @@ fn cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals() {
 fn cable_pulled_while_idle_chat_announces_left_heartbeat_timeout() {
     let _x = exclusive();
     let _w = Watchdog::new("fault-idle-chat", ms(20_000));
-    let Some(ns) = Netns::create("cable_pulled_while_idle_chat") else {
+    let Some(ns) = Netns::create("cable_pulled_while_idle_chat_announces_left_heartbeat_timeout")
+    else {
         return;
     };
     let mut srv = server_on(ns.host_ip, &["--mode", "chat"]);
@@ -458,7 +461,9 @@ fn cable_pulled_while_idle_chat_announces_left_heartbeat_timeout() {
 fn cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody() {
     let _x = exclusive();
     let _w = Watchdog::new("fault-mid-echo", ms(30_000));
-    let Some(ns) = Netns::create("cable_pulled_mid_transfer_echo") else {
+    let Some(ns) =
+        Netns::create("cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody")
+    else {
         return;
     };
     // A queue larger than the last window, so the only thing that can stop the server
@@ -523,7 +528,9 @@ fn cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody() {
 fn cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace() {
     let _x = exclusive();
     let _w = Watchdog::new("fault-mid-chat", ms(30_000));
-    let Some(ns) = Netns::create("cable_pulled_mid_transfer_chat") else {
+    let Some(ns) =
+        Netns::create("cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace")
+    else {
         return;
     };
     // A queue large enough that the write stalling on the dead path, not the queue, is what
@@ -613,10 +620,9 @@ fn frozen_client_is_detected_and_exits_3_or_4_after_sigcont() {
     let pid = srv.proc.pid();
     let base = baseline(pid);
     let port = srv.port.to_string();
-    let mut client = Proc::spawn(
+    let mut client = Proc::spawn_in_temp(
         "hb-client",
         &["--defaults", "--port", &port, "--every", "50ms"],
-        &temp_dir(),
         None,
     );
     srv.log().wait_for("connected", PROMPT);
@@ -659,10 +665,9 @@ fn frozen_chat_client_is_announced_and_exits_3_or_4_after_sigcont() {
     join_chat(&mut watcher, "watcher");
     let base = baseline(pid);
     let port = srv.port.to_string();
-    let mut client = Proc::spawn(
+    let mut client = Proc::spawn_in_temp(
         "hb-client",
         &["--defaults", "--chat", "--name", "frozen", "--port", &port],
-        &temp_dir(),
         Some(""),
     );
     assert_eq!(next_non_ping(&mut watcher, PROMPT).1, "JOINED frozen");
@@ -707,10 +712,9 @@ fn sigkill_reset_and_half_close_are_closed_at_once_without_a_round() {
     let base = baseline(pid);
     let port = srv.port.to_string();
     // SIGKILL: the kernel closes the socket for the dead process.
-    let mut client = Proc::spawn(
+    let mut client = Proc::spawn_in_temp(
         "hb-client",
         &["--defaults", "--port", &port, "--every", "50ms"],
-        &temp_dir(),
         None,
     );
     client.stdout.wait_for("ECHO", PROMPT);

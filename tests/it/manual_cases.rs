@@ -241,10 +241,9 @@ fn client_exits_4_when_the_server_goes_silent() {
         drop(s);
     });
     let started = std::time::Instant::now();
-    let mut c = Proc::spawn(
+    let mut c = Proc::spawn_in_temp(
         "hb-client",
         &["--port", &port, "--every", "60s", "--block", "0"],
-        &temp_dir(),
         None,
     );
     let st = c.wait(PROMPT);
@@ -272,10 +271,9 @@ fn client_exits_4_when_the_server_vanishes_without_end() {
             .unwrap();
         std::thread::sleep(ms(100));
     });
-    let mut c = Proc::spawn(
+    let mut c = Proc::spawn_in_temp(
         "hb-client",
         &["--port", &port, "--every", "60s", "--block", "0"],
-        &temp_dir(),
         None,
     );
     assert_eq!(c.wait(PROMPT).code(), Some(4), "{}", c.stderr.text());
@@ -288,12 +286,7 @@ fn client_connection_refused_exits_1() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port().to_string()
     };
-    let mut c = Proc::spawn(
-        "hb-client",
-        &["--defaults", "--port", &port],
-        &temp_dir(),
-        None,
-    );
+    let mut c = Proc::spawn_in_temp("hb-client", &["--defaults", "--port", &port], None);
     assert_eq!(c.wait(PROMPT).code(), Some(1));
     assert!(
         c.stderr.text().contains("cannot connect"),
@@ -308,10 +301,9 @@ fn scenarios_binary_passes_all_four_cases_fast() {
     let _w = Watchdog::new("hb-scenarios", ms(30_000));
     // The suite runs many tests at once on two cores, so allow 100 ms of lateness: still
     // well under half of the 500 ms interval at speed 10, so a wrong beat fails.
-    let mut p = Proc::spawn(
+    let mut p = Proc::spawn_in_temp(
         "hb-scenarios",
         &["--speed", "10", "--tolerance", "100ms"],
-        &temp_dir(),
         None,
     );
     let st = p.wait(ms(20_000));
@@ -324,18 +316,16 @@ fn scenarios_binary_passes_all_four_cases_fast() {
     );
     assert_eq!(p.stdout.count("PASS"), 4, "{}", p.stdout.text());
     assert!(p.stdout.text().contains("4 passed, 0 failed"));
-    let mut p = Proc::spawn(
+    let mut p = Proc::spawn_in_temp(
         "hb-scenarios",
         &["--speed", "10", "--tolerance", "100ms", "--case", "3"],
-        &temp_dir(),
         None,
     );
     assert_eq!(p.wait(ms(20_000)).code(), Some(0), "{}", p.stdout.text());
     assert_eq!(p.stdout.count("PASS"), 1, "{}", p.stdout.text());
-    let mut p = Proc::spawn(
+    let mut p = Proc::spawn_in_temp(
         "hb-scenarios",
         &["--speed", "10", "--tolerance", "300ms"],
-        &temp_dir(),
         None,
     );
     assert_eq!(
@@ -343,6 +333,6 @@ fn scenarios_binary_passes_all_four_cases_fast() {
         Some(2),
         "tolerance above half an interval is refused"
     );
-    let mut p = Proc::spawn("hb-scenarios", &["--case", "5"], &temp_dir(), None);
+    let mut p = Proc::spawn_in_temp("hb-scenarios", &["--case", "5"], None);
     assert_eq!(p.wait(PROMPT).code(), Some(2));
 }

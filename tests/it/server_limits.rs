@@ -177,12 +177,7 @@ fn slow_consumer_is_ended_and_others_keep_going() {
 fn port_in_use_is_a_clear_error_with_exit_1() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port().to_string();
-    let mut p = Proc::spawn(
-        "hb-server",
-        &["--defaults", "--port", &port],
-        &temp_dir(),
-        None,
-    );
+    let mut p = Proc::spawn_in_temp("hb-server", &["--defaults", "--port", &port], None);
     assert_eq!(p.wait(PROMPT).code(), Some(1));
     let err = p.stderr.text();
     assert!(
@@ -323,7 +318,10 @@ fn out_of_threads_refuses_with_server_full_and_keeps_serving() {
             .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
     });
     if !tools || !root {
-        eprintln!("SKIPPED (needs root, setpriv and prlimit): out_of_threads_refuses_with_server_full_and_keeps_serving");
+        skip(
+            "out_of_threads_refuses_with_server_full_and_keeps_serving",
+            &format!("needs root, setpriv and prlimit (root: {root}, tools: {tools})"),
+        );
         return;
     }
     let mut srv = Server::start_wrapped(&[

@@ -78,8 +78,11 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// A fresh empty directory (so no stray configuration.json is picked up).
-pub fn temp_dir() -> PathBuf {
+/// A fresh empty directory under the system's temp dir, removed with everything in it when the
+/// guard drops (panics included), so a test run leaves nothing behind in /tmp. It derefs to
+/// [`Path`]; keep it alive as long as a process uses it as its working directory (bind it to a
+/// variable, or hand it to [`Server::keep_dir`] / [`Proc::keep_dir`]).
+pub fn temp_dir() -> TempDir {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "hb-it-{}-{}",
@@ -88,7 +91,57 @@ pub fn temp_dir() -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
+}
+
+/// A temporary directory, removed on drop; see [`temp_dir`].
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// True when the suite runs under CI: `CI` is set to anything but ``, `false` or `0`
+/// (`.ci/run` exports `CI=true`; so do the common CI services).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"))
+}
+
+/// A test that cannot run on this machine (missing rights or tools) calls this and returns.
+///
+/// Under CI ([`in_ci`]) a skip is a failure: it panics, because a check that did not run must
+/// not show green there. Elsewhere it writes `SKIPPED TEST: WHY` straight to the process's
+/// stderr: libtest's capture only catches the `print!`/`eprint!` macros, so this line shows in
+/// plain `cargo test` output next to the test's `ok`, instead of being swallowed.
+pub fn skip(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test} cannot run here: {why} (CI requires it; see docs/TESTING.md)");
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "SKIPPED {test}: {why}");
+    let _ = err.flush();
 }
 
 /// Lines of a child's stream, collected by a thread, with the instant each arrived.
@@ -171,6 +224,8 @@ pub struct Proc {
     pub stdout: Lines,
     pub stderr: Lines,
     pub stdin: Option<ChildStdin>,
+    /// The working directory, when the process owns it (removed after the process is gone).
+    dir: Option<TempDir>,
 }
 
 impl Proc {
@@ -178,6 +233,12 @@ impl Proc {
         let mut cmd = Command::new(bin(name));
         cmd.args(args);
         Self::from_command(cmd, dir, stdin)
+    }
+
+    /// [`Proc::spawn`] in a fresh [`temp_dir`] that lives as long as the process.
+    pub fn spawn_in_temp(name: &str, args: &[&str], stdin: Option<&str>) -> Self {
+        let dir = temp_dir();
+        Self::spawn(name, args, &dir, stdin).keep_dir(dir)
     }
 
     /// Runs `script` with `sh -c` (for `ulimit` and the like before an `exec`).
@@ -208,7 +269,14 @@ impl Proc {
             stdout,
             stderr,
             stdin: input,
+            dir: None,
         }
+    }
+
+    /// Keeps `dir` (usually the process's working directory) until this process is dropped.
+    pub fn keep_dir(mut self, dir: TempDir) -> Self {
+        self.dir = Some(dir);
+        self
     }
 
     /// Closes the child's stdin (end of input).
@@ -254,6 +322,8 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Only now, with the process gone, may its directory go.
+        self.dir = None;
     }
 }
 
@@ -269,7 +339,8 @@ impl Server {
     pub fn start(args: &[&str]) -> Self {
         let mut all = vec!["--defaults", "--port", "0"];
         all.extend_from_slice(args);
-        Self::start_raw(&all, &temp_dir(), None)
+        let dir = temp_dir();
+        Self::start_raw(&all, &dir, None).keep_dir(dir)
     }
 
     /// Starts hb-server with exactly `args`, waiting for `listening on`.
@@ -284,7 +355,7 @@ impl Server {
             "ulimit {ulimit_args} && exec {} --defaults --port 0",
             bin("hb-server").display()
         );
-        Self::started(Proc::spawn_sh(&script, &dir), &dir)
+        Self::started(Proc::spawn_sh(&script, &dir), &dir).keep_dir(dir)
     }
 
     /// `hb-server --defaults --port 0` run through `wrapper` (e.g. `setpriv ... prlimit ...`).
@@ -295,7 +366,13 @@ impl Server {
         cmd.args(&wrapper[1..])
             .arg(&server)
             .args(["--defaults", "--port", "0"]);
-        Self::started(Proc::from_command(cmd, &dir, None), &dir)
+        Self::started(Proc::from_command(cmd, &dir, None), &dir).keep_dir(dir)
+    }
+
+    /// Keeps `dir` (the server's working directory) until the server is dropped.
+    pub fn keep_dir(mut self, dir: TempDir) -> Self {
+        self.proc.dir = Some(dir);
+        self
     }
 
     fn started(mut proc: Proc, dir: &Path) -> Self {
