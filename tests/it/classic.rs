@@ -252,27 +252,47 @@ fn client_answers_the_original_server_and_leaves_with_0_on_ctrl_c() {
 
 #[test]
 fn client_sends_every_interval_to_the_original_server() {
+    let _x = exclusive();
     let _w = Watchdog::new("classic-client-case1", ms(20_000));
+    const EVERY: u64 = 150;
+    const MESSAGES: usize = 6;
     let client_port = free_port();
     let mut srv = OrigServer::start(client_port, ms(IDLE), ms(INTERVAL), COUNT as u32);
     let mut cl = classic_client(srv.port, client_port, "150ms", "0");
-    let first = srv
+    let at = srv
         .record
-        .wait("data", PROMPT, |s| matches!(s, Seen::Data(_)));
-    std::thread::sleep(ms(IDLE * 2));
-    srv.record.settle(ms(10));
+        .wait_messages(HELLO, MESSAGES, ms(EVERY * MESSAGES as u64 + 2_000));
     // Unframed: what the server read is the message bytes back to back, nothing else.
     let got = srv.record.data_bytes();
     assert!(
-        got.chunks(HELLO.len()).all(|c| c == HELLO) && got.len() / HELLO.len() >= 5,
+        got.chunks(HELLO.len()).all(|c| c == HELLO),
         "{:?}",
         srv.record.show()
     );
+    // The client keeps a fixed schedule from its first send (a late send does not push the
+    // later ones back): message i arrives at first + i x 150 ms, and each gap is 150 ms.
+    for (i, t) in at.iter().enumerate().take(MESSAGES) {
+        assert_near(
+            &format!("message {i}"),
+            since(at[0], *t),
+            ms(EVERY * i as u64),
+            ms(SLACK),
+        );
+    }
+    for (i, w) in at.windows(2).enumerate().take(MESSAGES - 1) {
+        let gap = since(w[0], w[1]);
+        assert!(
+            gap + ms(SLACK) >= ms(EVERY) && gap <= ms(EVERY + SLACK),
+            "gap {i}->{}: {gap:?}, expected {EVERY} ms (+-{SLACK} ms); {:?}",
+            i + 1,
+            srv.record.show()
+        );
+    }
+    // Data every 150 ms is well inside idle: no heartbeat round ever starts.
     assert_eq!(
         srv.record.count(|s| *s == Seen::HbSent(HEARTBEAT.to_vec())),
         0
     );
-    let _ = first;
     cl.signal("INT");
     assert_eq!(cl.wait(PROMPT).code(), Some(0));
 }

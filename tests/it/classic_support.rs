@@ -107,6 +107,38 @@ impl Record {
         })
     }
 
+    /// When each whole `msg` was complete in the data stream, in order: the classic wire is
+    /// unframed, so one read may hold several messages (all get that read's instant) or part
+    /// of one (it counts when its last byte arrives).
+    pub fn message_arrivals(&self, msg: &[u8]) -> Vec<Instant> {
+        let mut total = 0;
+        let mut arrivals = Vec::new();
+        for (at, s) in &self.seen {
+            if let Seen::Data(b) = s {
+                total += b.len();
+                while (arrivals.len() + 1) * msg.len() <= total {
+                    arrivals.push(*at);
+                }
+            }
+        }
+        arrivals
+    }
+
+    /// Waits (bounded) until `n` whole `msg`s have arrived on the data socket.
+    pub fn wait_messages(&mut self, msg: &[u8], n: usize, within: Duration) -> Vec<Instant> {
+        let deadline = Instant::now() + within;
+        while self.message_arrivals(msg).len() < n {
+            match self.rx.recv_deadline(deadline) {
+                Ok(item) => self.seen.push(item),
+                Err(_) => panic!(
+                    "{n} messages not seen within {within:?}; saw {:?}",
+                    self.show()
+                ),
+            }
+        }
+        self.message_arrivals(msg)
+    }
+
     /// All bytes read from the heartbeat socket so far, concatenated.
     pub fn hb_bytes(&self) -> Vec<u8> {
         self.concat(|s| match s {

@@ -1,5 +1,5 @@
 //! hb-node and hb-echo, end to end: real processes, real sockets on 127.0.0.1 port 0,
-//! every wait bounded by a watchdog.
+//! every wait bounded (node_support's per-wait limit and a whole-test [`Watchdog`]).
 
 #[path = "node_support.rs"]
 mod support;
@@ -11,6 +11,11 @@ use std::path::Path;
 use std::thread;
 use support::{listening_port, msg, node, route, Proc, HB_ECHO, HB_NODE, WATCHDOG};
 use tcp_heartbeat::net::rawsock::EchoServer;
+
+// The run-alone gate (tests/it/support.rs): tests that move megabytes or many values through
+// loopback hold the machine alone so timing tests never share a core with them; the others
+// hold it shared, like every watched test.
+use crate::support::{exclusive, ms, Watchdog};
 
 fn req(p: &mut Proc, body: Value) -> Value {
     p.send(&msg("c1", "n1", body));
@@ -30,6 +35,7 @@ fn assert_error(reply: &Value, code: u64, in_reply_to: u64) {
 
 #[test]
 fn own_case_files_match_byte_for_byte() {
+    let _w = Watchdog::new("own_case_files_match_byte_for_byte", ms(30_000));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-cases");
     let mut inputs: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/node-cases")
@@ -65,6 +71,11 @@ fn own_case_files_match_byte_for_byte() {
 
 #[test]
 fn batch_echo_completes_through_loopback_for_1_3_and_1000_values() {
+    let _x = exclusive();
+    let _w = Watchdog::new(
+        "batch_echo_completes_through_loopback_for_1_3_and_1000_values",
+        ms(60_000),
+    );
     let mut p = node(&[]);
     for (batch_id, n) in (10u64..).zip([1usize, 3, 1000]) {
         let values: Vec<Value> = (0..n).map(|i| json!(format!("v{n}-{i}"))).collect();
@@ -114,6 +125,10 @@ fn batch_echo_completes_through_loopback_for_1_3_and_1000_values() {
 
 #[test]
 fn two_batches_interleave_and_each_gets_its_own_results() {
+    let _w = Watchdog::new(
+        "two_batches_interleave_and_each_gets_its_own_results",
+        ms(30_000),
+    );
     let mut p = node(&[]);
     p.send(&msg(
         "c1",
@@ -137,6 +152,7 @@ fn two_batches_interleave_and_each_gets_its_own_results() {
 
 #[test]
 fn every_error_code_end_to_end() {
+    let _w = Watchdog::new("every_error_code_end_to_end", ms(30_000));
     // 11: a request before init, answered from the addressee.
     let mut p = Proc::spawn(HB_NODE, &[]);
     p.send(&msg("c1", "n5", json!({"type": "ka_status", "msg_id": 1})));
@@ -207,6 +223,10 @@ fn every_error_code_end_to_end() {
 
 #[test]
 fn unanswered_batch_fails_with_error_0_after_rpc_timeout() {
+    let _w = Watchdog::new(
+        "unanswered_batch_fails_with_error_0_after_rpc_timeout",
+        ms(30_000),
+    );
     let mut p = node(&["--rpc-timeout", "150ms"]);
     p.send(&msg(
         "c1",
@@ -226,6 +246,8 @@ fn unanswered_batch_fails_with_error_0_after_rpc_timeout() {
 
 #[test]
 fn tcp_echo_through_the_node_uses_a_real_server() {
+    let _x = exclusive();
+    let _w = Watchdog::new("tcp_echo_through_the_node_uses_a_real_server", ms(60_000));
     let mut p = node(&[]);
     let started = req(
         &mut p,
@@ -238,7 +260,19 @@ fn tcp_echo_through_the_node_uses_a_real_server() {
         &mut p,
         json!({"type": "tcp_echo_start", "msg_id": 3, "port": 1}),
     );
-    assert_eq!(again["body"]["port"], port);
+    // Another port while one listens is refused (error 22), naming both ports; the same
+    // port (or 0) answers with the running server's port.
+    assert_error(&again, 22, 3);
+    assert_eq!(
+        again["body"]["text"],
+        format!("echo server already listening on port {port}; cannot also listen on 1")
+    );
+    let same = req(
+        &mut p,
+        json!({"type": "tcp_echo_start", "msg_id": 30, "port": port}),
+    );
+    assert_eq!(same["body"]["status"], "listening", "{same}");
+    assert_eq!(same["body"]["port"], port, "{same}");
 
     let sent = req(
         &mut p,
@@ -272,6 +306,7 @@ fn tcp_echo_through_the_node_uses_a_real_server() {
 
 #[test]
 fn node_bad_usage_exits_2_with_one_line() {
+    let _w = Watchdog::new("node_bad_usage_exits_2_with_one_line", ms(30_000));
     let mut p = Proc::spawn(HB_NODE, &["--rpc-timeout", "soon"]);
     let status = p.wait_exit(WATCHDOG);
     assert_eq!(status.code(), Some(2));
@@ -307,6 +342,8 @@ fn roundtrip(port: u16, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn hb_echo_serves_concurrent_clients() {
+    let _x = exclusive();
+    let _w = Watchdog::new("hb_echo_serves_concurrent_clients", ms(60_000));
     let (_p, port) = echo_server();
     let handles: Vec<_> = (0..16)
         .map(|i| {
@@ -323,6 +360,8 @@ fn hb_echo_serves_concurrent_clients() {
 
 #[test]
 fn hb_echo_echoes_a_1_mb_payload() {
+    let _x = exclusive();
+    let _w = Watchdog::new("hb_echo_echoes_a_1_mb_payload", ms(60_000));
     let (_p, port) = echo_server();
     let payload: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(roundtrip(port, &payload), payload);
@@ -330,6 +369,8 @@ fn hb_echo_echoes_a_1_mb_payload() {
 
 #[test]
 fn hb_echo_survives_a_client_vanishing_mid_stream() {
+    let _x = exclusive();
+    let _w = Watchdog::new("hb_echo_survives_a_client_vanishing_mid_stream", ms(60_000));
     let (_p, port) = echo_server();
     for _ in 0..3 {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -343,6 +384,7 @@ fn hb_echo_survives_a_client_vanishing_mid_stream() {
 
 #[test]
 fn hb_echo_stops_cleanly_on_sigterm() {
+    let _w = Watchdog::new("hb_echo_stops_cleanly_on_sigterm", ms(30_000));
     let (mut p, port) = echo_server();
     assert_eq!(roundtrip(port, b"ping"), b"ping");
     let pid = rustix::process::Pid::from_child(p.child());
@@ -354,6 +396,7 @@ fn hb_echo_stops_cleanly_on_sigterm() {
 
 #[test]
 fn hb_echo_usage_and_port_in_use_exit_codes() {
+    let _w = Watchdog::new("hb_echo_usage_and_port_in_use_exit_codes", ms(30_000));
     let mut usage = Proc::spawn(HB_ECHO, &[]);
     assert_eq!(usage.wait_exit(WATCHDOG).code(), Some(2));
     // The message names the missing argument (clap's first line alone did not).

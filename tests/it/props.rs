@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use proptest::prelude::*;
+
+use crate::support::{exclusive, ms, Watchdog};
 use tcp_heartbeat::config::{ConfigError, FileConfig};
 use tcp_heartbeat::core::wire::{ClientMsg, LineDecoder, LineTooLong, ServerMsg};
 
@@ -55,18 +57,27 @@ fn check_round_trips(line: &[u8]) -> Result<(), TestCaseError> {
 /// take a few seconds together.
 const CASES: u32 = 10_000;
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() })]
+/// Property tests are CPU-bound for seconds: each holds the machine alone (the gate in
+/// support.rs), so a timing test never shares a core with one.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
 
-    /// Fed in any chunks, the decoder yields exactly the stream's lines (`\r\n` as `\n`),
-    /// never one longer than its limit, never holds more than limit + 1 bytes of an unfinished
-    /// line, and stops for good with LineTooLong once a line is too long.
-    #[test]
-    fn decoder_splits_like_the_reference_and_stays_bounded(
-        data in wire_bytes(),
-        max_line in 1usize..48,
-        cuts in prop::collection::vec(1usize..20, 1..16),
-    ) {
+/// Fed in any chunks, the decoder yields exactly the stream's lines (`\r\n` as `\n`),
+/// never one longer than its limit, never holds more than limit + 1 bytes of an unfinished
+/// line, and stops for good with LineTooLong once a line is too long.
+#[test]
+fn decoder_splits_like_the_reference_and_stays_bounded() {
+    let _x = exclusive();
+    let _w = Watchdog::new(
+        "decoder_splits_like_the_reference_and_stays_bounded",
+        ms(120_000),
+    );
+    proptest!(config(), |(data in wire_bytes(), max_line in 1usize..48, cuts in prop::collection::vec(1usize..20, 1..16))| {
         let mut dec = LineDecoder::new(max_line);
         let mut got: Vec<Vec<u8>> = Vec::new();
         let mut too_long = false;
@@ -124,25 +135,40 @@ proptest! {
             prop_assert_eq!(got, want);
             prop_assert_eq!(dec.pending(), unfinished.len());
         }
-    }
+    });
+}
 
-    /// Any bytes at all as one line: the parsers never panic, and what parses round-trips.
-    #[test]
-    fn parsers_never_panic_and_round_trip(line in prop::collection::vec(any::<u8>(), 0..64)) {
+/// Any bytes at all as one line: the parsers never panic, and what parses round-trips.
+#[test]
+fn parsers_never_panic_and_round_trip() {
+    let _x = exclusive();
+    let _w = Watchdog::new("parsers_never_panic_and_round_trip", ms(120_000));
+    proptest!(config(), |(line in prop::collection::vec(any::<u8>(), 0..64))| {
         check_round_trips(&line)?;
-    }
+    });
+}
 
-    /// The same with lines that look like the wire.
-    #[test]
-    fn wire_like_lines_round_trip(line in wire_bytes()) {
+/// The same with lines that look like the wire.
+#[test]
+fn wire_like_lines_round_trip() {
+    let _x = exclusive();
+    let _w = Watchdog::new("wire_like_lines_round_trip", ms(120_000));
+    proptest!(config(), |(line in wire_bytes())| {
         for l in line.split(|&b| b == b'\n') {
             check_round_trips(l)?;
         }
-    }
+    });
+}
 
-    /// configuration.json: never a panic, and an error about a key names it.
-    #[test]
-    fn config_parse_never_panics_and_errors_name_the_key(text in config_text()) {
+/// configuration.json: never a panic, and an error about a key names it.
+#[test]
+fn config_parse_never_panics_and_errors_name_the_key() {
+    let _x = exclusive();
+    let _w = Watchdog::new(
+        "config_parse_never_panics_and_errors_name_the_key",
+        ms(120_000),
+    );
+    proptest!(config(), |(text in config_text())| {
         match FileConfig::parse(&text, Path::new("prop.json")) {
             Ok(_) => {}
             Err(ConfigError::UnknownKey { key, .. }) => {
@@ -157,7 +183,7 @@ proptest! {
             }
             Err(e) => prop_assert!(!e.to_string().is_empty()),
         }
-    }
+    });
 }
 
 /// JSON that is mostly well-formed, with the real keys, typos and values of every type.

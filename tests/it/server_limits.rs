@@ -93,6 +93,8 @@ fn sigint_and_sigterm_end_every_client_and_exit_0_within_a_second() {
 
 #[test]
 fn shutdown_is_prompt_even_with_a_client_that_does_not_read() {
+    // Floods megabytes through loopback (and times the shutdown): run alone.
+    let _x = exclusive();
     let _w = Watchdog::new("shutdown-stuck", ms(10_000));
     let mut srv = Server::start(&["--queue", "100000000"]);
     let mut stuck = Peer::connect(srv.port);
@@ -147,6 +149,8 @@ fn max_conns_refuses_newcomers_and_keeps_serving_the_others() {
 
 #[test]
 fn slow_consumer_is_ended_and_others_keep_going() {
+    // Floods megabytes through loopback (and times the shutdown): run alone.
+    let _x = exclusive();
     let _w = Watchdog::new("slow-consumer", ms(15_000));
     let mut srv = Server::start(&["--queue", "65536"]);
     // Sends and sends but never reads its echoes.
