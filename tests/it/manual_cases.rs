@@ -228,34 +228,49 @@ fn hb_client_cases_end_to_end() {
 
 #[test]
 fn client_exits_4_when_the_server_goes_silent() {
+    // Timing: the client's exit instant is asserted within a tight window.
+    let _x = exclusive();
     let _w = Watchdog::new("client-lost", ms(20_000));
     // A fake server that greets and then never says anything again.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
+    let (greeted_tx, greeted) = crossbeam_channel::bounded(1);
+    let (done, until_done) = crossbeam_channel::bounded::<()>(1);
     let fake = std::thread::spawn(move || {
         use std::io::Write;
         let (mut s, _) = listener.accept().unwrap();
         s.write_all(b"HELLO hb/1 idle=200 interval=100 count=2\n")
             .unwrap();
-        std::thread::sleep(ms(3000));
+        greeted_tx.send(std::time::Instant::now()).unwrap();
+        // Silent (but open) until the client gave up, or 3 s at most.
+        let _ = until_done.recv_timeout(ms(3000));
         drop(s);
     });
-    let started = std::time::Instant::now();
     let mut c = Proc::spawn_in_temp(
         "hb-client",
         &["--port", &port, "--every", "60s", "--block", "0"],
         None,
     );
+    let greeted_at = greeted.recv_timeout(PROMPT).expect("the client connected");
     let st = c.wait(PROMPT);
+    let exited = std::time::Instant::now();
     assert_eq!(st.code(), Some(4), "{}", c.stderr.text());
     assert!(
         c.stderr.text().contains("stopped answering"),
         "{}",
         c.stderr.text()
     );
-    // idle + count x interval = 400 ms of silence.
-    let took = started.elapsed();
-    assert!(took >= ms(400) && took < ms(2500), "{took:?}");
+    // The client's rule (src/core/client.rs): the server is lost once nothing arrived for
+    // idle + count x interval = 200 + 2 x 100 = 400 ms after the last line (the HELLO). The
+    // exit is seen here within one 5 ms poll of Proc::wait plus process teardown.
+    let want = ms(200 + 2 * 100);
+    let took = exited.saturating_duration_since(greeted_at);
+    assert!(
+        took + ms(5) >= want && took <= want + ms(150),
+        "exited {took:?} after the HELLO; expected {want:?} (-5 ms, +150 ms)"
+    );
+    eprintln!("measured: the client gave up {took:?} after the HELLO");
+    let _ = done.send(());
     fake.join().unwrap();
 }
 
