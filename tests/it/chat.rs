@@ -383,8 +383,48 @@ fn interactive_clients_chat_through_pipes() {
     bob.stdout.wait_for("ann: hello bob", PROMPT);
     say(&mut bob, "hi ann");
     ann.stdout.wait_for("bob: hi ann", PROMPT);
-    // Both stay through several heartbeat rounds, answering by themselves.
-    std::thread::sleep(ms(1000));
+    // Both stay through several heartbeat rounds, answering by themselves: after 300 ms of
+    // silence the server pings each, and each answers the first PING of every round.
+    const ROUNDS: usize = 3;
+    let who = |srv: &mut Server, name: &str| {
+        let (_, l) = srv.log().wait_for(&format!(" joined as {name}"), PROMPT);
+        // "TIMESTAMP #ID ADDR joined as NAME": the connection is "#ID ADDR".
+        let conn = l.split(" joined as ").next().unwrap();
+        conn[conn.find('#').unwrap()..].to_owned()
+    };
+    let (ann_conn, bob_conn) = (who(&mut srv, "ann"), who(&mut srv, "bob"));
+    let answered = |srv: &Server, conn: &str| {
+        srv.proc
+            .stdout
+            .seen
+            .iter()
+            .filter(|(_, l)| l.contains(&format!("{conn} answered after heartbeat ")))
+            .count()
+    };
+    let deadline = Instant::now() + ms(300 * (ROUNDS as u64 + 1) + 2_000);
+    while answered(&srv, &ann_conn) < ROUNDS || answered(&srv, &bob_conn) < ROUNDS {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {ROUNDS} answered rounds each:\n{}",
+            srv.log().text()
+        );
+        srv.log().settle(ms(20));
+    }
+    for conn in [&ann_conn, &bob_conn] {
+        let log = srv.log().text();
+        let rounds = log
+            .lines()
+            .filter(|l| l.contains(&format!("{conn} no data for 300ms, heartbeat round starts")))
+            .count();
+        assert!(rounds >= ROUNDS, "{conn}: {rounds} rounds started:\n{log}");
+        // Answered at once: never a second PING in a round, never an END.
+        assert!(
+            log.lines()
+                .filter(|l| l.contains(&format!(" {conn} ")))
+                .all(|l| !l.contains("heartbeat 2/") && !l.contains(" END ")),
+            "{conn}:\n{log}"
+        );
+    }
     say(&mut bob, "still here");
     ann.stdout.wait_for("bob: still here", PROMPT);
     say(&mut bob, "/quit");
