@@ -267,6 +267,10 @@ struct Prober {
     stop: Arc<AtomicBool>,
     /// The longest round trip since the last [`Prober::check`], and how many there were.
     worst: Arc<Mutex<(Duration, u64)>>,
+    /// The prober thread's own worst wake-up lateness (a 5 ms sleep's overshoot) in the same
+    /// span: a control that tells a slow machine (other processes on the cores) from a slow
+    /// server when a round trip is over the limit.
+    late: Arc<Mutex<Duration>>,
     handle: thread::JoinHandle<()>,
 }
 
@@ -277,7 +281,8 @@ impl Prober {
         stream.set_read_timeout(Some(PROMPT)).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let worst = Arc::new(Mutex::new((Duration::ZERO, 0)));
-        let (stop2, worst2) = (stop.clone(), worst.clone());
+        let late = Arc::new(Mutex::new(Duration::ZERO));
+        let (stop2, worst2, late2) = (stop.clone(), worst.clone(), late.clone());
         let handle = thread::spawn(move || {
             let mut w = stream.try_clone().unwrap();
             let mut r = BufReader::new(stream);
@@ -306,12 +311,17 @@ impl Prober {
                     wst.1 += 1;
                 }
                 n += 1;
+                let slept = Instant::now();
                 thread::sleep(ms(5));
+                let over = slept.elapsed().saturating_sub(ms(5));
+                let mut l = late2.lock().unwrap();
+                *l = (*l).max(over);
             }
         });
         Self {
             stop,
             worst,
+            late,
             handle,
         }
     }
@@ -326,10 +336,19 @@ impl Prober {
             thread::sleep(ms(1));
         }
         let (max, n) = std::mem::take(&mut *self.worst.lock().unwrap());
-        eprintln!("measured: {during}: well-behaved round trip max {max:?} over {n}");
+        let late = std::mem::take(&mut *self.late.lock().unwrap());
+        eprintln!(
+            "measured: {during}: well-behaved round trip max {max:?} over {n} \
+             (prober's own wake-up lateness max {late:?})"
+        );
         assert!(
             max < RTT_LIMIT,
-            "{during}: a well-behaved client's round trip reached {max:?} ({n} round trips)"
+            "{during}: a well-behaved client's round trip reached {max:?} ({n} round trips); \
+             the prober's own 5 ms sleeps overshot by up to {late:?} meanwhile (large: the \
+             machine was busy; small: the server was slow); load: {}",
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
         );
     }
 
@@ -1242,9 +1261,26 @@ fn live_clients_on_saturated_cores_are_never_disconnected() {
     let rounds = pings as f64 / CLIENTS as f64;
     eprintln!("measured: {CLIENTS} live clients on saturated cores for {FOR:?}: {pings} heartbeats answered ({rounds:.1} each), none disconnected");
     assert!(rounds >= 3.0, "only {pings} heartbeats in {FOR:?}");
-    srv.log().settle(ms(100));
-    assert_eq!(srv.log().count("heartbeat-timeout"), 0);
-    assert_eq!(srv.log().count("closed"), 0);
+    // Keep answering while the log catches up: a client that stopped answering at the end of
+    // the window could be timed out by a late round (500 ms) if this thread is descheduled,
+    // which would be the test's doing, not the server's.
+    if let Err(e) = answer_until(Instant::now() + ms(200), &mut hellos, &mut pings) {
+        fail(&mut srv, e);
+    }
+    srv.log().settle(ms(50));
+    let ended: Vec<&String> = srv
+        .log()
+        .seen
+        .iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.contains(" END ") || l.ends_with(" closed") || l.contains("closed by"))
+        .collect();
+    assert!(
+        ended.is_empty(),
+        "{} connection(s) ended or closed while every client answered; first: {:#?}",
+        ended.len(),
+        &ended[..ended.len().min(5)]
+    );
     drop(socks);
     // 1,000 closes: allow them to be logged, then the usual one-second check.
     let deadline = Instant::now() + PROMPT;
