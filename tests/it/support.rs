@@ -99,6 +99,7 @@ pub fn temp_dir() -> TempDir {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// The directory's path.
     pub fn path(&self) -> &Path {
         &self.0
     }
