@@ -89,6 +89,8 @@ fn since(t0: Instant, at: Instant) -> Duration {
 
 #[test]
 fn server_case1_original_client_gets_exact_echoes_and_no_heartbeat() {
+    // Timing: steady data inside idle / END at idle + count x interval; run alone.
+    let _x = exclusive();
     let _w = Watchdog::new("classic-server-case1", ms(20_000));
     let l = OrigClientListener::bind();
     let mut srv = classic_server(l.port);
@@ -368,6 +370,8 @@ fn client_with_a_busy_listen_port_fails_with_a_clear_error() {
 
 #[test]
 fn hb_client_and_hb_server_case3_end_connection_exit_3() {
+    // Timing: steady data inside idle / END at idle + count x interval; run alone.
+    let _x = exclusive();
     let _w = Watchdog::new("classic-both-case3", ms(20_000));
     let client_port = free_port();
     let srv = classic_server(client_port);
