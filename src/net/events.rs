@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 
-use crate::config::fmt_duration;
+use crate::config::{fmt_duration, Mode, Wire};
 use crate::core::classic::ClassicEnd;
 use crate::core::wire::EndReason;
 
@@ -19,7 +19,14 @@ use crate::core::wire::EndReason;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The server is accepting connections.
-    Listening(SocketAddr),
+    Listening {
+        /// The address bound (the real port when asked for port 0).
+        addr: SocketAddr,
+        /// What the server does with lines.
+        mode: Mode,
+        /// Which bytes go over the socket.
+        wire: Wire,
+    },
     /// A client connected.
     Connected {
         /// Connection number.
@@ -197,7 +204,18 @@ pub enum Event {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Listening(addr) => write!(f, "listening on {addr}"),
+            // `ADDR:PORT` stays last on the line: scripts take the port from the line's end.
+            Self::Listening { addr, mode, wire } => {
+                let mode = match mode {
+                    Mode::Echo => "echo",
+                    Mode::Chat => "chat",
+                };
+                let wire = match wire {
+                    Wire::Line => "line",
+                    Wire::Classic => "classic",
+                };
+                write!(f, "mode {mode}, wire {wire}, listening on {addr}")
+            }
             Self::Connected { id, peer } => write!(f, "#{id} {peer} connected"),
             Self::RoundStarted { id, peer, idle } => {
                 write!(f, "#{id} {peer} no data for {}, heartbeat round starts", fmt_duration(*idle))
