@@ -252,6 +252,7 @@ fn lines_split_across_reads_do_not_grow_memory() {
         keep.push(s);
     }
     let after = rss_kib(pid);
+    eprintln!("measured: VmRSS {before} -> {after} KiB");
     assert!(total > 8 << 20, "too little traffic to judge: {total} bytes");
     let growth = after.saturating_sub(before);
     assert!(
@@ -261,7 +262,8 @@ fn lines_split_across_reads_do_not_grow_memory() {
 }
 
 /// Sixteen clients send a burst of 1 KiB lines in 256 KiB writes and then go idle: the idle
-/// connections hold about nothing. (The old decoder kept each burst's peak buffer: 82 MiB.)
+/// connections hold about nothing (measured +0.3 MiB; the old decoder kept each burst's peak
+/// buffer, +25 MiB here and 82 MiB in the run).
 #[test]
 fn idle_connections_after_a_burst_stay_small() {
     let _x = exclusive();
@@ -294,9 +296,10 @@ fn idle_connections_after_a_burst_stay_small() {
         .collect();
     let keep: Vec<TcpStream> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let after = rss_kib(pid);
+    eprintln!("measured: VmRSS {before} -> {after} KiB");
     let growth = after.saturating_sub(before);
     assert!(
-        growth < 16 * 1024,
+        growth < 8 * 1024,
         "RSS grew {growth} KiB ({before} -> {after} KiB) for {} idle connections",
         keep.len()
     );
