@@ -462,4 +462,18 @@ mod tests {
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
     }
+
+    #[test]
+    fn the_listening_line_names_mode_and_wire_and_ends_with_the_address() {
+        let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let line = |mode, wire| Event::Listening { addr, mode, wire }.to_string();
+        assert_eq!(
+            line(Mode::Chat, Wire::Line),
+            "mode chat, wire line, listening on 127.0.0.1:9000"
+        );
+        assert_eq!(
+            line(Mode::Echo, Wire::Classic),
+            "mode echo, wire classic, listening on 127.0.0.1:9000"
+        );
+    }
 }

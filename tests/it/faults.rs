@@ -937,7 +937,10 @@ fn hostile_input_gets_contract_behaviour_and_never_delays_a_good_client() {
     big.expect("END line-too-long", PROMPT);
     big.expect_closed(PROMPT);
     let (sent, stopped) = writer.join().unwrap();
-    assert!(stopped, "the server kept taking input for 5 s ({sent} bytes)");
+    assert!(
+        stopped,
+        "the server kept taking input for 5 s ({sent} bytes)"
+    );
     drop(big);
     assert_back_to(pid, base, "a 10 MB line");
     prober.check("a 10 MB line");

@@ -84,8 +84,15 @@ fn line_too_long_end_survives_a_client_still_sending() {
         let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
         let got = write_then_read(&mut s, &[&long, &more, &more], ms(40));
         assert_eq!(got.write_error, None, "round {round}: {got:?}");
-        assert_eq!(got.read, format!("{HELLO}END line-too-long\n"), "round {round}");
-        assert_eq!(got.read_error, None, "round {round}: expected EOF, not a reset");
+        assert_eq!(
+            got.read,
+            format!("{HELLO}END line-too-long\n"),
+            "round {round}"
+        );
+        assert_eq!(
+            got.read_error, None,
+            "round {round}: expected EOF, not a reset"
+        );
     }
 }
 
@@ -102,9 +109,21 @@ fn server_full_end_survives_a_client_still_sending() {
         let got = write_then_read(&mut s, &[&msg, &msg, &msg], ms(40));
         assert_eq!(got.write_error, None, "round {round}: {got:?}");
         assert_eq!(got.read, "END server-full\n", "round {round}");
-        assert_eq!(got.read_error, None, "round {round}: expected EOF, not a reset");
+        assert_eq!(
+            got.read_error, None,
+            "round {round}: expected EOF, not a reset"
+        );
     }
     srv.log().wait_for("max-conns 1 reached", PROMPT);
+    // The start-up line names mode and wire, with the address last.
+    let (_, start) = srv.log().wait_for("listening on", PROMPT);
+    assert!(
+        start.ends_with(&format!(
+            " mode echo, wire line, listening on 127.0.0.1:{}",
+            srv.port
+        )),
+        "{start}"
+    );
     // The refusals did not disturb the client being served.
     holder.send(b"MSG still\n");
     holder.expect("ECHO still", PROMPT);
@@ -127,7 +146,10 @@ fn heartbeat_timeout_end_then_input_is_drained_not_reset() {
         let got = write_then_read(&mut s, &[&late, &late, &late], ms(40));
         assert_eq!(got.write_error, None, "round {round}: {got:?}");
         assert_eq!(got.read, "", "round {round}");
-        assert_eq!(got.read_error, None, "round {round}: expected EOF, not a reset");
+        assert_eq!(
+            got.read_error, None,
+            "round {round}: expected EOF, not a reset"
+        );
     }
 }
 
@@ -221,7 +243,10 @@ fn lines_split_across_reads_do_not_grow_memory() {
     let mut clients = Vec::new();
     for _ in 0..4 {
         let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
-        expect_bytes(&mut s, "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo\n");
+        expect_bytes(
+            &mut s,
+            "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo\n",
+        );
         clients.push(s);
     }
     let before = rss_kib(pid);
@@ -253,7 +278,10 @@ fn lines_split_across_reads_do_not_grow_memory() {
     }
     let after = rss_kib(pid);
     eprintln!("measured: VmRSS {before} -> {after} KiB");
-    assert!(total > 8 << 20, "too little traffic to judge: {total} bytes");
+    assert!(
+        total > 8 << 20,
+        "too little traffic to judge: {total} bytes"
+    );
     let growth = after.saturating_sub(before);
     assert!(
         growth < 48 * 1024,
@@ -275,7 +303,10 @@ fn idle_connections_after_a_burst_stay_small() {
     let mut clients = Vec::new();
     for _ in 0..16 {
         let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
-        expect_bytes(&mut s, "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo\n");
+        expect_bytes(
+            &mut s,
+            "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo\n",
+        );
         clients.push(s);
     }
     let before = rss_kib(pid);
