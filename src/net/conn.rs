@@ -3,6 +3,11 @@
 //! The data-exchange thread (reader) and the companion heartbeat thread (the only writer) share
 //! exactly this: the heartbeat core behind a mutex, the manual's "start heartbeat" switch, the
 //! bounded outbound queue, and the first reason anyone gave for ending the connection.
+//!
+//! Also how a connection closes after its last line: [`linger`] (FIN, then discard input for
+//! at most [`END_LINGER`]) on the connection's own thread, and [`Lingerer`], one shared thread
+//! for refused newcomers, so closing with unread input never resets a client before it reads
+//! its `END`.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
@@ -385,5 +390,53 @@ fn run_lingerer(rx: &Receiver<(TcpStream, Instant)>, active: &AtomicUsize) {
             .map(|(s, _)| PollFd::new(s, PollFlags::IN))
             .collect();
         let _ = poll(&mut fds, Some(&timeout));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (l.accept().unwrap().0, c)
+    }
+
+    #[test]
+    fn linger_sends_fin_and_ends_at_the_peers_close() {
+        let (server, mut client) = pair();
+        (&server).write_all(b"END quit\n").unwrap();
+        client.write_all(b"still sending").unwrap();
+        let t = Instant::now();
+        let closer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            got
+        });
+        assert_eq!(linger(&server, t + Duration::from_secs(5)), Lingered::Eof);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(closer.join().unwrap(), b"END quit\n");
+    }
+
+    #[test]
+    fn a_peer_that_keeps_sending_does_not_extend_the_linger() {
+        let (server, mut client) = pair();
+        let flood = std::thread::spawn(move || {
+            let chunk = [b'z'; 16 * 1024];
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(3) && client.write_all(&chunk).is_ok() {}
+        });
+        let t = Instant::now();
+        assert_eq!(linger(&server, t + END_LINGER), Lingered::Deadline);
+        let took = t.elapsed();
+        assert!(
+            took >= END_LINGER && took < END_LINGER + Duration::from_millis(200),
+            "{took:?}"
+        );
+        drop(server);
+        flood.join().unwrap();
     }
 }

@@ -10,7 +10,8 @@
 //!   → Heartbeat::handle_rx        sleeps until a queued line, the bell,
 //!   → switch off, parse, reply      or the core's next deadline
 //!   deadline passed in silence:   switch on: poll the core → PING k / END
-//!     switch on, ring the bell    END or error: shutdown(Both), exit
+//!     switch on, ring the bell    END written: FIN, drain input ≤ END_LINGER,
+//!                                   then shutdown(Both), exit (error: at once)
 //! ```
 //! The last of the two threads to exit removes the connection from the registry, so the
 //! registry size is the number of connections still holding threads and descriptors.
