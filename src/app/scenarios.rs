@@ -808,7 +808,7 @@ fn progress_relay<E: fmt::Display + Send + 'static>(
 
 /// Server events worth a progress line: not the harness's own start and stop.
 fn server_step(e: &Event) -> bool {
-    !matches!(e, Event::Listening(_) | Event::ShuttingDown { .. })
+    !matches!(e, Event::Listening { .. } | Event::ShuttingDown { .. })
 }
 
 /// Runs the scenarios as the binary does; `Ok(true)` when all passed.

@@ -50,6 +50,7 @@ use crate::core::client::Outcome;
 use crate::core::heartbeat::{Action, Heartbeat};
 use crate::core::wire::EndReason;
 use crate::net::client::{ClientError, ClientEvent};
+use crate::net::conn::{linger, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 
 /// Stack of each connection thread: a 1 KiB buffer and shallow calls.
@@ -243,11 +244,13 @@ impl Registry {
 
 /// Serves one accepted classic client: registers it and starts its two threads. Never blocks
 /// the accept loop; a client that cannot be served is logged as refused and closed (the
-/// classic wire has no words for "server full").
+/// classic wire has no words for "server full") through `lingerer`, so the message bytes it
+/// already sent do not turn the close into a reset.
 pub fn admit(
     reg: &Arc<Registry>,
     settings: &ServerSettings,
     log: &EventLog,
+    lingerer: Option<&Lingerer>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
@@ -258,15 +261,21 @@ pub fn admit(
             detail,
         });
     };
+    let refuse_now = |stream: TcpStream, detail: String| {
+        if let Some(l) = lingerer {
+            l.close(stream);
+        }
+        refuse(detail);
+    };
     if reg.len() >= settings.max_conns {
-        refuse(format!("max-conns {} reached", settings.max_conns));
+        refuse_now(stream, format!("max-conns {} reached", settings.max_conns));
         return;
     }
     let bells = Bell::new().and_then(|a| Ok((a, Bell::new()?)));
     let (data_bell, hb_bell) = match bells {
         Ok(b) => b,
         Err(e) => {
-            refuse(format!("cannot create a wake-up descriptor: {e}"));
+            refuse_now(stream, format!("cannot create a wake-up descriptor: {e}"));
             return;
         }
     };
@@ -368,15 +377,21 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
     }
     let why = conn.end().unwrap_or(ClassicEnd::ClientClosed);
     if why.sends_end_connection() {
+        let mut written = false;
         if why != ClassicEnd::DataWriteFailed {
             let _ = stream.set_write_timeout(Some(END_WRITE_TIMEOUT));
-            let _ = (&*stream).write_all(END_CONNECTION);
+            written = (&*stream).write_all(END_CONNECTION).is_ok();
         }
         conn.log.emit(Event::EndConnectionSent {
             id: conn.id,
             peer: conn.peer,
             why,
         });
+        if written {
+            // The client may still be sending its message: drain before closing, or the
+            // close resets the connection and can destroy `End Connection` (see END_LINGER).
+            linger(stream, Instant::now() + END_LINGER);
+        }
     }
     let _ = stream.shutdown(Shutdown::Both);
     conn.hb_bell.ring();
@@ -578,7 +593,11 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
     if let Some(s) = sock.take() {
         if why.sends_end_connection() && why != ClassicEnd::HeartbeatLost {
             let _ = s.set_write_timeout(Some(END_WRITE_TIMEOUT));
-            let _ = (&s).write_all(END_CONNECTION);
+            if (&s).write_all(END_CONNECTION).is_ok() && readable {
+                // A late `Echoing...heartbeat` may be on its way: drain it (bounded), or
+                // the close resets the socket and can destroy `End Connection`.
+                linger(&s, Instant::now() + END_LINGER);
+            }
         }
         let _ = s.shutdown(Shutdown::Both);
     }

@@ -3,10 +3,17 @@
 //! The data-exchange thread (reader) and the companion heartbeat thread (the only writer) share
 //! exactly this: the heartbeat core behind a mutex, the manual's "start heartbeat" switch, the
 //! bounded outbound queue, and the first reason anyone gave for ending the connection.
+//!
+//! Also how a connection closes after its last line: [`linger`] (FIN, then discard input for
+//! at most [`END_LINGER`]) on the connection's own thread, and [`Lingerer`], one shared thread
+//! for refused newcomers, so closing with unread input never resets a client before it reads
+//! its `END`.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -230,5 +237,206 @@ impl Drop for Conn {
             id: self.id,
             peer: self.peer,
         });
+    }
+}
+
+/// How long a connection the server is closing keeps reading (and discarding) input after
+/// its last line (`END ...`, or the classic `End Connection`).
+///
+/// Closing a socket while unread input is pending, or while the peer is still sending, makes
+/// the kernel answer with a reset instead of a plain FIN, and a client busy writing (nc, a
+/// script piping a file) then fails its write and never reads the `END` already waiting for
+/// it. So the server shuts its write side (FIN after END), discards input until the client
+/// closes too or this much time passed, and only then closes. Long enough for a client on a
+/// loaded machine to read END and close; short enough to stay well inside the one-second
+/// shutdown rule (END write timeout 200 ms + this < the 500 ms shutdown grace). A peer that
+/// keeps sending does not extend it: the deadline is fixed when the linger starts.
+pub const END_LINGER: Duration = Duration::from_millis(250);
+
+/// How the linger after a connection's last line ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lingered {
+    /// The client closed its side (or the socket was shut down locally): nothing is pending.
+    Eof,
+    /// The deadline passed first; whatever the client sends after this may draw a reset.
+    Deadline,
+    /// The socket failed (the client reset it): nothing left to protect.
+    Error,
+}
+
+/// Sends FIN after what was written, then reads and discards input until EOF, an error or
+/// `deadline`, whichever comes first. Never blocks past `deadline`.
+pub fn linger(stream: &TcpStream, deadline: Instant) -> Lingered {
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut buf = [0u8; 4096];
+    loop {
+        match drain_now(stream, &mut buf, deadline) {
+            Some(done) => return done,
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Lingered::Deadline;
+                }
+                let _ = wait_in(stream, left);
+            }
+        }
+    }
+}
+
+/// Reads and discards what is readable right now; `None` when nothing more is, before
+/// `deadline`. Checks the deadline on every read, so a peer that floods cannot hold it here.
+fn drain_now(stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> Option<Lingered> {
+    use rustix::io::Errno;
+    use rustix::net::{recv, RecvFlags};
+    loop {
+        if Instant::now() >= deadline {
+            return Some(Lingered::Deadline);
+        }
+        match recv(stream, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Some(Lingered::Eof),
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return None,
+            Err(_) => return Some(Lingered::Error),
+        }
+    }
+}
+
+/// Waits at most `wait` for `fd` to become readable (or hang up).
+fn wait_in(fd: impl AsFd, wait: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let timeout = Timespec {
+        tv_sec: wait.as_secs() as _,
+        tv_nsec: wait.subsec_nanos() as _,
+    };
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+}
+
+/// Most refused connections lingering at once; past it a refused socket closes at once.
+/// Each one holds a descriptor (no thread), so a connect flood costs at most this many.
+pub const MAX_REFUSED_LINGERS: usize = 64;
+/// How often the lingering thread looks for new sockets while others linger.
+const LINGER_TICK: Duration = Duration::from_millis(20);
+
+/// Lingers refused connections ([`END_LINGER`]) on one thread, so the accept loop never
+/// waits for a refused client and a flood of them never piles up threads.
+#[derive(Debug)]
+pub struct Lingerer {
+    tx: Sender<(TcpStream, Instant)>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Lingerer {
+    /// Starts the lingering thread; it exits once the `Lingerer` is dropped and nothing lingers.
+    pub fn start() -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded::<(TcpStream, Instant)>();
+        let active = Arc::new(AtomicUsize::new(0));
+        let count = active.clone();
+        std::thread::Builder::new()
+            .name("hb-linger".into())
+            .stack_size(64 * 1024)
+            .spawn(move || run_lingerer(&rx, &count))?;
+        Ok(Self { tx, active })
+    }
+
+    /// Closes `stream` after a bounded linger (its `END` must already be written): at once
+    /// when [`MAX_REFUSED_LINGERS`] are already lingering. Never blocks.
+    pub fn close(&self, stream: TcpStream) {
+        let _ = stream.shutdown(Shutdown::Write);
+        if self.active.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSED_LINGERS {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let _ = stream.set_nonblocking(true);
+        if self.tx.send((stream, Instant::now() + END_LINGER)).is_err() {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Connections lingering right now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+fn run_lingerer(rx: &Receiver<(TcpStream, Instant)>, active: &AtomicUsize) {
+    let mut held: Vec<(TcpStream, Instant)> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if held.is_empty() {
+            match rx.recv() {
+                Ok(item) => held.push(item),
+                Err(_) => return,
+            }
+        }
+        held.extend(rx.try_iter());
+        let before = held.len();
+        held.retain(|(s, deadline)| drain_now(s, &mut buf, *deadline).is_none());
+        active.fetch_sub(before - held.len(), Ordering::AcqRel);
+        let Some(next) = held.iter().map(|(_, d)| *d).min() else {
+            continue;
+        };
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(LINGER_TICK);
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: wait.subsec_nanos() as _,
+        };
+        let mut fds: Vec<PollFd<'_>> = held
+            .iter()
+            .map(|(s, _)| PollFd::new(s, PollFlags::IN))
+            .collect();
+        let _ = poll(&mut fds, Some(&timeout));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (l.accept().unwrap().0, c)
+    }
+
+    #[test]
+    fn linger_sends_fin_and_ends_at_the_peers_close() {
+        let (server, mut client) = pair();
+        (&server).write_all(b"END quit\n").unwrap();
+        client.write_all(b"still sending").unwrap();
+        let t = Instant::now();
+        let closer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            got
+        });
+        assert_eq!(linger(&server, t + Duration::from_secs(5)), Lingered::Eof);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(closer.join().unwrap(), b"END quit\n");
+    }
+
+    #[test]
+    fn a_peer_that_keeps_sending_does_not_extend_the_linger() {
+        let (server, mut client) = pair();
+        let flood = std::thread::spawn(move || {
+            let chunk = [b'z'; 16 * 1024];
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(3) && client.write_all(&chunk).is_ok() {}
+        });
+        let t = Instant::now();
+        assert_eq!(linger(&server, t + END_LINGER), Lingered::Deadline);
+        let took = t.elapsed();
+        assert!(
+            took >= END_LINGER && took < END_LINGER + Duration::from_millis(200),
+            "{took:?}"
+        );
+        drop(server);
+        flood.join().unwrap();
     }
 }

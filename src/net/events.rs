@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 
-use crate::config::fmt_duration;
+use crate::config::{fmt_duration, Mode, Wire};
 use crate::core::classic::ClassicEnd;
 use crate::core::wire::EndReason;
 
@@ -19,7 +19,14 @@ use crate::core::wire::EndReason;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The server is accepting connections.
-    Listening(SocketAddr),
+    Listening {
+        /// The address bound (the real port when asked for port 0).
+        addr: SocketAddr,
+        /// What the server does with lines.
+        mode: Mode,
+        /// Which bytes go over the socket.
+        wire: Wire,
+    },
     /// A client connected.
     Connected {
         /// Connection number.
@@ -197,7 +204,18 @@ pub enum Event {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Listening(addr) => write!(f, "listening on {addr}"),
+            // `ADDR:PORT` stays last on the line: scripts take the port from the line's end.
+            Self::Listening { addr, mode, wire } => {
+                let mode = match mode {
+                    Mode::Echo => "echo",
+                    Mode::Chat => "chat",
+                };
+                let wire = match wire {
+                    Wire::Line => "line",
+                    Wire::Classic => "classic",
+                };
+                write!(f, "mode {mode}, wire {wire}, listening on {addr}")
+            }
             Self::Connected { id, peer } => write!(f, "#{id} {peer} connected"),
             Self::RoundStarted { id, peer, idle } => {
                 write!(f, "#{id} {peer} no data for {}, heartbeat round starts", fmt_duration(*idle))
@@ -443,5 +461,19 @@ mod tests {
         assert_eq!(utc_timestamp(t), "2026-11-21T22:00:46.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_listening_line_names_mode_and_wire_and_ends_with_the_address() {
+        let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let line = |mode, wire| Event::Listening { addr, mode, wire }.to_string();
+        assert_eq!(
+            line(Mode::Chat, Wire::Line),
+            "mode chat, wire line, listening on 127.0.0.1:9000"
+        );
+        assert_eq!(
+            line(Mode::Echo, Wire::Classic),
+            "mode echo, wire classic, listening on 127.0.0.1:9000"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //!   → Heartbeat::handle_rx        sleeps until a queued line, the bell,
 //!   → switch off, parse, reply      or the core's next deadline
 //!   deadline passed in silence:   switch on: poll the core → PING k / END
-//!     switch on, ring the bell    END or error: shutdown(Both), exit
+//!     switch on, ring the bell    END written: FIN, drain input ≤ END_LINGER,
+//!                                   then shutdown(Both), exit (error: at once)
 //! ```
 //! The last of the two threads to exit removes the connection from the registry, so the
 //! registry size is the number of connections still holding threads and descriptors.
@@ -31,7 +32,7 @@ use crate::config::{Mode, ServerSettings, Wire};
 use crate::core::heartbeat::{Action, Heartbeat};
 use crate::core::room::{Delivery, Room};
 use crate::core::wire::{BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, ServerMsg};
-use crate::net::conn::{CompanionRx, Conn, Out};
+use crate::net::conn::{linger, CompanionRx, Conn, Lingerer, Out, END_LINGER};
 use crate::net::events::{Event, EventLog};
 
 /// Listen backlog: large enough for a connect burst of a thousand clients.
@@ -91,6 +92,9 @@ struct Shared {
     classic: Arc<crate::net::classic::Registry>,
     /// The chat room, in chat mode.
     chat: Option<Mutex<Chat>>,
+    /// Lingers refused connections off the accept thread (`None`: its thread could not start,
+    /// refused sockets then close at once).
+    lingerer: Option<Lingerer>,
 }
 
 /// The chat room and the outbound queues of its members. One lock guards both, so every
@@ -262,6 +266,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             classic: Arc::default(),
             chat,
+            lingerer: Lingerer::start().ok(),
         });
         Ok(Self {
             listener,
@@ -292,7 +297,11 @@ impl Server {
     /// Accepts connections until [`ServerHandle::shutdown`]. Never panics on resource
     /// exhaustion: newcomers that cannot be served get `END server-full`.
     pub fn run(self) -> Result<(), ServerError> {
-        self.shared.log.emit(Event::Listening(self.addr));
+        self.shared.log.emit(Event::Listening {
+            addr: self.addr,
+            mode: self.shared.settings.mode,
+            wire: self.shared.settings.wire,
+        });
         if let Some((asked, allowed, max_map_count)) = self.lowered {
             self.shared.log.emit(Event::CapacityLowered {
                 asked,
@@ -326,8 +335,8 @@ impl Server {
                 Ok((stream, peer)) => match stream.set_nonblocking(false) {
                     Ok(()) => self.admit(stream, peer),
                     Err(e) => refuse(
-                        &self.shared.log,
-                        &stream,
+                        &self.shared,
+                        stream,
                         Some(peer),
                         format!("socket setup failed: {e}"),
                     ),
@@ -336,12 +345,15 @@ impl Server {
                 Err(e) if is_fd_exhaustion(&e) => {
                     drop(reserve.take());
                     if let Ok((stream, peer)) = self.listener.accept() {
-                        refuse(
-                            &self.shared.log,
-                            &stream,
-                            Some(peer),
-                            format!("no file descriptor left: {e}"),
-                        );
+                        // No linger here: the descriptor is needed back at once, and a
+                        // lingering one would refuse the next newcomer for lack of it.
+                        write_refusal(&stream);
+                        drop(stream);
+                        self.shared.log.emit(Event::Refused {
+                            peer: Some(peer),
+                            reason: EndReason::ServerFull,
+                            detail: format!("no file descriptor left: {e}"),
+                        });
                     }
                     reserve = File::open("/dev/null").ok();
                     if reserve.is_none() {
@@ -370,17 +382,19 @@ impl Server {
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let sh = &self.shared;
         if sh.settings.wire == Wire::Classic {
-            crate::net::classic::admit(&sh.classic, &sh.settings, &sh.log, stream, peer);
+            crate::net::classic::admit(
+                &sh.classic,
+                &sh.settings,
+                &sh.log,
+                sh.lingerer.as_ref(),
+                stream,
+                peer,
+            );
             return;
         }
         let max = sh.settings.max_conns;
         if sh.conns().len() >= max {
-            refuse(
-                &sh.log,
-                &stream,
-                Some(peer),
-                format!("max-conns {max} reached"),
-            );
+            refuse(sh, stream, Some(peer), format!("max-conns {max} reached"));
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -411,14 +425,15 @@ impl Server {
             .stack_size(THREAD_STACK)
             .spawn(move || companion(&sh2, &c2, rx));
         if let Err(e) = companion {
-            // No writer exists, so this thread may write the refusal itself.
+            // No writer exists, so this thread may write the refusal itself. The connection
+            // owns the socket, so it closes without a linger (threads are short right now).
             sh.conns().remove(&id);
-            refuse(
-                &sh.log,
-                conn.stream(),
-                Some(peer),
-                format!("cannot start a thread: {e}"),
-            );
+            write_refusal(conn.stream());
+            sh.log.emit(Event::Refused {
+                peer: Some(peer),
+                reason: EndReason::ServerFull,
+                detail: format!("cannot start a thread: {e}"),
+            });
             return;
         }
         let (sh2, c2) = (sh.clone(), conn.clone());
@@ -445,16 +460,26 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
         || code == rustix::io::Errno::NOMEM.raw_os_error())
 }
 
-/// Tells a newcomer `END server-full` without ever blocking the accept loop.
-fn refuse(log: &EventLog, stream: &TcpStream, peer: Option<SocketAddr>, detail: String) {
-    let _ = stream.set_nonblocking(true);
-    let _ = (&*stream).write_all(ServerMsg::End(EndReason::ServerFull).encode().as_bytes());
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    log.emit(Event::Refused {
+/// Tells a newcomer `END server-full` and closes it after a linger on the lingering thread,
+/// so input it already sent does not turn the close into a reset that destroys the END.
+/// Never blocks the accept loop.
+fn refuse(sh: &Shared, stream: TcpStream, peer: Option<SocketAddr>, detail: String) {
+    write_refusal(&stream);
+    if let Some(l) = &sh.lingerer {
+        l.close(stream);
+    }
+    sh.log.emit(Event::Refused {
         peer,
         reason: EndReason::ServerFull,
         detail,
     });
+}
+
+/// Writes `END server-full` without blocking (a fresh socket's buffer always has room).
+fn write_refusal(stream: &TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let _ = (&*stream).write_all(ServerMsg::End(EndReason::ServerFull).encode().as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 impl ServerHandle {
@@ -560,6 +585,9 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
         }
         match conn.stream().read(&mut buf) {
             Ok(0) => break Some(None),
+            // Once the connection is ending, input is only drained (see `linger`), never
+            // answered or relayed.
+            Ok(_) if conn.is_ending() => break None,
             Ok(n) => {
                 let answered = conn.heartbeat().handle_rx(Instant::now());
                 conn.set_heartbeat(false);
@@ -851,6 +879,11 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, rx: CompanionRx) {
             reason: end,
             delivered,
         });
+        if delivered {
+            // FIN after the END, then discard input for a bounded while, so the close does
+            // not reset the connection and destroy the END (see END_LINGER).
+            linger(conn.stream(), Instant::now() + END_LINGER);
+        }
     }
     conn.shutdown();
     sh.release(conn);

@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod classic;
 mod faults;
+mod hostile;
 mod manual_cases;
 mod node;
 mod prompts_config;
