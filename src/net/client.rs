@@ -336,7 +336,7 @@ fn session(
         let line = msg.encode();
         let ok = (&*stream).write_all(line.as_bytes()).is_ok();
         if ok {
-            log.emit(ClientEvent::Sent(line.trim_end().to_owned()));
+            log.emit(ClientEvent::Sent(crate::core::display::safe(line.trim_end())));
         }
         ok
     };
