@@ -59,7 +59,9 @@ fn chat_client_says_a_killed_server_closed_the_connection() {
 
 /// The client is stopped (SIGSTOP) until the server gave up on it and sent `END
 /// heartbeat-timeout`, and resumed well past its own silence deadline: it must read that END
-/// and exit 3 with its reason, not call the server silent.
+/// and exit 3 with its reason, not call the server silent. Which of its threads runs first
+/// after SIGCONT is up to the scheduler (the old client lost that race about one time in
+/// six), so four clients take the chance at once.
 fn stopped_client_reads_the_end_waiting_for_it(mode: &str, flags: &[&str]) {
     // The server ends a silent client after 300 ms + 2 x 100 ms.
     let mut srv = Server::start(&[
@@ -72,26 +74,49 @@ fn stopped_client_reads_the_end_waiting_for_it(mode: &str, flags: &[&str]) {
         "--count",
         "2",
     ]);
-    let mut c = client(srv.port, flags);
-    srv.log().wait_for("connected", PROMPT);
-    if mode == "chat" {
-        c.stdout.wait_for("* in the room: ann (you)", PROMPT);
-    } else {
-        c.stdout.wait_for("<- ECHO Hello, there", PROMPT);
+    let names = ["ann", "bob", "cy", "dee"];
+    let mut clients: Vec<Proc> = names
+        .iter()
+        .map(|name| {
+            let mut f = flags.to_vec();
+            if mode == "chat" {
+                f = vec!["--chat", "--name", name];
+            }
+            client(srv.port, &f)
+        })
+        .collect();
+    for (c, name) in clients.iter_mut().zip(names) {
+        if mode == "chat" {
+            c.stdout.wait_for(&format!("{name} (you)"), PROMPT);
+        } else {
+            c.stdout.wait_for("<- ECHO Hello, there", PROMPT);
+        }
+        c.signal("STOP");
     }
-    c.signal("STOP");
-    srv.log().wait_for("END heartbeat-timeout sent", PROMPT);
-    // Past the client's own deadline (the same 500 ms from its last line) by a margin.
+    for _ in &names {
+        srv.log().wait_for("END heartbeat-timeout sent", PROMPT);
+    }
+    // Past the clients' own deadline (the same 500 ms from their last line) by a margin.
     std::thread::sleep(ms(500));
-    c.signal("CONT");
-    let st = c.wait(PROMPT);
-    let err = c.stderr.text();
-    assert_eq!(st.code(), Some(3), "{err}");
-    assert!(
-        err.contains("the server ended the session: heartbeat-timeout"),
-        "{err}"
-    );
-    assert!(!err.contains("silent"), "{err}");
+    for c in &clients {
+        c.signal("CONT");
+    }
+    for c in &mut clients {
+        let st = c.wait(PROMPT);
+        let err = c.stderr.text();
+        assert_eq!(
+            st.code(),
+            Some(3),
+            "{st:?}\nstderr:\n{err}\nstdout:\n{}\nserver:\n{}",
+            c.stdout.text(),
+            srv.proc.stdout.text()
+        );
+        assert!(
+            err.contains("the server ended the session: heartbeat-timeout"),
+            "{err}"
+        );
+        assert!(!err.contains("silent"), "{err}");
+    }
 }
 
 #[test]
