@@ -101,7 +101,10 @@ impl fmt::Display for Mismatch {
             Self::ServerMode(Mode::Echo) => f.write_str("the server is in echo mode: drop --chat"),
             Self::NotLineWire(sample) => {
                 let mut shown = safe_bytes(sample.as_bytes());
-                if sample.as_bytes().starts_with(crate::core::classic::ECHO_PREFIX) {
+                if sample
+                    .as_bytes()
+                    .starts_with(crate::core::classic::ECHO_PREFIX)
+                {
                     shown = "Echoing...".into();
                 }
                 write!(
@@ -247,17 +250,13 @@ impl Client {
             return self.finished;
         }
         self.last_rx = self.last_rx.max(now);
-        let Some(first) = self.first.as_mut() else {
-            return None;
-        };
+        let first = self.first.as_mut()?;
         first.extend_from_slice(&bytes[..bytes.len().min(16)]);
         match sniff(first) {
             Sniff::NeedMore => {}
             Sniff::LineWire => self.first = None,
             Sniff::Foreign => {
-                self.finished = Some(Outcome::Mismatch(Mismatch::NotLineWire(Sample::new(
-                    first,
-                ))));
+                self.finished = Some(Outcome::Mismatch(Mismatch::NotLineWire(Sample::new(first))));
             }
         }
         self.finished
@@ -730,7 +729,10 @@ mod tests {
         assert_eq!(c.handle_closed(CloseKind::Reset), ended);
         assert_eq!(c.poll(woke), None);
         assert_eq!(ended.exit_code(), 3);
-        assert_eq!(ended.to_string(), "the server ended the session: heartbeat-timeout");
+        assert_eq!(
+            ended.to_string(),
+            "the server ended the session: heartbeat-timeout"
+        );
     }
 
     #[test]
@@ -844,10 +846,7 @@ mod tests {
     #[test]
     fn joining_sends_join_then_who_and_members_confirms() {
         let mut chat = Chat::new("ann");
-        assert_eq!(
-            chat.join(),
-            [ClientMsg::Join("ann".into()), ClientMsg::Who]
-        );
+        assert_eq!(chat.join(), [ClientMsg::Join("ann".into()), ClientMsg::Who]);
         assert!(!chat.is_joined());
         assert_eq!(
             chat.handle_server(&ServerMsg::Members(vec!["ann".into(), "bob".into()])),
@@ -919,7 +918,10 @@ mod tests {
             }),
             Some("bob: hi\\r\\e[2K\\e[1Aann: bye\\u{202e}".into())
         );
-        assert_eq!(r(ServerMsg::Joined("b\x1bob".into())), Some("* b\\eob joined".into()));
+        assert_eq!(
+            r(ServerMsg::Joined("b\x1bob".into())),
+            Some("* b\\eob joined".into())
+        );
         assert_eq!(
             r(ServerMsg::Left {
                 name: "bob".into(),
@@ -934,7 +936,10 @@ mod tests {
             })),
             Some("! not-joined JOIN\\x07 NAME first".into())
         );
-        assert_eq!(r(ServerMsg::Echo("\x1b]0;x".into())), Some("(echo) \\e]0;x".into()));
+        assert_eq!(
+            r(ServerMsg::Echo("\x1b]0;x".into())),
+            Some("(echo) \\e]0;x".into())
+        );
         assert_eq!(r(ServerMsg::Ping("1".into())), None);
     }
 

@@ -77,7 +77,13 @@ mod tests {
 
     #[test]
     fn ordinary_text_is_unchanged() {
-        for s in ["Hello, there", "héllo wörld ✓ 日本語", "C:\\dir\\file", "a  b", ""] {
+        for s in [
+            "Hello, there",
+            "héllo wörld ✓ 日本語",
+            "C:\\dir\\file",
+            "a  b",
+            "",
+        ] {
             assert_eq!(safe(s), s);
         }
     }

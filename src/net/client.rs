@@ -257,7 +257,9 @@ fn feed(
                         return Some(o);
                     }
                 }
-                Err(_) => log.emit(ClientEvent::Garbled(safe_bytes(&bytes[..bytes.len().min(200)]))),
+                Err(_) => log.emit(ClientEvent::Garbled(safe_bytes(
+                    &bytes[..bytes.len().min(200)],
+                ))),
             },
             Received::TooLong => {
                 log.emit(ClientEvent::Garbled(format!(
@@ -336,7 +338,9 @@ fn session(
         let line = msg.encode();
         let ok = (&*stream).write_all(line.as_bytes()).is_ok();
         if ok {
-            log.emit(ClientEvent::Sent(crate::core::display::safe(line.trim_end())));
+            log.emit(ClientEvent::Sent(crate::core::display::safe(
+                line.trim_end(),
+            )));
         }
         ok
     };

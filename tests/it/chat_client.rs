@@ -61,11 +61,16 @@ fn joining_shows_the_members_and_commands_work() {
     }
     type_line(&mut ann, "/nick zed");
     let (_, hint) = ann.stdout.wait_for("unknown command", PROMPT);
-    assert_eq!(&hint[9..], "* unknown command /nick; /help lists the commands");
+    assert_eq!(
+        &hint[9..],
+        "* unknown command /nick; /help lists the commands"
+    );
     let _cy = raw_member(srv.port, "cy");
     ann.stdout.wait_for("* cy joined", PROMPT);
     type_line(&mut ann, "/who");
-    let (_, who) = ann.stdout.wait_for("* in the room: ann (you), bob, cy", PROMPT);
+    let (_, who) = ann
+        .stdout
+        .wait_for("* in the room: ann (you), bob, cy", PROMPT);
     assert_eq!(&who[9..], "* in the room: ann (you), bob, cy");
     type_line(&mut ann, "//slash first");
     // None of the commands went to the room as text: bob sees only these lines.
@@ -180,7 +185,9 @@ fn terminal_escapes_in_echoed_text_are_shown_inert() {
     let out = c.stdout.text();
     let received: Vec<&str> = out.lines().filter(|l| l.contains(" <- ")).collect();
     assert!(
-        received.iter().all(|l| !l.contains('\x1b') && !l.contains('\u{202e}')),
+        received
+            .iter()
+            .all(|l| !l.contains('\x1b') && !l.contains('\u{202e}')),
         "{received:?}"
     );
 }

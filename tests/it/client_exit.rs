@@ -21,7 +21,14 @@ const CHAT: &[&str] = &["--chat", "--name", "ann"];
 fn killed_server_is_a_closed_connection(mode: &str, flags: &[&str]) {
     // A silence window of 5 s + 3 x 1 s: a client judging silence would take 8 s.
     let mut srv = Server::start(&[
-        "--mode", mode, "--idle", "5", "--interval", "1", "--count", "3",
+        "--mode",
+        mode,
+        "--idle",
+        "5",
+        "--interval",
+        "1",
+        "--count",
+        "3",
     ]);
     let mut c = client(srv.port, flags);
     srv.log().wait_for("connected", PROMPT);
