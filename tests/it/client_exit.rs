@@ -100,8 +100,11 @@ fn stopped_client_reads_the_end_waiting_for_it(mode: &str, flags: &[&str]) {
         }
         c.signal("STOP");
     }
-    for _ in &names {
-        srv.log().wait_for("END heartbeat-timeout sent", PROMPT);
+    // Every client's END was sent (`wait_for` would find the first one again and again).
+    let deadline = Instant::now() + PROMPT;
+    while srv.log().count("END heartbeat-timeout sent") < names.len() {
+        assert!(Instant::now() < deadline, "{}", srv.log().text());
+        srv.log().settle(ms(20));
     }
     // Past the clients' own deadline (the same 500 ms from their last line) by a margin.
     std::thread::sleep(ms(500));
