@@ -46,16 +46,7 @@ impl std::error::Error for RunError {}
 
 /// One line for stderr explaining how the session ended.
 pub fn describe(outcome: Outcome) -> String {
-    match outcome {
-        Outcome::UserEnded => "session ended".into(),
-        Outcome::ServerEnded(reason) => format!("the server ended the session: {reason}"),
-        Outcome::ServerLost(silence) => {
-            format!(
-                "the server stopped answering (silent for {})",
-                fmt_duration(silence)
-            )
-        }
-    }
+    outcome.to_string()
 }
 
 /// Resolves the settings (prompting if needed), connects, and runs until the session ends.

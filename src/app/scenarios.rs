@@ -691,6 +691,7 @@ fn outcome_text(o: &Result<Outcome, String>, wire: Wire) -> String {
         Ok(Outcome::ServerEnded(_)) if wire == Wire::Classic => "got End Connection".into(),
         Ok(Outcome::ServerEnded(r)) => format!("got END {r}"),
         Ok(Outcome::ServerLost(d)) => format!("lost the server after {}", secs(*d)),
+        Ok(other) => other.to_string(),
         Err(e) => format!("failed: {e}"),
     }
 }

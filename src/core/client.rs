@@ -6,12 +6,22 @@
 //! (the server's own give-up time, learnt from `HELLO`) means it is gone.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::core::wire::{ClientMsg, EndReason, ServerMsg};
+use crate::config::Mode;
+use crate::core::display::{safe, safe_bytes};
+use crate::core::wire::{ClientMsg, EndReason, ErrCode, ServerMsg};
 
+/// A line-wire server sends `HELLO` as soon as it accepts. Without it after this long the
+/// client sends [`PROBE_TOKEN`] in a `PING`: a line server answers `PONG` (after its `HELLO`),
+/// a classic-wire server (which waits for the client to talk first) echoes it as
+/// `Echoing...`, which tells the two apart within a round trip.
+pub const HELLO_PROBE_AFTER: Duration = Duration::from_secs(1);
 /// How long to wait for the server's `HELLO` before calling it gone.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Token of the `PING` sent when `HELLO` is late.
+pub const PROBE_TOKEN: &str = "hello?";
 
 /// Client behaviour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +35,89 @@ pub struct ClientConfig {
     pub message: String,
     /// Leave (QUIT) after this many data messages.
     pub messages: Option<u64>,
+    /// The server mode this client is for; a `HELLO` naming another mode ends the session
+    /// with [`Outcome::Mismatch`]. `None` accepts any.
+    pub mode: Option<Mode>,
+}
+
+/// How the server's side of the connection went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// An orderly close (EOF).
+    Closed,
+    /// A reset (or another socket error).
+    Reset,
+}
+
+/// Up to 16 bytes a peer sent first, kept to quote it when it speaks another protocol.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Sample {
+    /// The first bytes of `b` (at most 16).
+    pub fn new(b: &[u8]) -> Self {
+        let mut bytes = [0; 16];
+        let len = b.len().min(16);
+        bytes[..len].copy_from_slice(&b[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The kept bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Debug for Sample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", safe_bytes(self.as_bytes()))
+    }
+}
+
+/// The client and the server do not fit together (exit 2): the user picked the wrong flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// `HELLO` named another mode than the client is for.
+    ServerMode(Mode),
+    /// A line client got bytes that are not the line wire (a classic server says
+    /// `Echoing...`).
+    NotLineWire(Sample),
+    /// A classic client got the line wire's `HELLO`.
+    LineWireServer,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ServerMode(Mode::Chat) => {
+                f.write_str("the server is in chat mode: use hb-client --chat --name NAME")
+            }
+            Self::ServerMode(Mode::Echo) => f.write_str("the server is in echo mode: drop --chat"),
+            Self::NotLineWire(sample) => {
+                let mut shown = safe_bytes(sample.as_bytes());
+                if sample
+                    .as_bytes()
+                    .starts_with(crate::core::classic::ECHO_PREFIX)
+                {
+                    shown = "Echoing...".into();
+                }
+                write!(
+                    f,
+                    "this server does not speak the line wire (it sent '{shown}'); \
+                     is it --wire classic? use hb-client --wire classic"
+                )
+            }
+            Self::LineWireServer => {
+                f.write_str("this server speaks the line wire (it sent HELLO); drop --wire classic")
+            }
+        }
+    }
 }
 
 /// How a session ended.
@@ -34,8 +127,12 @@ pub enum Outcome {
     UserEnded,
     /// The server sent `END reason` (exit 3).
     ServerEnded(EndReason),
-    /// The server was silent for this long, or closed without `END` (exit 4).
+    /// The server sent nothing for this long, though a live one would have (exit 4).
     ServerLost(Duration),
+    /// The server closed or reset the connection without `END` (exit 4).
+    ServerClosed(CloseKind),
+    /// Client and server do not fit together (exit 2).
+    Mismatch(Mismatch),
 }
 
 impl Outcome {
@@ -44,28 +141,72 @@ impl Outcome {
         match self {
             Self::UserEnded => 0,
             Self::ServerEnded(_) => 3,
-            Self::ServerLost(_) => 4,
+            Self::ServerLost(_) | Self::ServerClosed(_) => 4,
+            Self::Mismatch(_) => 2,
         }
     }
 }
 
-/// What the driver must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
-pub enum ClientAction {
-    /// Write this line.
-    Send(ClientMsg),
-    /// Stop: the session is over.
-    Finish(Outcome),
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UserEnded => f.write_str("session ended"),
+            Self::ServerEnded(reason) => write!(f, "the server ended the session: {reason}"),
+            Self::ServerLost(silence) => write!(
+                f,
+                "the server stopped answering (silent for {})",
+                crate::config::fmt_duration(*silence)
+            ),
+            Self::ServerClosed(CloseKind::Closed) => {
+                f.write_str("the server closed the connection (without END)")
+            }
+            Self::ServerClosed(CloseKind::Reset) => {
+                f.write_str("the server reset the connection (without END)")
+            }
+            Self::Mismatch(m) => m.fmt(f),
+        }
+    }
+}
+
+/// What the first bytes from a server say about its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniff {
+    /// Too few bytes to tell.
+    NeedMore,
+    /// The line wire: `HELLO hb/1 ...`, or `END ...` from a server refusing at once.
+    LineWire,
+    /// Something else.
+    Foreign,
+}
+
+/// Classifies the first bytes a server sent (the line wire always starts with `HELLO hb/1 `,
+/// or `END ` when a full server refuses the connection).
+pub fn sniff(first: &[u8]) -> Sniff {
+    const STARTS: [&[u8]; 2] = [b"HELLO hb/1 ", b"END "];
+    if STARTS.iter().any(|s| first.starts_with(s)) {
+        return Sniff::LineWire;
+    }
+    if STARTS.iter().any(|s| s.starts_with(first)) {
+        return Sniff::NeedMore;
+    }
+    Sniff::Foreign
 }
 
 /// The client state machine.
+///
+/// The driver feeds everything already received ([`Client::handle_bytes`], then each line to
+/// [`Client::handle_msg`], or [`Client::handle_closed`]) before it calls [`Client::poll`], so
+/// silence is judged only when nothing is pending: a client that was stopped (SIGSTOP) reads
+/// the `END` waiting for it instead of calling the server silent.
 #[derive(Debug, Clone)]
 pub struct Client {
     cfg: ClientConfig,
     /// Longest tolerated server silence; `HELLO_TIMEOUT` until `HELLO` arrives.
     patience: Duration,
     greeted: bool,
+    /// The first bytes, until [`sniff`] can tell the protocol; `None` once it did.
+    first: Option<Vec<u8>>,
+    probe_at: Option<Instant>,
     last_rx: Instant,
     next_send: Option<Instant>,
     sent: u64,
@@ -81,6 +222,8 @@ impl Client {
             cfg,
             patience: HELLO_TIMEOUT,
             greeted: false,
+            first: Some(Vec::new()),
+            probe_at: now.checked_add(HELLO_PROBE_AFTER),
             last_rx: now,
             next_send: None,
             sent: 0,
@@ -100,6 +243,25 @@ impl Client {
         self.finished.is_some()
     }
 
+    /// Raw bytes arrived at `now` (call before handing their lines to
+    /// [`Client::handle_msg`]): the first ones decide whether the server speaks the line wire.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) -> Option<Outcome> {
+        if self.finished.is_some() {
+            return self.finished;
+        }
+        self.last_rx = self.last_rx.max(now);
+        let first = self.first.as_mut()?;
+        first.extend_from_slice(&bytes[..bytes.len().min(16)]);
+        match sniff(first) {
+            Sniff::NeedMore => {}
+            Sniff::LineWire => self.first = None,
+            Sniff::Foreign => {
+                self.finished = Some(Outcome::Mismatch(Mismatch::NotLineWire(Sample::new(first))));
+            }
+        }
+        self.finished
+    }
+
     /// A line from the server arrived at `now`. Returns the outcome when it ends the session.
     pub fn handle_msg(&mut self, now: Instant, msg: &ServerMsg) -> Option<Outcome> {
         if self.finished.is_some() {
@@ -111,9 +273,16 @@ impl Client {
                 idle,
                 interval,
                 count,
-                ..
+                mode,
             } if !self.greeted => {
                 self.greeted = true;
+                self.probe_at = None;
+                if let (Some(want), Some(got)) = (self.cfg.mode, *mode) {
+                    if want != got {
+                        self.finished = Some(Outcome::Mismatch(Mismatch::ServerMode(got)));
+                        return self.finished;
+                    }
+                }
                 self.patience =
                     idle.saturating_add(interval.checked_mul(*count).unwrap_or(Duration::MAX));
                 self.next_send = self.cfg.every.map(|_| now);
@@ -135,12 +304,14 @@ impl Client {
         self.finished
     }
 
-    /// The server closed the connection (without `END`, or we would be finished).
-    pub fn handle_eof(&mut self, now: Instant) -> Outcome {
+    /// The server closed (`kind`) the connection after everything it sent was handled: ends
+    /// with the `END` already received if any, else as the user's end when quitting, else as
+    /// [`Outcome::ServerClosed`].
+    pub fn handle_closed(&mut self, kind: CloseKind) -> Outcome {
         *self.finished.get_or_insert(if self.quitting {
             Outcome::UserEnded
         } else {
-            Outcome::ServerLost(now.saturating_duration_since(self.last_rx))
+            Outcome::ServerClosed(kind)
         })
     }
 
@@ -158,13 +329,19 @@ impl Client {
             return None;
         }
         let lost = self.last_rx.checked_add(self.patience);
-        [self.next_send, self.pongs.front().map(|p| p.0), lost]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_send,
+            self.pongs.front().map(|p| p.0),
+            self.probe_at,
+            lost,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// What is due at `now`, one action per call; call again until `None`.
+    /// What is due at `now`, one action per call; call again until `None`. Feed everything
+    /// already received first: silence is judged on what was handled.
     #[must_use]
     pub fn poll(&mut self, now: Instant) -> Option<ClientAction> {
         if self.finished.is_some() {
@@ -174,6 +351,10 @@ impl Client {
         if silent >= self.patience {
             self.finished = Some(Outcome::ServerLost(silent));
             return self.finished.map(ClientAction::Finish);
+        }
+        if self.probe_at.is_some_and(|at| at <= now) {
+            self.probe_at = None;
+            return Some(ClientAction::Send(ClientMsg::Ping(PROBE_TOKEN.into())));
         }
         if self.pongs.front().is_some_and(|p| p.0 <= now) {
             let (_, token) = self.pongs.pop_front()?;
@@ -196,9 +377,159 @@ impl Client {
     }
 }
 
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum ClientAction {
+    /// Write this line.
+    Send(ClientMsg),
+    /// Stop: the session is over.
+    Finish(Outcome),
+}
+
+/// The chat client's view: joining, the user's commands, and how room lines are shown.
+///
+/// Joining sends `JOIN NAME` then `WHO`; the first reply decides: `ERR` (the name is taken
+/// or invalid) refuses, `MEMBERS` (the answer to `WHO`, sent only after the `JOIN` was
+/// handled) confirms. Lines to show come back without a timestamp: the driver, which owns
+/// the clock, prefixes them (see [`clock`]). Everything that came from the network is shown
+/// through [`safe`].
+#[derive(Debug, Clone)]
+pub struct Chat {
+    name: String,
+    joined: bool,
+}
+
+/// What the chat driver does with one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum ChatStep {
+    /// Nothing to show or send.
+    Nothing,
+    /// Show this line.
+    Show(String),
+    /// Send this line to the server.
+    Send(ClientMsg),
+    /// The user asked to leave.
+    Quit,
+    /// The server refused the name: end at once (exit 2) with this message.
+    Refused(String),
+}
+
+/// The help text, one line.
+pub const CHAT_HELP: &str =
+    "* commands: /who lists the members, /help shows this, /quit leaves; //text sends a line starting with /";
+
+impl Chat {
+    /// A chat client that will join as `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            joined: false,
+        }
+    }
+
+    /// The lines to send on connecting.
+    pub fn join(&self) -> [ClientMsg; 2] {
+        [ClientMsg::Join(self.name.clone()), ClientMsg::Who]
+    }
+
+    /// True once the server confirmed the name; the driver reads the user's lines only then,
+    /// so nothing is sent under a refused name.
+    pub fn is_joined(&self) -> bool {
+        self.joined
+    }
+
+    /// A line from the server.
+    pub fn handle_server(&mut self, msg: &ServerMsg) -> ChatStep {
+        if !self.joined {
+            match msg {
+                ServerMsg::Err(bad) if bad.code == ErrCode::NameTaken => {
+                    return ChatStep::Refused(format!(
+                        "name '{}' is taken on this server; pick another --name",
+                        safe(&self.name)
+                    ));
+                }
+                ServerMsg::Err(bad) => {
+                    return ChatStep::Refused(format!(
+                        "the server refused to join as '{}': {} {}",
+                        safe(&self.name),
+                        bad.code,
+                        safe(&bad.detail)
+                    ));
+                }
+                ServerMsg::Members(_) => self.joined = true,
+                _ => {}
+            }
+        }
+        match self.render(msg) {
+            Some(line) => ChatStep::Show(line),
+            None => ChatStep::Nothing,
+        }
+    }
+
+    /// How a line from the server is shown, if at all.
+    pub fn render(&self, msg: &ServerMsg) -> Option<String> {
+        Some(match msg {
+            ServerMsg::Msg { from, text } => format!("{}: {}", safe(from), safe(text)),
+            ServerMsg::Joined(name) => format!("* {} joined", safe(name)),
+            ServerMsg::Members(names) => {
+                let names: Vec<String> = names
+                    .iter()
+                    .map(|n| {
+                        if *n == self.name {
+                            format!("{} (you)", safe(n))
+                        } else {
+                            safe(n)
+                        }
+                    })
+                    .collect();
+                format!("* in the room: {}", names.join(", "))
+            }
+            ServerMsg::Left { name, reason } => format!("* {} left ({reason})", safe(name)),
+            ServerMsg::Err(bad) => format!("! {} {}", bad.code, safe(&bad.detail)),
+            ServerMsg::Echo(text) => format!("(echo) {}", safe(text)),
+            ServerMsg::Hello { .. }
+            | ServerMsg::Ping(_)
+            | ServerMsg::Pong(_)
+            | ServerMsg::End(_) => return None,
+        })
+    }
+
+    /// A line the user typed.
+    pub fn handle_user(&mut self, line: &str) -> ChatStep {
+        let line = line.trim_end_matches(['\r', '\n']);
+        match line.trim() {
+            "" => ChatStep::Nothing,
+            "/quit" => ChatStep::Quit,
+            "/who" => ChatStep::Send(ClientMsg::Who),
+            "/help" => ChatStep::Show(CHAT_HELP.into()),
+            cmd if cmd.starts_with('/') && !cmd.starts_with("//") => ChatStep::Show(format!(
+                "* unknown command {}; /help lists the commands",
+                safe(cmd.split(' ').next().unwrap_or(cmd))
+            )),
+            // "//text" sends "/text", for messages that start with a slash.
+            _ => ChatStep::Send(ClientMsg::Msg(
+                line.strip_prefix('/')
+                    .filter(|l| l.starts_with('/'))
+                    .unwrap_or(line)
+                    .to_owned(),
+            )),
+        }
+    }
+}
+
+/// `HH:MM:SS ` for a wall-clock time given as seconds since the Unix epoch plus the local
+/// offset from UTC in seconds (the driver reads both; this stays clock-free).
+pub fn clock(unix_secs: i64, utc_offset_secs: i32) -> String {
+    let t = (unix_secs + i64::from(utc_offset_secs)).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02} ", t / 3600, t / 60 % 60, t % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::wire::BadLine;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -210,6 +541,7 @@ mod tests {
             block: ms(block),
             message: "Hello, there".into(),
             messages,
+            mode: None,
         }
     }
 
@@ -318,14 +650,33 @@ mod tests {
     }
 
     #[test]
-    fn no_hello_means_lost_after_the_hello_timeout() {
+    fn no_hello_probes_then_is_lost_after_the_hello_timeout() {
         let t0 = Instant::now();
         let mut c = Client::new(cfg(500, 0, None), t0);
+        assert_eq!(c.poll_timeout(), Some(t0 + HELLO_PROBE_AFTER));
+        assert_eq!(c.poll(t0 + HELLO_PROBE_AFTER - ms(1)), None);
+        assert_eq!(
+            c.poll(t0 + HELLO_PROBE_AFTER),
+            Some(ClientAction::Send(ClientMsg::Ping(PROBE_TOKEN.into())))
+        );
         assert_eq!(c.poll_timeout(), Some(t0 + HELLO_TIMEOUT));
-        assert!(matches!(
+        assert_eq!(
             c.poll(t0 + HELLO_TIMEOUT),
-            Some(ClientAction::Finish(Outcome::ServerLost(_)))
-        ));
+            Some(ClientAction::Finish(Outcome::ServerLost(HELLO_TIMEOUT)))
+        );
+    }
+
+    #[test]
+    fn a_hello_in_time_sends_no_probe() {
+        let t0 = Instant::now();
+        let mut c = Client::new(cfg(60_000, 0, None), t0);
+        assert_eq!(c.handle_bytes(t0 + ms(5), b"HELLO hb/1 idle=3000 "), None);
+        let _ = c.handle_msg(t0 + ms(5), &hello());
+        let got = drain(&mut c, t0, t0 + ms(2000));
+        assert_eq!(
+            got,
+            vec![(5, ClientAction::Send(ClientMsg::Msg("Hello, there".into())))]
+        );
     }
 
     #[test]
@@ -344,13 +695,261 @@ mod tests {
     }
 
     #[test]
-    fn eof_without_end_is_lost_unless_quitting() {
+    fn eof_without_end_is_a_close_unless_quitting() {
         let t0 = Instant::now();
         let mut c = Client::new(cfg(100, 0, None), t0);
         let _ = c.handle_msg(t0, &hello());
-        assert_eq!(c.handle_eof(t0 + ms(5)), Outcome::ServerLost(ms(5)));
+        assert_eq!(
+            c.handle_closed(CloseKind::Closed),
+            Outcome::ServerClosed(CloseKind::Closed)
+        );
+        assert_eq!(Outcome::ServerClosed(CloseKind::Reset).exit_code(), 4);
         let mut c = Client::new(cfg(100, 0, None), t0);
         let _ = c.handle_quit();
-        assert_eq!(c.handle_eof(t0 + ms(5)), Outcome::UserEnded);
+        assert_eq!(c.handle_closed(CloseKind::Reset), Outcome::UserEnded);
+    }
+
+    /// The SIGSTOP case: the client wakes long after its deadline with PINGs, `END` and EOF
+    /// waiting. Fed before `poll`, they give the server's reason, not "silent".
+    #[test]
+    fn what_was_received_is_handled_before_silence_is_judged() {
+        let t0 = Instant::now();
+        let mut c = Client::new(cfg(60_000, 0, None), t0);
+        let _ = c.handle_msg(t0, &hello());
+        let _ = c.poll(t0);
+        let woke = t0 + ms(60_000);
+        for m in [
+            ServerMsg::Ping("1".into()),
+            ServerMsg::Ping("2".into()),
+            ServerMsg::End(EndReason::HeartbeatTimeout),
+        ] {
+            let _ = c.handle_msg(woke, &m);
+        }
+        let ended = Outcome::ServerEnded(EndReason::HeartbeatTimeout);
+        assert_eq!(c.handle_closed(CloseKind::Reset), ended);
+        assert_eq!(c.poll(woke), None);
+        assert_eq!(ended.exit_code(), 3);
+        assert_eq!(
+            ended.to_string(),
+            "the server ended the session: heartbeat-timeout"
+        );
+    }
+
+    #[test]
+    fn close_reset_and_silence_are_told_apart() {
+        assert_eq!(
+            Outcome::ServerClosed(CloseKind::Closed).to_string(),
+            "the server closed the connection (without END)"
+        );
+        assert_eq!(
+            Outcome::ServerClosed(CloseKind::Reset).to_string(),
+            "the server reset the connection (without END)"
+        );
+        assert_eq!(
+            Outcome::ServerLost(ms(4500)).to_string(),
+            "the server stopped answering (silent for 4.5s)"
+        );
+    }
+
+    #[test]
+    fn a_hello_for_another_mode_is_a_mismatch() {
+        let t0 = Instant::now();
+        let hello = |mode| ServerMsg::Hello {
+            idle: ms(3000),
+            interval: ms(500),
+            count: 3,
+            mode,
+        };
+        let mut line = Client::new(
+            ClientConfig {
+                mode: Some(Mode::Echo),
+                ..cfg(100, 0, None)
+            },
+            t0,
+        );
+        let chat = Outcome::Mismatch(Mismatch::ServerMode(Mode::Chat));
+        assert_eq!(line.handle_msg(t0, &hello(Some(Mode::Chat))), Some(chat));
+        assert_eq!(line.poll(t0), None, "nothing is sent after a mismatch");
+        assert_eq!(chat.exit_code(), 2);
+        assert_eq!(
+            chat.to_string(),
+            "the server is in chat mode: use hb-client --chat --name NAME"
+        );
+        let mut chatter = Client::new(
+            ClientConfig {
+                mode: Some(Mode::Chat),
+                every: None,
+                ..cfg(100, 0, None)
+            },
+            t0,
+        );
+        assert_eq!(
+            chatter
+                .handle_msg(t0, &hello(Some(Mode::Echo)))
+                .map(|o| o.to_string()),
+            Some("the server is in echo mode: drop --chat".into())
+        );
+        // A server that does not say its mode (an older one) is taken at its word.
+        let mut old = Client::new(
+            ClientConfig {
+                mode: Some(Mode::Chat),
+                ..cfg(100, 0, None)
+            },
+            t0,
+        );
+        assert_eq!(old.handle_msg(t0, &hello(None)), None);
+    }
+
+    #[test]
+    fn first_bytes_tell_the_wire() {
+        assert_eq!(sniff(b""), Sniff::NeedMore);
+        assert_eq!(sniff(b"HEL"), Sniff::NeedMore);
+        assert_eq!(sniff(b"HELLO hb/1 idle=1"), Sniff::LineWire);
+        assert_eq!(sniff(b"END server-full\n"), Sniff::LineWire);
+        assert_eq!(sniff(b"Echoing...PING"), Sniff::Foreign);
+        assert_eq!(sniff(b"HELLO hb/2 "), Sniff::Foreign);
+        assert_eq!(sniff(b"HTTP/1.1 400"), Sniff::Foreign);
+    }
+
+    #[test]
+    fn a_classic_server_is_recognised_by_its_echo() {
+        let t0 = Instant::now();
+        let mut c = Client::new(cfg(100, 0, None), t0);
+        assert_eq!(c.handle_bytes(t0, b"HELL"), None, "could still be HELLO");
+        let mut c = Client::new(cfg(100, 0, None), t0);
+        let got = c.handle_bytes(t0, b"Echoing...PING hello?\n");
+        let Some(o @ Outcome::Mismatch(Mismatch::NotLineWire(_))) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            o.to_string(),
+            "this server does not speak the line wire (it sent 'Echoing...'); \
+             is it --wire classic? use hb-client --wire classic"
+        );
+        assert_eq!(o.exit_code(), 2);
+        let mut c = Client::new(cfg(100, 0, None), t0);
+        let got = c.handle_bytes(t0, b"\x1b[2Jhi");
+        assert_eq!(
+            got.map(|o| o.to_string()),
+            Some(
+                "this server does not speak the line wire (it sent '\\e[2Jhi'); \
+                 is it --wire classic? use hb-client --wire classic"
+                    .into()
+            )
+        );
+        assert_eq!(
+            Outcome::Mismatch(Mismatch::LineWireServer).to_string(),
+            "this server speaks the line wire (it sent HELLO); drop --wire classic"
+        );
+    }
+
+    #[test]
+    fn joining_sends_join_then_who_and_members_confirms() {
+        let mut chat = Chat::new("ann");
+        assert_eq!(chat.join(), [ClientMsg::Join("ann".into()), ClientMsg::Who]);
+        assert!(!chat.is_joined());
+        assert_eq!(
+            chat.handle_server(&ServerMsg::Members(vec!["ann".into(), "bob".into()])),
+            ChatStep::Show("* in the room: ann (you), bob".into())
+        );
+        assert!(chat.is_joined());
+    }
+
+    #[test]
+    fn a_taken_name_is_refused_with_a_clear_message() {
+        let mut chat = Chat::new("ann");
+        let taken = ServerMsg::Err(BadLine {
+            code: ErrCode::NameTaken,
+            detail: "ann is in use".into(),
+        });
+        assert_eq!(
+            chat.handle_server(&taken),
+            ChatStep::Refused("name 'ann' is taken on this server; pick another --name".into())
+        );
+        let mut chat = Chat::new("a\x1bb");
+        let other = ServerMsg::Err(BadLine {
+            code: ErrCode::MissingArgument,
+            detail: "bad\rname".into(),
+        });
+        assert_eq!(
+            chat.handle_server(&other),
+            ChatStep::Refused(
+                "the server refused to join as 'a\\eb': missing-argument bad\\rname".into()
+            )
+        );
+        // Once joined, an ERR is shown, not a refusal.
+        let mut chat = Chat::new("ann");
+        let _ = chat.handle_server(&ServerMsg::Members(vec!["ann".into()]));
+        assert_eq!(
+            chat.handle_server(&taken),
+            ChatStep::Show("! name-taken ann is in use".into())
+        );
+    }
+
+    #[test]
+    fn user_lines_become_commands() {
+        let mut c = Chat::new("ann");
+        let say = |t: &str| ChatStep::Send(ClientMsg::Msg(t.into()));
+        assert_eq!(c.handle_user("hello there"), say("hello there"));
+        assert_eq!(c.handle_user("/quit"), ChatStep::Quit);
+        assert_eq!(c.handle_user("  /quit \r"), ChatStep::Quit);
+        assert_eq!(c.handle_user(""), ChatStep::Nothing);
+        assert_eq!(c.handle_user("   "), ChatStep::Nothing);
+        assert_eq!(c.handle_user("/who"), ChatStep::Send(ClientMsg::Who));
+        assert_eq!(c.handle_user("/help"), ChatStep::Show(CHAT_HELP.into()));
+        for cmd in ["/who", "/help", "/quit", "//text"] {
+            assert!(CHAT_HELP.contains(cmd), "{cmd}");
+        }
+        assert_eq!(
+            c.handle_user("/nick bob"),
+            ChatStep::Show("* unknown command /nick; /help lists the commands".into())
+        );
+        assert_eq!(c.handle_user("//etc/hosts"), say("/etc/hosts"));
+    }
+
+    #[test]
+    fn room_lines_are_rendered_safely() {
+        let c = Chat::new("ann");
+        let r = |m: ServerMsg| c.render(&m);
+        assert_eq!(
+            r(ServerMsg::Msg {
+                from: "bob".into(),
+                text: "hi\r\x1b[2K\x1b[1Aann: bye\u{202e}".into()
+            }),
+            Some("bob: hi\\r\\e[2K\\e[1Aann: bye\\u{202e}".into())
+        );
+        assert_eq!(
+            r(ServerMsg::Joined("b\x1bob".into())),
+            Some("* b\\eob joined".into())
+        );
+        assert_eq!(
+            r(ServerMsg::Left {
+                name: "bob".into(),
+                reason: EndReason::HeartbeatTimeout
+            }),
+            Some("* bob left (heartbeat-timeout)".into())
+        );
+        assert_eq!(
+            r(ServerMsg::Err(BadLine {
+                code: ErrCode::NotJoined,
+                detail: "JOIN\x07 NAME first".into()
+            })),
+            Some("! not-joined JOIN\\x07 NAME first".into())
+        );
+        assert_eq!(
+            r(ServerMsg::Echo("\x1b]0;x".into())),
+            Some("(echo) \\e]0;x".into())
+        );
+        assert_eq!(r(ServerMsg::Ping("1".into())), None);
+    }
+
+    #[test]
+    fn clock_shows_local_hours_minutes_seconds() {
+        // 2026-11-21T22:00:46Z
+        let t = 1_795_298_446;
+        assert_eq!(clock(t, 0), "22:00:46 ");
+        assert_eq!(clock(t, 3600), "23:00:46 ");
+        assert_eq!(clock(t, 2 * 3600), "00:00:46 ");
+        assert_eq!(clock(t, -5 * 3600 - 1800), "16:30:46 ");
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod classic;
 pub mod client;
+pub mod display;
 pub mod heartbeat;
 pub mod node;
 pub mod room;

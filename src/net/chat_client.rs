@@ -1,20 +1,23 @@
 //! `hb-client --chat`: an interactive chat client that reads the user's lines and the socket
-//! at once, answers heartbeats by itself, and prints the room as it changes.
+//! at once, answers heartbeats by itself, and prints the room as it changes, each line
+//! prefixed with the local time.
+//!
+//! Joining, commands and rendering are decided by the pure [`Chat`] core; this file owns the
+//! socket, the user's input and the clock.
 
 use std::io::{self, BufRead, Write};
 use std::net::{Shutdown, TcpStream};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{select, Receiver};
 
-use crate::config::ClientSettings;
-use crate::core::client::{Client, ClientAction, ClientConfig, Outcome};
-use crate::core::wire::{ClientMsg, ErrCode, ServerMsg};
-use crate::net::client::{connect, read_lines, ClientError, Incoming, QUIT_WAIT};
-
-/// Token of the `PING` sent right after `JOIN`: its `PONG` confirms the name was taken.
-const JOIN_CHECK: &str = "joined?";
+use crate::config::{ClientSettings, Mode};
+use crate::core::client::{
+    clock, Chat, ChatStep, Client, ClientAction, ClientConfig, CloseKind, Outcome,
+};
+use crate::core::wire::{ClientMsg, ServerMsg};
+use crate::net::client::{connect, ClientError, Received, ServerReader, QUIT_WAIT};
 
 /// What the user typed.
 enum Input {
@@ -22,54 +25,10 @@ enum Input {
     End,
 }
 
-/// How one user line is handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Send this text as `MSG`.
-    Say(String),
-    /// `/quit`: leave the room.
-    Quit,
-    /// An empty line: nothing to do.
-    Nothing,
-    /// An unknown `/command`: explain locally.
-    Unknown(String),
-}
-
-/// Interprets one line typed by the user.
-pub fn command(line: &str) -> Command {
-    let line = line.trim_end_matches(['\r', '\n']);
-    match line.trim() {
-        "" => Command::Nothing,
-        "/quit" => Command::Quit,
-        cmd if cmd.starts_with('/') && !cmd.starts_with("//") => Command::Unknown(cmd.to_owned()),
-        // "//text" sends "/text", for messages that start with a slash.
-        _ => Command::Say(
-            line.strip_prefix('/')
-                .filter(|l| l.starts_with('/'))
-                .unwrap_or(line)
-                .to_owned(),
-        ),
-    }
-}
-
-/// How a line from the server is shown, if at all.
-pub fn render(msg: &ServerMsg) -> Option<String> {
-    Some(match msg {
-        ServerMsg::Msg { from, text } => format!("{from}: {text}"),
-        ServerMsg::Joined(name) => format!("* {name} joined"),
-        ServerMsg::Members(names) => format!("* in the room: {}", names.join(", ")),
-        ServerMsg::Left { name, reason } => format!("* {name} left ({reason})"),
-        ServerMsg::Err(bad) => format!("! {} {}", bad.code, bad.detail),
-        ServerMsg::Echo(text) => format!("(echo) {text}"),
-        ServerMsg::Hello { .. } | ServerMsg::Ping(_) | ServerMsg::Pong(_) | ServerMsg::End(_) => {
-            return None
-        }
-    })
-}
-
 /// Runs a chat session as `name`: lines from `input` are sent, the room is printed on `out`.
 /// Ends when the user types `/quit` or the input ends (0), the server ends it (3) or the
-/// server is lost (4); `stop` (Ctrl-C) leaves like `/quit`.
+/// server is lost (4); `stop` (Ctrl-C) leaves like `/quit`. A refused name is
+/// [`ClientError::NameRefused`] (exit 2), and nothing the user typed is sent.
 pub fn run(
     settings: &ClientSettings,
     name: &str,
@@ -80,12 +39,7 @@ pub fn run(
     let stream = connect(&settings.host, settings.port)?;
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let (tx, rx) = crossbeam_channel::bounded(1024);
-    let reader_stream = stream.try_clone().map_err(ClientError::Io)?;
-    let reader = thread::Builder::new()
-        .name("chat-socket".into())
-        .spawn(move || read_lines(reader_stream, tx))
-        .map_err(ClientError::Io)?;
+    let mut reader = ServerReader::start(&stream).map_err(ClientError::Io)?;
     let (in_tx, in_rx) = crossbeam_channel::bounded(1024);
     // Reading stdin cannot be interrupted; this thread simply ends with the process.
     thread::Builder::new()
@@ -105,51 +59,118 @@ pub fn run(
         block: settings.block,
         message: String::new(),
         messages: None,
+        mode: Some(Mode::Chat),
+    };
+    let offset = local_utc_offset();
+    let mut say = |line: &str| {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let _ = writeln!(out, "{}{line}", clock(secs, offset));
+        let _ = out.flush();
     };
     let result = session(
         &stream,
-        name,
+        Chat::new(name),
         Client::new(cfg, Instant::now()),
-        &rx,
+        &mut reader,
         &in_rx,
         stop,
-        out,
+        &mut say,
     );
     let _ = stream.shutdown(Shutdown::Both);
-    let _ = reader.join();
+    drop(reader);
     result
+}
+
+/// Why the chat loop stops feeding.
+enum Stop {
+    Over(Outcome),
+    Refused(String),
+}
+
+/// Hands everything already received to the cores, showing what is for the user.
+fn feed(
+    chat: &mut Chat,
+    client: &mut Client,
+    reader: &mut ServerReader,
+    say: &mut dyn FnMut(&str),
+) -> Option<Stop> {
+    for got in reader.drain() {
+        match got {
+            Received::Bytes(bytes, at) => {
+                if let Some(o) = client.handle_bytes(at, &bytes) {
+                    return Some(Stop::Over(o));
+                }
+            }
+            Received::Line(bytes, at) => {
+                let Ok(msg) = ServerMsg::parse(&bytes) else {
+                    say(&format!(
+                        "! not understood: {}",
+                        crate::core::display::safe_bytes(&bytes[..bytes.len().min(200)])
+                    ));
+                    continue;
+                };
+                match chat.handle_server(&msg) {
+                    ChatStep::Refused(why) => return Some(Stop::Refused(why)),
+                    ChatStep::Show(line) => say(&line),
+                    _ => {}
+                }
+                if let Some(o) = client.handle_msg(at, &msg) {
+                    return Some(Stop::Over(o));
+                }
+            }
+            Received::TooLong => {
+                say("! the server sent a line too long to show");
+                return Some(Stop::Over(client.handle_closed(CloseKind::Reset)));
+            }
+            Received::Closed(kind) => return Some(Stop::Over(client.handle_closed(kind))),
+        }
+    }
+    None
 }
 
 fn session(
     stream: &TcpStream,
-    name: &str,
+    mut chat: Chat,
     mut client: Client,
-    rx: &Receiver<Incoming>,
+    reader: &mut ServerReader,
     input: &Receiver<Input>,
     stop: &Receiver<()>,
-    out: &mut dyn Write,
+    say: &mut dyn FnMut(&str),
 ) -> Result<Outcome, ClientError> {
     let send = |msg: &ClientMsg| (&*stream).write_all(msg.encode().as_bytes()).is_ok();
-    // JOIN, then a PING whose PONG (which the server sends only after handling the JOIN)
-    // confirms the name; an ERR in between means it was refused.
-    if !send(&ClientMsg::Join(name.to_owned())) || !send(&ClientMsg::Ping(JOIN_CHECK.into())) {
-        return Ok(client.handle_eof(Instant::now()));
+    let ready = reader.ready();
+    let finish = |stop: Stop| match stop {
+        Stop::Over(o) => Ok(o),
+        Stop::Refused(why) => Err(ClientError::NameRefused(why)),
+    };
+    for msg in chat.join() {
+        if !send(&msg) {
+            return finish(
+                feed(&mut chat, &mut client, reader, say)
+                    .unwrap_or(Stop::Over(client.handle_closed(CloseKind::Reset))),
+            );
+        }
     }
-    let mut joined = false;
     let mut quit_by: Option<Instant> = None;
     let mut stop = stop.clone();
-    let mut input = input.clone();
-    let say = |out: &mut dyn Write, line: &str| {
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    };
+    let mut leaving = false;
     loop {
+        // Everything already received comes first: silence is judged only on an empty socket.
+        if let Some(s) = feed(&mut chat, &mut client, reader, say) {
+            return finish(s);
+        }
+        reader.rearm();
         let now = Instant::now();
         while let Some(action) = client.poll(now) {
             match action {
                 ClientAction::Send(msg) => {
                     if !send(&msg) {
-                        return Ok(client.handle_eof(Instant::now()));
+                        return finish(
+                            feed(&mut chat, &mut client, reader, say)
+                                .unwrap_or(Stop::Over(client.handle_closed(CloseKind::Reset))),
+                        );
                     }
                 }
                 ClientAction::Finish(outcome) => return Ok(outcome),
@@ -159,43 +180,29 @@ fn session(
         let timeout = deadline.map_or(Duration::from_secs(3600), |d| {
             d.saturating_duration_since(Instant::now())
         });
+        // The user's lines wait until the server confirmed the name: nothing is sent under
+        // a name it refuses.
+        let user = if chat.is_joined() && !leaving {
+            input.clone()
+        } else {
+            crossbeam_channel::never()
+        };
         let mut leave = false;
         select! {
-            recv(rx) -> inc => match inc {
-                Ok(Incoming::Line(bytes, at)) => {
-                    let Ok(msg) = ServerMsg::parse(&bytes) else {
-                        say(out, &format!("! not understood: {}", String::from_utf8_lossy(&bytes)));
-                        continue;
-                    };
-                    if !joined {
-                        match &msg {
-                            ServerMsg::Pong(t) if t == JOIN_CHECK => joined = true,
-                            ServerMsg::Err(bad) if matches!(bad.code, ErrCode::NameTaken | ErrCode::MissingArgument) => {
-                                return Err(ClientError::NameRefused(bad.detail.clone()));
-                            }
-                            _ => {}
+            recv(ready) -> _ => {}
+            recv(user) -> line => match line {
+                Ok(Input::Line(line)) => match chat.handle_user(&line) {
+                    ChatStep::Send(msg) => {
+                        if !send(&msg) {
+                            return finish(
+                                feed(&mut chat, &mut client, reader, say)
+                                    .unwrap_or(Stop::Over(client.handle_closed(CloseKind::Reset))),
+                            );
                         }
                     }
-                    if let Some(text) = render(&msg) {
-                        say(out, &text);
-                    }
-                    if let Some(outcome) = client.handle_msg(at, &msg) {
-                        return Ok(outcome);
-                    }
-                }
-                Ok(Incoming::Closed(at)) => return Ok(client.handle_eof(at)),
-                Err(_) => return Ok(client.handle_eof(Instant::now())),
-            },
-            recv(input) -> line => match line {
-                Ok(Input::Line(line)) => match command(&line) {
-                    Command::Say(text) => {
-                        if !send(&ClientMsg::Msg(text)) {
-                            return Ok(client.handle_eof(Instant::now()));
-                        }
-                    }
-                    Command::Quit => leave = true,
-                    Command::Nothing => {}
-                    Command::Unknown(cmd) => say(out, &format!("! unknown command {cmd}; /quit leaves, //text sends /text")),
+                    ChatStep::Show(text) => say(&text),
+                    ChatStep::Quit => leave = true,
+                    ChatStep::Nothing | ChatStep::Refused(_) => {}
                 },
                 Ok(Input::End) | Err(_) => leave = true,
             },
@@ -206,9 +213,9 @@ fn session(
                 }
             }
         }
-        if leave && quit_by.is_none() {
+        if leave && !leaving {
+            leaving = true;
             stop = crossbeam_channel::never();
-            input = crossbeam_channel::never();
             quit_by = Some(Instant::now() + QUIT_WAIT);
             if !send(&client.handle_quit()) {
                 return Ok(Outcome::UserEnded);
@@ -228,50 +235,117 @@ pub fn run_stdio(
     run(settings, name, stdin, &mut stdout, stop)
 }
 
+/// The local offset from UTC in seconds, from the zone file `TZ` names (or
+/// `/etc/localtime`); UTC when there is none. It takes the offset of the file's last
+/// transition at or before now: exact for zones whose file lists their transitions (the
+/// common "fat" files); a "slim" file in a zone with daylight saving may be an hour off in
+/// summer, which only shifts the shown clock.
+fn local_utc_offset() -> i32 {
+    let path = match std::env::var("TZ") {
+        Ok(tz) if tz.is_empty() || tz == "UTC" || tz == "UTC0" => return 0,
+        Ok(tz) => {
+            let tz = tz.strip_prefix(':').unwrap_or(&tz).to_owned();
+            if tz.starts_with('/') {
+                tz
+            } else {
+                format!("/usr/share/zoneinfo/{tz}")
+            }
+        }
+        Err(_) => "/etc/localtime".to_owned(),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    std::fs::read(path)
+        .ok()
+        .and_then(|data| tzif_offset(&data, now))
+        .unwrap_or(0)
+}
+
+/// The UTC offset a TZif file (RFC 8536) gives for `now` (from its transitions).
+fn tzif_offset(data: &[u8], now: i64) -> Option<i32> {
+    let be32 = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?))
+    };
+    let counts = |at: usize| -> Option<[usize; 6]> {
+        if data.get(at..at + 4)? != b"TZif" {
+            return None;
+        }
+        let mut c = [0; 6];
+        for (i, slot) in c.iter_mut().enumerate() {
+            *slot = be32(at + 20 + 4 * i)? as usize;
+        }
+        Some(c)
+    };
+    let [isut, isstd, leap, time, typ, chars] = counts(0)?;
+    let (base, tsize, [_, _, _, time, typ, _]) = if *data.get(4)? >= b'2' {
+        // Version 2+: skip the 32-bit block, use the 64-bit one.
+        let v1 = 44 + time * 5 + typ * 6 + chars + leap * 8 + isstd + isut;
+        (v1 + 44, 8, counts(v1)?)
+    } else {
+        (44, 4, [isut, isstd, leap, time, typ, chars])
+    };
+    let at = |i: usize| -> Option<i64> {
+        let p = base + i * tsize;
+        Some(if tsize == 8 {
+            i64::from_be_bytes(data.get(p..p + 8)?.try_into().ok()?)
+        } else {
+            i64::from(be32(p)? as i32)
+        })
+    };
+    let idx_base = base + time * tsize;
+    let types_base = idx_base + time;
+    let mut ty = 0usize;
+    for i in 0..time {
+        if at(i)? > now {
+            break;
+        }
+        ty = usize::from(*data.get(idx_base + i)?);
+    }
+    if ty >= typ {
+        return None;
+    }
+    Some(be32(types_base + ty * 6)? as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::wire::{BadLine, EndReason};
 
     #[test]
-    fn user_lines_become_commands() {
-        assert_eq!(command("hello there"), Command::Say("hello there".into()));
-        assert_eq!(command("/quit"), Command::Quit);
-        assert_eq!(command("  /quit \r"), Command::Quit);
-        assert_eq!(command(""), Command::Nothing);
-        assert_eq!(command("   "), Command::Nothing);
-        assert_eq!(command("/nick bob"), Command::Unknown("/nick bob".into()));
-        assert_eq!(command("//etc/hosts"), Command::Say("/etc/hosts".into()));
+    fn utc_zone_files_give_offset_zero() {
+        for path in ["/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/Etc/UTC"] {
+            if let Ok(data) = std::fs::read(path) {
+                assert_eq!(tzif_offset(&data, 1_795_298_446), Some(0), "{path}");
+            }
+        }
+    }
+
+    /// A version-1 TZif file: one transition at t=1000 from +01:00 to +02:00.
+    fn tiny_tzif() -> Vec<u8> {
+        let mut f = b"TZif".to_vec();
+        f.extend([0u8; 16]);
+        for count in [0u32, 0, 0, 1, 2, 4] {
+            f.extend(count.to_be_bytes());
+        }
+        f.extend(1000i32.to_be_bytes());
+        f.push(1);
+        f.extend(3600i32.to_be_bytes());
+        f.extend([0, 0]);
+        f.extend(7200i32.to_be_bytes());
+        f.extend([1, 0]);
+        f.extend(b"XX\0\0");
+        f
     }
 
     #[test]
-    fn room_lines_are_rendered_for_people() {
-        let r = |m: ServerMsg| render(&m);
-        assert_eq!(
-            r(ServerMsg::Msg {
-                from: "bob".into(),
-                text: "hi".into()
-            }),
-            Some("bob: hi".into())
-        );
-        assert_eq!(
-            r(ServerMsg::Joined("ann".into())),
-            Some("* ann joined".into())
-        );
-        assert_eq!(
-            r(ServerMsg::Left {
-                name: "ann".into(),
-                reason: EndReason::HeartbeatTimeout
-            }),
-            Some("* ann left (heartbeat-timeout)".into())
-        );
-        assert_eq!(
-            r(ServerMsg::Err(BadLine {
-                code: ErrCode::NotJoined,
-                detail: "JOIN NAME first".into()
-            })),
-            Some("! not-joined JOIN NAME first".into())
-        );
-        assert_eq!(r(ServerMsg::Ping("1".into())), None);
+    fn a_zone_file_gives_the_offset_in_force_at_that_time() {
+        let f = tiny_tzif();
+        assert_eq!(tzif_offset(&f, 999), Some(3600));
+        assert_eq!(tzif_offset(&f, 1000), Some(7200));
+        assert_eq!(tzif_offset(&f, 1_795_298_446), Some(7200));
+        assert_eq!(tzif_offset(&f[..50], 0), None);
+        assert_eq!(tzif_offset(b"not a zone file", 0), None);
+        assert_eq!(tzif_offset(b"", 0), None);
     }
 }

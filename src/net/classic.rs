@@ -46,7 +46,8 @@ use crate::core::classic::{
     echo_reply, ClassicClient, ClassicClientAction, ClassicClientConfig, ClassicEnd,
     ConnectBackSchedule, ECHO_PATIENCE, END_CONNECTION, HEARTBEAT, READ_SIZE,
 };
-use crate::core::client::Outcome;
+use crate::core::client::{sniff, Mismatch, Outcome, Sniff};
+use crate::core::display::safe_bytes;
 use crate::core::heartbeat::{Action, Heartbeat};
 use crate::core::wire::EndReason;
 use crate::net::client::{ClientError, ClientEvent};
@@ -809,6 +810,8 @@ fn client_session(
 ) -> Outcome {
     // A dropped sender must not end the session: stop listening to it instead.
     let mut stop = stop.clone();
+    // The first data bytes, until they show whether the server speaks the classic wire.
+    let mut first = Some(Vec::new());
     loop {
         let now = Instant::now();
         while let Some(action) = client.poll(now) {
@@ -817,7 +820,7 @@ fn client_session(
                     if (&*data).write_all(&bytes).is_err() {
                         // The server is gone; an `End Connection` it sent first still says why.
                         while let Ok(inc) = rx.recv_timeout(Duration::from_millis(50)) {
-                            if let Some(o) = handle(&mut client, hb_sock, inc, log) {
+                            if let Some(o) = handle(&mut client, hb_sock, &mut first, inc, log) {
                                 return o;
                             }
                         }
@@ -844,7 +847,7 @@ fn client_session(
         select! {
             recv(rx) -> inc => {
                 let Ok(inc) = inc else { return client.handle_data_eof(Instant::now()) };
-                if let Some(o) = handle(&mut client, hb_sock, inc, log) {
+                if let Some(o) = handle(&mut client, hb_sock, &mut first, inc, log) {
                     return o;
                 }
             }
@@ -859,15 +862,34 @@ fn client_session(
     }
 }
 
+/// A line-wire server greets with `HELLO hb/1 ` (or refuses with `END `), where a classic
+/// one sends nothing before `Echoing...`: the first data bytes tell them apart.
+fn sniff_line_wire(first: &mut Option<Vec<u8>>, bytes: &[u8]) -> Option<Outcome> {
+    let seen = first.as_mut()?;
+    seen.extend_from_slice(&bytes[..bytes.len().min(16)]);
+    match sniff(seen) {
+        Sniff::NeedMore => None,
+        Sniff::Foreign => {
+            *first = None;
+            None
+        }
+        Sniff::LineWire => Some(Outcome::Mismatch(Mismatch::LineWireServer)),
+    }
+}
+
 fn handle(
     client: &mut ClassicClient,
     hb_sock: &mut Option<TcpStream>,
+    first: &mut Option<Vec<u8>>,
     inc: Incoming,
     log: &EventLog<ClientEvent>,
 ) -> Option<Outcome> {
     match inc {
         Incoming::Data(bytes, at) => {
-            log.emit(ClientEvent::Received(show(&bytes)));
+            log.emit(ClientEvent::Received(safe_bytes(&bytes)));
+            if let Some(mismatch) = sniff_line_wire(first, &bytes) {
+                return Some(mismatch);
+            }
             client.handle_data(at, &bytes)
         }
         Incoming::DataClosed(at) => Some(client.handle_data_eof(at)),
@@ -883,7 +905,7 @@ fn handle(
         Incoming::Hb(bytes, at) => {
             log.emit(ClientEvent::Received(format!(
                 "[heartbeat] {}",
-                show(&bytes)
+                safe_bytes(&bytes)
             )));
             client.handle_heartbeat(at, &bytes)
         }

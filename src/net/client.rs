@@ -1,16 +1,22 @@
-//! `hb-client` over the line wire: one reader thread, and the calling thread as the only
-//! writer, driving the pure [`Client`] core.
+//! `hb-client` over the line wire: the calling thread reads (without blocking), writes and
+//! drives the pure [`Client`] core; a small thread only wakes it when the socket is readable.
+//!
+//! Reading on the session's own thread is what lets it read everything already received
+//! before it judges the server silent: a client stopped with SIGSTOP and resumed long after
+//! its deadline first reads the `END` waiting in the socket, then decides.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::config::ClientSettings;
-use crate::core::client::{Client, ClientAction, ClientConfig, Outcome};
-use crate::core::wire::{printable, ClientMsg, LineDecoder, ServerMsg};
+use crate::config::{ClientSettings, Mode};
+use crate::core::client::{Client, ClientAction, ClientConfig, CloseKind, Outcome};
+use crate::core::display::safe_bytes;
+use crate::core::wire::{ClientMsg, LineDecoder, ServerMsg};
 use crate::net::events::EventLog;
 
 /// How long to try to connect to each address of the server.
@@ -58,7 +64,7 @@ pub enum ClientError {
     },
     /// The settings ask for something this build does not do yet.
     Unsupported(String),
-    /// The server refused the chat name (`ERR name-taken` or `ERR missing-argument`).
+    /// The server refused the chat name (`ERR` in answer to `JOIN`); the message says why.
     NameRefused(String),
     /// Setting up the session failed (a thread or a socket clone could not be had).
     Io(io::Error),
@@ -76,7 +82,7 @@ impl fmt::Display for ClientError {
         match self {
             Self::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
             Self::Unsupported(what) => f.write_str(what),
-            Self::NameRefused(why) => write!(f, "the server refused the name: {why}"),
+            Self::NameRefused(why) => f.write_str(why),
             Self::Io(e) => write!(f, "cannot start the session: {e}"),
             Self::Listen { addr, source } => {
                 write!(
@@ -98,9 +104,173 @@ impl std::error::Error for ClientError {
     }
 }
 
-pub(crate) enum Incoming {
+/// Bytes read per `recv`, and reads per [`ServerReader::drain`] (a server that floods must
+/// not keep the session from its own deadlines; the rest is read on the next turn).
+const READ_SIZE: usize = 4096;
+const READS_PER_DRAIN: usize = 64;
+
+/// What a non-blocking read of the server's socket found, in arrival order.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// Raw bytes, before they are split into lines (the first ones tell the protocol).
+    Bytes(Vec<u8>, Instant),
+    /// A complete line (without its `\n`).
     Line(Vec<u8>, Instant),
-    Closed(Instant),
+    /// The server sent a line longer than [`MAX_SERVER_LINE`].
+    TooLong,
+    /// The server closed or reset the connection.
+    Closed(CloseKind),
+}
+
+/// Reads the server's socket on the session's thread without blocking; a helper thread
+/// waits for readability and rings [`ServerReader::ready`] (one ring per [`ServerReader::rearm`],
+/// so it never spins while the session is busy).
+pub(crate) struct ServerReader {
+    stream: TcpStream,
+    decoder: LineDecoder,
+    closed: bool,
+    ready: Option<Receiver<()>>,
+    ack: Option<Sender<()>>,
+    waker: Option<JoinHandle<()>>,
+}
+
+impl ServerReader {
+    /// Starts the waker thread on a clone of `stream`. The session must shut the socket
+    /// down before dropping the reader (that ends the waker's `poll`).
+    pub(crate) fn start(stream: &TcpStream) -> io::Result<Self> {
+        let (ready_tx, ready) = crossbeam_channel::bounded(1);
+        let (ack, ack_rx) = crossbeam_channel::bounded(1);
+        let watched = stream.try_clone()?;
+        let waker = std::thread::Builder::new()
+            .name("client-waker".into())
+            .spawn(move || wake_when_readable(&watched, &ready_tx, &ack_rx))?;
+        Ok(Self {
+            stream: stream.try_clone()?,
+            decoder: LineDecoder::new(MAX_SERVER_LINE),
+            closed: false,
+            ready: Some(ready),
+            ack: Some(ack),
+            waker: Some(waker),
+        })
+    }
+
+    /// Rings when the socket may have something to read.
+    pub(crate) fn ready(&self) -> Receiver<()> {
+        self.ready.clone().unwrap_or_else(crossbeam_channel::never)
+    }
+
+    /// Lets the waker watch the socket again (after a ring was handled).
+    pub(crate) fn rearm(&self) {
+        if let Some(ack) = &self.ack {
+            let _ = ack.try_send(());
+        }
+    }
+
+    /// Everything the socket holds right now (bounded per call), in order; ends with
+    /// [`Received::Closed`] once the server is gone.
+    pub(crate) fn drain(&mut self) -> Vec<Received> {
+        use rustix::net::{recv, RecvFlags};
+        let mut got = Vec::new();
+        let mut buf = [0u8; READ_SIZE];
+        let mut reads = 0;
+        while !self.closed && reads < READS_PER_DRAIN {
+            let n = match recv(&self.stream, &mut buf[..], RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    self.closed = true;
+                    got.push(Received::Closed(CloseKind::Closed));
+                    break;
+                }
+                Ok((n, _)) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => {
+                    self.closed = true;
+                    got.push(Received::Closed(CloseKind::Reset));
+                    break;
+                }
+            };
+            reads += 1;
+            let at = Instant::now();
+            got.push(Received::Bytes(buf[..n].to_vec(), at));
+            self.decoder.feed(&buf[..n]);
+            loop {
+                match self.decoder.next_line() {
+                    Ok(Some(line)) => got.push(Received::Line(line.to_vec(), at)),
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.closed = true;
+                        got.push(Received::TooLong);
+                        return got;
+                    }
+                }
+            }
+        }
+        got
+    }
+}
+
+impl Drop for ServerReader {
+    fn drop(&mut self) {
+        // Dropping both channel ends ends the waker wherever it waits (the socket is shut
+        // down by now, which ends its poll).
+        self.ack = None;
+        self.ready = None;
+        if let Some(w) = self.waker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn wake_when_readable(stream: &TcpStream, ready: &Sender<()>, ack: &Receiver<()>) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    loop {
+        let mut fds = [PollFd::new(stream, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
+        if ready.send(()).is_err() || ack.recv().is_err() {
+            return;
+        }
+    }
+}
+
+/// Hands everything already received to `client` (and the log); the outcome if it ended the
+/// session.
+fn feed(
+    client: &mut Client,
+    reader: &mut ServerReader,
+    log: &EventLog<ClientEvent>,
+) -> Option<Outcome> {
+    for got in reader.drain() {
+        match got {
+            Received::Bytes(bytes, at) => {
+                if let Some(o) = client.handle_bytes(at, &bytes) {
+                    return Some(o);
+                }
+            }
+            Received::Line(bytes, at) => match ServerMsg::parse(&bytes) {
+                Ok(msg) => {
+                    log.emit(ClientEvent::Received(safe_bytes(&bytes)));
+                    if let Some(o) = client.handle_msg(at, &msg) {
+                        return Some(o);
+                    }
+                }
+                Err(_) => log.emit(ClientEvent::Garbled(safe_bytes(
+                    &bytes[..bytes.len().min(200)],
+                ))),
+            },
+            Received::TooLong => {
+                log.emit(ClientEvent::Garbled(format!(
+                    "a line longer than {MAX_SERVER_LINE} bytes"
+                )));
+                return Some(client.handle_closed(CloseKind::Reset));
+            }
+            Received::Closed(kind) => return Some(client.handle_closed(kind)),
+        }
+    }
+    None
 }
 
 /// Connects to `host:port`, trying each resolved address.
@@ -112,37 +282,6 @@ pub fn connect(host: &str, port: u16) -> Result<TcpStream, ClientError> {
         addr: format!("{host}:{port}"),
         source,
     })
-}
-
-pub(crate) fn read_lines(mut stream: TcpStream, tx: Sender<Incoming>) {
-    let mut decoder = LineDecoder::new(MAX_SERVER_LINE);
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Incoming::Closed(Instant::now()));
-                return;
-            }
-            Ok(n) => {
-                let at = Instant::now();
-                decoder.feed(&buf[..n]);
-                loop {
-                    match decoder.next_line() {
-                        Ok(Some(line)) => {
-                            if tx.send(Incoming::Line(line.to_vec(), at)).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(_) => {
-                            let _ = tx.send(Incoming::Closed(at));
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Runs one session in manual mode until it ends; `stop` firing means the user asked to leave.
@@ -160,35 +299,33 @@ pub fn run(
     if let Ok(peer) = stream.peer_addr() {
         log.emit(ClientEvent::Connected(peer));
     }
-    let (tx, rx) = crossbeam_channel::bounded(1024);
-    let reader = stream
-        .try_clone()
-        .map(|s| std::thread::spawn(move || read_lines(s, tx)));
-    let reader = match reader {
-        Ok(r) => r,
-        Err(source) => {
-            return Err(ClientError::Connect {
-                addr: format!("{}:{}", settings.host, settings.port),
-                source,
-            })
-        }
-    };
+    let mut reader = ServerReader::start(&stream).map_err(|source| ClientError::Connect {
+        addr: format!("{}:{}", settings.host, settings.port),
+        source,
+    })?;
     let cfg = ClientConfig {
         every: Some(settings.every),
         block: settings.block,
         message: settings.message.clone(),
         messages: settings.messages,
+        mode: Some(Mode::Echo),
     };
-    let outcome = session(&stream, Client::new(cfg, Instant::now()), &rx, stop, log);
+    let outcome = session(
+        &stream,
+        Client::new(cfg, Instant::now()),
+        &mut reader,
+        stop,
+        log,
+    );
     let _ = stream.shutdown(Shutdown::Both);
-    let _ = reader.join();
+    drop(reader);
     Ok(outcome)
 }
 
 fn session(
     stream: &TcpStream,
     mut client: Client,
-    rx: &Receiver<Incoming>,
+    reader: &mut ServerReader,
     stop: &Receiver<()>,
     log: &EventLog<ClientEvent>,
 ) -> Outcome {
@@ -196,30 +333,23 @@ fn session(
     // Once the user asked to leave, stop listening for it (a dropped sender would otherwise
     // make `select!` return at once, forever).
     let mut stop = stop.clone();
+    let ready = reader.ready();
     let send = |msg: &ClientMsg| -> bool {
         let line = msg.encode();
         let ok = (&*stream).write_all(line.as_bytes()).is_ok();
         if ok {
-            log.emit(ClientEvent::Sent(line.trim_end().to_owned()));
+            log.emit(ClientEvent::Sent(crate::core::display::safe(
+                line.trim_end(),
+            )));
         }
         ok
     };
-    let handle = |client: &mut Client, inc: Incoming| -> Option<Outcome> {
-        match inc {
-            Incoming::Line(bytes, at) => match ServerMsg::parse(&bytes) {
-                Ok(msg) => {
-                    log.emit(ClientEvent::Received(printable(&bytes, 4096)));
-                    client.handle_msg(at, &msg)
-                }
-                Err(_) => {
-                    log.emit(ClientEvent::Garbled(printable(&bytes, 200)));
-                    None
-                }
-            },
-            Incoming::Closed(at) => Some(client.handle_eof(at)),
-        }
-    };
     loop {
+        // Everything already received comes first: silence is judged only on an empty socket.
+        if let Some(o) = feed(&mut client, reader, log) {
+            return o;
+        }
+        reader.rearm();
         let now = Instant::now();
         while let Some(action) = client.poll(now) {
             match action {
@@ -229,12 +359,8 @@ fn session(
                     }
                     if !send(&msg) {
                         // The server is gone; an END it sent first still explains why.
-                        while let Ok(inc) = rx.recv_timeout(Duration::from_millis(50)) {
-                            if let Some(o) = handle(&mut client, inc) {
-                                return o;
-                            }
-                        }
-                        return client.handle_eof(Instant::now());
+                        return feed(&mut client, reader, log)
+                            .unwrap_or_else(|| client.handle_closed(CloseKind::Reset));
                     }
                 }
                 ClientAction::Finish(outcome) => return outcome,
@@ -245,12 +371,7 @@ fn session(
             d.saturating_duration_since(Instant::now())
         });
         select! {
-            recv(rx) -> inc => {
-                let Ok(inc) = inc else { return client.handle_eof(Instant::now()) };
-                if let Some(o) = handle(&mut client, inc) {
-                    return o;
-                }
-            }
+            recv(ready) -> _ => {}
             recv(stop) -> _ => {
                 stop = crossbeam_channel::never();
                 if quit_by.is_none() {

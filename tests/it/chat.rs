@@ -456,7 +456,7 @@ fn interactive_clients_chat_through_pipes() {
     );
     assert_eq!(cy2.wait(PROMPT).code(), Some(2));
     assert!(
-        cy2.stderr.text().contains("cy is taken"),
+        cy2.stderr.text().contains("name 'cy' is taken"),
         "{}",
         cy2.stderr.text()
     );

@@ -2,7 +2,9 @@
 
 mod bench;
 mod chat;
+mod chat_client;
 mod classic;
+mod client_exit;
 mod faults;
 mod hostile;
 mod manual_cases;
