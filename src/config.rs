@@ -486,7 +486,10 @@ fn check_message(m: &str) -> Result<(), String> {
 /// refusal from the server after connecting.
 pub fn check_name(name: &str) -> Result<(), String> {
     crate::core::room::validate_name(name).map_err(|e| {
-        let why = e.detail.split_once(": ").map_or(e.detail.as_str(), |(_, w)| w);
+        let why = e
+            .detail
+            .split_once(": ")
+            .map_or(e.detail.as_str(), |(_, w)| w);
         format!("{name:?} is not a usable chat name ({why})")
     })
 }
@@ -830,7 +833,13 @@ fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), Conf
     }
     // The file's server.wire describes the server; chat needs a line-wire server.
     if flags.wire.or(file.server.wire) == Some(Wire::Classic) {
-        let wire_src = source(flags.wire.is_some(), "--wire", "server.wire", "classic", file);
+        let wire_src = source(
+            flags.wire.is_some(),
+            "--wire",
+            "server.wire",
+            "classic",
+            file,
+        );
         return Err(ConfigError::Usage(format!(
             "--chat works only on the line wire, not with {wire_src}"
         )));
@@ -1093,7 +1102,10 @@ mod tests {
             "configuration.json: server.count: expected a whole number above zero, got true"
         );
         for (text, start) in [
-            (r#"{"server": {"port": "80x"}}"#, "server.port: expected a port"),
+            (
+                r#"{"server": {"port": "80x"}}"#,
+                "server.port: expected a port",
+            ),
             (r#"{"server": {"port": 70000}}"#, "server.port:"),
             (r#"{"server": {"count": 0}}"#, "server.count:"),
             (r#"{"server": {"count": "0"}}"#, "server.count:"),
@@ -1102,9 +1114,18 @@ mod tests {
             (r#"{"server": {"interval": "0"}}"#, "server.interval:"),
             (r#"{"server": {"mode": "relay"}}"#, "server.mode:"),
             (r#"{"client": {"every": true}}"#, "client.every:"),
-            (r#"{"client": {"message": ""}}"#, "client.message: must not be empty"),
-            (r#"{"client": {"name": ""}}"#, "client.name: \"\" is not a usable chat name"),
-            (r#"{"client": {"name": "a b"}}"#, "client.name: \"a b\" is not a usable"),
+            (
+                r#"{"client": {"message": ""}}"#,
+                "client.message: must not be empty",
+            ),
+            (
+                r#"{"client": {"name": ""}}"#,
+                "client.name: \"\" is not a usable chat name",
+            ),
+            (
+                r#"{"client": {"name": "a b"}}"#,
+                "client.name: \"a b\" is not a usable",
+            ),
             (r#"{"client": []}"#, "client: expected an object"),
             ("[]", "(top level): expected an object"),
         ] {
@@ -1142,9 +1163,7 @@ mod tests {
         );
         let text = e.to_string();
         assert_eq!(text.lines().count(), 5, "{text}");
-        assert!(text
-            .lines()
-            .all(|l| l.starts_with("configuration.json: ")));
+        assert!(text.lines().all(|l| l.starts_with("configuration.json: ")));
     }
 
     #[test]
@@ -1281,13 +1300,22 @@ mod tests {
     #[test]
     fn the_chat_name_comes_from_the_flag_else_the_file() {
         let file = r#"{"client": {"name": "ann"}}"#;
-        assert_eq!(client(chat(None), file).unwrap().chat_name.as_deref(), Some("ann"));
         assert_eq!(
-            client(chat(Some("bob")), file).unwrap().chat_name.as_deref(),
+            client(chat(None), file).unwrap().chat_name.as_deref(),
+            Some("ann")
+        );
+        assert_eq!(
+            client(chat(Some("bob")), file)
+                .unwrap()
+                .chat_name
+                .as_deref(),
             Some("bob")
         );
         assert_eq!(
-            client(chat(Some("bob")), "{}").unwrap().chat_name.as_deref(),
+            client(chat(Some("bob")), "{}")
+                .unwrap()
+                .chat_name
+                .as_deref(),
             Some("bob")
         );
         assert_eq!(
@@ -1295,7 +1323,14 @@ mod tests {
             "--chat needs a name: --name NAME (or client.name in configuration.json)"
         );
         // A name in the file is not an error when not chatting: the file serves both uses.
-        let c = client(ClientFlags { defaults: true, ..Default::default() }, file).unwrap();
+        let c = client(
+            ClientFlags {
+                defaults: true,
+                ..Default::default()
+            },
+            file,
+        )
+        .unwrap();
         assert_eq!(c.chat_name, None);
     }
 
@@ -1340,13 +1375,18 @@ mod tests {
             client(flags, "{}")
         };
         for (flag, set) in [
-            ("--every", (|f| f.every = Some(ms(5))) as fn(&mut ClientFlags)),
+            (
+                "--every",
+                (|f| f.every = Some(ms(5))) as fn(&mut ClientFlags),
+            ),
             ("--message", |f| f.message = Some("hi".into())),
             ("--messages", |f| f.messages = Some(3)),
         ] {
             assert_eq!(
                 chatting(set).unwrap_err(),
-                format!("{flag} does nothing with --chat: the chat client sends the lines you type")
+                format!(
+                    "{flag} does nothing with --chat: the chat client sends the lines you type"
+                )
             );
         }
         // --block delays the chat client's PONG too, so it does something there.

@@ -32,7 +32,10 @@ fn prompts_end_of_input_keeps_the_defaults() {
 fn prompts_custom_values_and_idle_raised() {
     let _w = Watchdog::new("prompts-custom", ms(10_000));
     let mut srv = Server::start_raw(&["--port", "0"], &temp_dir(), Some("0.5\n4\n1\n"));
-    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=2000 interval=500 count=4 mode=echo");
+    assert_eq!(
+        hello_of(&srv),
+        "HELLO hb/1 idle=2000 interval=500 count=4 mode=echo"
+    );
     let err = &mut srv.proc.stderr;
     err.wait_for("Time between heartbeats", PROMPT);
     err.wait_for("idle 1s is shorter than interval x count; using 2s", PROMPT);
@@ -58,7 +61,10 @@ fn flags_skip_the_prompts_they_answer() {
         &temp_dir(),
         Some("5\n"),
     );
-    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=5000 interval=1000 count=2 mode=echo");
+    assert_eq!(
+        hello_of(&srv),
+        "HELLO hb/1 idle=5000 interval=1000 count=2 mode=echo"
+    );
     assert_eq!(srv.proc.stderr.count("Time between heartbeats"), 0);
 }
 
@@ -137,7 +143,10 @@ fn config_settings_skip_prompts_and_flags_override_the_file() {
     let dir = write_config(r#"{"server": {"port": "1", "interval": 1, "count": 2, "idle": 4}}"#);
     // --port beats the file's port 1; no prompt is needed since the file sets all three.
     let srv = Server::start_raw(&["--port", "0", "--count", "5"], &dir, Some("garbage\n"));
-    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=5000 interval=1000 count=5 mode=echo");
+    assert_eq!(
+        hello_of(&srv),
+        "HELLO hb/1 idle=5000 interval=1000 count=5 mode=echo"
+    );
 }
 
 #[test]
@@ -249,7 +258,10 @@ fn help_shows_defaults_with_units_and_exit_codes() {
             "2 bad flags or configuration",
             "1 anything else (such as a port already in use)",
         ] {
-            assert!(server.contains(want), "hb-server {flag} lacks {want}:\n{server}");
+            assert!(
+                server.contains(want),
+                "hb-server {flag} lacks {want}:\n{server}"
+            );
         }
         let client = help("hb-client", flag);
         for want in [
@@ -260,12 +272,19 @@ fn help_shows_defaults_with_units_and_exit_codes() {
             "3 the server ended it",
             "4 the server stopped answering",
         ] {
-            assert!(client.contains(want), "hb-client {flag} lacks {want}:\n{client}");
+            assert!(
+                client.contains(want),
+                "hb-client {flag} lacks {want}:\n{client}"
+            );
         }
     }
     // The long help says what each mode and wire is.
     let server = help("hb-server", "--help");
-    for want in ["echo: Reply `ECHO TEXT`", "chat: A chat room", "classic: Byte-compatible"] {
+    for want in [
+        "echo: Reply `ECHO TEXT`",
+        "chat: A chat room",
+        "classic: Byte-compatible",
+    ] {
         assert!(server.contains(want), "--help lacks {want}:\n{server}");
     }
 }
@@ -371,13 +390,21 @@ fn usage_errors_are_exit_2_in_every_binary() {
             &["--quick", "--smoke"],
             "'--quick' cannot be used with '--smoke'",
         ),
-        (env!("CARGO_BIN_EXE_hb-scenarios"), &["--case", "9"], "--case"),
+        (
+            env!("CARGO_BIN_EXE_hb-scenarios"),
+            &["--case", "9"],
+            "--case",
+        ),
         (
             env!("CARGO_BIN_EXE_hb-scenarios"),
             &["--tolerance", "10s"],
             "--tolerance 10s is more than half",
         ),
-        (env!("CARGO_BIN_EXE_hb-node"), &["--rpc-timeout", "0"], "--rpc-timeout"),
+        (
+            env!("CARGO_BIN_EXE_hb-node"),
+            &["--rpc-timeout", "0"],
+            "--rpc-timeout",
+        ),
         (env!("CARGO_BIN_EXE_hb-echo"), &[], "--port"),
         (env!("CARGO_BIN_EXE_hb-server"), &["--bogus"], "--bogus"),
         (env!("CARGO_BIN_EXE_hb-client"), &["--bogus"], "--bogus"),
@@ -407,7 +434,12 @@ fn chat_name_from_configuration_json_and_the_flag_overrides_it() {
     watcher.send(b"JOIN watcher\nPING joined\n");
     watcher.expect("PONG joined", PROMPT);
     let dir = write_config(r#"{"client": {"name": "ann", "every": 5, "message": "hi"}}"#);
-    let mut ann = Proc::spawn("hb-client", &["--chat", "--port", &port], &dir, Some("hello\n"));
+    let mut ann = Proc::spawn(
+        "hb-client",
+        &["--chat", "--port", &port],
+        &dir,
+        Some("hello\n"),
+    );
     watcher.expect("JOINED ann", PROMPT);
     watcher.expect("MSG ann hello", PROMPT);
     ann.close_stdin();
@@ -468,5 +500,8 @@ fn numbers_given_as_strings_in_the_config_are_accepted() {
         r#"{"server": {"port": "0", "count": "2", "interval": "0.5", "idle": "3s", "max_line": "100"}}"#,
     );
     let srv = Server::start_raw(&["--defaults"], &dir, None);
-    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=3000 interval=500 count=2 mode=echo");
+    assert_eq!(
+        hello_of(&srv),
+        "HELLO hb/1 idle=3000 interval=500 count=2 mode=echo"
+    );
 }
