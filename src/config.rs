@@ -760,7 +760,7 @@ impl ServerSettings {
 
 /// Where a setting came from, the way a user wrote it: `--wire classic` or
 /// `server.wire "classic" in configuration.json`.
-fn source(flag_given: bool, flag: &str, key: &str, value: &str, file: &FileConfig) -> String {
+fn origin(flag_given: bool, flag: &str, key: &str, value: &str, file: &FileConfig) -> String {
     if flag_given {
         format!("{flag} {value}")
     } else {
@@ -777,7 +777,7 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
     if wire != Wire::Classic {
         return Ok(());
     }
-    let wire_src = source(f.wire.is_some(), "--wire", "server.wire", "classic", file);
+    let wire_src = origin(f.wire.is_some(), "--wire", "server.wire", "classic", file);
     if mode == Mode::Chat {
         if f.mode.is_none() && f.wire.is_none() {
             return Err(file.problem(
@@ -785,7 +785,7 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
                 "chat works only on the line wire, and server.wire is classic".into(),
             ));
         }
-        let mode_src = source(f.mode.is_some(), "--mode", "server.mode", "chat", file);
+        let mode_src = origin(f.mode.is_some(), "--mode", "server.mode", "chat", file);
         return Err(ConfigError::Usage(format!(
             "{mode_src} works only on the line wire, not with {wire_src}"
         )));
@@ -833,7 +833,7 @@ fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), Conf
     }
     // The file's server.wire describes the server; chat needs a line-wire server.
     if flags.wire.or(file.server.wire) == Some(Wire::Classic) {
-        let wire_src = source(
+        let wire_src = origin(
             flags.wire.is_some(),
             "--wire",
             "server.wire",
