@@ -34,20 +34,24 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
-    /// A key the program does not know (a typo would otherwise be silently ignored).
-    UnknownKey {
+    /// Everything wrong in the config file's keys and values, all at once (so one run shows
+    /// every typo, not just the first).
+    File {
         /// The file.
         path: PathBuf,
-        /// Dotted path of the key, e.g. `server.intreval`.
-        key: String,
+        /// One entry per bad key, in key order (serde_json's map sorts keys); never empty.
+        problems: Vec<FileProblem>,
     },
-    /// A key with a value of the wrong type or out of range.
+    /// A flag (or a derived setting) with a value that is wrong, out of range, or does nothing
+    /// with the other flags.
     BadValue {
-        /// Where the value came from: `server.port`, `--port` or `prompt interval`.
+        /// Where the value came from: `--port`, `--every`, `heartbeat settings`.
         key: String,
         /// What is wrong and what is expected.
         reason: String,
     },
+    /// Flags that contradict each other, or a flag that would do nothing with the others.
+    Usage(String),
     /// An answer to a prompt was invalid and stdin is not a terminal to ask again.
     BadAnswer {
         /// The setting asked for.
@@ -70,10 +74,18 @@ impl fmt::Display for ConfigError {
             Self::Json { path, message } => {
                 write!(f, "config {} is not valid JSON: {message}", path.display())
             }
-            Self::UnknownKey { path, key } => {
-                write!(f, "config {}: unknown key `{key}`", path.display())
+            Self::File { path, problems } => {
+                // One line per problem: the binaries prefix each line with their name.
+                for (i, p) in problems.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{}: {}: {}", path.display(), p.key, p.reason)?;
+                }
+                Ok(())
             }
             Self::BadValue { key, reason } => write!(f, "{key}: {reason}"),
+            Self::Usage(what) => f.write_str(what),
             Self::BadAnswer {
                 setting,
                 answer,
@@ -93,6 +105,15 @@ impl std::error::Error for ConfigError {
             _ => None,
         }
     }
+}
+
+/// One bad key in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    /// Dotted path of the key as written, e.g. `server.count` or `servr`.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub reason: String,
 }
 
 /// Parses a duration as the contract writes it: `5`, `0.25` (seconds) or `250ms`, `5s`, `2m`.
@@ -251,11 +272,30 @@ pub struct FileClient {
 /// A parsed configuration.json.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FileConfig {
+    /// The file it came from (empty when there was none), for messages about its values.
+    pub path: PathBuf,
     /// The `server` object.
     pub server: ServerOptions,
     /// The `client` object.
     pub client: FileClient,
 }
+
+/// The keys `server` may hold.
+const SERVER_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "interval",
+    "count",
+    "idle",
+    "mode",
+    "wire",
+    "max_conns",
+    "max_line",
+    "queue",
+];
+
+/// The keys `client` may hold.
+const CLIENT_KEYS: &[&str] = &["host", "port", "every", "block", "message", "name"];
 
 impl FileConfig {
     /// Loads `path` if given (it must exist), else `configuration.json` if it exists, else
@@ -274,33 +314,78 @@ impl FileConfig {
         }
     }
 
-    /// Parses the text of a configuration file (`path` is only used in messages).
+    /// Parses the text of a configuration file (`path` is kept for messages). Every bad key
+    /// is reported in one [`ConfigError::File`], not just the first.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json {
             path: path.into(),
             message: e.to_string(),
         })?;
-        let top = object(&value, "(top level)")?;
-        let mut cfg = Self::default();
-        for (key, v) in top {
-            match key.as_str() {
-                "server" => cfg.server = parse_server(object(v, "server")?, path)?,
-                "client" => cfg.client = parse_client(object(v, "client")?, path)?,
-                other => {
-                    return Err(ConfigError::UnknownKey {
-                        path: path.into(),
-                        key: other.to_owned(),
-                    })
+        let mut cfg = Self {
+            path: path.into(),
+            ..Self::default()
+        };
+        let mut problems = Problems::default();
+        match value.as_object() {
+            None => problems.add(
+                "(top level)",
+                format!("expected an object, got {}", kind(&value)),
+            ),
+            Some(top) => {
+                for (key, v) in top {
+                    match (key.as_str(), v.as_object()) {
+                        ("server", Some(obj)) => cfg.server = parse_server(obj, &mut problems),
+                        ("client", Some(obj)) => cfg.client = parse_client(obj, &mut problems),
+                        ("server" | "client", None) => {
+                            problems.add(key, format!("expected an object, got {}", kind(v)))
+                        }
+                        (other, _) => problems.add(other, unknown(&["server", "client"])),
+                    }
                 }
             }
         }
-        Ok(cfg)
+        if problems.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::File {
+                path: path.into(),
+                problems: problems.0,
+            })
+        }
+    }
+
+    /// An error about keys of this file that are fine one by one but not together.
+    fn problem(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError::File {
+            path: self.path.clone(),
+            problems: vec![FileProblem {
+                key: key.to_owned(),
+                reason,
+            }],
+        }
     }
 }
 
-fn object<'a>(v: &'a Value, key: &str) -> Result<&'a Map<String, Value>, ConfigError> {
-    v.as_object()
-        .ok_or_else(|| bad(key, format!("expected an object, got {}", kind(v))))
+/// The problems found so far while walking a file.
+#[derive(Default)]
+struct Problems(Vec<FileProblem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, reason: String) {
+        self.0.push(FileProblem {
+            key: key.to_owned(),
+            reason,
+        });
+    }
+
+    /// The value, or `None` with the reason noted against `key`.
+    fn take<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|reason| self.add(key, reason)).ok()
+    }
+}
+
+fn unknown(known: &[&str]) -> String {
+    format!("unknown key (known: {})", known.join(", "))
 }
 
 fn bad(key: &str, reason: String) -> ConfigError {
@@ -321,33 +406,44 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn string(v: &Value, key: &str) -> Result<String, ConfigError> {
+fn string(v: &Value) -> Result<String, String> {
     v.as_str()
         .map(str::to_owned)
-        .ok_or_else(|| bad(key, format!("expected a string, got {}", kind(v))))
+        .ok_or_else(|| format!("expected a string, got {}", kind(v)))
 }
 
-fn port(v: &Value, key: &str) -> Result<u16, ConfigError> {
-    let n = match v {
+/// A whole number written as a JSON number or a string (`3` or `"3"`), as ports may be.
+fn whole(v: &Value) -> Option<u64> {
+    match v {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse::<u64>().ok(),
         _ => None,
-    };
-    n.and_then(|n| u16::try_from(n).ok()).ok_or_else(|| {
-        bad(
-            key,
-            format!("expected a port 0-65535 as a number or a string, got {v}"),
-        )
-    })
+    }
 }
 
-fn positive(v: &Value, key: &str) -> Result<u64, ConfigError> {
-    v.as_u64()
+fn port(v: &Value) -> Result<u16, String> {
+    whole(v)
+        .and_then(|n| u16::try_from(n).ok())
+        .ok_or_else(|| format!("expected a port 0-65535 as a number or a string, got {v}"))
+}
+
+fn positive(v: &Value) -> Result<u64, String> {
+    whole(v)
         .filter(|&n| n > 0)
-        .ok_or_else(|| bad(key, format!("expected a whole number above zero, got {v}")))
+        .ok_or_else(|| format!("expected a whole number above zero, got {v}"))
 }
 
-fn duration(v: &Value, key: &str, allow_zero: bool) -> Result<Duration, ConfigError> {
+fn positive_usize(v: &Value) -> Result<usize, String> {
+    let n = positive(v)?;
+    usize::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+fn count_value(v: &Value) -> Result<u32, String> {
+    let n = positive(v)?;
+    u32::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+fn duration(v: &Value, allow_zero: bool) -> Result<Duration, String> {
     let parse = if allow_zero {
         parse_duration_allow_zero
     } else {
@@ -361,61 +457,83 @@ fn duration(v: &Value, key: &str, allow_zero: bool) -> Result<Duration, ConfigEr
             kind(v)
         )),
     }
-    .map_err(|reason| bad(key, reason))
 }
 
-fn parse_server(obj: &Map<String, Value>, path: &Path) -> Result<ServerOptions, ConfigError> {
+fn message_value(v: &Value) -> Result<String, String> {
+    let m = string(v)?;
+    check_message(&m)?;
+    Ok(m)
+}
+
+fn name_value(v: &Value) -> Result<String, String> {
+    let n = string(v)?;
+    check_name(&n)?;
+    Ok(n)
+}
+
+/// A data message must be something to send, on one line.
+fn check_message(m: &str) -> Result<(), String> {
+    if m.is_empty() {
+        Err("must not be empty (there would be nothing to send)".into())
+    } else if m.contains(['\n', '\r']) {
+        Err("must be a single line".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// A chat name the room would take; checked here so a bad one is a usage error, not a
+/// refusal from the server after connecting.
+pub fn check_name(name: &str) -> Result<(), String> {
+    crate::core::room::validate_name(name).map_err(|e| {
+        let why = e
+            .detail
+            .split_once(": ")
+            .map_or(e.detail.as_str(), |(_, w)| w);
+        format!("{name:?} is not a usable chat name ({why})")
+    })
+}
+
+fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOptions {
     let mut s = ServerOptions::default();
     for (k, v) in obj {
         let key = format!("server.{k}");
+        let p = &mut *problems;
         let key = key.as_str();
         match k.as_str() {
-            "host" => s.host = Some(string(v, key)?),
-            "port" => s.port = Some(port(v, key)?),
-            "interval" => s.interval = Some(duration(v, key, false)?),
-            "idle" => s.idle = Some(duration(v, key, false)?),
-            "count" => {
-                let n = positive(v, key)?;
-                s.count =
-                    Some(u32::try_from(n).map_err(|_| bad(key, format!("{n} is too large")))?);
-            }
-            "mode" => s.mode = Some(Mode::parse(&string(v, key)?).map_err(|r| bad(key, r))?),
-            "wire" => s.wire = Some(Wire::parse(&string(v, key)?).map_err(|r| bad(key, r))?),
-            "max_conns" => s.max_conns = Some(positive(v, key)? as usize),
-            "max_line" => s.max_line = Some(positive(v, key)? as usize),
-            "queue" => s.queue = Some(positive(v, key)? as usize),
-            _ => {
-                return Err(ConfigError::UnknownKey {
-                    path: path.into(),
-                    key: key.to_owned(),
-                })
-            }
+            "host" => s.host = p.take(key, string(v)),
+            "port" => s.port = p.take(key, port(v)),
+            "interval" => s.interval = p.take(key, duration(v, false)),
+            "idle" => s.idle = p.take(key, duration(v, false)),
+            "count" => s.count = p.take(key, count_value(v)),
+            "mode" => s.mode = p.take(key, string(v).and_then(|m| Mode::parse(&m))),
+            "wire" => s.wire = p.take(key, string(v).and_then(|w| Wire::parse(&w))),
+            "max_conns" => s.max_conns = p.take(key, positive_usize(v)),
+            "max_line" => s.max_line = p.take(key, positive_usize(v)),
+            "queue" => s.queue = p.take(key, positive_usize(v)),
+            _ => p.add(key, unknown(SERVER_KEYS)),
         }
     }
-    Ok(s)
+    s
 }
 
-fn parse_client(obj: &Map<String, Value>, path: &Path) -> Result<FileClient, ConfigError> {
+fn parse_client(obj: &Map<String, Value>, problems: &mut Problems) -> FileClient {
     let mut c = FileClient::default();
     for (k, v) in obj {
         let key = format!("client.{k}");
+        let p = &mut *problems;
         let key = key.as_str();
         match k.as_str() {
-            "host" => c.host = Some(string(v, key)?),
-            "port" => c.port = Some(port(v, key)?),
-            "every" => c.every = Some(duration(v, key, false)?),
-            "block" => c.block = Some(duration(v, key, true)?),
-            "message" => c.message = Some(string(v, key)?),
-            "name" => c.name = Some(string(v, key)?),
-            _ => {
-                return Err(ConfigError::UnknownKey {
-                    path: path.into(),
-                    key: key.to_owned(),
-                })
-            }
+            "host" => c.host = p.take(key, string(v)),
+            "port" => c.port = p.take(key, port(v)),
+            "every" => c.every = p.take(key, duration(v, false)),
+            "block" => c.block = p.take(key, duration(v, true)),
+            "message" => c.message = p.take(key, message_value(v)),
+            "name" => c.name = p.take(key, name_value(v)),
+            _ => p.add(key, unknown(CLIENT_KEYS)),
         }
     }
-    Ok(c)
+    c
 }
 
 /// Asks for settings on a line-oriented input, as the manual's programs do.
@@ -585,6 +703,8 @@ impl ServerSettings {
         prompter: &mut Prompter<R, W>,
     ) -> Result<Self, ConfigError> {
         let o = flags.options.or(&file.server);
+        // Before any prompt: nobody should answer questions for a command line that fails.
+        check_server_flags(flags, file)?;
         let mut ask = (!flags.defaults).then_some(prompter);
         let interval = setting(
             o.interval,
@@ -636,6 +756,105 @@ impl ServerSettings {
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
+}
+
+/// Where a setting came from, the way a user wrote it: `--wire classic` or
+/// `server.wire "classic" in configuration.json`.
+fn origin(flag_given: bool, flag: &str, key: &str, value: &str, file: &FileConfig) -> String {
+    if flag_given {
+        format!("{flag} {value}")
+    } else {
+        format!("{key} {value:?} in {}", file.path.display())
+    }
+}
+
+/// Server flags that contradict each other or the file, or would do nothing. Values in the
+/// file alone that do not apply are fine (one file serves several uses); flags are not.
+fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), ConfigError> {
+    let f = &flags.options;
+    let wire = f.wire.or(file.server.wire).unwrap_or_default();
+    let mode = f.mode.or(file.server.mode).unwrap_or_default();
+    if wire != Wire::Classic {
+        return Ok(());
+    }
+    let wire_src = origin(f.wire.is_some(), "--wire", "server.wire", "classic", file);
+    if mode == Mode::Chat {
+        if f.mode.is_none() && f.wire.is_none() {
+            return Err(file.problem(
+                "server.mode",
+                "chat works only on the line wire, and server.wire is classic".into(),
+            ));
+        }
+        let mode_src = origin(f.mode.is_some(), "--mode", "server.mode", "chat", file);
+        return Err(ConfigError::Usage(format!(
+            "{mode_src} works only on the line wire, not with {wire_src}"
+        )));
+    }
+    for (flag, given) in [
+        ("--max-line", f.max_line.is_some()),
+        ("--queue", f.queue.is_some()),
+    ] {
+        if given {
+            return Err(ConfigError::Usage(format!(
+                "{flag} does nothing with {wire_src}: that wire has no lines and no outbound queue"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Client flags that contradict each other or would do nothing, and flag values the server
+/// would refuse.
+fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), ConfigError> {
+    if let Some(m) = &flags.message {
+        check_message(m).map_err(|r| bad("--message", r))?;
+    }
+    if let Some(n) = &flags.name {
+        check_name(n).map_err(|r| bad("--name", r))?;
+    }
+    if !flags.chat {
+        if flags.name.is_some() {
+            return Err(ConfigError::Usage(
+                "--name does nothing without --chat (it is the chat name)".into(),
+            ));
+        }
+        return Ok(());
+    }
+    for (flag, given) in [
+        ("--every", flags.every.is_some()),
+        ("--message", flags.message.is_some()),
+        ("--messages", flags.messages.is_some()),
+    ] {
+        if given {
+            return Err(ConfigError::Usage(format!(
+                "{flag} does nothing with --chat: the chat client sends the lines you type"
+            )));
+        }
+    }
+    // The file's server.wire describes the server; chat needs a line-wire server.
+    if flags.wire.or(file.server.wire) == Some(Wire::Classic) {
+        let wire_src = origin(
+            flags.wire.is_some(),
+            "--wire",
+            "server.wire",
+            "classic",
+            file,
+        );
+        return Err(ConfigError::Usage(format!(
+            "--chat works only on the line wire, not with {wire_src}"
+        )));
+    }
+    if flags.name.is_none() && file.client.name.is_none() {
+        let from = if file.path.as_os_str().is_empty() {
+            String::new()
+        } else {
+            format!(" (or client.name in {})", file.path.display())
+        };
+        return Err(ConfigError::Usage(format!(
+            "--chat needs a name: --name NAME{from}"
+        )));
+    }
+    Ok(())
 }
 
 /// A setting's value: given, else asked for (when a prompter is at hand), else the default.
@@ -734,6 +953,11 @@ impl ClientSettings {
         prompter: &mut Prompter<R, W>,
     ) -> Result<Self, ConfigError> {
         let f = &file.client;
+        // Before any prompt: nobody should answer questions for a command line that fails.
+        check_client_flags(flags, file)?;
+        if flags.messages == Some(0) {
+            return Err(bad("--messages", "must be greater than zero".into()));
+        }
         // The chat client reads stdin for messages, so it never prompts.
         let prompt = !flags.defaults && !flags.chat;
         let mut ask = prompt.then_some(prompter);
@@ -758,29 +982,11 @@ impl ClientSettings {
             .clone()
             .or_else(|| f.message.clone())
             .unwrap_or_else(|| defaults::MESSAGE.into());
-        if message.contains(['\n', '\r']) {
-            return Err(bad("--message", "must be a single line".into()));
-        }
-        let name = flags.name.clone().or_else(|| f.name.clone());
-        let chat_name = if flags.chat {
-            Some(name.ok_or_else(|| {
-                bad(
-                    "--name",
-                    "the chat client needs --name NAME (or client.name)".into(),
-                )
-            })?)
-        } else {
-            None
-        };
-        if flags.messages == Some(0) {
-            return Err(bad("--messages", "must be greater than zero".into()));
-        }
-        if flags.chat && flags.wire == Some(Wire::Classic) {
-            return Err(bad(
-                "--chat",
-                "chat works only on the line wire, not with --wire classic".into(),
-            ));
-        }
+        // A flag overrides the file's client.name; both were checked already.
+        let chat_name = flags
+            .chat
+            .then(|| flags.name.clone().or_else(|| f.name.clone()))
+            .flatten();
         Ok(Self {
             host: flags
                 .host
@@ -880,24 +1086,102 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_key() {
+    fn errors_name_the_file_and_the_key() {
         let msg = |t: &str| parse(t).unwrap_err().to_string();
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
-            "config configuration.json: unknown key `server.prot`"
+            "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
+             idle, mode, wire, max_conns, max_line, queue)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),
-            "config configuration.json: unknown key `servr`"
+            "configuration.json: servr: unknown key (known: server, client)"
         );
-        assert!(msg(r#"{"server": {"port": "80x"}}"#).starts_with("server.port: expected a port"));
-        assert!(msg(r#"{"server": {"port": 70000}}"#).starts_with("server.port:"));
-        assert!(msg(r#"{"server": {"count": 0}}"#).starts_with("server.count:"));
-        assert!(msg(r#"{"server": {"interval": "0"}}"#).starts_with("server.interval:"));
-        assert!(msg(r#"{"server": {"mode": "relay"}}"#).starts_with("server.mode:"));
-        assert!(msg(r#"{"client": {"every": true}}"#).starts_with("client.every:"));
-        assert!(msg(r#"{"client": []}"#).starts_with("client: expected an object"));
+        assert_eq!(
+            msg(r#"{"server": {"count": true}}"#),
+            "configuration.json: server.count: expected a whole number above zero, got true"
+        );
+        for (text, start) in [
+            (
+                r#"{"server": {"port": "80x"}}"#,
+                "server.port: expected a port",
+            ),
+            (r#"{"server": {"port": 70000}}"#, "server.port:"),
+            (r#"{"server": {"count": 0}}"#, "server.count:"),
+            (r#"{"server": {"count": "0"}}"#, "server.count:"),
+            (r#"{"server": {"count": 1.5}}"#, "server.count:"),
+            (r#"{"server": {"count": 5000000000}}"#, "server.count:"),
+            (r#"{"server": {"interval": "0"}}"#, "server.interval:"),
+            (r#"{"server": {"mode": "relay"}}"#, "server.mode:"),
+            (r#"{"client": {"every": true}}"#, "client.every:"),
+            (
+                r#"{"client": {"message": ""}}"#,
+                "client.message: must not be empty",
+            ),
+            (
+                r#"{"client": {"name": ""}}"#,
+                "client.name: \"\" is not a usable chat name",
+            ),
+            (
+                r#"{"client": {"name": "a b"}}"#,
+                "client.name: \"a b\" is not a usable",
+            ),
+            (r#"{"client": []}"#, "client: expected an object"),
+            ("[]", "(top level): expected an object"),
+        ] {
+            let m = msg(text);
+            assert!(
+                m.starts_with(&format!("configuration.json: {start}")),
+                "{text}: {m}"
+            );
+            assert_eq!(m.lines().count(), 1, "{m}");
+        }
         assert!(msg(r#"{"server": "#).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once_in_key_order() {
+        let e = parse(
+            r#"{"server": {"count": true, "port": "0", "intreval": 5, "idle": "soon"},
+                "client": {"name": "has space", "every": 1}, "extra": 1}"#,
+        )
+        .unwrap_err();
+        let ConfigError::File { path, problems } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(path, Path::new("configuration.json"));
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "client.name",
+                "extra",
+                "server.count",
+                "server.idle",
+                "server.intreval"
+            ]
+        );
+        let text = e.to_string();
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(text.lines().all(|l| l.starts_with("configuration.json: ")));
+    }
+
+    #[test]
+    fn numbers_may_be_strings_like_ports() {
+        let c = parse(
+            r#"{"server": {"count": "3", "interval": "5", "idle": "30s", "max_conns": " 10 ",
+                "max_line": "100", "queue": "4096"}, "client": {"every": "2", "block": "0"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.server.count, Some(3));
+        assert_eq!(c.server.interval, Some(ms(5000)));
+        assert_eq!(c.server.idle, Some(ms(30_000)));
+        assert_eq!(
+            (c.server.max_conns, c.server.max_line, c.server.queue),
+            (Some(10), Some(100), Some(4096))
+        );
+        assert_eq!(c.client.every, Some(ms(2000)));
+        assert_eq!(c.client.block, Some(Duration::ZERO));
     }
 
     fn prompter(input: &str, interactive: bool) -> Prompter<&[u8], Vec<u8>> {
@@ -993,16 +1277,216 @@ mod tests {
             (8000, 8001, ms(5000), Duration::ZERO)
         );
         let flags = ClientFlags {
-            chat: true,
-            ..Default::default()
-        };
-        let e = ClientSettings::resolve(&flags, &file, &mut prompter("", false)).unwrap_err();
-        assert!(e.to_string().contains("--name"), "{e}");
-        let flags = ClientFlags {
             message: Some("a\nb".into()),
             defaults: true,
             ..Default::default()
         };
         assert!(ClientSettings::resolve(&flags, &file, &mut prompter("", false)).is_err());
+    }
+
+    fn client(flags: ClientFlags, file: &str) -> Result<ClientSettings, String> {
+        let file = parse(file).map_err(|e| e.to_string())?;
+        ClientSettings::resolve(&flags, &file, &mut prompter("", false)).map_err(|e| e.to_string())
+    }
+
+    fn chat(name: Option<&str>) -> ClientFlags {
+        ClientFlags {
+            chat: true,
+            name: name.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_chat_name_comes_from_the_flag_else_the_file() {
+        let file = r#"{"client": {"name": "ann"}}"#;
+        assert_eq!(
+            client(chat(None), file).unwrap().chat_name.as_deref(),
+            Some("ann")
+        );
+        assert_eq!(
+            client(chat(Some("bob")), file)
+                .unwrap()
+                .chat_name
+                .as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            client(chat(Some("bob")), "{}")
+                .unwrap()
+                .chat_name
+                .as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            client(chat(None), "{}").unwrap_err(),
+            "--chat needs a name: --name NAME (or client.name in configuration.json)"
+        );
+        // A name in the file is not an error when not chatting: the file serves both uses.
+        let c = client(
+            ClientFlags {
+                defaults: true,
+                ..Default::default()
+            },
+            file,
+        )
+        .unwrap();
+        assert_eq!(c.chat_name, None);
+    }
+
+    #[test]
+    fn a_name_the_room_would_refuse_is_a_flag_error() {
+        for (name, why) in [
+            ("", "it is empty"),
+            ("  ", "no spaces or control characters"),
+            ("a b", "no spaces or control characters"),
+            ("a\u{1b}[2J", "no spaces or control characters"),
+            (&"x".repeat(33), "at most 32 characters"),
+        ] {
+            assert_eq!(
+                client(chat(Some(name)), "{}").unwrap_err(),
+                format!("--name: {name:?} is not a usable chat name ({why})")
+            );
+        }
+        assert!(client(chat(Some(&"x".repeat(32))), "{}").is_ok());
+    }
+
+    #[test]
+    fn client_flags_that_would_do_nothing_are_usage_errors() {
+        let plain = |f: fn(&mut ClientFlags)| {
+            let mut flags = ClientFlags {
+                defaults: true,
+                ..Default::default()
+            };
+            f(&mut flags);
+            client(flags, "{}")
+        };
+        assert_eq!(
+            plain(|f| f.name = Some("ann".into())).unwrap_err(),
+            "--name does nothing without --chat (it is the chat name)"
+        );
+        assert_eq!(
+            plain(|f| f.message = Some(String::new())).unwrap_err(),
+            "--message: must not be empty (there would be nothing to send)"
+        );
+        let chatting = |f: fn(&mut ClientFlags)| {
+            let mut flags = chat(Some("ann"));
+            f(&mut flags);
+            client(flags, "{}")
+        };
+        for (flag, set) in [
+            (
+                "--every",
+                (|f| f.every = Some(ms(5))) as fn(&mut ClientFlags),
+            ),
+            ("--message", |f| f.message = Some("hi".into())),
+            ("--messages", |f| f.messages = Some(3)),
+        ] {
+            assert_eq!(
+                chatting(set).unwrap_err(),
+                format!(
+                    "{flag} does nothing with --chat: the chat client sends the lines you type"
+                )
+            );
+        }
+        // --block delays the chat client's PONG too, so it does something there.
+        assert_eq!(chatting(|f| f.block = Some(ms(5))).unwrap().block, ms(5));
+        assert_eq!(
+            chatting(|f| f.wire = Some(Wire::Classic)).unwrap_err(),
+            "--chat works only on the line wire, not with --wire classic"
+        );
+        assert_eq!(
+            client(chat(Some("ann")), r#"{"server": {"wire": "classic"}}"#).unwrap_err(),
+            "--chat works only on the line wire, not with server.wire \"classic\" in \
+             configuration.json"
+        );
+        // File values that do not apply to chat are fine.
+        let c = client(
+            chat(Some("ann")),
+            r#"{"client": {"every": 5, "message": "hi"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.chat_name.as_deref(), Some("ann"));
+    }
+
+    fn server(options: ServerOptions, file: &str) -> Result<ServerSettings, String> {
+        let file = parse(file).map_err(|e| e.to_string())?;
+        let flags = ServerFlags {
+            defaults: true,
+            options,
+            ..Default::default()
+        };
+        ServerSettings::resolve(&flags, &file, &mut prompter("", false)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn server_flags_that_conflict_or_do_nothing_are_usage_errors() {
+        let classic = ServerOptions {
+            wire: Some(Wire::Classic),
+            ..Default::default()
+        };
+        assert_eq!(
+            server(
+                ServerOptions {
+                    mode: Some(Mode::Chat),
+                    ..classic.clone()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--mode chat works only on the line wire, not with --wire classic"
+        );
+        assert_eq!(
+            server(classic.clone(), r#"{"server": {"mode": "chat"}}"#).unwrap_err(),
+            "server.mode \"chat\" in configuration.json works only on the line wire, not with \
+             --wire classic"
+        );
+        assert_eq!(
+            server(
+                ServerOptions::default(),
+                r#"{"server": {"mode": "chat", "wire": "classic"}}"#
+            )
+            .unwrap_err(),
+            "configuration.json: server.mode: chat works only on the line wire, and server.wire \
+             is classic"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    max_line: Some(100),
+                    ..classic.clone()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--max-line does nothing with --wire classic: that wire has no lines and no \
+             outbound queue"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    queue: Some(100),
+                    ..Default::default()
+                },
+                r#"{"server": {"wire": "classic"}}"#
+            )
+            .unwrap_err(),
+            "--queue does nothing with server.wire \"classic\" in configuration.json: that wire \
+             has no lines and no outbound queue"
+        );
+        // The same values in the file alone are fine: it may serve a line server too.
+        assert!(server(
+            ServerOptions::default(),
+            r#"{"server": {"wire": "classic", "max_line": 100, "queue": 100}}"#
+        )
+        .is_ok());
+        assert!(server(
+            ServerOptions {
+                mode: Some(Mode::Echo),
+                ..classic
+            },
+            "{}"
+        )
+        .is_ok());
     }
 }

@@ -11,9 +11,9 @@ fuzz_target!(|data: &[u8]| {
     };
     match FileConfig::parse(text, std::path::Path::new("fuzz.json")) {
         Ok(_) => {}
-        Err(ConfigError::UnknownKey { .. }) => {}
-        Err(ConfigError::BadValue { key, reason }) => {
-            assert!(!key.is_empty() && !reason.is_empty());
+        Err(ConfigError::File { problems, .. }) => {
+            assert!(!problems.is_empty());
+            assert!(problems.iter().all(|p| !p.reason.is_empty()));
         }
         Err(e) => {
             assert!(!e.to_string().is_empty());

@@ -15,18 +15,19 @@ use crate::config::{
 /// `--mode`
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ModeArg {
-    /// Reply `ECHO TEXT` to every `MSG TEXT`.
+    /// Reply `ECHO TEXT` to every `MSG TEXT`, as the manual's server does
     Echo,
-    /// Relay every `MSG TEXT` to all other joined clients.
+    /// A chat room: relay every `MSG TEXT` to all other joined clients (line wire only)
     Chat,
 }
 
 /// `--wire`
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum WireArg {
-    /// Text lines (`MSG`, `PING`, `END` ...), one TCP connection per client.
+    /// Text lines (`MSG`, `PING`, `END` ...) on one TCP connection per client
     Line,
-    /// Byte-compatible with the manual's original Python programs.
+    /// Byte-compatible with the manual's original Python programs: unframed bytes, and a
+    /// second connection per client (from the server to client.port) for heartbeats
     Classic,
 }
 
@@ -68,21 +69,31 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
-/// TCP heartbeat server: one data-exchange thread and one heartbeat thread per client.
+/// What `hb-server --help` says about exit codes.
+const SERVER_EXIT: &str = "Exit status: 0 after Ctrl-C or SIGTERM (clients are told \
+`END server-shutdown`), 2 bad flags or configuration (including flags that contradict each \
+other or would do nothing), 1 anything else (such as a port already in use).";
+
+/// What `hb-client --help` says about exit codes.
+const CLIENT_EXIT: &str = "Exit status: 0 you ended the session (Ctrl-C, end of stdin with \
+--chat, --messages reached), 3 the server ended it (END received; the reason is printed), \
+4 the server stopped answering or vanished, 2 bad flags or configuration (including flags \
+that contradict each other or would do nothing), 1 anything else (such as connection \
+refused).";
+
+/// TCP heartbeat server: serves clients and closes the ones that stop answering.
 ///
-/// Every client gets `HELLO hb/1 idle=MS interval=MS count=N`. When a client has sent nothing
-/// for IDLE, the server starts a heartbeat round: `PING 1`, then `PING 2` one INTERVAL later,
-/// and so on. Anything the client sends ends the round. After COUNT unanswered heartbeats the
-/// server sends `END heartbeat-timeout` and closes the connection, freeing its threads.
+/// Every client gets `HELLO hb/1 idle=MS interval=MS count=N mode=M`. When a client has sent
+/// nothing for IDLE, the server starts a heartbeat round: `PING 1`, then `PING 2` one INTERVAL
+/// later, and so on. Anything the client sends ends the round. After COUNT unanswered
+/// heartbeats the server sends `END heartbeat-timeout` and closes the connection, freeing its
+/// threads.
 ///
 /// Settings come from flags, then configuration.json, then prompts on stdin (Enter keeps the
-/// default), then defaults. DUR is a number of seconds (`5`, `0.25`) or has a unit (`250ms`,
-/// `2m`).
-///
-/// Exit status: 0 after Ctrl-C/SIGTERM (clients are told `END server-shutdown`), 2 bad flags
-/// or configuration, 1 anything else (such as a port already in use).
+/// default; --defaults skips them), then defaults. DUR is a number of seconds (`5`, `0.25`) or
+/// has a unit (`250ms`, `5s`, `2m`).
 #[derive(Debug, Parser)]
-#[command(name = "hb-server", version)]
+#[command(name = "hb-server", version, after_help = SERVER_EXIT)]
 pub struct ServerArgs {
     /// Configuration file (manual layout: server.host / server.port, optionally
     /// server.interval, count, idle, mode, wire, max_conns, max_line, queue; with --wire
@@ -90,37 +101,41 @@ pub struct ServerArgs {
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1]
+    /// Address or host name to listen on [default: 127.0.0.1]
     #[arg(long, value_name = "H")]
     pub host: Option<String>,
-    /// Port to listen on; 0 picks any free port [default: 8000]
+    /// TCP port to listen on; 0 picks any free port (the log shows which) [default: 8000]
     #[arg(long, value_name = "P")]
     pub port: Option<u16>,
     /// Time between heartbeats within a round, i.e. how long each heartbeat waits for an
-    /// answer [default: 10]
+    /// answer (DUR) [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     pub interval: Option<Duration>,
-    /// Unanswered heartbeats before the connection is closed [default: 3]
+    /// Unanswered heartbeats in a row before the connection is closed (a number)
+    /// [default: 3]
     #[arg(long, value_name = "N", value_parser = count)]
     pub count: Option<u32>,
-    /// Silence from a client before its heartbeat round starts; raised to INTERVAL x COUNT
-    /// when smaller, as in the manual [default: 30]
+    /// Silence from a client before its heartbeat round starts (DUR); raised to
+    /// INTERVAL x COUNT when smaller, as in the manual [default: 30s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     pub idle: Option<Duration>,
-    /// What to do with `MSG` lines
+    /// What to do with `MSG` lines [default: echo]
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
-    /// Bytes on the socket
+    /// Bytes on the socket [default: line]
     #[arg(long, value_enum)]
     pub wire: Option<WireArg>,
-    /// Clients served at once; newcomers beyond it get `END server-full`. Lowered (and
-    /// logged) to what vm.max_map_count allows, about 8,000 on stock limits [default: 16384]
+    /// Clients served at once (a number); newcomers beyond it are refused (`END
+    /// server-full` on the line wire). Lowered (and logged) to what vm.max_map_count
+    /// allows, about 8,000 on stock limits [default: 16384]
     #[arg(long, value_name = "N", value_parser = positive)]
     pub max_conns: Option<usize>,
-    /// Longest line accepted; longer gets `END line-too-long` [default: 65536]
+    /// Longest line accepted, in bytes; longer gets `END line-too-long`. Line wire only
+    /// [default: 65536]
     #[arg(long, value_name = "BYTES", value_parser = positive)]
     pub max_line: Option<usize>,
-    /// Bytes queued for one client before it is ended as a slow consumer [default: 1048576]
+    /// Bytes queued for one client before it is ended as a slow consumer. Line wire only
+    /// [default: 1048576]
     #[arg(long, value_name = "BYTES", value_parser = positive)]
     pub queue: Option<usize>,
     /// Never prompt: use defaults for whatever flags and the file leave unset
@@ -155,46 +170,49 @@ impl ServerArgs {
 /// It prints every line the server sends. A `PING t` heartbeat is answered with `PONG t`
 /// after BLOCK (0 by default; raise it only to test the server's heartbeat, as in the manual's
 /// case 3). The client checks the server too: silence longer than the server's
-/// idle + count x interval means the server is gone.
+/// idle + count x interval means the server is gone. With --chat it is an interactive chat
+/// client instead (the server must run with --mode chat).
 ///
 /// Settings come from flags, then configuration.json (server.host/server.port to connect
-/// to; client.every, block, message, name), then prompts on stdin, then defaults.
-///
-/// Exit status: 0 the user or stdin ended the session (Ctrl-C, --messages reached), 3 the
-/// server ended it (END received; the reason is printed), 4 the server stopped answering or
-/// vanished, 2 bad flags or configuration, 1 anything else (such as connection refused).
+/// to; client.every, block, message, name), then prompts on stdin (not with --chat;
+/// --defaults skips them), then defaults. DUR is a number of seconds (`5`, `0.25`) or has a
+/// unit (`250ms`, `5s`, `2m`).
 #[derive(Debug, Parser)]
-#[command(name = "hb-client", version)]
+#[command(name = "hb-client", version, after_help = CLIENT_EXIT)]
 pub struct ClientArgs {
     /// Configuration file [default: configuration.json if present]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Server host [default: server.host from the file, else 127.0.0.1]
+    /// Server host name or address [default: server.host from the file, else 127.0.0.1]
     #[arg(long, value_name = "H")]
     pub host: Option<String>,
-    /// Server port [default: server.port from the file, else 8000]
+    /// Server TCP port [default: server.port from the file, else 8000]
     #[arg(long, value_name = "P")]
     pub port: Option<u16>,
-    /// Time between data messages to the server; longer than the server's idle makes its
-    /// heartbeat kick in [default: 30]
+    /// Time between data messages to the server (DUR); longer than the server's idle makes
+    /// its heartbeat kick in. Not with --chat [default: 30s]
     #[arg(long, value_name = "DUR", value_parser = duration)]
     pub every: Option<Duration>,
-    /// Delay before answering a heartbeat; for testing only [default: 0]
+    /// Delay before answering a heartbeat (DUR); for testing only. Also applies with --chat
+    /// [default: 0s]
     #[arg(long, value_name = "DUR", value_parser = duration0)]
     pub block: Option<Duration>,
-    /// The data message [default: "Hello, there"]
+    /// The data message: one line, not empty. Not with --chat [default: "Hello, there"]
     #[arg(long, value_name = "TEXT")]
     pub message: Option<String>,
-    /// Bytes on the socket
+    /// Bytes on the socket; must match the server's --wire [default: server.wire from the
+    /// file, else line]
     #[arg(long, value_enum)]
     pub wire: Option<WireArg>,
-    /// Interactive chat: stdin lines are sent, peers' messages are printed, /quit leaves
-    #[arg(long, requires = "name")]
+    /// Interactive chat (line wire, server in --mode chat): stdin lines are sent, peers'
+    /// messages are printed, /quit leaves. Needs a name: --name or client.name
+    #[arg(long)]
     pub chat: bool,
-    /// Chat name
+    /// Chat name: 1 to 32 characters, no spaces or control characters. Only with --chat
+    /// [default: client.name from the file]
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Send this many messages, then leave with QUIT (exit 0)
+    /// Send this many messages (a number), then leave with QUIT (exit 0). Not with --chat
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
     /// Never prompt: use defaults for whatever flags and the file leave unset
@@ -232,8 +250,11 @@ pub fn load_file(path: Option<&std::path::Path>) -> Result<FileConfig, ConfigErr
     FileConfig::load(path)
 }
 
-/// Prints `prog: message` on stderr and returns `code`: the one way binaries fail.
+/// Prints `prog: message` on stderr and returns `code`: the one way binaries fail. A message
+/// of several lines (several problems in the config file) gets the prefix on every line.
 pub fn fail(prog: &str, message: impl std::fmt::Display, code: u8) -> ExitCode {
-    eprintln!("{prog}: {message}");
+    for line in message.to_string().lines() {
+        eprintln!("{prog}: {line}");
+    }
     ExitCode::from(code)
 }

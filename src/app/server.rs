@@ -13,8 +13,11 @@ use std::time::Duration;
 pub enum RunError {
     /// Bad flags, configuration or prompt answers (exit 2).
     Config(ConfigError),
-    /// The server could not start (exit 1).
+    /// The server could not start: exit 1 when listening failed (e.g. the port is in use),
+    /// 2 when the settings ask for something it does not do.
     Server(ServerError),
+    /// The accept thread could not be started (exit 1).
+    Thread(std::io::Error),
     /// The signal handler could not be installed (exit 1).
     Signal(ctrlc::Error),
 }
@@ -23,8 +26,8 @@ impl RunError {
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) => 2,
-            Self::Server(_) | Self::Signal(_) => 1,
+            Self::Config(_) | Self::Server(ServerError::Unsupported(_)) => 2,
+            Self::Server(_) | Self::Thread(_) | Self::Signal(_) => 1,
         }
     }
 }
@@ -34,6 +37,7 @@ impl fmt::Display for RunError {
         match self {
             Self::Config(e) => e.fmt(f),
             Self::Server(e) => e.fmt(f),
+            Self::Thread(e) => write!(f, "cannot start the accept thread: {e}"),
             Self::Signal(e) => write!(f, "cannot install the Ctrl-C handler: {e}"),
         }
     }
@@ -73,11 +77,7 @@ pub fn run(args: &ServerArgs) -> Result<(), RunError> {
     let accept = std::thread::Builder::new()
         .name("hb-accept".into())
         .spawn(move || server.run())
-        .map_err(|e| {
-            RunError::Server(ServerError::Unsupported(format!(
-                "cannot start the accept thread: {e}"
-            )))
-        })?;
+        .map_err(RunError::Thread)?;
     let _ = rx.recv();
     handle.shutdown();
     // The accept thread sees the stop flag after the self-connect; a failure there is moot now.

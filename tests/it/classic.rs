@@ -648,7 +648,7 @@ fn chat_is_refused_on_the_classic_wire() {
         ],
         None,
     );
-    assert_eq!(srv.wait(PROMPT).code(), Some(1));
+    assert_eq!(srv.wait(PROMPT).code(), Some(2));
     assert!(
         srv.stderr.text().contains("line wire"),
         "{}",

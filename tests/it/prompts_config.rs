@@ -177,13 +177,20 @@ fn unknown_key_and_wrong_type_are_named() {
     for (text, needle) in [
         (
             r#"{"server": {"port": "0", "intreval": 5}}"#,
-            "unknown key `server.intreval`",
+            "hb-server: configuration.json: server.intreval: unknown key (known: host, port,",
         ),
         (
             r#"{"server": {"port": true}}"#,
-            "server.port: expected a port",
+            "hb-server: configuration.json: server.port: expected a port",
         ),
-        (r#"{"client": {"every": "soon"}}"#, "client.every:"),
+        (
+            r#"{"client": {"every": "soon"}}"#,
+            "hb-server: configuration.json: client.every:",
+        ),
+        (
+            r#"{"server": {"count": true}}"#,
+            "hb-server: configuration.json: server.count: expected a whole number above zero, got true",
+        ),
         (r#"{"server": {"port": "0"}"#, "not valid JSON"),
     ] {
         let dir = write_config(text);
@@ -227,4 +234,274 @@ fn bad_flags_are_exit_2_and_help_explains_the_settings() {
     for word in ["--every", "--block", "testing only", "Exit status"] {
         assert!(help.contains(word), "help lacks {word}:\n{help}");
     }
+}
+
+/// The short and the long help show every default with its unit, and the exit codes.
+#[test]
+fn help_shows_defaults_with_units_and_exit_codes() {
+    let help = |bin: &str, flag: &str| {
+        let mut p = Proc::spawn(bin, &[flag], &temp_dir(), None);
+        assert_eq!(p.wait(PROMPT).code(), Some(0));
+        p.stdout.text()
+    };
+    for flag in ["-h", "--help"] {
+        let server = help("hb-server", flag);
+        for want in [
+            "[default: 10s]",
+            "[default: 30s]",
+            "[default: 3]",
+            "[default: echo]",
+            "[default: line]",
+            "[default: 8000]",
+            "[default: 65536]",
+            "Exit status: 0 after Ctrl-C or SIGTERM",
+            "2 bad flags or configuration",
+            "1 anything else (such as a port already in use)",
+        ] {
+            assert!(
+                server.contains(want),
+                "hb-server {flag} lacks {want}:\n{server}"
+            );
+        }
+        let client = help("hb-client", flag);
+        for want in [
+            "[default: 30s]",
+            "[default: 0s]",
+            "[default: \"Hello, there\"]",
+            "Exit status: 0 you ended the session",
+            "3 the server ended it",
+            "4 the server stopped answering",
+        ] {
+            assert!(
+                client.contains(want),
+                "hb-client {flag} lacks {want}:\n{client}"
+            );
+        }
+    }
+    // The long help says what each mode and wire is.
+    let server = help("hb-server", "--help");
+    for want in [
+        "echo: Reply `ECHO TEXT`",
+        "chat: A chat room",
+        "classic: Byte-compatible",
+    ] {
+        assert!(server.contains(want), "--help lacks {want}:\n{server}");
+    }
+}
+
+/// Flags that contradict each other, would do nothing, or carry a value the server would
+/// refuse: exit 2 before any prompt or connection, with one line naming the flag.
+#[test]
+fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
+    let long = "x".repeat(33);
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "hb-server",
+            &["--wire", "classic", "--mode", "chat"],
+            "hb-server: --mode chat works only on the line wire, not with --wire classic",
+        ),
+        (
+            "hb-server",
+            &["--wire", "classic", "--max-line", "100"],
+            "hb-server: --max-line does nothing with --wire classic",
+        ),
+        (
+            "hb-server",
+            &["--wire", "classic", "--queue", "100"],
+            "hb-server: --queue does nothing with --wire classic",
+        ),
+        (
+            "hb-client",
+            &["--name", "ann"],
+            "hb-client: --name does nothing without --chat",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--name", "ann", "--every", "5"],
+            "hb-client: --every does nothing with --chat",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--name", "ann", "--message", "hi"],
+            "hb-client: --message does nothing with --chat",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--name", "ann", "--messages", "3"],
+            "hb-client: --messages does nothing with --chat",
+        ),
+        (
+            "hb-client",
+            &["--message", ""],
+            "hb-client: --message: must not be empty",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--name", ""],
+            "hb-client: --name: \"\" is not a usable chat name (it is empty)",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--name", "  "],
+            "hb-client: --name: \"  \" is not a usable chat name (no spaces or control",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--name", "a b"],
+            "hb-client: --name: \"a b\" is not a usable chat name (no spaces or control",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--name", &long],
+            "is not a usable chat name (at most 32 characters)",
+        ),
+        (
+            "hb-client",
+            &["--chat"],
+            "hb-client: --chat needs a name: --name NAME",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--name", "ann", "--wire", "classic"],
+            "hb-client: --chat works only on the line wire, not with --wire classic",
+        ),
+    ];
+    for (bin, args, want) in cases {
+        let mut all = vec!["--defaults"];
+        all.extend_from_slice(args);
+        let mut p = Proc::spawn(bin, &all, &temp_dir(), Some(""));
+        assert_eq!(p.wait(PROMPT).code(), Some(2), "{bin} {args:?}");
+        let err = p.stderr.text();
+        assert!(
+            err.contains(want) && err.lines().count() == 1,
+            "{bin} {args:?}: {err}"
+        );
+        assert_eq!(p.stdout.text(), "", "{bin} {args:?}: nothing started");
+    }
+}
+
+/// The other binaries: usage errors are exit 2 there too.
+#[test]
+fn usage_errors_are_exit_2_in_every_binary() {
+    let _w = Watchdog::new("usage-exit-2", ms(20_000));
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            env!("CARGO_BIN_EXE_hb-bench"),
+            &["--quick", "--smoke"],
+            "'--quick' cannot be used with '--smoke'",
+        ),
+        (
+            env!("CARGO_BIN_EXE_hb-scenarios"),
+            &["--case", "9"],
+            "--case",
+        ),
+        (
+            env!("CARGO_BIN_EXE_hb-scenarios"),
+            &["--tolerance", "10s"],
+            "--tolerance 10s is more than half",
+        ),
+        (
+            env!("CARGO_BIN_EXE_hb-node"),
+            &["--rpc-timeout", "0"],
+            "--rpc-timeout",
+        ),
+        (env!("CARGO_BIN_EXE_hb-echo"), &[], "--port"),
+        (env!("CARGO_BIN_EXE_hb-server"), &["--bogus"], "--bogus"),
+        (env!("CARGO_BIN_EXE_hb-client"), &["--bogus"], "--bogus"),
+    ];
+    for (bin, args, want) in cases {
+        let out = std::process::Command::new(bin)
+            .args(*args)
+            .current_dir(temp_dir())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bin} {args:?}: {err}");
+        assert!(err.contains(want), "{bin} {args:?}: {err}");
+    }
+}
+
+/// `client.name` in the file names the chat client; a flag overrides it; the file's values
+/// that chat does not use (every, message) are no error.
+#[test]
+fn chat_name_from_configuration_json_and_the_flag_overrides_it() {
+    let _w = Watchdog::new("config-chat-name", ms(20_000));
+    let srv = Server::start(&["--mode", "chat"]);
+    let port = srv.port.to_string();
+    let mut watcher = Peer::connect(srv.port);
+    watcher.line(PROMPT);
+    watcher.send(b"JOIN watcher\nPING joined\n");
+    watcher.expect("PONG joined", PROMPT);
+    let dir = write_config(r#"{"client": {"name": "ann", "every": 5, "message": "hi"}}"#);
+    let mut ann = Proc::spawn(
+        "hb-client",
+        &["--chat", "--port", &port],
+        &dir,
+        Some("hello\n"),
+    );
+    watcher.expect("JOINED ann", PROMPT);
+    watcher.expect("MSG ann hello", PROMPT);
+    ann.close_stdin();
+    assert_eq!(ann.wait(PROMPT).code(), Some(0), "{}", ann.stderr.text());
+    let mut bob = Proc::spawn(
+        "hb-client",
+        &["--chat", "--name", "bob", "--port", &port],
+        &dir,
+        Some("hi\n"),
+    );
+    watcher.expect("LEFT ann quit", PROMPT);
+    watcher.expect("JOINED bob", PROMPT);
+    watcher.expect("MSG bob hi", PROMPT);
+    bob.close_stdin();
+    assert_eq!(bob.wait(PROMPT).code(), Some(0), "{}", bob.stderr.text());
+}
+
+#[test]
+fn a_bad_name_in_the_config_is_a_config_error_naming_file_and_key() {
+    let dir = write_config(r#"{"client": {"name": "a b"}}"#);
+    let mut p = Proc::spawn("hb-client", &["--chat"], &dir, Some(""));
+    assert_eq!(p.wait(PROMPT).code(), Some(2));
+    assert_eq!(
+        p.stderr.text().trim_end(),
+        "hb-client: configuration.json: client.name: \"a b\" is not a usable chat name \
+         (no spaces or control characters)"
+    );
+}
+
+#[test]
+fn several_config_errors_are_reported_together() {
+    let dir = write_config(
+        r#"{"server": {"count": true, "port": "x", "idle": "30s", "intreval": 5},
+            "client": {"every": "soon"}}"#,
+    );
+    let mut p = Proc::spawn("hb-server", &["--defaults"], &dir, None);
+    assert_eq!(p.wait(PROMPT).code(), Some(2));
+    let err = p.stderr.text();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    for (line, key) in lines.iter().zip([
+        "client.every: ",
+        "server.count: expected a whole number above zero, got true",
+        "server.intreval: unknown key",
+        "server.port: expected a port",
+    ]) {
+        assert!(
+            line.starts_with(&format!("hb-server: configuration.json: {key}")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn numbers_given_as_strings_in_the_config_are_accepted() {
+    let _w = Watchdog::new("config-strings", ms(10_000));
+    let dir = write_config(
+        r#"{"server": {"port": "0", "count": "2", "interval": "0.5", "idle": "3s", "max_line": "100"}}"#,
+    );
+    let srv = Server::start_raw(&["--defaults"], &dir, None);
+    assert_eq!(
+        hello_of(&srv),
+        "HELLO hb/1 idle=3000 interval=500 count=2 mode=echo"
+    );
 }

@@ -40,7 +40,7 @@ pub use procinfo::Machine;
 #[command(name = "hb-bench", version)]
 pub struct BenchArgs {
     /// Shorter windows and fewer steps: finishes in under two minutes
-    #[arg(long)]
+    #[arg(long, conflicts_with = "smoke")]
     pub quick: bool,
     /// Tiny versions of every measurement; checks that each produced numbers, never a
     /// speed. Writes no report unless --out is given
