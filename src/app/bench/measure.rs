@@ -413,8 +413,18 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
         eprintln!("-- repeat {}/{}: raised --max-conns", rep + 1, p.repeats);
         raised_runs.push(raised_run(ctx, &raised, &targets)?);
     }
-    let stock_steps = by_step(&stock_runs.iter().map(|r| r.rows.clone()).collect::<Vec<_>>());
-    let raised_steps = by_step(&raised_runs.iter().map(|r| r.rows.clone()).collect::<Vec<_>>());
+    let stock_steps = by_step(
+        &stock_runs
+            .iter()
+            .map(|r| r.rows.clone())
+            .collect::<Vec<_>>(),
+    );
+    let raised_steps = by_step(
+        &raised_runs
+            .iter()
+            .map(|r| r.rows.clone())
+            .collect::<Vec<_>>(),
+    );
     let ceilings: Vec<Ceiling> = raised_runs.iter().map(|r| r.ceiling).collect();
     let min = verdict::MIN_REPEATS;
 
@@ -436,7 +446,11 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
     // Steady state at interval I: each connection costs one heartbeat per I. The window's
     // CPU per heartbeat (idle cost included, so an overestimate) times held / I.
     let beat_s = secs_arg(p.hold_interval).as_secs_f64();
-    let at8k: Vec<&HoldRow> = last_stock.iter().copied().filter(|r| r.held >= 7900).collect();
+    let at8k: Vec<&HoldRow> = last_stock
+        .iter()
+        .copied()
+        .filter(|r| r.held >= 7900)
+        .collect();
     let cpu8k: Vec<f64> = at8k.iter().map(|r| r.cpu_pct).collect();
     let beats8k: Vec<f64> = at8k.iter().map(|r| r.pongs as f64).collect();
     let steady8k: Vec<f64> = at8k
@@ -486,7 +500,10 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 y_label: "% of one core".into(),
                 series: vec![
                     ("stock".into(), pts(&stock_steps, |r| r.cpu_pct)),
-                    ("raised --max-conns".into(), pts(&raised_steps, |r| r.cpu_pct)),
+                    (
+                        "raised --max-conns".into(),
+                        pts(&raised_steps, |r| r.cpu_pct),
+                    ),
                 ],
             },
         ],
@@ -594,7 +611,10 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
         ctx.machine.nofile,
         ctx.machine.nofile.saturating_sub(10),
         verdict::cell(
-            &ceilings.iter().map(|c| c.refusals as f64).collect::<Vec<_>>(),
+            &ceilings
+                .iter()
+                .map(|c| c.refusals as f64)
+                .collect::<Vec<_>>(),
             0
         ),
         judge_ceiling(&ceilings, min),
@@ -619,12 +639,18 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
         ));
         numbers.push((
             "stock_threads".into(),
-            med(&last_stock.iter().map(|r| r.threads as f64).collect::<Vec<_>>()),
+            med(&last_stock
+                .iter()
+                .map(|r| r.threads as f64)
+                .collect::<Vec<_>>()),
         ));
     }
     numbers.push((
         "ceiling_refused".into(),
-        med(&ceilings.iter().map(|c| c.refusals as f64).collect::<Vec<_>>()),
+        med(&ceilings
+            .iter()
+            .map(|c| c.refusals as f64)
+            .collect::<Vec<_>>()),
     ));
     if max_held == 0.0 {
         numbers.clear();
@@ -782,7 +808,11 @@ struct DetectionRun {
     summary: Option<Summary>,
 }
 
-fn detection_run(ctx: &Ctx, interval: Duration, idle: Duration) -> Result<DetectionRun, BenchError> {
+fn detection_run(
+    ctx: &Ctx,
+    interval: Duration,
+    idle: Duration,
+) -> Result<DetectionRun, BenchError> {
     let p = ctx.plan;
     let idle_arg = format!("{}", idle.as_secs_f64());
     let count = p.ghost_count.to_string();
@@ -1480,7 +1510,18 @@ pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
             let lost: u64 = rs.iter().map(|r| r.lost).sum();
             let dups: u64 = rs.iter().map(|r| r.duplicates).sum();
             let sent: u64 = rs.iter().map(|r| r.sent).sum::<u64>() * n as u64;
-            let fates: Vec<&str> = rs.iter().filter_map(|r| r.stuck_fate.as_deref()).collect();
+            let fates: Vec<String> = rs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let f = r.stuck_fate.as_deref()?;
+                    Some(if rs.len() > 1 {
+                        format!("repeat {}: {f}", i + 1)
+                    } else {
+                        f.to_owned()
+                    })
+                })
+                .collect();
             let _ = writeln!(
                 table,
                 "| {} | {n} | {stuck_cell} | {} | {} | {} | {gaps} | {}{} | {} |",
@@ -1515,7 +1556,8 @@ pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
         )
     };
     let min = verdict::MIN_REPEATS;
-    let mut targets = String::from("\nRatios (median (min..max) of the per-repeat ratios) and targets:\n\n");
+    let mut targets =
+        String::from("\nRatios (median (min..max) of the per-repeat ratios) and targets:\n\n");
     let mut numbers = Vec::new();
     let hb10 = (Kind::Hb, stuck_n, false);
     for &n in &p.relay_receivers {
@@ -1569,7 +1611,10 @@ pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 kind.name(),
                 verdict::cell(&pct, 0),
                 if kind == Kind::Hb {
-                    format!(" (target ≥ 90% — {})", judge(&pct, Goal::AtLeast(90.0), min))
+                    format!(
+                        " (target ≥ 90% — {})",
+                        judge(&pct, Goal::AtLeast(90.0), min)
+                    )
                 } else {
                     String::new()
                 }

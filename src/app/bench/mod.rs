@@ -247,7 +247,8 @@ impl Plan {
 impl Plan {
     /// Repeats and window lengths, for the header of the report.
     pub fn describe(&self) -> String {
-        let secs = |d: Duration| format!("{} s", fmt_num(d.as_secs_f64()));
+        // `Display` of f64 is the shortest exact form: 2, 0.5, 0.3.
+        let secs = |d: Duration| format!("{} s", d.as_secs_f64());
         let steps: Vec<String> = self.steps.iter().map(usize::to_string).collect();
         format!(
             "{} repeat(s) of every measurement{}; windows: connections held {} per step \

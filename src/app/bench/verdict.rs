@@ -245,7 +245,10 @@ mod tests {
         let s = Spread::of(&[f64::NAN, 7.0, 9.0, 8.0]).unwrap();
         assert_eq!((s.n, s.median), (3, 8.0));
         assert!(Spread::of(&[f64::NAN]).is_none());
-        assert_eq!(Spread::of(&[188.4, 109.0, 150.2]).unwrap().cell(0), "150 (109..188)");
+        assert_eq!(
+            Spread::of(&[188.4, 109.0, 150.2]).unwrap().cell(0),
+            "150 (109..188)"
+        );
         assert_eq!(Spread::of(&[26.1]).unwrap().cell(1), "26.1");
         assert_eq!(cell(&[], 1), "-");
     }
@@ -259,9 +262,7 @@ mod tests {
         let v = judge(&[90.0, 95.0, 140.0], at_most, 3);
         assert_eq!(
             v,
-            Verdict::Inconclusive(
-                "the repeats straddle the target: 90..140, median 95".into()
-            )
+            Verdict::Inconclusive("the repeats straddle the target: 90..140, median 95".into())
         );
         assert!(v.to_string().starts_with("**inconclusive** ("));
         // And the other way round: the median alone would say not met.
@@ -314,10 +315,7 @@ mod tests {
             Verdict::Inconclusive(ref s) if s.contains("1 of 3")
         ));
         // An abort in any repeat fails the rule, refusals or not.
-        let died = Ceiling {
-            died: true,
-            ..ok
-        };
+        let died = Ceiling { died: true, ..ok };
         assert_eq!(judge_ceiling(&[ok, died, ok], 3), Verdict::NotMet);
         // Refusing and then no longer answering the connections it kept is not "serving".
         let deaf = Ceiling {
