@@ -985,8 +985,12 @@ pub fn detection(ctx: &Ctx) -> Result<Outcome, BenchError> {
     })
 }
 
-/// One repeat of measurement 4: per client count, its round trips and rate.
-fn echo_run(ctx: &Ctx) -> Result<(String, Vec<(usize, Summary, f64, Vec<f64>)>), BenchError> {
+/// One row of one repeat of measurement 4: clients, round-trip summary, round trips per
+/// second, the sorted round trips (µs).
+type EchoRow = (usize, Summary, f64, Vec<f64>);
+
+/// One repeat of measurement 4: the server's command, and a row per client count.
+fn echo_run(ctx: &Ctx) -> Result<(String, Vec<EchoRow>), BenchError> {
     let p = ctx.plan;
     let mut srv = Peer::hb_server(ctx.server, &[], ctx.scratch)?;
     let cmd = srv.command.clone();
@@ -1066,14 +1070,11 @@ pub fn echo(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let mut numbers = Vec::new();
     let mut one = Vec::new();
     for &c in &p.echo_clients {
-        let rs: Vec<&(usize, Summary, f64, Vec<f64>)> =
-            runs.iter().flatten().filter(|r| r.0 == c).collect();
+        let rs: Vec<&EchoRow> = runs.iter().flatten().filter(|r| r.0 == c).collect();
         if rs.is_empty() {
             continue;
         }
-        let col = |f: fn(&(usize, Summary, f64, Vec<f64>)) -> f64| -> Vec<f64> {
-            rs.iter().map(|r| f(r)).collect()
-        };
+        let col = |f: fn(&EchoRow) -> f64| -> Vec<f64> { rs.iter().map(|r| f(r)).collect() };
         let p50 = col(|r| r.1.p50);
         let _ = writeln!(
             body,
