@@ -39,7 +39,7 @@ pub use procinfo::Machine;
 /// Every measurement is repeated (--repeats, default 3) with fresh servers; a target is met
 /// or not met on the median only when all repeats agree, and `inconclusive` otherwise.
 ///
-/// Without --quick the full run takes about half an hour (30 s idle windows, up to capacity,
+/// Without --quick the full run takes about 20 minutes (30 s idle windows, up to capacity,
 /// three repeats).
 ///
 /// Exit status: 0 every measurement produced its numbers, 1 one failed (or the server
