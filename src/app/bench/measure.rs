@@ -1191,6 +1191,9 @@ struct RelayRun {
 
 /// Messages in flight (sent, not yet at every receiver) at most.
 const WINDOW: u64 = 64;
+/// After a relay window, how long messages still in flight may take to arrive before the
+/// ones missing are counted as lost.
+const DRAIN: Duration = Duration::from_secs(1);
 
 fn start_peer(kind: Kind, ctx: &Ctx) -> Result<Option<Peer>, BenchError> {
     Ok(Some(match kind {
@@ -1338,19 +1341,23 @@ fn relay_run(
     let elapsed = start.elapsed();
     // Throughput: messages the least-served receiver actually got within the window.
     let delivered = got.iter().map(SeqTracker::received).min().unwrap_or(0);
+    // Whether the peer hung up on the stuck reader while it was not reading.
+    let stuck_hup = stuck_id.map(|id| lg.conn(id).hup_at.map(|t| (t - stuck_at).as_secs_f64()));
+    // The stuck reader resumes first: a peer that blocks on it (rather than dropping it)
+    // holds the others' last messages back, and that is a stall, not a loss.
+    if let Some(id) = stuck_id {
+        lg.set_reading(id, true);
+    }
     // Then let what is in flight arrive (bounded), so a message still on its way at the end
     // of the window is not called lost.
-    let drain_until = Instant::now() + Duration::from_millis(500);
+    let drain_until = Instant::now() + DRAIN;
     while got.iter().any(|g| g.received() < seq) && Instant::now() < drain_until {
         take(&mut lg, &mut got, Duration::from_millis(5))?;
     }
     let gaps: u64 = got.iter().map(SeqTracker::gaps).sum();
     let lost: u64 = got.iter().map(|g| g.lost(seq)).sum();
     let duplicates: u64 = got.iter().map(SeqTracker::duplicates).sum();
-    let stuck_fate = stuck_id.map(|id| {
-        let c = lg.conn(id);
-        let hup = c.hup_at.map(|t| (t - stuck_at).as_secs_f64());
-        lg.set_reading(id, true);
+    let stuck_fate = stuck_id.zip(stuck_hup).map(|(id, hup)| {
         let _ = lg.idle_for(Duration::from_millis(300));
         let c = lg.conn(id);
         let end = c.end.as_ref().map(|e| e.0.clone());
@@ -1417,10 +1424,12 @@ pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
          receiver. Each receiver's sequence numbers are checked: messages/s counts the \
          distinct messages the least-served receiver actually got in the window; gaps are \
          sequence numbers missing below a receiver's highest, lost are messages that never \
-         reached a receiver after a 0.5 s drain (both summed over receivers and repeats). \
+         reached a receiver, counted after the stuck reader (if any) resumed reading and up to \
+         {:.1} s of drain (both summed over receivers and repeats). \
          Each run starts its peer afresh on loopback; {} repeat(s), cells are median \
          (min..max). Peers are installed with `apt-get install ncat redis-server`.\n\n",
         p.relay_window.as_secs_f64(),
+        DRAIN.as_secs_f64(),
         p.repeats
     );
     let mut table = String::from(
