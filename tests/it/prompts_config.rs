@@ -32,10 +32,7 @@ fn prompts_end_of_input_keeps_the_defaults() {
 fn prompts_custom_values_and_idle_raised() {
     let _w = Watchdog::new("prompts-custom", ms(10_000));
     let mut srv = Server::start_raw(&["--port", "0"], &temp_dir(), Some("0.5\n4\n1\n"));
-    assert_eq!(
-        hello_of(&srv),
-        "HELLO hb/1 idle=2000 interval=500 count=4 mode=echo"
-    );
+    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=2000 interval=500 count=4 mode=echo");
     let err = &mut srv.proc.stderr;
     err.wait_for("Time between heartbeats", PROMPT);
     err.wait_for("idle 1s is shorter than interval x count; using 2s", PROMPT);
@@ -61,10 +58,7 @@ fn flags_skip_the_prompts_they_answer() {
         &temp_dir(),
         Some("5\n"),
     );
-    assert_eq!(
-        hello_of(&srv),
-        "HELLO hb/1 idle=5000 interval=1000 count=2 mode=echo"
-    );
+    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=5000 interval=1000 count=2 mode=echo");
     assert_eq!(srv.proc.stderr.count("Time between heartbeats"), 0);
 }
 
@@ -143,10 +137,7 @@ fn config_settings_skip_prompts_and_flags_override_the_file() {
     let dir = write_config(r#"{"server": {"port": "1", "interval": 1, "count": 2, "idle": 4}}"#);
     // --port beats the file's port 1; no prompt is needed since the file sets all three.
     let srv = Server::start_raw(&["--port", "0", "--count", "5"], &dir, Some("garbage\n"));
-    assert_eq!(
-        hello_of(&srv),
-        "HELLO hb/1 idle=5000 interval=1000 count=5 mode=echo"
-    );
+    assert_eq!(hello_of(&srv), "HELLO hb/1 idle=5000 interval=1000 count=5 mode=echo");
 }
 
 #[test]
