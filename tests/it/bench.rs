@@ -1,41 +1,84 @@
-//! `hb-bench --quick --smoke`: every measurement runs in a tiny version against the real
-//! hb-server and reports numbers; the report goes to a temp file, never into the tree.
+//! `hb-bench --smoke`: every measurement runs in a tiny version against the real hb-server
+//! and reports numbers; the report goes to a temp dir, never into the tree. The verdict logic
+//! itself (median, straddle -> inconclusive, refusals required) is unit-tested in
+//! src/app/bench/verdict.rs.
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{exclusive, temp_dir, Watchdog};
+
+/// A temp dir removed on drop, even when an assertion fails.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs hb-bench in `dir` with `args` (and `PATH` replaced when `path` is given), killing it
+/// if it overstays `limit`. Returns its status, stdout and stderr.
+fn run_bench(
+    dir: &Path,
+    args: &[&str],
+    path: Option<&Path>,
+    limit: Duration,
+) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hb-bench"));
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("hb-bench starts");
+    // Drain the pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "hb-bench {args:?} still running after {limit:?}:\n{}",
+                err_t.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, out_t.join().unwrap(), err_t.join().unwrap())
+}
 
 #[test]
 fn smoke_run_reports_numbers_for_every_measurement() {
     let _x = exclusive();
     let _w = Watchdog::new("bench-smoke", Duration::from_secs(120));
-    let dir = temp_dir();
-    let out = dir.join("BENCHMARKS.md");
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hb-bench"))
-        .args(["--quick", "--smoke", "--out"])
-        .arg(&out)
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("hb-bench starts");
-    // Bounded wait: poll for exit, kill the run if it overstays.
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(100) {
-            let _ = child.kill();
-            panic!("hb-bench --quick --smoke still running after 100 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let dir = Scratch(temp_dir());
+    let out = dir.0.join("BENCHMARKS.md");
+    let (status, stdout, stderr) = run_bench(
+        &dir.0,
+        &["--smoke", "--out", out.to_str().unwrap()],
+        None,
+        Duration::from_secs(100),
+    );
     assert!(
         status.success(),
         "hb-bench failed ({status}):\n{stdout}\n{stderr}"
@@ -57,9 +100,127 @@ fn smoke_run_reports_numbers_for_every_measurement() {
     ] {
         assert!(report.contains(title), "report lacks {title}:\n{report}");
     }
+    // The header says how the numbers were taken, and a one-repeat run judges nothing.
+    assert!(
+        report.contains(
+            "- repeats and windows: 1 repeat(s) of every measurement (**verdicts are not judged**"
+        ),
+        "header lacks repeats:\n{report}"
+    );
+    assert!(report.contains("- machine: ") && report.contains("- date: "));
+    assert!(
+        !report.contains("**met**") && !report.contains("**inconclusive**"),
+        "a one-repeat run passed judgement:\n{report}"
+    );
+    assert!(report.contains("not judged (1 repeat; a verdict needs at least 3)"));
+    // The smoke plan pushes the servers past --max-conns: the ceiling was exercised.
+    assert!(
+        report.contains(
+            "A held connection still answered `PING` after the refusals, per repeat: yes."
+        ),
+        "the server did not keep serving after refusing:\n{report}"
+    );
+    // Relay: sequence numbers checked per receiver; hb-server loses nothing to a reader
+    // that keeps reading.
+    assert!(report.contains("| messages/s | p50 µs | p99 µs | gaps | lost |"));
+    for row in report
+        .lines()
+        .filter(|l| l.starts_with("| hb-server --mode chat | 10 |"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!((cells[7], cells[8]), ("0", "0"), "gaps/lost in {row}");
+    }
     for svg in ["connections", "heartbeat", "detection", "echo", "relay"] {
-        let p = dir.join("bench").join(format!("{svg}.svg"));
+        let p = dir.0.join("bench").join(format!("{svg}.svg"));
         assert!(p.is_file(), "{} missing", p.display());
     }
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn three_repeats_give_a_verdict_from_their_median() {
+    let _x = exclusive();
+    let _w = Watchdog::new("bench-repeats", Duration::from_secs(90));
+    let dir = Scratch(temp_dir());
+    let out = dir.0.join("B.md");
+    let (status, stdout, stderr) = run_bench(
+        &dir.0,
+        &[
+            "--smoke",
+            "--repeats",
+            "3",
+            "--only",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+        Duration::from_secs(80),
+    );
+    assert!(status.success(), "{status}:\n{stdout}\n{stderr}");
+    assert_eq!(stderr.matches("-- repeat ").count(), 3, "{stderr}");
+    let report = std::fs::read_to_string(&out).unwrap();
+    assert!(report.contains("- repeats and windows: 3 repeat(s) of every measurement;"));
+    // 20 ghosts closed in every repeat: a single value, not a range.
+    assert!(report.contains("\n| 20 | 20 | 0 | "), "{report}");
+    let targets = report
+        .lines()
+        .find(|l| l.starts_with("Targets: p99 ≤ 50 ms"))
+        .unwrap_or_else(|| panic!("no targets line:\n{report}"));
+    let judged = ["— **met**", "— **not met**", "— **inconclusive** ("];
+    assert_eq!(
+        targets.matches("— **").count(),
+        2,
+        "both targets judged: {targets}"
+    );
+    assert!(judged.iter().any(|j| targets.contains(j)), "{targets}");
+    assert!(!targets.contains("not judged"), "{targets}");
+}
+
+#[test]
+fn a_missing_peer_is_a_visible_skipped_row() {
+    let _x = exclusive();
+    let _w = Watchdog::new("bench-skipped", Duration::from_secs(60));
+    let dir = Scratch(temp_dir());
+    let empty = dir.0.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = dir.0.join("B.md");
+    // hb-server is found next to hb-bench; ncat and redis-server only on PATH.
+    let (status, stdout, stderr) = run_bench(
+        &dir.0,
+        &["--smoke", "--only", "5", "--out", out.to_str().unwrap()],
+        Some(&empty),
+        Duration::from_secs(50),
+    );
+    assert!(status.success(), "{status}:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("ncat --chat: SKIPPED: `ncat` not on PATH (`apt-get install ncat`)"));
+    let report = std::fs::read_to_string(&out).unwrap();
+    for (peer, bin) in [
+        ("ncat --chat", "ncat"),
+        ("redis PUBLISH/SUBSCRIBE", "redis-server"),
+    ] {
+        for stuck in ["no", "yes (+1)"] {
+            let row = format!(
+                "| {peer} | 10 | {stuck} | **SKIPPED**: `{bin}` not on PATH (`apt-get install {bin}`) |"
+            );
+            assert!(report.contains(&row), "no row {row}:\n{report}");
+        }
+    }
+    assert!(report.contains(
+        "- 1→10: hb-server / ncat --chat: SKIPPED (`ncat` not on PATH (`apt-get install ncat`)) (target ≥ 1× — not judged)"
+    ), "{report}");
+    // Our own server's rows are still measured.
+    assert!(report.contains("| hb-server --mode chat | 10 | no | "));
+}
+
+#[test]
+fn zero_repeats_is_a_usage_error() {
+    let dir = Scratch(temp_dir());
+    let (status, _, stderr) = run_bench(
+        &dir.0,
+        &["--smoke", "--repeats", "0"],
+        None,
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--repeats"), "{stderr}");
 }

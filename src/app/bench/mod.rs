@@ -6,15 +6,19 @@
 //!      └── one thread: net::loadgen (epoll, thousands of non-blocking client sockets)
 //! ```
 //! Measurements, in order: connections held, heartbeat overhead, ghost detection latency,
-//! echo round trip, chat relay throughput (against ncat and Redis). Each prints its numbers,
-//! appends a section to the report and draws one SVG. `--quick` fits in two minutes,
-//! `--smoke` runs tiny versions and only checks that every measurement produced numbers.
+//! echo round trip, chat relay throughput (against ncat and Redis). Each runs `--repeats`
+//! times (3 by default, fresh servers each time), prints its numbers, appends a section to
+//! the report (cells: median (min..max) of the repeats) and draws one SVG. Targets are judged
+//! on the median and only when every repeat agrees (see `verdict`). `--quick` fits in about
+//! three minutes with 3 repeats, `--smoke` runs tiny versions once and only checks that every
+//! measurement produced numbers (its verdicts say "not judged").
 
 mod measure;
 mod peers;
 mod plot;
 mod procinfo;
 mod stats;
+mod verdict;
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
@@ -32,18 +36,22 @@ pub use procinfo::Machine;
 /// note) on 127.0.0.1, drives it with one thread of non-blocking client sockets, and reads
 /// its RSS, threads and CPU from /proc. Only loopback addresses are used.
 ///
-/// Without --quick the full run takes about ten minutes (30 s idle windows, up to capacity).
+/// Every measurement is repeated (--repeats, default 3) with fresh servers; a target is met
+/// or not met on the median only when all repeats agree, and `inconclusive` otherwise.
+///
+/// Without --quick the full run takes about 20 minutes (30 s idle windows, up to capacity,
+/// three repeats).
 ///
 /// Exit status: 0 every measurement produced its numbers, 1 one failed (or the server
 /// aborted), 2 bad usage (flags, missing hb-server binary).
 #[derive(Debug, Parser)]
 #[command(name = "hb-bench", version)]
 pub struct BenchArgs {
-    /// Shorter windows and fewer steps: finishes in under two minutes
+    /// Shorter windows and fewer steps: finishes in about three minutes with 3 repeats
     #[arg(long, conflicts_with = "smoke")]
     pub quick: bool,
-    /// Tiny versions of every measurement; checks that each produced numbers, never a
-    /// speed. Writes no report unless --out is given
+    /// Tiny versions of every measurement, once (verdicts are not judged); checks that each
+    /// produced numbers, never a speed. Writes no report unless --out is given
     #[arg(long)]
     pub smoke: bool,
     /// Where to write the report (SVGs go to a `bench/` folder beside it)
@@ -57,6 +65,11 @@ pub struct BenchArgs {
     /// 4 echo, 5 relay), comma-separated
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=5))]
     pub only: Vec<u8>,
+    /// Repeat every measurement N times; verdicts come from the median and say
+    /// `inconclusive` when the repeats straddle a target. Fewer than 3 repeats are reported
+    /// but not judged [default: 3; 1 with --smoke]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeats: Option<u32>,
 }
 
 /// Why `hb-bench` failed.
@@ -121,6 +134,8 @@ impl std::error::Error for BenchError {
 pub struct Plan {
     /// Name for the report (`full`, `quick`, `smoke`).
     pub name: &'static str,
+    /// Times every measurement is repeated (each repeat starts its servers afresh).
+    pub repeats: usize,
     /// Connection counts held in turn at stock settings.
     pub steps: Vec<usize>,
     /// Idle window measured at each step.
@@ -131,8 +146,9 @@ pub struct Plan {
     pub stock_max_conns: Option<usize>,
     /// Connections tried against a server with `--max-conns` raised, to find capacity.
     pub capacity_try: usize,
-    /// First step of the raised run, held for the full window (the 8k CPU target).
-    pub raised_first: usize,
+    /// The raised run also holds a step halfway between the last stock step and the cap
+    /// (false: straight to the cap, to save time).
+    pub raised_midpoint: bool,
     /// Connections for the heartbeat-overhead measurement.
     pub hb_conns: Vec<usize>,
     /// Its heartbeat interval (= idle, count 1).
@@ -160,15 +176,17 @@ impl Plan {
     pub fn for_args(args: &BenchArgs) -> Self {
         let s = Duration::from_secs;
         let ms = Duration::from_millis;
+        let repeats = |default: u32| args.repeats.unwrap_or(default) as usize;
         if args.smoke {
             Self {
                 name: "smoke",
+                repeats: repeats(1),
                 steps: vec![20, 40],
                 hold: ms(500),
                 hold_interval: "0.2",
                 stock_max_conns: Some(30),
                 capacity_try: 60,
-                raised_first: 30,
+                raised_midpoint: true,
                 hb_conns: vec![50],
                 hb_interval: "0.1",
                 hb_window: ms(600),
@@ -183,32 +201,34 @@ impl Plan {
         } else if args.quick {
             Self {
                 name: "quick",
-                steps: vec![1000, 2000, 4000, 8000],
-                hold: s(3),
+                repeats: repeats(verdict::MIN_REPEATS as u32),
+                steps: vec![2000, 8000],
+                hold: s(2),
                 hold_interval: "10",
                 stock_max_conns: None,
                 capacity_try: 19_000,
-                raised_first: 8000,
-                hb_conns: vec![2000, 4000],
+                raised_midpoint: false,
+                hb_conns: vec![4000],
                 hb_interval: "2",
-                hb_window: s(3),
+                hb_window: s(2),
                 ghosts: 1000,
                 ghost_interval: "0.25",
                 ghost_count: 2,
                 echo_clients: vec![1, 10, 100],
-                echo_window: s(2),
+                echo_window: s(1),
                 relay_receivers: vec![10, 100],
-                relay_window: s(2),
+                relay_window: s(1),
             }
         } else {
             Self {
                 name: "full",
+                repeats: repeats(verdict::MIN_REPEATS as u32),
                 steps: vec![1000, 2000, 4000, 8000],
                 hold: s(30),
                 hold_interval: "10",
                 stock_max_conns: None,
                 capacity_try: 19_000,
-                raised_first: 8000,
+                raised_midpoint: true,
                 hb_conns: vec![2000, 4000, 8000],
                 hb_interval: "2",
                 hb_window: s(15),
@@ -221,6 +241,44 @@ impl Plan {
                 relay_window: s(10),
             }
         }
+    }
+}
+
+impl Plan {
+    /// Repeats and window lengths, for the header of the report.
+    pub fn describe(&self) -> String {
+        // `Display` of f64 is the shortest exact form: 2, 0.5, 0.3.
+        let secs = |d: Duration| format!("{} s", d.as_secs_f64());
+        let steps: Vec<String> = self.steps.iter().map(usize::to_string).collect();
+        format!(
+            "{} repeat(s) of every measurement{}; windows: connections held {} per step \
+             (steps {}; {} past the ceiling), heartbeat overhead {}, ghost detection \
+             interval {} s × count {}, echo {} per client count, relay {} per run ({} with a \
+             stuck reader){}",
+            self.repeats,
+            if self.repeats < verdict::MIN_REPEATS {
+                format!(
+                    " (**verdicts are not judged**: they need at least {})",
+                    verdict::MIN_REPEATS
+                )
+            } else {
+                String::new()
+            },
+            secs(self.hold),
+            steps.join(", "),
+            secs((self.hold / 3).max(Duration::from_millis(300))),
+            secs(self.hb_window),
+            self.ghost_interval,
+            self.ghost_count,
+            secs(self.echo_window),
+            secs(self.relay_window),
+            secs(self.relay_window * 2),
+            if self.name == "quick" {
+                " (quick: windows shortened so three repeats fit in about three minutes)"
+            } else {
+                ""
+            }
+        )
     }
 }
 
@@ -327,8 +385,9 @@ impl Report {
             .collect::<Vec<_>>()
             .join(" ");
         let preamble = format!(
-            "- command: `{command}` (plan: {})\n- machine: {}\n- date: {}\n",
+            "- command: `{command}` (plan: {})\n- repeats and windows: {}\n- machine: {}\n- date: {}\n",
             plan.name,
+            plan.describe(),
             machine.describe(),
             utc_date(SystemTime::now())
         );
@@ -346,8 +405,11 @@ impl Report {
             .is_some_and(|l| l > machine.cores as f64);
         let head = format!(
             "# BENCHMARKS\n\nWritten by `hb-bench` (see README: how to run it). Every number below \
-             was measured in one run on one machine; peers (`ncat --chat`, `redis-server`) ran \
-             on loopback in the same run, so ratios compare like with like.\n\n{}{}\n",
+             was measured in one run on one machine, each measurement repeated with fresh servers; \
+             cells are the median (min..max) of the repeats, and a target is met or not met \
+             only when every repeat agrees (otherwise `inconclusive`). Peers (`ncat --chat`, \
+             `redis-server`) ran on loopback in the same run, so ratios compare like with like; \
+             a peer that is not installed is listed as SKIPPED.\n\n{}{}\n",
             report.preamble,
             if busy {
                 "\n**The machine was busy with other work during this run** (load average above \
@@ -412,7 +474,12 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     };
     let machine = Machine::probe();
     let report = Report::open(args, &plan, &machine)?;
-    eprintln!("hb-bench: plan {}; {}", plan.name, machine.describe());
+    eprintln!(
+        "hb-bench: plan {}; {}; {}",
+        plan.name,
+        plan.describe(),
+        machine.describe()
+    );
     let scratch = std::env::temp_dir().join(format!("hb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .map_err(BenchError::io(format!("creating {}", scratch.display())))?;
