@@ -3,20 +3,11 @@
 //! itself (median, straddle -> inconclusive, refusals required) is unit-tested in
 //! src/app/bench/verdict.rs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{exclusive, temp_dir, Watchdog};
-
-/// A temp dir removed on drop, even when an assertion fails.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs hb-bench in `dir` with `args` (and `PATH` replaced when `path` is given), killing it
 /// if it overstays `limit`. Returns its status, stdout and stderr.
@@ -71,10 +62,10 @@ fn run_bench(
 fn smoke_run_reports_numbers_for_every_measurement() {
     let _x = exclusive();
     let _w = Watchdog::new("bench-smoke", Duration::from_secs(120));
-    let dir = Scratch(temp_dir());
-    let out = dir.0.join("BENCHMARKS.md");
+    let dir = temp_dir();
+    let out = dir.path().join("BENCHMARKS.md");
     let (status, stdout, stderr) = run_bench(
-        &dir.0,
+        dir.path(),
         &["--smoke", "--out", out.to_str().unwrap()],
         None,
         Duration::from_secs(100),
@@ -131,7 +122,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         assert_eq!((cells[7], cells[8]), ("0", "0"), "gaps/lost in {row}");
     }
     for svg in ["connections", "heartbeat", "detection", "echo", "relay"] {
-        let p = dir.0.join("bench").join(format!("{svg}.svg"));
+        let p = dir.path().join("bench").join(format!("{svg}.svg"));
         assert!(p.is_file(), "{} missing", p.display());
     }
 }
@@ -140,10 +131,10 @@ fn smoke_run_reports_numbers_for_every_measurement() {
 fn three_repeats_give_a_verdict_from_their_median() {
     let _x = exclusive();
     let _w = Watchdog::new("bench-repeats", Duration::from_secs(90));
-    let dir = Scratch(temp_dir());
-    let out = dir.0.join("B.md");
+    let dir = temp_dir();
+    let out = dir.path().join("B.md");
     let (status, stdout, stderr) = run_bench(
-        &dir.0,
+        dir.path(),
         &[
             "--smoke",
             "--repeats",
@@ -180,13 +171,13 @@ fn three_repeats_give_a_verdict_from_their_median() {
 fn a_missing_peer_is_a_visible_skipped_row() {
     let _x = exclusive();
     let _w = Watchdog::new("bench-skipped", Duration::from_secs(60));
-    let dir = Scratch(temp_dir());
-    let empty = dir.0.join("empty-path");
+    let dir = temp_dir();
+    let empty = dir.path().join("empty-path");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = dir.0.join("B.md");
+    let out = dir.path().join("B.md");
     // hb-server is found next to hb-bench; ncat and redis-server only on PATH.
     let (status, stdout, stderr) = run_bench(
-        &dir.0,
+        dir.path(),
         &["--smoke", "--only", "5", "--out", out.to_str().unwrap()],
         Some(&empty),
         Duration::from_secs(50),
@@ -214,9 +205,9 @@ fn a_missing_peer_is_a_visible_skipped_row() {
 
 #[test]
 fn zero_repeats_is_a_usage_error() {
-    let dir = Scratch(temp_dir());
+    let dir = temp_dir();
     let (status, _, stderr) = run_bench(
-        &dir.0,
+        dir.path(),
         &["--smoke", "--repeats", "0"],
         None,
         Duration::from_secs(20),

@@ -8,10 +8,9 @@ use crate::support::*;
 
 fn chat_client(port: u16, name: &str) -> Proc {
     let port = port.to_string();
-    Proc::spawn(
+    Proc::spawn_in_temp(
         "hb-client",
         &["--defaults", "--chat", "--name", name, "--port", &port],
-        &temp_dir(),
         Some(""),
     )
 }
@@ -111,7 +110,7 @@ fn a_taken_name_ends_the_client_with_nothing_sent_after() {
         }
         String::from_utf8_lossy(&got).into_owned()
     });
-    let mut ann = Proc::spawn(
+    let mut ann = Proc::spawn_in_temp(
         "hb-client",
         &[
             "--defaults",
@@ -121,7 +120,6 @@ fn a_taken_name_ends_the_client_with_nothing_sent_after() {
             "--port",
             &port.to_string(),
         ],
-        &temp_dir(),
         Some("typed before the answer\n"),
     );
     let st = ann.wait(PROMPT);
@@ -164,7 +162,7 @@ fn terminal_escapes_in_echoed_text_are_shown_inert() {
     let _w = Watchdog::new("line-client-escapes", ms(15_000));
     let srv = Server::start(&[]);
     let port = srv.port.to_string();
-    let mut c = Proc::spawn(
+    let mut c = Proc::spawn_in_temp(
         "hb-client",
         &[
             "--defaults",
@@ -175,7 +173,6 @@ fn terminal_escapes_in_echoed_text_are_shown_inert() {
             "--message",
             "x\x1b[2Jy\u{202e}z",
         ],
-        &temp_dir(),
         None,
     );
     let (_, echo) = c.stdout.wait_for("<- ECHO", PROMPT);

@@ -10,7 +10,7 @@ fn client(port: u16, extra: &[&str]) -> Proc {
     let port = port.to_string();
     let mut args = vec!["--defaults", "--port", &port];
     args.extend_from_slice(extra);
-    Proc::spawn("hb-client", &args, &temp_dir(), Some(""))
+    Proc::spawn_in_temp("hb-client", &args, Some(""))
 }
 
 const LINE: &[&str] = &["--every", "60s", "--block", "0"];
