@@ -28,9 +28,13 @@
 //!    deadline or bytes                 sleeps until a queued line, a bell, or the
 //!    bytes → Heartbeat::handle_rx        core's next deadline
 //!          → switch off, reply         switch on → Heartbeat::poll → PING k / END
-//!    silence → "start heartbeat"       END or write error → shutdown(Both), exit
-//!              switch on + bell
+//!    silence → "start heartbeat"       END → shutdown(Write), then the linger:
+//!              switch on + bell          discard input until the client closes or
+//!                                        250 ms (END_LINGER), close, exit
+//!                                      write error → shutdown(Both), exit
 //! ```
+//! The linger exists because closing a socket with unread input makes the kernel send a
+//! reset, which can destroy the `END` line before the client reads it.
 //! The "start heartbeat" switch (an atomic flag) and the [`core::heartbeat::Heartbeat`]
 //! behind a mutex are all the two threads share. A client that stops reading fills only its
 //! own queue and is ended as a slow consumer; nobody else waits for it. Every blocking call

@@ -409,10 +409,11 @@ fn usage_errors_are_exit_2_in_every_binary() {
         (env!("CARGO_BIN_EXE_hb-server"), &["--bogus"], "--bogus"),
         (env!("CARGO_BIN_EXE_hb-client"), &["--bogus"], "--bogus"),
     ];
+    let dir = temp_dir();
     for (bin, args, want) in cases {
         let out = std::process::Command::new(bin)
             .args(*args)
-            .current_dir(temp_dir())
+            .current_dir(&*dir)
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
