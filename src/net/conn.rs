@@ -10,7 +10,6 @@
 //! its `END`.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -277,7 +276,7 @@ pub fn linger(stream: &TcpStream, deadline: Instant) -> Lingered {
                 if left.is_zero() {
                     return Lingered::Deadline;
                 }
-                let _ = wait_in(stream, left);
+                wait_readable([stream], left);
             }
         }
     }
@@ -302,15 +301,18 @@ fn drain_now(stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> Option<Li
     }
 }
 
-/// Waits at most `wait` for `fd` to become readable (or hang up).
-fn wait_in(fd: impl AsFd, wait: Duration) -> bool {
+/// Waits at most `wait` for any of `socks` to become readable (or hang up).
+fn wait_readable<'a>(socks: impl IntoIterator<Item = &'a TcpStream>, wait: Duration) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let timeout = Timespec {
         tv_sec: wait.as_secs() as _,
         tv_nsec: wait.subsec_nanos() as _,
     };
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+    let mut fds: Vec<PollFd<'_>> = socks
+        .into_iter()
+        .map(|s| PollFd::new(s, PollFlags::IN))
+        .collect();
+    let _ = poll(&mut fds, Some(&timeout));
 }
 
 /// Most refused connections lingering at once; past it a refused socket closes at once.
@@ -380,16 +382,7 @@ fn run_lingerer(rx: &Receiver<(TcpStream, Instant)>, active: &AtomicUsize) {
         let wait = next
             .saturating_duration_since(Instant::now())
             .min(LINGER_TICK);
-        use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let timeout = Timespec {
-            tv_sec: 0,
-            tv_nsec: wait.subsec_nanos() as _,
-        };
-        let mut fds: Vec<PollFd<'_>> = held
-            .iter()
-            .map(|(s, _)| PollFd::new(s, PollFlags::IN))
-            .collect();
-        let _ = poll(&mut fds, Some(&timeout));
+        wait_readable(held.iter().map(|(s, _)| s), wait);
     }
 }
 

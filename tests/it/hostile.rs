@@ -69,6 +69,17 @@ fn expect_bytes(stream: &mut TcpStream, want: &str) {
     assert_eq!(String::from_utf8_lossy(&got), want);
 }
 
+/// `n` connections that each read their `HELLO`.
+fn greeted(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            expect_bytes(&mut s, HELLO);
+            s
+        })
+        .collect()
+}
+
 /// The client sent its over-long line and is still sending when END comes: every one of ten
 /// gets exactly `END line-too-long` and then a clean EOF, and its writes are not reset.
 /// (Before the linger the server closed with input pending: the kernel answered with a reset,
@@ -240,15 +251,7 @@ fn lines_split_across_reads_do_not_grow_memory() {
     let line = format!("PONG {}\n", "p".repeat(4090));
     assert_eq!(line.len(), 4096);
     let stream: Vec<u8> = line.repeat(64).into_bytes();
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
-        expect_bytes(
-            &mut s,
-            "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo\n",
-        );
-        clients.push(s);
-    }
+    let clients = greeted(srv.port, 4);
     let before = rss_kib(pid);
     let handles: Vec<_> = clients
         .into_iter()
@@ -300,15 +303,7 @@ fn idle_connections_after_a_burst_stay_small() {
     let pid = srv.proc.pid();
     let line = format!("PONG {}\n", "q".repeat(1000));
     let write = line.repeat(256 * 1024 / line.len()).into_bytes();
-    let mut clients = Vec::new();
-    for _ in 0..16 {
-        let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
-        expect_bytes(
-            &mut s,
-            "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo\n",
-        );
-        clients.push(s);
-    }
+    let clients = greeted(srv.port, 16);
     let before = rss_kib(pid);
     let handles: Vec<_> = clients
         .into_iter()
