@@ -232,6 +232,8 @@ pub struct ServerOptions {
     pub max_line: Option<usize>,
     /// `server.queue`
     pub queue: Option<usize>,
+    /// `server.stall`
+    pub stall: Option<Duration>,
 }
 
 impl ServerOptions {
@@ -248,6 +250,7 @@ impl ServerOptions {
             max_conns: self.max_conns.or(fallback.max_conns),
             max_line: self.max_line.or(fallback.max_line),
             queue: self.queue.or(fallback.queue),
+            stall: self.stall.or(fallback.stall),
         }
     }
 }
@@ -292,6 +295,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_conns",
     "max_line",
     "queue",
+    "stall",
 ];
 
 /// The keys `client` may hold.
@@ -511,6 +515,7 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "max_conns" => s.max_conns = p.take(key, positive_usize(v)),
             "max_line" => s.max_line = p.take(key, positive_usize(v)),
             "queue" => s.queue = p.take(key, positive_usize(v)),
+            "stall" => s.stall = p.take(key, duration(v, false)),
             _ => p.add(key, unknown(SERVER_KEYS)),
         }
     }
@@ -637,6 +642,9 @@ pub mod defaults {
     pub const MAX_LINE: usize = 65536;
     /// `--queue`
     pub const QUEUE: usize = 1 << 20;
+    /// `--stall`: how long a recipient may hold its senders back (or accept nothing) before
+    /// it is ended as a slow consumer.
+    pub const STALL: Duration = Duration::from_millis(500);
     /// `--max-conns`. The server lowers it further to what `vm.max_map_count` allows (two
     /// threads per connection at four memory maps each: about 8,000 on stock limits).
     pub const MAX_CONNS: usize = 16384;
@@ -686,6 +694,9 @@ pub struct ServerSettings {
     pub max_line: usize,
     /// Bytes queued for one client before it is a slow consumer.
     pub queue: usize,
+    /// How long a recipient that cannot catch up may hold its senders back, or its socket
+    /// accept nothing, before it is ended with `END slow-consumer` (never zero).
+    pub stall: Duration,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
@@ -753,6 +764,7 @@ impl ServerSettings {
             max_conns,
             max_line,
             queue,
+            stall: o.stall.unwrap_or(defaults::STALL),
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
@@ -793,6 +805,7 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
     for (flag, given) in [
         ("--max-line", f.max_line.is_some()),
         ("--queue", f.queue.is_some()),
+        ("--stall", f.stall.is_some()),
     ] {
         if given {
             return Err(ConfigError::Usage(format!(
@@ -1091,7 +1104,7 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, max_conns, max_line, queue)"
+             idle, mode, wire, max_conns, max_line, queue, stall)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),
@@ -1182,6 +1195,52 @@ mod tests {
         );
         assert_eq!(c.client.every, Some(ms(2000)));
         assert_eq!(c.client.block, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn stall_is_a_duration_like_the_others_never_zero_never_prompted() {
+        for (text, want) in [
+            (r#"{"server": {"stall": 0.25}}"#, ms(250)),
+            (r#"{"server": {"stall": "250ms"}}"#, ms(250)),
+            (r#"{"server": {"stall": "2"}}"#, ms(2000)),
+        ] {
+            assert_eq!(parse(text).unwrap().server.stall, Some(want), "{text}");
+        }
+        for text in [
+            r#"{"server": {"stall": 0}}"#,
+            r#"{"server": {"stall": "0ms"}}"#,
+            r#"{"server": {"stall": true}}"#,
+        ] {
+            let m = parse(text).unwrap_err().to_string();
+            assert!(m.starts_with("configuration.json: server.stall: "), "{m}");
+        }
+        // Not set anywhere: the default, and no question about it (EOF would keep it anyway,
+        // so count the questions asked).
+        let mut p = prompter("\n\n\n", false);
+        let s = ServerSettings::resolve(&ServerFlags::default(), &FileConfig::default(), &mut p)
+            .unwrap();
+        assert_eq!(s.stall, defaults::STALL);
+        assert_eq!(s.stall, ms(500));
+        assert!(!String::from_utf8(p.out).unwrap().contains("stall"));
+        // The flag beats the file.
+        assert_eq!(
+            server(
+                ServerOptions {
+                    stall: Some(ms(50)),
+                    ..Default::default()
+                },
+                r#"{"server": {"stall": 3}}"#
+            )
+            .unwrap()
+            .stall,
+            ms(50)
+        );
+        assert_eq!(
+            server(ServerOptions::default(), r#"{"server": {"stall": 3}}"#)
+                .unwrap()
+                .stall,
+            ms(3000)
+        );
     }
 
     fn prompter(input: &str, interactive: bool) -> Prompter<&[u8], Vec<u8>> {
@@ -1473,6 +1532,18 @@ mod tests {
             .unwrap_err(),
             "--queue does nothing with server.wire \"classic\" in configuration.json: that wire \
              has no lines and no outbound queue"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    stall: Some(Duration::from_secs(1)),
+                    ..classic.clone()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--stall does nothing with --wire classic: that wire has no lines and no outbound \
+             queue"
         );
         // The same values in the file alone are fine: it may serve a line server too.
         assert!(server(

@@ -96,7 +96,7 @@ refused).";
 #[command(name = "hb-server", version, after_help = SERVER_EXIT)]
 pub struct ServerArgs {
     /// Configuration file (manual layout: server.host / server.port, optionally
-    /// server.interval, count, idle, mode, wire, max_conns, max_line, queue; with --wire
+    /// server.interval, count, idle, mode, wire, max_conns, max_line, queue, stall; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -138,6 +138,11 @@ pub struct ServerArgs {
     /// [default: 1048576]
     #[arg(long, value_name = "BYTES", value_parser = positive)]
     pub queue: Option<usize>,
+    /// How long one client that cannot catch up may hold the senders back, or its socket
+    /// accept nothing, before it is ended as a slow consumer (DUR). Line wire only
+    /// [default: 500ms]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub stall: Option<Duration>,
     /// Never prompt: use defaults for whatever flags and the file leave unset
     #[arg(long)]
     pub defaults: bool,
@@ -160,6 +165,7 @@ impl ServerArgs {
                 max_conns: self.max_conns,
                 max_line: self.max_line,
                 queue: self.queue,
+                stall: self.stall,
             },
         }
     }

@@ -256,6 +256,7 @@ impl Harness {
             max_conns: 16,
             max_line: crate::config::defaults::MAX_LINE,
             queue: crate::config::defaults::QUEUE,
+            stall: crate::config::defaults::STALL,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();
