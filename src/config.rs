@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::core::heartbeat::{HeartbeatConfig, HeartbeatConfigError};
+// Declared in core (the protocol uses them); re-exported so `crate::config::Mode` keeps working.
+pub use crate::core::mode::{Mode, Wire};
 
 /// Default `configuration.json` looked up in the working directory.
 pub const DEFAULT_CONFIG: &str = "configuration.json";
@@ -163,48 +165,6 @@ pub fn fmt_duration(d: Duration) -> String {
     } else {
         let s = format!("{:.6}", d.as_secs_f64());
         format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
-    }
-}
-
-/// What a server or client does with each client's lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Reply `ECHO TEXT` to `MSG TEXT`.
-    #[default]
-    Echo,
-    /// Relay `MSG TEXT` to every other joined client.
-    Chat,
-}
-
-impl Mode {
-    /// Parses `echo` or `chat`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "echo" => Ok(Self::Echo),
-            "chat" => Ok(Self::Chat),
-            _ => Err(format!("'{s}' is not a mode (echo or chat)")),
-        }
-    }
-}
-
-/// Which bytes go over the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Wire {
-    /// The line wire (CONTRACT section 2).
-    #[default]
-    Line,
-    /// Byte-compatible with the manual's original programs (CONTRACT section 3).
-    Classic,
-}
-
-impl Wire {
-    /// Parses `line` or `classic`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "line" => Ok(Self::Line),
-            "classic" => Ok(Self::Classic),
-            _ => Err(format!("'{s}' is not a wire (line or classic)")),
-        }
     }
 }
 

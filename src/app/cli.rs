@@ -5,49 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 use crate::config::{
     parse_count, parse_duration, parse_duration_allow_zero, ClientFlags, ConfigError, FileConfig,
     Mode, Prompter, ServerFlags, ServerOptions, Wire,
 };
-
-/// `--mode`
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ModeArg {
-    /// Reply `ECHO TEXT` to every `MSG TEXT`, as the manual's server does
-    Echo,
-    /// A chat room: relay every `MSG TEXT` to all other joined clients (line wire only)
-    Chat,
-}
-
-/// `--wire`
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum WireArg {
-    /// Text lines (`MSG`, `PING`, `END` ...) on one TCP connection per client
-    Line,
-    /// Byte-compatible with the manual's original Python programs: unframed bytes, and a
-    /// second connection per client (from the server to client.port) for heartbeats
-    Classic,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Self {
-        match m {
-            ModeArg::Echo => Mode::Echo,
-            ModeArg::Chat => Mode::Chat,
-        }
-    }
-}
-
-impl From<WireArg> for Wire {
-    fn from(w: WireArg) -> Self {
-        match w {
-            WireArg::Line => Wire::Line,
-            WireArg::Classic => Wire::Classic,
-        }
-    }
-}
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
@@ -121,10 +84,10 @@ pub struct ServerArgs {
     pub idle: Option<Duration>,
     /// What to do with `MSG` lines [default: echo]
     #[arg(long, value_enum)]
-    pub mode: Option<ModeArg>,
+    pub mode: Option<Mode>,
     /// Bytes on the socket [default: line]
     #[arg(long, value_enum)]
-    pub wire: Option<WireArg>,
+    pub wire: Option<Wire>,
     /// Clients served at once (a number); newcomers beyond it are refused (`END
     /// server-full` on the line wire). Lowered (and logged) to what vm.max_map_count
     /// allows, about 8,000 on stock limits [default: 16384]
@@ -160,8 +123,8 @@ impl ServerArgs {
                 interval: self.interval,
                 count: self.count,
                 idle: self.idle,
-                mode: self.mode.map(Into::into),
-                wire: self.wire.map(Into::into),
+                mode: self.mode,
+                wire: self.wire,
                 max_conns: self.max_conns,
                 max_line: self.max_line,
                 queue: self.queue,
@@ -209,7 +172,7 @@ pub struct ClientArgs {
     /// Bytes on the socket; must match the server's --wire [default: server.wire from the
     /// file, else line]
     #[arg(long, value_enum)]
-    pub wire: Option<WireArg>,
+    pub wire: Option<Wire>,
     /// Interactive chat (line wire, server in --mode chat): stdin lines are sent, peers'
     /// messages are printed, /quit leaves. Needs a name: --name or client.name
     #[arg(long)]
@@ -236,7 +199,7 @@ impl ClientArgs {
             every: self.every,
             block: self.block,
             message: self.message.clone(),
-            wire: self.wire.map(Into::into),
+            wire: self.wire,
             chat: self.chat,
             name: self.name.clone(),
             messages: self.messages,

@@ -4,6 +4,7 @@ pub mod classic;
 pub mod client;
 pub mod display;
 pub mod heartbeat;
+pub mod mode;
 pub mod node;
 pub mod room;
 pub mod wire;

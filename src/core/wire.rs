@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::Mode;
+use crate::core::mode::Mode;
 
 /// Why a connection is being ended (`END REASON`, `LEFT NAME REASON`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
