@@ -168,31 +168,54 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// Server settings as a flag or `server.*` in configuration.json may give them; `None`
-/// where that source does not say.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Every server setting, declared once: the flags of `hb-server` (clap fills it from the
+/// command line; each field's doc comment is its `--help` text) and the `server` object of
+/// configuration.json (the file's key is the field's name, `server.max_conns` for
+/// `--max-conns`). `None` where that source does not say; [`ServerOptions::or`] merges the two
+/// and [`ServerSettings::resolve`] turns the result into checked settings.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct ServerOptions {
-    /// `server.host`
+    /// Address or host name to listen on [default: 127.0.0.1]
+    #[arg(long, value_name = "H")]
     pub host: Option<String>,
-    /// `server.port`
+    /// TCP port to listen on; 0 picks any free port (the log shows which) [default: 8000]
+    #[arg(long, value_name = "P")]
     pub port: Option<u16>,
-    /// `server.interval`
+    /// Time between heartbeats within a round, i.e. how long each heartbeat waits for an
+    /// answer (DUR) [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub interval: Option<Duration>,
-    /// `server.count`
+    /// Unanswered heartbeats in a row before the connection is closed (a number)
+    /// [default: 3]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     pub count: Option<u32>,
-    /// `server.idle`
+    /// Silence from a client before its heartbeat round starts (DUR); raised to
+    /// INTERVAL x COUNT when smaller, as in the manual [default: 30s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub idle: Option<Duration>,
-    /// `server.mode`
+    /// What to do with `MSG` lines [default: echo]
+    #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// `server.wire`
+    /// Bytes on the socket [default: line]
+    #[arg(long, value_enum)]
     pub wire: Option<Wire>,
-    /// `server.max_conns`
+    /// Clients served at once (a number); newcomers beyond it are refused (`END
+    /// server-full` on the line wire). Lowered (and logged) to what vm.max_map_count
+    /// allows, about 8,000 on stock limits [default: 16384]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub max_conns: Option<usize>,
-    /// `server.max_line`
+    /// Longest line accepted, in bytes; longer gets `END line-too-long`. Line wire only
+    /// [default: 65536]
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
     pub max_line: Option<usize>,
-    /// `server.queue`
+    /// Bytes queued for one client before it is ended as a slow consumer. Line wire only
+    /// [default: 1048576]
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
     pub queue: Option<usize>,
-    /// `server.stall`
+    /// How long one client that cannot catch up may hold the senders back, or its socket
+    /// accept nothing, before it is ended as a slow consumer (DUR). Line wire only
+    /// [default: 500ms]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub stall: Option<Duration>,
 }
 
@@ -243,20 +266,15 @@ pub struct FileConfig {
     pub client: FileClient,
 }
 
-/// The keys `server` may hold.
-const SERVER_KEYS: &[&str] = &[
-    "host",
-    "port",
-    "interval",
-    "count",
-    "idle",
-    "mode",
-    "wire",
-    "max_conns",
-    "max_line",
-    "queue",
-    "stall",
-];
+/// The keys `server` may hold: the fields of [`ServerOptions`], in their order (clap names
+/// each argument after its field), so a new setting is a known key without a second list.
+fn server_keys() -> Vec<String> {
+    use clap::Args;
+    ServerOptions::augment_args(clap::Command::new("server"))
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect()
+}
 
 /// The keys `client` may hold.
 const CLIENT_KEYS: &[&str] = &["host", "port", "every", "block", "message", "name"];
@@ -348,7 +366,8 @@ impl Problems {
     }
 }
 
-fn unknown(known: &[&str]) -> String {
+fn unknown<S: AsRef<str>>(known: &[S]) -> String {
+    let known: Vec<&str> = known.iter().map(AsRef::as_ref).collect();
     format!("unknown key (known: {})", known.join(", "))
 }
 
@@ -476,7 +495,7 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "max_line" => s.max_line = p.take(key, positive_usize(v)),
             "queue" => s.queue = p.take(key, positive_usize(v)),
             "stall" => s.stall = p.take(key, duration(v, false)),
-            _ => p.add(key, unknown(SERVER_KEYS)),
+            _ => p.add(key, unknown(&server_keys())),
         }
     }
     s
@@ -589,6 +608,15 @@ pub fn parse_count(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Parses a whole number above zero (for byte and connection limits).
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be greater than zero".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
 /// Defaults from the contract.
 pub mod defaults {
     use std::time::Duration;
@@ -622,15 +650,21 @@ pub mod defaults {
     pub const CLIENT_PORT: u16 = 8001;
 }
 
-/// Server settings from the command line.
-#[derive(Debug, Clone, Default)]
+/// `hb-server`'s command line: the settings, plus the two flags that are not settings.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerFlags {
-    /// `--config`
+    /// Configuration file (manual layout: server.host / server.port, optionally
+    /// server.interval, count, idle, mode, wire, max_conns, max_line, queue, stall; with --wire
+    /// classic, client.port is where the server connects back for heartbeats) [default:
+    /// configuration.json if present]
+    #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// `--defaults`: never prompt.
-    pub defaults: bool,
     /// Every other flag; `None` means "not given".
+    #[command(flatten)]
     pub options: ServerOptions,
+    /// Never prompt: use defaults for whatever flags and the file leave unset
+    #[arg(long)]
+    pub defaults: bool,
 }
 
 /// Validated server settings.
@@ -866,30 +900,47 @@ impl ShowDefault for u32 {
     }
 }
 
-/// Client settings from the command line; `None` means "not given".
-#[derive(Debug, Clone, Default)]
+/// `hb-client`'s command line; `None` means "not given". Each field's doc comment is its
+/// `--help` text.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClientFlags {
-    /// `--config`
+    /// Configuration file [default: configuration.json if present]
+    #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// `--host`: the server's host.
+    /// Server host name or address [default: server.host from the file, else 127.0.0.1]
+    #[arg(long, value_name = "H")]
     pub host: Option<String>,
-    /// `--port`: the server's port.
+    /// Server TCP port [default: server.port from the file, else 8000]
+    #[arg(long, value_name = "P")]
     pub port: Option<u16>,
-    /// `--every`
+    /// Time between data messages to the server (DUR); longer than the server's idle makes
+    /// its heartbeat kick in. Not with --chat [default: 30s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub every: Option<Duration>,
-    /// `--block`
+    /// Delay before answering a heartbeat (DUR); for testing only. Also applies with --chat
+    /// [default: 0s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration_allow_zero)]
     pub block: Option<Duration>,
-    /// `--message`
+    /// The data message: one line, not empty. Not with --chat [default: "Hello, there"]
+    #[arg(long, value_name = "TEXT")]
     pub message: Option<String>,
-    /// `--wire`
+    /// Bytes on the socket; must match the server's --wire [default: server.wire from the
+    /// file, else line]
+    #[arg(long, value_enum)]
     pub wire: Option<Wire>,
-    /// `--chat`
+    /// Interactive chat (line wire, server in --mode chat): stdin lines are sent, peers'
+    /// messages are printed, /quit leaves. Needs a name: --name or client.name
+    #[arg(long)]
     pub chat: bool,
-    /// `--name`
+    /// Chat name: 1 to 32 characters, no spaces or control characters. Only with --chat
+    /// [default: client.name from the file]
+    #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// `--messages`: stop after sending this many.
+    /// Send this many messages (a number), then leave with QUIT (exit 0). Not with --chat
+    #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
-    /// `--defaults`: never prompt.
+    /// Never prompt: use defaults for whatever flags and the file leave unset
+    #[arg(long)]
     pub defaults: bool,
 }
 
@@ -1155,6 +1206,23 @@ mod tests {
         );
         assert_eq!(c.client.every, Some(ms(2000)));
         assert_eq!(c.client.block, Some(Duration::ZERO));
+    }
+
+    /// The known keys come from [`ServerOptions`]' fields; each must also be read from the
+    /// file (a field without its arm in `parse_server` would be refused as unknown, while
+    /// the message lists it as known).
+    #[test]
+    fn every_server_setting_is_a_file_key() {
+        let keys = server_keys();
+        assert_eq!(keys.len(), 11, "{keys:?}");
+        for key in keys {
+            let e = parse(&format!(r#"{{"server": {{"{key}": [1]}}}}"#)).unwrap_err();
+            let m = e.to_string();
+            assert!(
+                m.starts_with(&format!("configuration.json: server.{key}: expected")),
+                "{m}"
+            );
+        }
     }
 
     #[test]
