@@ -18,6 +18,13 @@
 //! ([`ClassicEnd`]); each sleeps in poll(2) on its socket and an eventfd "bell" the other rings,
 //! so every wait is bounded by the core's next deadline and either side can end both at once.
 //!
+//! The protocol's decisions are in [`crate::core::classic`]: what a heartbeat action means with
+//! the heartbeat socket absent, open or closed ([`HeartbeatStep`]), on which sockets `End
+//! Connection` goes ([`ClassicEnd::end_connection_on`]), when the connect-back is tried and
+//! given up ([`ConnectBackAttempts`]), and the echo's bytes. The threads here read, write, wait
+//! and log; what is left to them is naming what their own I/O saw (end of file or a read error:
+//! the client closed; a failed echo or heartbeat write: `DataWriteFailed`, `HeartbeatLost`).
+//!
 //! Fixed flaws of the original: a failed connect-back is logged and the client is still closed
 //! after idle + count * interval of silence (the core keeps its schedule, there is just no
 //! socket to send on); heartbeat replies are read as they arrive and the socket is drained
@@ -36,9 +43,10 @@ use std::time::{Duration, Instant};
 use super::WRITE_STALL;
 use crate::config::ServerSettings;
 use crate::core::classic::{
-    echo_reply, ClassicEnd, ConnectBackSchedule, END_CONNECTION, HEARTBEAT, READ_SIZE,
+    echo_reply, ClassicEnd, ClassicSocket, ConnectBackAttempts, ConnectBackSchedule,
+    HeartbeatSocket, HeartbeatStep, END_CONNECTION, HEARTBEAT, READ_SIZE,
 };
-use crate::core::heartbeat::{Action, Heartbeat};
+use crate::core::heartbeat::Heartbeat;
 use crate::core::wire::EndReason;
 use crate::net::conn::{linger, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
@@ -139,6 +147,17 @@ impl ClassicConn {
         self.data_bell.ring();
         self.hb_bell.ring();
         first
+    }
+
+    /// A heartbeat could not be written: the peer is lost (logged once, by the first reason).
+    fn heartbeat_write_failed(&self, e: io::Error) {
+        if self.set_end(ClassicEnd::HeartbeatLost) {
+            self.log.emit(Event::WriteFailed {
+                id: self.id,
+                peer: self.peer,
+                error: e.to_string(),
+            });
+        }
     }
 
     /// Any bytes from the client prove it alive; logs the end of a round.
@@ -362,7 +381,7 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
     let why = conn.end().unwrap_or(ClassicEnd::ClientClosed);
     if why.sends_end_connection() {
         let mut written = false;
-        if why != ClassicEnd::DataWriteFailed {
+        if why.end_connection_on(ClassicSocket::Data) {
             let _ = stream.set_write_timeout(Some(END_WRITE_TIMEOUT));
             written = (&*stream).write_all(END_CONNECTION).is_ok();
         }
@@ -382,13 +401,12 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
     reg.release(conn);
 }
 
-/// The connect-back in progress: attempts on [`ConnectBackSchedule`], interleaved with the
-/// heartbeat core's deadlines so a client is closed on time even if it never listens.
+/// The connect-back in progress: attempts on [`ConnectBackSchedule`] (counted by the core's
+/// [`ConnectBackAttempts`]), interleaved with the heartbeat core's deadlines so a client is
+/// closed on time even if it never listens.
 struct ConnectBack {
     to: SocketAddr,
-    sched: ConnectBackSchedule,
-    start: Instant,
-    made: u32,
+    attempts: ConnectBackAttempts,
     last_error: String,
 }
 
@@ -396,30 +414,26 @@ impl ConnectBack {
     fn new(to: SocketAddr, now: Instant) -> Self {
         Self {
             to,
-            sched: ConnectBackSchedule::default(),
-            start: now,
-            made: 0,
+            attempts: ConnectBackAttempts::new(ConnectBackSchedule::default(), now),
             last_error: String::from("no attempt made"),
         }
     }
 
     /// When the next attempt is due, `None` once the schedule is used up.
     fn next_at(&self) -> Option<Instant> {
-        self.sched
-            .attempt_at(self.made)
-            .and_then(|d| self.start.checked_add(d))
+        self.attempts.next_at()
     }
 
     /// Makes one attempt (bounded by the schedule's step).
     fn attempt(&mut self, conn: &ClassicConn) -> Option<TcpStream> {
-        self.made += 1;
-        match TcpStream::connect_timeout(&self.to, self.sched.attempt_timeout()) {
+        let made = self.attempts.start_attempt();
+        match TcpStream::connect_timeout(&self.to, self.attempts.attempt_timeout()) {
             Ok(s) => {
                 conn.log.emit(Event::ConnectedBack {
                     id: conn.id,
                     peer: conn.peer,
                     to: self.to,
-                    attempts: self.made,
+                    attempts: made,
                 });
                 Some(s)
             }
@@ -437,7 +451,7 @@ impl ConnectBack {
             id: conn.id,
             peer: conn.peer,
             to: self.to,
-            attempts: self.made,
+            attempts: self.attempts.made(),
             error: self.last_error,
         });
     }
@@ -505,48 +519,39 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
             }
         }
         let now = Instant::now();
+        let socket = match (&sock, readable) {
+            (None, _) => HeartbeatSocket::Absent,
+            (Some(_), true) => HeartbeatSocket::Open,
+            (Some(_), false) => HeartbeatSocket::Closed,
+        };
         loop {
-            let action = conn.heartbeat().poll(now);
-            match action {
-                None => break,
-                Some(Action::SendPing(k)) => {
-                    if k == 1 {
-                        conn.log.emit(Event::RoundStarted { id, peer, idle });
-                    }
-                    match &sock {
-                        // Still connecting back, or never managed to: the core keeps the
-                        // schedule, so a silent client is still closed on time.
-                        None => conn.log.emit(Event::HeartbeatNotSent {
-                            id,
-                            peer,
-                            k,
-                            n: count,
-                        }),
-                        Some(_) if !readable => {
-                            conn.set_end(ClassicEnd::HeartbeatLost);
-                        }
-                        Some(s) => match (&*s).write_all(HEARTBEAT) {
-                            Ok(()) => conn.log.emit(Event::PingSent {
-                                id,
-                                peer,
-                                k,
-                                n: count,
-                            }),
-                            Err(e) => {
-                                if conn.set_end(ClassicEnd::HeartbeatLost) {
-                                    conn.log.emit(Event::WriteFailed {
-                                        id,
-                                        peer,
-                                        error: e.to_string(),
-                                    });
-                                }
-                            }
-                        },
-                    }
+            let Some(action) = conn.heartbeat().poll(now) else {
+                break;
+            };
+            if HeartbeatStep::starts_round(action) {
+                conn.log.emit(Event::RoundStarted { id, peer, idle });
+            }
+            match HeartbeatStep::decide(action, socket) {
+                HeartbeatStep::NotSent(k) => conn.log.emit(Event::HeartbeatNotSent {
+                    id,
+                    peer,
+                    k,
+                    n: count,
+                }),
+                HeartbeatStep::End(why) => {
+                    conn.set_end(why);
                 }
-                Some(Action::Dead) => {
-                    conn.set_end(ClassicEnd::HeartbeatTimeout);
-                }
+                // `Open`: there is a socket.
+                HeartbeatStep::Send(k) => match sock.as_ref().map(|s| (&*s).write_all(HEARTBEAT)) {
+                    Some(Ok(())) => conn.log.emit(Event::PingSent {
+                        id,
+                        peer,
+                        k,
+                        n: count,
+                    }),
+                    Some(Err(e)) => conn.heartbeat_write_failed(e),
+                    None => {}
+                },
             }
             if conn.end().is_some() {
                 break;
@@ -575,7 +580,7 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
     }
     let why = conn.end().unwrap_or(ClassicEnd::ClientClosed);
     if let Some(s) = sock.take() {
-        if why.sends_end_connection() && why != ClassicEnd::HeartbeatLost {
+        if why.end_connection_on(ClassicSocket::Heartbeat) {
             let _ = s.set_write_timeout(Some(END_WRITE_TIMEOUT));
             if (&s).write_all(END_CONNECTION).is_ok() && readable {
                 // A late `Echoing...heartbeat` may be on its way: drain it (bounded), or
