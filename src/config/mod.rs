@@ -5,7 +5,7 @@
 //! (`server.port`), ports may be strings (the manual's layout) or numbers, and durations may be
 //! numbers of seconds or strings with a unit.
 //!
-//! By concern: [`duration`] (how durations are written), [`file`] (configuration.json),
+//! By concern: [`duration`] (how durations are written), [`file`](mod@file) (configuration.json),
 //! [`prompt`] (questions on stdin), [`server`] and [`client`] (each program's flags, merged
 //! with the file and the prompts into checked settings). Everything is re-exported here, so
 //! `crate::config::X` is the path to use.
