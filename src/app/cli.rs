@@ -1,73 +1,11 @@
 //! Flags shared by the binaries, parsed in one place (clap) and turned into typed settings.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-use crate::config::{
-    parse_count, parse_duration, parse_duration_allow_zero, ClientFlags, ConfigError, FileConfig,
-    Mode, Prompter, ServerFlags, ServerOptions, Wire,
-};
-
-/// `--mode`
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ModeArg {
-    /// Reply `ECHO TEXT` to every `MSG TEXT`, as the manual's server does
-    Echo,
-    /// A chat room: relay every `MSG TEXT` to all other joined clients (line wire only)
-    Chat,
-}
-
-/// `--wire`
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum WireArg {
-    /// Text lines (`MSG`, `PING`, `END` ...) on one TCP connection per client
-    Line,
-    /// Byte-compatible with the manual's original Python programs: unframed bytes, and a
-    /// second connection per client (from the server to client.port) for heartbeats
-    Classic,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Self {
-        match m {
-            ModeArg::Echo => Mode::Echo,
-            ModeArg::Chat => Mode::Chat,
-        }
-    }
-}
-
-impl From<WireArg> for Wire {
-    fn from(w: WireArg) -> Self {
-        match w {
-            WireArg::Line => Wire::Line,
-            WireArg::Classic => Wire::Classic,
-        }
-    }
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
-}
-
-fn duration0(s: &str) -> Result<Duration, String> {
-    parse_duration_allow_zero(s)
-}
-
-fn count(s: &str) -> Result<u32, String> {
-    parse_count(s)
-}
-
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be greater than zero".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("'{s}' is not a whole number")),
-    }
-}
+use crate::config::{ClientFlags, ConfigError, FileConfig, Prompter, ServerFlags};
 
 /// What `hb-server --help` says about exit codes.
 const SERVER_EXIT: &str = "Exit status: 0 after Ctrl-C or SIGTERM (clients are told \
@@ -95,74 +33,9 @@ refused).";
 #[derive(Debug, Parser)]
 #[command(name = "hb-server", version, after_help = SERVER_EXIT)]
 pub struct ServerArgs {
-    /// Configuration file (manual layout: server.host / server.port, optionally
-    /// server.interval, count, idle, mode, wire, max_conns, max_line, queue; with --wire
-    /// classic, client.port is where the server connects back for heartbeats) [default:
-    /// configuration.json if present]
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Address or host name to listen on [default: 127.0.0.1]
-    #[arg(long, value_name = "H")]
-    pub host: Option<String>,
-    /// TCP port to listen on; 0 picks any free port (the log shows which) [default: 8000]
-    #[arg(long, value_name = "P")]
-    pub port: Option<u16>,
-    /// Time between heartbeats within a round, i.e. how long each heartbeat waits for an
-    /// answer (DUR) [default: 10s]
-    #[arg(long, value_name = "DUR", value_parser = duration)]
-    pub interval: Option<Duration>,
-    /// Unanswered heartbeats in a row before the connection is closed (a number)
-    /// [default: 3]
-    #[arg(long, value_name = "N", value_parser = count)]
-    pub count: Option<u32>,
-    /// Silence from a client before its heartbeat round starts (DUR); raised to
-    /// INTERVAL x COUNT when smaller, as in the manual [default: 30s]
-    #[arg(long, value_name = "DUR", value_parser = duration)]
-    pub idle: Option<Duration>,
-    /// What to do with `MSG` lines [default: echo]
-    #[arg(long, value_enum)]
-    pub mode: Option<ModeArg>,
-    /// Bytes on the socket [default: line]
-    #[arg(long, value_enum)]
-    pub wire: Option<WireArg>,
-    /// Clients served at once (a number); newcomers beyond it are refused (`END
-    /// server-full` on the line wire). Lowered (and logged) to what vm.max_map_count
-    /// allows, about 8,000 on stock limits [default: 16384]
-    #[arg(long, value_name = "N", value_parser = positive)]
-    pub max_conns: Option<usize>,
-    /// Longest line accepted, in bytes; longer gets `END line-too-long`. Line wire only
-    /// [default: 65536]
-    #[arg(long, value_name = "BYTES", value_parser = positive)]
-    pub max_line: Option<usize>,
-    /// Bytes queued for one client before it is ended as a slow consumer. Line wire only
-    /// [default: 1048576]
-    #[arg(long, value_name = "BYTES", value_parser = positive)]
-    pub queue: Option<usize>,
-    /// Never prompt: use defaults for whatever flags and the file leave unset
-    #[arg(long)]
-    pub defaults: bool,
-}
-
-impl ServerArgs {
-    /// The flags as settings overrides.
-    pub fn flags(&self) -> ServerFlags {
-        ServerFlags {
-            config: self.config.clone(),
-            defaults: self.defaults,
-            options: ServerOptions {
-                host: self.host.clone(),
-                port: self.port,
-                interval: self.interval,
-                count: self.count,
-                idle: self.idle,
-                mode: self.mode.map(Into::into),
-                wire: self.wire.map(Into::into),
-                max_conns: self.max_conns,
-                max_line: self.max_line,
-                queue: self.queue,
-            },
-        }
-    }
+    /// The flags; declared with the settings they fill, in `config`.
+    #[command(flatten)]
+    pub flags: ServerFlags,
 }
 
 /// TCP heartbeat client: sends a message every EVERY and answers the server's heartbeats.
@@ -180,63 +53,9 @@ impl ServerArgs {
 #[derive(Debug, Parser)]
 #[command(name = "hb-client", version, after_help = CLIENT_EXIT)]
 pub struct ClientArgs {
-    /// Configuration file [default: configuration.json if present]
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Server host name or address [default: server.host from the file, else 127.0.0.1]
-    #[arg(long, value_name = "H")]
-    pub host: Option<String>,
-    /// Server TCP port [default: server.port from the file, else 8000]
-    #[arg(long, value_name = "P")]
-    pub port: Option<u16>,
-    /// Time between data messages to the server (DUR); longer than the server's idle makes
-    /// its heartbeat kick in. Not with --chat [default: 30s]
-    #[arg(long, value_name = "DUR", value_parser = duration)]
-    pub every: Option<Duration>,
-    /// Delay before answering a heartbeat (DUR); for testing only. Also applies with --chat
-    /// [default: 0s]
-    #[arg(long, value_name = "DUR", value_parser = duration0)]
-    pub block: Option<Duration>,
-    /// The data message: one line, not empty. Not with --chat [default: "Hello, there"]
-    #[arg(long, value_name = "TEXT")]
-    pub message: Option<String>,
-    /// Bytes on the socket; must match the server's --wire [default: server.wire from the
-    /// file, else line]
-    #[arg(long, value_enum)]
-    pub wire: Option<WireArg>,
-    /// Interactive chat (line wire, server in --mode chat): stdin lines are sent, peers'
-    /// messages are printed, /quit leaves. Needs a name: --name or client.name
-    #[arg(long)]
-    pub chat: bool,
-    /// Chat name: 1 to 32 characters, no spaces or control characters. Only with --chat
-    /// [default: client.name from the file]
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
-    /// Send this many messages (a number), then leave with QUIT (exit 0). Not with --chat
-    #[arg(long, value_name = "N")]
-    pub messages: Option<u64>,
-    /// Never prompt: use defaults for whatever flags and the file leave unset
-    #[arg(long)]
-    pub defaults: bool,
-}
-
-impl ClientArgs {
-    /// The flags as settings overrides.
-    pub fn flags(&self) -> ClientFlags {
-        ClientFlags {
-            config: self.config.clone(),
-            host: self.host.clone(),
-            port: self.port,
-            every: self.every,
-            block: self.block,
-            message: self.message.clone(),
-            wire: self.wire.map(Into::into),
-            chat: self.chat,
-            name: self.name.clone(),
-            messages: self.messages,
-            defaults: self.defaults,
-        }
-    }
+    /// The flags; declared with the settings they fill, in `config`.
+    #[command(flatten)]
+    pub flags: ClientFlags,
 }
 
 /// Prompts on stdin/stderr: questions go to stderr so stdout stays a clean event log.

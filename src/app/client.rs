@@ -51,11 +51,11 @@ pub fn describe(outcome: Outcome) -> String {
 
 /// Resolves the settings (prompting if needed), connects, and runs until the session ends.
 pub fn run(args: &ClientArgs) -> Result<Outcome, RunError> {
-    let flags = args.flags();
+    let flags = &args.flags;
     let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
     let mut prompter = stdin_prompter();
     let settings =
-        ClientSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
+        ClientSettings::resolve(flags, &file, &mut prompter).map_err(RunError::Config)?;
     if settings.chat_name.is_none() {
         let _ = prompter.say(&format!(
             "sending {:?} every {}, answering heartbeats after {}",

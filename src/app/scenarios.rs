@@ -42,7 +42,7 @@ pub struct ScenarioArgs {
     pub case: Option<u8>,
     /// Wire to run the cases over
     #[arg(long, value_enum, default_value = "line")]
-    pub wire: crate::app::cli::WireArg,
+    pub wire: Wire,
     /// How late an observed heartbeat or END may be and still pass [default: 50ms, at most
     /// half an interval]. Raise it on a heavily loaded machine.
     #[arg(long, value_name = "DUR", value_parser = crate::config::parse_duration)]
@@ -256,6 +256,7 @@ impl Harness {
             max_conns: 16,
             max_line: crate::config::defaults::MAX_LINE,
             queue: crate::config::defaults::QUEUE,
+            stall: crate::config::defaults::STALL,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();
@@ -814,7 +815,7 @@ fn server_step(e: &Event) -> bool {
 
 /// Runs the scenarios as the binary does; `Ok(true)` when all passed.
 pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
-    let wire = Wire::from(args.wire);
+    let wire = args.wire;
     let mut t = Timings::scaled(args.speed);
     if let Some(tol) = args.tolerance {
         // Past half an interval a heartbeat on the wrong beat would pass: refuse that.

@@ -47,11 +47,11 @@ impl std::error::Error for RunError {}
 
 /// Resolves the settings (prompting if needed), listens, and serves until SIGINT/SIGTERM.
 pub fn run(args: &ServerArgs) -> Result<(), RunError> {
-    let flags = args.flags();
+    let flags = &args.flags;
     let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
     let mut prompter = stdin_prompter();
     let settings =
-        ServerSettings::resolve(&flags, &file, &mut prompter).map_err(RunError::Config)?;
+        ServerSettings::resolve(flags, &file, &mut prompter).map_err(RunError::Config)?;
     let hb = settings.heartbeat;
     if let Some(asked) = settings.idle_raised_from {
         let _ = prompter.say(&format!(

@@ -25,6 +25,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::core::client::Outcome;
+use crate::core::heartbeat::Action;
 use crate::core::wire::EndReason;
 
 /// Prefix of every reply: the server's echo and the client's heartbeat answer.
@@ -198,6 +199,116 @@ impl ClassicEnd {
             5 => Self::ClientClosed,
             _ => return None,
         })
+    }
+}
+
+/// The two sockets of a classic connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassicSocket {
+    /// The client's connection to the server: messages and their echoes.
+    Data,
+    /// The server's connection back to the client: heartbeats and their replies.
+    Heartbeat,
+}
+
+impl ClassicEnd {
+    /// True when `End Connection` is written on `socket` before it is closed: whenever the
+    /// server says it at all ([`ClassicEnd::sends_end_connection`]), except on the socket
+    /// whose failure ended the connection (a write there would only stall or fail again).
+    pub fn end_connection_on(self, socket: ClassicSocket) -> bool {
+        let failed = match socket {
+            ClassicSocket::Data => Self::DataWriteFailed,
+            ClassicSocket::Heartbeat => Self::HeartbeatLost,
+        };
+        self.sends_end_connection() && self != failed
+    }
+}
+
+/// The state of the heartbeat socket, as the server's companion thread sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatSocket {
+    /// Not connected back (yet, or ever): the heartbeat core keeps its schedule anyway.
+    Absent,
+    /// Connected, and the client has not closed its end.
+    Open,
+    /// The client closed (or reset) its end: nothing can be sent or answered there.
+    Closed,
+}
+
+/// What the server does with one action of the heartbeat core on the classic wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum HeartbeatStep {
+    /// Write [`HEARTBEAT`] on the heartbeat socket (heartbeat `k` of the round); a failed
+    /// write ends the connection with [`ClassicEnd::HeartbeatLost`].
+    Send(u32),
+    /// Heartbeat `k` is due but there is no socket to send it on: log it and go on, so a
+    /// silent client is still closed on time.
+    NotSent(u32),
+    /// End the connection for this reason.
+    End(ClassicEnd),
+}
+
+impl HeartbeatStep {
+    /// The decision for `action` with the heartbeat socket in state `socket`.
+    pub fn decide(action: Action, socket: HeartbeatSocket) -> Self {
+        match (action, socket) {
+            (Action::Dead, _) => Self::End(ClassicEnd::HeartbeatTimeout),
+            (Action::SendPing(k), HeartbeatSocket::Absent) => Self::NotSent(k),
+            // A client that closed its heartbeat socket cannot answer: a dead peer now, not
+            // count intervals later.
+            (Action::SendPing(_), HeartbeatSocket::Closed) => Self::End(ClassicEnd::HeartbeatLost),
+            (Action::SendPing(k), HeartbeatSocket::Open) => Self::Send(k),
+        }
+    }
+
+    /// True when `action` starts a heartbeat round (its first heartbeat is due), which the
+    /// server logs whatever it then does: send it, note it cannot, or end the connection.
+    pub fn starts_round(action: Action) -> bool {
+        action == Action::SendPing(1)
+    }
+}
+
+/// The connect-back's attempts on a [`ConnectBackSchedule`]: when the next one is due and how
+/// many were made. The thread that makes them owns the socket and the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectBackAttempts {
+    sched: ConnectBackSchedule,
+    start: Instant,
+    made: u32,
+}
+
+impl ConnectBackAttempts {
+    /// The first attempt is due at `now`.
+    pub fn new(sched: ConnectBackSchedule, now: Instant) -> Self {
+        Self {
+            sched,
+            start: now,
+            made: 0,
+        }
+    }
+
+    /// When the next attempt is due; `None` once the schedule is used up (then give up).
+    pub fn next_at(&self) -> Option<Instant> {
+        self.sched
+            .attempt_at(self.made)
+            .and_then(|d| self.start.checked_add(d))
+    }
+
+    /// Records that an attempt starts; returns how many have been made, this one included.
+    pub fn start_attempt(&mut self) -> u32 {
+        self.made += 1;
+        self.made
+    }
+
+    /// Attempts made so far.
+    pub fn made(&self) -> u32 {
+        self.made
+    }
+
+    /// How long one attempt may take.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.sched.attempt_timeout()
     }
 }
 
@@ -390,6 +501,64 @@ mod tests {
             messages: None,
             patience: ms(1000),
         }
+    }
+
+    #[test]
+    fn end_connection_goes_on_every_socket_but_the_one_that_failed() {
+        use ClassicSocket::{Data, Heartbeat};
+        for why in [ClassicEnd::HeartbeatTimeout, ClassicEnd::ServerShutdown] {
+            assert!(why.end_connection_on(Data) && why.end_connection_on(Heartbeat));
+        }
+        let lost = ClassicEnd::HeartbeatLost;
+        assert!(lost.end_connection_on(Data) && !lost.end_connection_on(Heartbeat));
+        let stalled = ClassicEnd::DataWriteFailed;
+        assert!(!stalled.end_connection_on(Data) && stalled.end_connection_on(Heartbeat));
+        let closed = ClassicEnd::ClientClosed;
+        assert!(!closed.end_connection_on(Data) && !closed.end_connection_on(Heartbeat));
+    }
+
+    #[test]
+    fn heartbeat_steps() {
+        use HeartbeatSocket::{Absent, Closed, Open};
+        assert_eq!(
+            HeartbeatStep::decide(Action::SendPing(1), Open),
+            HeartbeatStep::Send(1)
+        );
+        assert_eq!(
+            HeartbeatStep::decide(Action::SendPing(2), Absent),
+            HeartbeatStep::NotSent(2)
+        );
+        assert_eq!(
+            HeartbeatStep::decide(Action::SendPing(1), Closed),
+            HeartbeatStep::End(ClassicEnd::HeartbeatLost)
+        );
+        for socket in [Absent, Open, Closed] {
+            assert_eq!(
+                HeartbeatStep::decide(Action::Dead, socket),
+                HeartbeatStep::End(ClassicEnd::HeartbeatTimeout)
+            );
+        }
+        assert!(HeartbeatStep::starts_round(Action::SendPing(1)));
+        assert!(!HeartbeatStep::starts_round(Action::SendPing(2)));
+        assert!(!HeartbeatStep::starts_round(Action::Dead));
+    }
+
+    #[test]
+    fn connect_back_attempts_follow_the_schedule_then_stop() {
+        let t0 = Instant::now();
+        let sched = ConnectBackSchedule {
+            step: ms(50),
+            limit: ms(120),
+        };
+        let mut a = ConnectBackAttempts::new(sched, t0);
+        let mut due = Vec::new();
+        while let Some(at) = a.next_at() {
+            due.push(at - t0);
+            a.start_attempt();
+        }
+        assert_eq!(due, [ms(0), ms(50), ms(100)]);
+        assert_eq!(a.made(), sched.attempts());
+        assert_eq!(a.attempt_timeout(), ms(50));
     }
 
     #[test]

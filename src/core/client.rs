@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::config::Mode;
 use crate::core::display::{safe, safe_bytes};
+use crate::core::mode::Mode;
 use crate::core::wire::{ClientMsg, EndReason, ErrCode, ServerMsg};
 
 /// A line-wire server sends `HELLO` as soon as it accepts. Without it after this long the

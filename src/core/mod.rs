@@ -5,6 +5,7 @@ pub mod client;
 pub mod display;
 pub mod heartbeat;
 pub mod hub;
+pub mod mode;
 pub mod node;
 pub mod room;
 pub mod session;

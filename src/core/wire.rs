@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::Mode;
+use crate::core::mode::Mode;
 
 /// Why a connection is being ended (`END REASON`, `LEFT NAME REASON`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -752,6 +752,40 @@ mod tests {
         for r in EndReason::ALL {
             assert_eq!(EndReason::parse(r.as_str()), Some(r));
         }
+    }
+
+    /// `EndReason::ALL` cannot silently miss a variant. The match below has no `_` arm, so a
+    /// new variant does not compile until it is given its place in ALL here; `at::<K>()` does
+    /// not compile while ALL has no index K (the next free number is the natural choice), and
+    /// the loop checks that every place given here is where ALL holds that variant.
+    #[test]
+    fn end_reason_all_lists_every_variant_in_order() {
+        fn at<const K: usize>() -> usize {
+            const {
+                assert!(
+                    K < EndReason::ALL.len(),
+                    "add the new variant to EndReason::ALL"
+                )
+            };
+            K
+        }
+        fn place(r: EndReason) -> usize {
+            match r {
+                EndReason::HeartbeatTimeout => at::<0>(),
+                EndReason::Quit => at::<1>(),
+                EndReason::ServerShutdown => at::<2>(),
+                EndReason::ServerFull => at::<3>(),
+                EndReason::LineTooLong => at::<4>(),
+                EndReason::SlowConsumer => at::<5>(),
+                EndReason::Closed => at::<6>(),
+            }
+        }
+        for (i, r) in EndReason::ALL.into_iter().enumerate() {
+            assert_eq!(place(r), i, "{r:?} is at {i} in EndReason::ALL");
+        }
+        let words: std::collections::HashSet<_> =
+            EndReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(words.len(), EndReason::ALL.len(), "one word per reason");
     }
 
     #[test]

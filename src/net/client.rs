@@ -5,9 +5,8 @@
 //! before it judges the server silent: a client stopped with SIGSTOP and resumed long after
 //! its deadline first reads the `END` waiting in the socket, then decides.
 
-use std::fmt;
 use std::io::{self, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,91 +17,15 @@ use crate::core::client::{Client, ClientAction, ClientConfig, CloseKind, Outcome
 use crate::core::display::safe_bytes;
 use crate::core::wire::{ClientMsg, LineDecoder, ServerMsg};
 use crate::net::events::EventLog;
+// Shared with the classic client; re-exported so `crate::net::client::ClientError` keeps working.
+pub use crate::net::client_common::{connect, ClientError, ClientEvent};
 
-/// How long to try to connect to each address of the server.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A write that makes no progress for this long means the server is not reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// After QUIT, how long to wait for `END quit` before leaving anyway.
 pub(crate) const QUIT_WAIT: Duration = Duration::from_secs(1);
 /// Longest line accepted from the server.
 const MAX_SERVER_LINE: usize = 1 << 20;
-
-/// What the client saw and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientEvent {
-    /// Connected to the server.
-    Connected(SocketAddr),
-    /// A line was written (without its `\n`).
-    Sent(String),
-    /// A line arrived (without its `\n`).
-    Received(String),
-    /// The server sent something that is not on the line wire.
-    Garbled(String),
-}
-
-impl fmt::Display for ClientEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Connected(a) => write!(f, "connected to {a}"),
-            Self::Sent(l) => write!(f, "-> {l}"),
-            Self::Received(l) => write!(f, "<- {l}"),
-            Self::Garbled(l) => write!(f, "<- (not understood) {l}"),
-        }
-    }
-}
-
-/// Why the client could not run a session.
-#[derive(Debug)]
-pub enum ClientError {
-    /// No address of the server accepted the connection.
-    Connect {
-        /// `host:port`.
-        addr: String,
-        /// The last OS error.
-        source: io::Error,
-    },
-    /// The settings ask for something this build does not do yet.
-    Unsupported(String),
-    /// The server refused the chat name (`ERR` in answer to `JOIN`); the message says why.
-    NameRefused(String),
-    /// Setting up the session failed (a thread or a socket clone could not be had).
-    Io(io::Error),
-    /// Classic wire: the heartbeat listener could not be bound on `client.host:client.port`.
-    Listen {
-        /// `host:port`.
-        addr: String,
-        /// The OS error.
-        source: io::Error,
-    },
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
-            Self::Unsupported(what) => f.write_str(what),
-            Self::NameRefused(why) => f.write_str(why),
-            Self::Io(e) => write!(f, "cannot start the session: {e}"),
-            Self::Listen { addr, source } => {
-                write!(
-                    f,
-                    "cannot listen for the heartbeat socket on {addr}: {source}"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for ClientError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Connect { source, .. } | Self::Listen { source, .. } => Some(source),
-            Self::Io(source) => Some(source),
-            Self::Unsupported(_) | Self::NameRefused(_) => None,
-        }
-    }
-}
 
 /// Bytes read per `recv`, and reads per [`ServerReader::drain`] (a server that floods must
 /// not keep the session from its own deadlines; the rest is read on the next turn).
@@ -271,17 +194,6 @@ fn feed(
         }
     }
     None
-}
-
-/// Connects to `host:port`, trying each resolved address.
-pub fn connect(host: &str, port: u16) -> Result<TcpStream, ClientError> {
-    crate::net::try_each_addr(host, port, |a| {
-        TcpStream::connect_timeout(&a, CONNECT_TIMEOUT)
-    })
-    .map_err(|source| ClientError::Connect {
-        addr: format!("{host}:{port}"),
-        source,
-    })
 }
 
 /// Runs one session in manual mode until it ends; `stop` firing means the user asked to leave.

@@ -3,6 +3,7 @@
 pub mod chat_client;
 pub mod classic;
 pub mod client;
+pub mod client_common;
 pub mod conn;
 pub mod events;
 pub mod loadgen;

@@ -616,8 +616,7 @@ fn session_config(settings: &ServerSettings) -> SessionConfig {
         heartbeat: settings.heartbeat,
         max_line: settings.max_line,
         queue: settings.queue,
-        // TEMP until --stall lands from the config work.
-        stall: Duration::from_millis(500),
+        stall: settings.stall,
     }
 }
 

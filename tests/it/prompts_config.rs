@@ -506,3 +506,32 @@ fn numbers_given_as_strings_in_the_config_are_accepted() {
         "HELLO hb/1 idle=3000 interval=500 count=2 mode=echo"
     );
 }
+
+/// `--stall DUR` (flow control's bound): zero is refused by flag and in the file, naming the
+/// key; `--help` shows its unit and default.
+#[test]
+fn stall_is_validated_and_documented() {
+    let mut p = Proc::spawn(
+        "hb-server",
+        &["--defaults", "--stall", "0"],
+        &temp_dir(),
+        None,
+    );
+    assert_eq!(p.wait(PROMPT).code(), Some(2));
+    assert!(p.stderr.text().contains("--stall"), "{}", p.stderr.text());
+    let dir = write_config(r#"{"server": {"stall": "0ms"}}"#);
+    let mut p = Proc::spawn("hb-server", &["--defaults"], &dir, None);
+    assert_eq!(p.wait(PROMPT).code(), Some(2));
+    assert!(
+        p.stderr
+            .text()
+            .starts_with("hb-server: configuration.json: server.stall: "),
+        "{}",
+        p.stderr.text()
+    );
+    let mut p = Proc::spawn("hb-server", &["--help"], &temp_dir(), None);
+    assert_eq!(p.wait(PROMPT).code(), Some(0));
+    let help = p.stdout.text();
+    assert!(help.contains("--stall <DUR>"), "{help}");
+    assert!(help.contains("[default: 500ms]"), "{help}");
+}

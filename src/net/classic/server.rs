@@ -1,6 +1,5 @@
-//! The classic wire on real sockets: the server's two threads per client and the client.
+//! The classic wire's server: two threads per client.
 //!
-//! ## Server, per client
 //! ```text
 //!            accept loop (Server::run, shared with the line wire)
 //!                   │ admit: registers a ClassicConn, spawns two threads
@@ -19,38 +18,36 @@
 //! ([`ClassicEnd`]); each sleeps in poll(2) on its socket and an eventfd "bell" the other rings,
 //! so every wait is bounded by the core's next deadline and either side can end both at once.
 //!
+//! The protocol's decisions are in [`crate::core::classic`]: what a heartbeat action means with
+//! the heartbeat socket absent, open or closed ([`HeartbeatStep`]), on which sockets `End
+//! Connection` goes ([`ClassicEnd::end_connection_on`]), when the connect-back is tried and
+//! given up ([`ConnectBackAttempts`]), and the echo's bytes. The threads here read, write, wait
+//! and log; what is left to them is naming what their own I/O saw (end of file or a read error:
+//! the client closed; a failed echo or heartbeat write: `DataWriteFailed`, `HeartbeatLost`).
+//!
 //! Fixed flaws of the original: a failed connect-back is logged and the client is still closed
 //! after idle + count * interval of silence (the core keeps its schedule, there is just no
 //! socket to send on); heartbeat replies are read as they arrive and the socket is drained
 //! right before every heartbeat, so a late reply proves liveness when it arrived and can never
 //! answer a later heartbeat; a failed heartbeat send ends the connection as a dead peer.
-//!
-//! ## Client
-//! The heartbeat listener is bound before the data socket connects. One thread reads the data
-//! socket, one accepts and reads the heartbeat socket; the calling thread is the only writer of
-//! both and drives the pure [`ClassicClient`].
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
-
-use crate::config::{ClientSettings, ServerSettings};
+use super::WRITE_STALL;
+use crate::config::ServerSettings;
 use crate::core::classic::{
-    echo_reply, ClassicClient, ClassicClientAction, ClassicClientConfig, ClassicEnd,
-    ConnectBackSchedule, ECHO_PATIENCE, END_CONNECTION, HEARTBEAT, READ_SIZE,
+    echo_reply, ClassicEnd, ClassicSocket, ConnectBackAttempts, ConnectBackSchedule,
+    HeartbeatSocket, HeartbeatStep, END_CONNECTION, HEARTBEAT, READ_SIZE,
 };
-use crate::core::client::{sniff, Mismatch, Outcome, Sniff};
-use crate::core::display::safe_bytes;
-use crate::core::heartbeat::{Action, Heartbeat};
+use crate::core::heartbeat::Heartbeat;
 use crate::core::wire::EndReason;
-use crate::net::client::{ClientError, ClientEvent};
 use crate::net::conn::{linger, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 
@@ -58,14 +55,8 @@ use crate::net::events::{Event, EventLog};
 const THREAD_STACK: usize = 128 * 1024;
 /// Longest sleep when the heartbeat core has no deadline (absurdly large settings).
 const MAX_WAIT: Duration = Duration::from_secs(60);
-/// A write that makes no progress for this long means the peer stopped reading.
-const WRITE_STALL: Duration = Duration::from_secs(2);
 /// How long the final `End Connection` may take before the socket is closed anyway.
 const END_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
-/// How often the client's accept thread checks whether the session is over.
-const ACCEPT_TICK: Duration = Duration::from_millis(50);
-/// How long the client's threads may take to notice their sockets were shut down.
-const JOIN_WAIT: Duration = Duration::from_secs(1);
 
 /// An eventfd that wakes a thread sleeping in poll(2).
 struct Bell(OwnedFd);
@@ -156,6 +147,17 @@ impl ClassicConn {
         self.data_bell.ring();
         self.hb_bell.ring();
         first
+    }
+
+    /// A heartbeat could not be written: the peer is lost (logged once, by the first reason).
+    fn heartbeat_write_failed(&self, e: io::Error) {
+        if self.set_end(ClassicEnd::HeartbeatLost) {
+            self.log.emit(Event::WriteFailed {
+                id: self.id,
+                peer: self.peer,
+                error: e.to_string(),
+            });
+        }
     }
 
     /// Any bytes from the client prove it alive; logs the end of a round.
@@ -379,7 +381,7 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
     let why = conn.end().unwrap_or(ClassicEnd::ClientClosed);
     if why.sends_end_connection() {
         let mut written = false;
-        if why != ClassicEnd::DataWriteFailed {
+        if why.end_connection_on(ClassicSocket::Data) {
             let _ = stream.set_write_timeout(Some(END_WRITE_TIMEOUT));
             written = (&*stream).write_all(END_CONNECTION).is_ok();
         }
@@ -399,13 +401,12 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
     reg.release(conn);
 }
 
-/// The connect-back in progress: attempts on [`ConnectBackSchedule`], interleaved with the
-/// heartbeat core's deadlines so a client is closed on time even if it never listens.
+/// The connect-back in progress: attempts on [`ConnectBackSchedule`] (counted by the core's
+/// [`ConnectBackAttempts`]), interleaved with the heartbeat core's deadlines so a client is
+/// closed on time even if it never listens.
 struct ConnectBack {
     to: SocketAddr,
-    sched: ConnectBackSchedule,
-    start: Instant,
-    made: u32,
+    attempts: ConnectBackAttempts,
     last_error: String,
 }
 
@@ -413,30 +414,26 @@ impl ConnectBack {
     fn new(to: SocketAddr, now: Instant) -> Self {
         Self {
             to,
-            sched: ConnectBackSchedule::default(),
-            start: now,
-            made: 0,
+            attempts: ConnectBackAttempts::new(ConnectBackSchedule::default(), now),
             last_error: String::from("no attempt made"),
         }
     }
 
     /// When the next attempt is due, `None` once the schedule is used up.
     fn next_at(&self) -> Option<Instant> {
-        self.sched
-            .attempt_at(self.made)
-            .and_then(|d| self.start.checked_add(d))
+        self.attempts.next_at()
     }
 
     /// Makes one attempt (bounded by the schedule's step).
     fn attempt(&mut self, conn: &ClassicConn) -> Option<TcpStream> {
-        self.made += 1;
-        match TcpStream::connect_timeout(&self.to, self.sched.attempt_timeout()) {
+        let made = self.attempts.start_attempt();
+        match TcpStream::connect_timeout(&self.to, self.attempts.attempt_timeout()) {
             Ok(s) => {
                 conn.log.emit(Event::ConnectedBack {
                     id: conn.id,
                     peer: conn.peer,
                     to: self.to,
-                    attempts: self.made,
+                    attempts: made,
                 });
                 Some(s)
             }
@@ -454,7 +451,7 @@ impl ConnectBack {
             id: conn.id,
             peer: conn.peer,
             to: self.to,
-            attempts: self.made,
+            attempts: self.attempts.made(),
             error: self.last_error,
         });
     }
@@ -522,48 +519,39 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
             }
         }
         let now = Instant::now();
+        let socket = match (&sock, readable) {
+            (None, _) => HeartbeatSocket::Absent,
+            (Some(_), true) => HeartbeatSocket::Open,
+            (Some(_), false) => HeartbeatSocket::Closed,
+        };
         loop {
-            let action = conn.heartbeat().poll(now);
-            match action {
-                None => break,
-                Some(Action::SendPing(k)) => {
-                    if k == 1 {
-                        conn.log.emit(Event::RoundStarted { id, peer, idle });
-                    }
-                    match &sock {
-                        // Still connecting back, or never managed to: the core keeps the
-                        // schedule, so a silent client is still closed on time.
-                        None => conn.log.emit(Event::HeartbeatNotSent {
-                            id,
-                            peer,
-                            k,
-                            n: count,
-                        }),
-                        Some(_) if !readable => {
-                            conn.set_end(ClassicEnd::HeartbeatLost);
-                        }
-                        Some(s) => match (&*s).write_all(HEARTBEAT) {
-                            Ok(()) => conn.log.emit(Event::PingSent {
-                                id,
-                                peer,
-                                k,
-                                n: count,
-                            }),
-                            Err(e) => {
-                                if conn.set_end(ClassicEnd::HeartbeatLost) {
-                                    conn.log.emit(Event::WriteFailed {
-                                        id,
-                                        peer,
-                                        error: e.to_string(),
-                                    });
-                                }
-                            }
-                        },
-                    }
+            let Some(action) = conn.heartbeat().poll(now) else {
+                break;
+            };
+            if HeartbeatStep::starts_round(action) {
+                conn.log.emit(Event::RoundStarted { id, peer, idle });
+            }
+            match HeartbeatStep::decide(action, socket) {
+                HeartbeatStep::NotSent(k) => conn.log.emit(Event::HeartbeatNotSent {
+                    id,
+                    peer,
+                    k,
+                    n: count,
+                }),
+                HeartbeatStep::End(why) => {
+                    conn.set_end(why);
                 }
-                Some(Action::Dead) => {
-                    conn.set_end(ClassicEnd::HeartbeatTimeout);
-                }
+                // `Open`: there is a socket.
+                HeartbeatStep::Send(k) => match sock.as_ref().map(|s| (&*s).write_all(HEARTBEAT)) {
+                    Some(Ok(())) => conn.log.emit(Event::PingSent {
+                        id,
+                        peer,
+                        k,
+                        n: count,
+                    }),
+                    Some(Err(e)) => conn.heartbeat_write_failed(e),
+                    None => {}
+                },
             }
             if conn.end().is_some() {
                 break;
@@ -592,7 +580,7 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
     }
     let why = conn.end().unwrap_or(ClassicEnd::ClientClosed);
     if let Some(s) = sock.take() {
-        if why.sends_end_connection() && why != ClassicEnd::HeartbeatLost {
+        if why.end_connection_on(ClassicSocket::Heartbeat) {
             let _ = s.set_write_timeout(Some(END_WRITE_TIMEOUT));
             if (&s).write_all(END_CONNECTION).is_ok() && readable {
                 // A late `Echoing...heartbeat` may be on its way: drain it (bounded), or
@@ -604,312 +592,4 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
     }
     conn.data_bell.ring();
     reg.release(conn);
-}
-
-/// Bytes for a log line: text as is, control characters escaped.
-fn show(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for c in String::from_utf8_lossy(bytes).chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Binds the classic client's heartbeat listener on `host:port` (port 0: any free port).
-pub fn listen_for_heartbeat(host: &str, port: u16) -> Result<TcpListener, ClientError> {
-    crate::net::try_each_addr(host, port, TcpListener::bind).map_err(|source| ClientError::Listen {
-        addr: format!("{host}:{port}"),
-        source,
-    })
-}
-
-/// What the client's reader threads report.
-enum Incoming {
-    Data(Vec<u8>, Instant),
-    DataClosed(Instant),
-    HbConnected(TcpStream, SocketAddr),
-    Hb(Vec<u8>, Instant),
-    HbClosed,
-}
-
-fn read_data(mut s: TcpStream, tx: Sender<Incoming>) {
-    let mut buf = [0u8; READ_SIZE];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Incoming::DataClosed(Instant::now()));
-                return;
-            }
-            Ok(n) => {
-                if tx
-                    .send(Incoming::Data(buf[..n].to_vec(), Instant::now()))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn accept_and_read_heartbeat(listener: TcpListener, done: &AtomicBool, tx: Sender<Incoming>) {
-    let mut sock = loop {
-        if done.load(Ordering::Acquire) {
-            return;
-        }
-        if !matches!(poll_listener(&listener, ACCEPT_TICK), Ok(true)) {
-            continue;
-        }
-        match listener.accept() {
-            Ok((s, from)) => break (s, from),
-            Err(_) => thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    // One heartbeat socket per session, like the original: stop listening once it is here.
-    drop(listener);
-    let _ = sock.0.set_nonblocking(false);
-    let Ok(writer) = sock.0.try_clone() else {
-        return;
-    };
-    if tx.send(Incoming::HbConnected(writer, sock.1)).is_err() {
-        return;
-    }
-    // The session may end before the socket is handed over (and so shut down): wake up every
-    // tick to notice.
-    let _ = sock.0.set_read_timeout(Some(ACCEPT_TICK));
-    let mut buf = [0u8; READ_SIZE];
-    while !done.load(Ordering::Acquire) {
-        match sock.0.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                if tx
-                    .send(Incoming::Hb(buf[..n].to_vec(), Instant::now()))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Err(e) if crate::net::is_retryable_read(&e) => {}
-            Ok(_) | Err(_) => {
-                let _ = tx.send(Incoming::HbClosed);
-                return;
-            }
-        }
-    }
-}
-
-fn poll_listener(l: &TcpListener, wait: Duration) -> io::Result<bool> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec {
-        tv_sec: wait.as_secs() as _,
-        tv_nsec: wait.subsec_nanos() as _,
-    };
-    let mut fds = [PollFd::new(l, PollFlags::IN)];
-    match poll(&mut fds, Some(&timeout)) {
-        Ok(n) => Ok(n > 0),
-        Err(rustix::io::Errno::INTR) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Runs one classic-wire client session: listens on `client.host:client.port` for the
-/// server's heartbeat socket, then connects the data socket. `stop` firing ends it (exit 0).
-pub fn run_client(
-    settings: &ClientSettings,
-    log: &EventLog<ClientEvent>,
-    stop: &Receiver<()>,
-) -> Result<Outcome, ClientError> {
-    let listener = listen_for_heartbeat(&settings.listen_host, settings.listen_port)?;
-    run_client_with_listener(settings, listener, log, stop)
-}
-
-/// Like [`run_client`] with a heartbeat listener bound by the caller (so the caller knows its
-/// port before the server needs it).
-pub fn run_client_with_listener(
-    settings: &ClientSettings,
-    listener: TcpListener,
-    log: &EventLog<ClientEvent>,
-    stop: &Receiver<()>,
-) -> Result<Outcome, ClientError> {
-    let listen_err = |source| ClientError::Listen {
-        addr: format!("{}:{}", settings.listen_host, settings.listen_port),
-        source,
-    };
-    listener.set_nonblocking(true).map_err(listen_err)?;
-    let data = crate::net::client::connect(&settings.host, settings.port)?;
-    let _ = data.set_nodelay(true);
-    let _ = data.set_write_timeout(Some(WRITE_STALL));
-    if let Ok(p) = data.peer_addr() {
-        log.emit(ClientEvent::Connected(p));
-    }
-    let connect_err = |source| ClientError::Connect {
-        addr: format!("{}:{}", settings.host, settings.port),
-        source,
-    };
-    let (tx, rx) = crossbeam_channel::bounded(1024);
-    let done = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (s, tx) = (data.try_clone().map_err(connect_err)?, tx.clone());
-        thread::spawn(move || read_data(s, tx))
-    };
-    let hb_reader = {
-        let done = done.clone();
-        thread::spawn(move || accept_and_read_heartbeat(listener, &done, tx))
-    };
-    let cfg = ClassicClientConfig {
-        every: settings.every,
-        block: settings.block,
-        message: settings.message.clone().into_bytes(),
-        messages: settings.messages,
-        patience: ECHO_PATIENCE,
-    };
-    let mut hb_sock = None;
-    let outcome = client_session(
-        &data,
-        &mut hb_sock,
-        ClassicClient::new(cfg, Instant::now()),
-        &rx,
-        stop,
-        log,
-    );
-    done.store(true, Ordering::Release);
-    let _ = data.shutdown(Shutdown::Both);
-    // The heartbeat socket may still be in the channel, not yet handed over: take it too.
-    for inc in rx.try_iter() {
-        if let Incoming::HbConnected(s, _) = inc {
-            hb_sock = Some(s);
-        }
-    }
-    if let Some(s) = &hb_sock {
-        let _ = s.shutdown(Shutdown::Both);
-    }
-    drop(rx);
-    // Both threads end once their sockets are shut down (or within one accept tick).
-    let deadline = Instant::now() + JOIN_WAIT;
-    for t in [reader, hb_reader] {
-        while !t.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(2));
-        }
-        if t.is_finished() {
-            let _ = t.join();
-        }
-    }
-    Ok(outcome)
-}
-
-fn client_session(
-    data: &TcpStream,
-    hb_sock: &mut Option<TcpStream>,
-    mut client: ClassicClient,
-    rx: &Receiver<Incoming>,
-    stop: &Receiver<()>,
-    log: &EventLog<ClientEvent>,
-) -> Outcome {
-    // A dropped sender must not end the session: stop listening to it instead.
-    let mut stop = stop.clone();
-    // The first data bytes, until they show whether the server speaks the classic wire.
-    let mut first = Some(Vec::new());
-    loop {
-        let now = Instant::now();
-        while let Some(action) = client.poll(now) {
-            match action {
-                ClassicClientAction::SendData(bytes) => {
-                    if (&*data).write_all(&bytes).is_err() {
-                        // The server is gone; an `End Connection` it sent first still says why.
-                        while let Ok(inc) = rx.recv_timeout(Duration::from_millis(50)) {
-                            if let Some(o) = handle(&mut client, hb_sock, &mut first, inc, log) {
-                                return o;
-                            }
-                        }
-                        return client.handle_data_eof(Instant::now());
-                    }
-                    log.emit(ClientEvent::Sent(show(&bytes)));
-                }
-                ClassicClientAction::SendHeartbeatReply(bytes) => {
-                    // A failed reply is the server's loss to notice; the data socket tells us.
-                    if let Some(s) = hb_sock.as_ref() {
-                        if (&*s).write_all(&bytes).is_ok() {
-                            log.emit(ClientEvent::Sent(format!("[heartbeat] {}", show(&bytes))));
-                        }
-                    }
-                }
-                ClassicClientAction::Finish(o) => return o,
-            }
-        }
-        let timeout = client
-            .poll_timeout()
-            .map_or(Duration::from_secs(3600), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-        select! {
-            recv(rx) -> inc => {
-                let Ok(inc) = inc else { return client.handle_data_eof(Instant::now()) };
-                if let Some(o) = handle(&mut client, hb_sock, &mut first, inc, log) {
-                    return o;
-                }
-            }
-            recv(stop) -> msg => {
-                if msg.is_ok() {
-                    return Outcome::UserEnded;
-                }
-                stop = crossbeam_channel::never();
-            }
-            default(timeout) => {}
-        }
-    }
-}
-
-/// A line-wire server greets with `HELLO hb/1 ` (or refuses with `END `), where a classic
-/// one sends nothing before `Echoing...`: the first data bytes tell them apart.
-fn sniff_line_wire(first: &mut Option<Vec<u8>>, bytes: &[u8]) -> Option<Outcome> {
-    let seen = first.as_mut()?;
-    seen.extend_from_slice(&bytes[..bytes.len().min(16)]);
-    match sniff(seen) {
-        Sniff::NeedMore => None,
-        Sniff::Foreign => {
-            *first = None;
-            None
-        }
-        Sniff::LineWire => Some(Outcome::Mismatch(Mismatch::LineWireServer)),
-    }
-}
-
-fn handle(
-    client: &mut ClassicClient,
-    hb_sock: &mut Option<TcpStream>,
-    first: &mut Option<Vec<u8>>,
-    inc: Incoming,
-    log: &EventLog<ClientEvent>,
-) -> Option<Outcome> {
-    match inc {
-        Incoming::Data(bytes, at) => {
-            log.emit(ClientEvent::Received(safe_bytes(&bytes)));
-            if let Some(mismatch) = sniff_line_wire(first, &bytes) {
-                return Some(mismatch);
-            }
-            client.handle_data(at, &bytes)
-        }
-        Incoming::DataClosed(at) => Some(client.handle_data_eof(at)),
-        Incoming::HbConnected(s, from) => {
-            let _ = s.set_nodelay(true);
-            let _ = s.set_write_timeout(Some(WRITE_STALL));
-            log.emit(ClientEvent::Received(format!(
-                "[heartbeat] socket connected from {from}"
-            )));
-            *hb_sock = Some(s);
-            None
-        }
-        Incoming::Hb(bytes, at) => {
-            log.emit(ClientEvent::Received(format!(
-                "[heartbeat] {}",
-                safe_bytes(&bytes)
-            )));
-            client.handle_heartbeat(at, &bytes)
-        }
-        // The data socket decides how the session ends.
-        Incoming::HbClosed => None,
-    }
 }

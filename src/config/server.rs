@@ -1,0 +1,469 @@
+//! `hb-server`'s settings: one options struct for flags and file, resolved into
+//! [`ServerSettings`].
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::prompt::setting;
+use super::{bad, defaults, origin, parse_duration, ConfigError, FileConfig, Mode, Prompter, Wire};
+use crate::core::heartbeat::{HeartbeatConfig, HeartbeatConfigError};
+
+/// Every server setting, declared once: the flags of `hb-server` (clap fills it from the
+/// command line; each field's doc comment is its `--help` text) and the `server` object of
+/// configuration.json (the file's key is the field's name, `server.max_conns` for
+/// `--max-conns`). `None` where that source does not say; [`ServerOptions::or`] merges the two
+/// and [`ServerSettings::resolve`] turns the result into checked settings.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct ServerOptions {
+    /// Address or host name to listen on [default: 127.0.0.1]
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// TCP port to listen on; 0 picks any free port (the log shows which) [default: 8000]
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+    /// Time between heartbeats within a round, i.e. how long each heartbeat waits for an
+    /// answer (DUR) [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Unanswered heartbeats in a row before the connection is closed (a number)
+    /// [default: 3]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub count: Option<u32>,
+    /// Silence from a client before its heartbeat round starts (DUR); raised to
+    /// INTERVAL x COUNT when smaller, as in the manual [default: 30s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub idle: Option<Duration>,
+    /// What to do with `MSG` lines [default: echo]
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Bytes on the socket [default: line]
+    #[arg(long, value_enum)]
+    pub wire: Option<Wire>,
+    /// Clients served at once (a number); newcomers beyond it are refused (`END
+    /// server-full` on the line wire). Lowered (and logged) to what vm.max_map_count
+    /// allows, about 8,000 on stock limits [default: 16384]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub max_conns: Option<usize>,
+    /// Longest line accepted, in bytes; longer gets `END line-too-long`. Line wire only
+    /// [default: 65536]
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
+    pub max_line: Option<usize>,
+    /// Bytes queued for one client before it is ended as a slow consumer. Line wire only
+    /// [default: 1048576]
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
+    pub queue: Option<usize>,
+    /// How long one client that cannot catch up may hold the senders back, or its socket
+    /// accept nothing, before it is ended as a slow consumer (DUR). Line wire only
+    /// [default: 500ms]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub stall: Option<Duration>,
+}
+
+impl ServerOptions {
+    /// Each setting from `self`, else from `fallback` (flags over the file).
+    pub fn or(&self, fallback: &ServerOptions) -> ServerOptions {
+        ServerOptions {
+            host: self.host.clone().or_else(|| fallback.host.clone()),
+            port: self.port.or(fallback.port),
+            interval: self.interval.or(fallback.interval),
+            count: self.count.or(fallback.count),
+            idle: self.idle.or(fallback.idle),
+            mode: self.mode.or(fallback.mode),
+            wire: self.wire.or(fallback.wire),
+            max_conns: self.max_conns.or(fallback.max_conns),
+            max_line: self.max_line.or(fallback.max_line),
+            queue: self.queue.or(fallback.queue),
+            stall: self.stall.or(fallback.stall),
+        }
+    }
+}
+
+/// Parses a whole number above zero (for `count` prompts and flags).
+pub fn parse_count(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number above zero")),
+    }
+}
+
+/// Parses a whole number above zero (for byte and connection limits).
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be greater than zero".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// `hb-server`'s command line: the settings, plus the two flags that are not settings.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerFlags {
+    /// Configuration file (manual layout: server.host / server.port, optionally
+    /// server.interval, count, idle, mode, wire, max_conns, max_line, queue, stall; with --wire
+    /// classic, client.port is where the server connects back for heartbeats) [default:
+    /// configuration.json if present]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Every other flag; `None` means "not given".
+    #[command(flatten)]
+    pub options: ServerOptions,
+    /// Never prompt: use defaults for whatever flags and the file leave unset
+    #[arg(long)]
+    pub defaults: bool,
+}
+
+/// Validated server settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on (0: any free port).
+    pub port: u16,
+    /// Heartbeat timing (idle already raised to interval * count if needed).
+    pub heartbeat: HeartbeatConfig,
+    /// The idle asked for, when it had to be raised.
+    pub idle_raised_from: Option<Duration>,
+    /// Echo or chat.
+    pub mode: Mode,
+    /// Line or classic.
+    pub wire: Wire,
+    /// Connections served at once; more are refused with `END server-full`.
+    pub max_conns: usize,
+    /// Longest accepted line in bytes.
+    pub max_line: usize,
+    /// Bytes queued for one client before it is a slow consumer.
+    pub queue: usize,
+    /// How long a recipient that cannot catch up may hold its senders back, or its socket
+    /// accept nothing, before it is ended with `END slow-consumer` (never zero).
+    pub stall: Duration,
+    /// Classic wire: the port the server connects back to for the heartbeat socket
+    /// (`client.port` of configuration.json, as in the manual; default 8001).
+    pub classic_client_port: u16,
+}
+
+fn heartbeat_error(e: HeartbeatConfigError) -> ConfigError {
+    bad("heartbeat settings", e.to_string())
+}
+
+impl ServerSettings {
+    /// Merges flags, the file and (for what neither sets, unless `--defaults`) prompts.
+    pub fn resolve<R: BufRead, W: Write>(
+        flags: &ServerFlags,
+        file: &FileConfig,
+        prompter: &mut Prompter<R, W>,
+    ) -> Result<Self, ConfigError> {
+        let o = flags.options.or(&file.server);
+        // Before any prompt: nobody should answer questions for a command line that fails.
+        check_server_flags(flags, file)?;
+        let mut ask = (!flags.defaults).then_some(prompter);
+        let interval = setting(
+            o.interval,
+            &mut ask,
+            "interval",
+            "Time between heartbeats (interval)",
+            defaults::INTERVAL,
+            parse_duration,
+        )?;
+        let count = setting(
+            o.count,
+            &mut ask,
+            "count",
+            "Unanswered heartbeats before closing (count)",
+            defaults::COUNT,
+            parse_count,
+        )?;
+        let idle = setting(
+            o.idle,
+            &mut ask,
+            "idle",
+            "Silence before the heartbeat round starts (idle; at least interval x count)",
+            defaults::IDLE,
+            parse_duration,
+        )?;
+        let heartbeat = HeartbeatConfig::new(idle, interval, count).map_err(heartbeat_error)?;
+        let max_line = o.max_line.unwrap_or(defaults::MAX_LINE);
+        let queue = o.queue.unwrap_or(defaults::QUEUE);
+        let max_conns = o.max_conns.unwrap_or(defaults::MAX_CONNS);
+        for (key, v) in [
+            ("--max-line", max_line),
+            ("--queue", queue),
+            ("--max-conns", max_conns),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be greater than zero".into()));
+            }
+        }
+        Ok(Self {
+            host: o.host.unwrap_or_else(|| defaults::HOST.into()),
+            port: o.port.unwrap_or(defaults::SERVER_PORT),
+            idle_raised_from: HeartbeatConfig::raised_idle_from(idle, &heartbeat),
+            heartbeat,
+            mode: o.mode.unwrap_or_default(),
+            wire: o.wire.unwrap_or_default(),
+            max_conns,
+            max_line,
+            queue,
+            stall: o.stall.unwrap_or(defaults::STALL),
+            classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
+        })
+    }
+}
+
+/// Server flags that contradict each other or the file, or would do nothing. Values in the
+/// file alone that do not apply are fine (one file serves several uses); flags are not.
+fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), ConfigError> {
+    let f = &flags.options;
+    let wire = f.wire.or(file.server.wire).unwrap_or_default();
+    let mode = f.mode.or(file.server.mode).unwrap_or_default();
+    if wire != Wire::Classic {
+        return Ok(());
+    }
+    let wire_src = origin(f.wire.is_some(), "--wire", "server.wire", "classic", file);
+    if mode == Mode::Chat {
+        if f.mode.is_none() && f.wire.is_none() {
+            return Err(file.problem(
+                "server.mode",
+                "chat works only on the line wire, and server.wire is classic".into(),
+            ));
+        }
+        let mode_src = origin(f.mode.is_some(), "--mode", "server.mode", "chat", file);
+        return Err(ConfigError::Usage(format!(
+            "{mode_src} works only on the line wire, not with {wire_src}"
+        )));
+    }
+    for (flag, given) in [
+        ("--max-line", f.max_line.is_some()),
+        ("--queue", f.queue.is_some()),
+        ("--stall", f.stall.is_some()),
+    ] {
+        if given {
+            return Err(ConfigError::Usage(format!(
+                "{flag} does nothing with {wire_src}: that wire has no lines and no outbound queue"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_support::*;
+
+    #[test]
+    fn stall_is_a_duration_like_the_others_never_zero_never_prompted() {
+        for (text, want) in [
+            (r#"{"server": {"stall": 0.25}}"#, ms(250)),
+            (r#"{"server": {"stall": "250ms"}}"#, ms(250)),
+            (r#"{"server": {"stall": "2"}}"#, ms(2000)),
+        ] {
+            assert_eq!(parse(text).unwrap().server.stall, Some(want), "{text}");
+        }
+        for text in [
+            r#"{"server": {"stall": 0}}"#,
+            r#"{"server": {"stall": "0ms"}}"#,
+            r#"{"server": {"stall": true}}"#,
+        ] {
+            let m = parse(text).unwrap_err().to_string();
+            assert!(m.starts_with("configuration.json: server.stall: "), "{m}");
+        }
+        // Not set anywhere: the default, and no question about it (EOF would keep it anyway,
+        // so count the questions asked).
+        let mut p = prompter("\n\n\n", false);
+        let s = ServerSettings::resolve(&ServerFlags::default(), &FileConfig::default(), &mut p)
+            .unwrap();
+        assert_eq!(s.stall, defaults::STALL);
+        assert_eq!(s.stall, ms(500));
+        assert!(!String::from_utf8(p.out).unwrap().contains("stall"));
+        // The flag beats the file.
+        assert_eq!(
+            server(
+                ServerOptions {
+                    stall: Some(ms(50)),
+                    ..Default::default()
+                },
+                r#"{"server": {"stall": 3}}"#
+            )
+            .unwrap()
+            .stall,
+            ms(50)
+        );
+        assert_eq!(
+            server(ServerOptions::default(), r#"{"server": {"stall": 3}}"#)
+                .unwrap()
+                .stall,
+            ms(3000)
+        );
+    }
+
+    #[test]
+    fn prompts_enter_keeps_defaults_and_answers_apply() {
+        let flags = ServerFlags::default();
+        let mut p = prompter("\n\n\n", false);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!(
+            s.heartbeat,
+            HeartbeatConfig::new(defaults::IDLE, defaults::INTERVAL, defaults::COUNT).unwrap()
+        );
+        let mut p = prompter("0.5\n4\n1\n", false);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!(s.heartbeat.interval(), ms(500));
+        assert_eq!(s.heartbeat.count(), 4);
+        assert_eq!(
+            s.heartbeat.idle(),
+            ms(2000),
+            "idle raised to interval x count"
+        );
+        assert_eq!(s.idle_raised_from, Some(ms(1000)));
+        let asked = String::from_utf8(p.out).unwrap();
+        assert_eq!(asked.matches("[default").count(), 3);
+    }
+
+    #[test]
+    fn prompts_eof_keeps_defaults_and_bad_answers_fail_or_retry() {
+        let flags = ServerFlags::default();
+        let mut p = prompter("", false);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!(s.heartbeat.count(), defaults::COUNT);
+        let mut p = prompter("soon\n", false);
+        let e = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::BadAnswer {
+                    setting: "interval",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut p = prompter("soon\n2\n", true);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!(s.heartbeat.interval(), ms(2000));
+        assert!(String::from_utf8(p.out).unwrap().contains("try again"));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_skip_prompts() {
+        let file = parse(r#"{"server": {"port": "8000", "interval": 5, "count": 2, "idle": 30}}"#)
+            .unwrap();
+        let flags = ServerFlags {
+            options: ServerOptions {
+                port: Some(0),
+                interval: Some(ms(100)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut p = prompter("garbage\n", false);
+        let s = ServerSettings::resolve(&flags, &file, &mut p).unwrap();
+        assert_eq!(
+            (s.port, s.heartbeat.interval(), s.heartbeat.count()),
+            (0, ms(100), 2)
+        );
+        assert!(p.out.is_empty(), "nothing asked when everything is set");
+        let flags = ServerFlags {
+            defaults: true,
+            ..Default::default()
+        };
+        let mut p = prompter("garbage\n", false);
+        let s = ServerSettings::resolve(&flags, &FileConfig::default(), &mut p).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8000));
+        assert!(p.out.is_empty());
+    }
+
+    fn server(options: ServerOptions, file: &str) -> Result<ServerSettings, String> {
+        let file = parse(file).map_err(|e| e.to_string())?;
+        let flags = ServerFlags {
+            defaults: true,
+            options,
+            ..Default::default()
+        };
+        ServerSettings::resolve(&flags, &file, &mut prompter("", false)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn server_flags_that_conflict_or_do_nothing_are_usage_errors() {
+        let classic = ServerOptions {
+            wire: Some(Wire::Classic),
+            ..Default::default()
+        };
+        assert_eq!(
+            server(
+                ServerOptions {
+                    mode: Some(Mode::Chat),
+                    ..classic.clone()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--mode chat works only on the line wire, not with --wire classic"
+        );
+        assert_eq!(
+            server(classic.clone(), r#"{"server": {"mode": "chat"}}"#).unwrap_err(),
+            "server.mode \"chat\" in configuration.json works only on the line wire, not with \
+             --wire classic"
+        );
+        assert_eq!(
+            server(
+                ServerOptions::default(),
+                r#"{"server": {"mode": "chat", "wire": "classic"}}"#
+            )
+            .unwrap_err(),
+            "configuration.json: server.mode: chat works only on the line wire, and server.wire \
+             is classic"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    max_line: Some(100),
+                    ..classic.clone()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--max-line does nothing with --wire classic: that wire has no lines and no \
+             outbound queue"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    queue: Some(100),
+                    ..Default::default()
+                },
+                r#"{"server": {"wire": "classic"}}"#
+            )
+            .unwrap_err(),
+            "--queue does nothing with server.wire \"classic\" in configuration.json: that wire \
+             has no lines and no outbound queue"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    stall: Some(Duration::from_secs(1)),
+                    ..classic.clone()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--stall does nothing with --wire classic: that wire has no lines and no outbound \
+             queue"
+        );
+        // The same values in the file alone are fine: it may serve a line server too.
+        assert!(server(
+            ServerOptions::default(),
+            r#"{"server": {"wire": "classic", "max_line": 100, "queue": 100}}"#
+        )
+        .is_ok());
+        assert!(server(
+            ServerOptions {
+                mode: Some(Mode::Echo),
+                ..classic
+            },
+            "{}"
+        )
+        .is_ok());
+    }
+}
