@@ -287,7 +287,9 @@ fn every_left_reason_is_announced_for_real() {
 fn a_reader_that_stalls_is_evicted_while_others_exchange_10k_without_loss_or_pause() {
     let _x = exclusive();
     let _w = Watchdog::new("chat-slow", ms(60_000));
-    let mut srv = chat_server(&["--queue", "65536"]);
+    // Flow control holds a and b back while "stuck" lags, for at most one --stall.
+    const STALL: u64 = 100;
+    let mut srv = chat_server(&["--queue", "65536", "--stall", &format!("{STALL}ms")]);
     let stuck = join_stuck(srv.port, "stuck");
     let mut a = join(srv.port, "a");
     let mut b = join(srv.port, "b");
@@ -333,7 +335,8 @@ fn a_reader_that_stalls_is_evicted_while_others_exchange_10k_without_loss_or_pau
     assert_eq!(left_seen, 2, "both a and b hear that stuck was evicted");
     srv.log()
         .wait_for("stuck left the room (slow-consumer)", PROMPT);
-    assert!(max_gap < ms(100), "longest pause {max_gap:?}");
+    // One --stall pause, plus scheduling slack on a loaded 2-core machine.
+    assert!(max_gap < ms(STALL + 300), "longest pause {max_gap:?}");
     drop(stuck);
 }
 
