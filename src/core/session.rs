@@ -8,19 +8,21 @@
 //! events to log ([`Session::poll_event`]) and its next deadline ([`Session::poll_timeout`]).
 //!
 //! ## Flow control (CONTRACT section 2)
-//! The outbound queue holds at most `queue` bytes, counting the bytes the engine has taken for
-//! a write that has not completed yet. When a line for this client does not fit, the client is
+//! The outbound queue holds at most `queue` bytes, including a line the socket has taken
+//! only part of. When a line for this client does not fit, the client is
 //! *lagging*: whoever produced the line is held back (the engine stops reading that sender's
 //! socket) and the line is retried later, so nothing is dropped and no reader that keeps
 //! reading is ever ended. The client stops lagging once its queue has drained to half the
 //! budget ([`Session::handle_written`] reports it, so the engine can wake the held senders).
-//! A client that lags for `stall`, or whose socket accepts nothing for `stall` while bytes
-//! wait, is ended `END slow-consumer`.
+//! A client that lags for `stall`, or whose socket accepts nothing for `stall` (counted from
+//! a write the socket refused, so a writer the OS did not schedule is not the client's
+//! fault), is ended `END slow-consumer`.
 //!
 //! ## End state
 //! The first reason given wins. Urgent ends (`heartbeat-timeout`, `slow-consumer`,
-//! `server-shutdown`) drop what is queued and send `END` as soon as the write in progress
-//! completes; `quit` and `line-too-long` send `END` after everything queued before them. Once
+//! `server-shutdown`) drop what is queued, except the rest of a line the socket has taken
+//! part of (a client never sees half a line followed by `END`), and queue `END` next;
+//! `quit` and `line-too-long` queue `END` after everything queued before them. Once
 //! the end state has begun nothing more is read, dispatched or relayed for this client: only
 //! the `END` line still goes out.
 
@@ -31,7 +33,7 @@ use crate::config::Mode;
 use crate::core::heartbeat::{Action, Answered, Heartbeat, HeartbeatConfig};
 use crate::core::wire::{BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, ServerMsg};
 
-/// Most bytes [`Session::poll_transmit`] hands out at once (one write system call).
+/// Most bytes [`Session::poll_transmit`] copies out at once (one write system call).
 pub const TRANSMIT_BATCH: usize = 64 * 1024;
 
 /// What one session is configured with (the server's settings that concern a connection).
@@ -136,20 +138,18 @@ pub struct Session {
     cfg: SessionConfig,
     decoder: LineDecoder,
     hb: Heartbeat,
-    /// Whole lines waiting to be handed to the engine for writing.
+    /// Lines waiting to be written; the socket may have taken part of the first one.
     queue: VecDeque<u8>,
-    /// Bytes handed out by `poll_transmit` and not yet reported written.
-    in_flight: usize,
+    /// The socket has taken part of the first queued line (not up to its `\n`).
+    mid_line: bool,
     /// A room operation the hub could not complete yet (flow control).
     pending: Option<RoomOp>,
     /// Since when a line for this client did not fit (the flow-control clock).
     lagging_since: Option<Instant>,
-    /// Last time the socket accepted bytes, or bytes started waiting (the write-stall clock).
-    progress_at: Instant,
+    /// Since when the socket has refused bytes (the write-stall clock); any progress stops it.
+    blocked_since: Option<Instant>,
     end: End,
-    /// `END` has been handed out for writing.
-    end_taken: bool,
-    /// `END` cannot be delivered (stalled): close without it.
+    /// `END` cannot be delivered (stalled, or the socket failed): close without it.
     give_up: bool,
     events: VecDeque<SessionEvent>,
 }
@@ -162,12 +162,11 @@ impl Session {
             decoder: LineDecoder::new(cfg.max_line),
             hb: Heartbeat::new(cfg.heartbeat, now),
             queue: VecDeque::new(),
-            in_flight: 0,
+            mid_line: false,
             pending: None,
             lagging_since: None,
-            progress_at: now,
+            blocked_since: None,
             end: End::Open,
-            end_taken: false,
             give_up: false,
             events: VecDeque::new(),
         };
@@ -281,9 +280,9 @@ impl Session {
 
     // ----- output -----
 
-    /// Bytes queued or being written.
+    /// Bytes queued (including the unwritten rest of a line the socket took part of).
     pub fn queued(&self) -> usize {
-        self.queue.len() + self.in_flight
+        self.queue.len()
     }
 
     /// True when a room line of `len` bytes fits the budget now (the hub's admission check).
@@ -305,81 +304,57 @@ impl Session {
     /// budget: callers check [`Session::has_room`] first (the hub) or hold input while the
     /// queue is over half full (replies), so the queue stays within about `queue` bytes plus
     /// one reply. Dropped once the end state began.
-    pub fn push(&mut self, now: Instant, line: &[u8]) {
-        if !self.is_open() {
-            return;
+    pub fn push(&mut self, _now: Instant, line: &[u8]) {
+        if self.is_open() {
+            self.queue.extend(line);
         }
-        if self.queued() == 0 {
-            self.progress_at = now;
-        }
-        self.queue.extend(line);
     }
 
-    /// Moves the next bytes to write into `buf` (appended; at most about
-    /// [`TRANSMIT_BATCH`], always whole lines), or the `END` line once it is due. Returns
-    /// the number of bytes added; 0 when there is nothing to write now.
+    /// Copies the next bytes to write (at most [`TRANSMIT_BATCH`]) to the end of `buf`,
+    /// without consuming them: report what the socket took with [`Session::handle_written`]
+    /// (or [`Session::handle_write_blocked`] when it took nothing). Returns the number of
+    /// bytes copied; 0 when nothing waits.
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
-        match self.end {
-            End::Ending { reason, urgent } if urgent || self.queue.is_empty() => {
-                if self.end_taken
-                    || self.in_flight > 0
-                    || self.give_up
-                    || reason == EndReason::Closed
-                {
-                    return 0;
-                }
-                self.end_taken = true;
-                let line = ServerMsg::End(reason).encode();
-                buf.extend_from_slice(line.as_bytes());
-                self.in_flight += line.len();
-                return line.len();
-            }
-            _ => {}
-        }
-        if self.queue.is_empty() {
+        if self.give_up {
             return 0;
         }
         let n = self.queue.len().min(TRANSMIT_BATCH);
-        // Cut after the last whole line within the batch (or after the first line when one
-        // line alone is longer), so an urgent END never follows half a line.
-        let cut = match self.queue.range(..n).rposition(|&b| b == b'\n') {
-            Some(i) => i + 1,
-            None => self
-                .queue
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(self.queue.len(), |i| i + 1),
-        };
         let (a, b) = self.queue.as_slices();
-        if cut <= a.len() {
-            buf.extend_from_slice(&a[..cut]);
+        if n <= a.len() {
+            buf.extend_from_slice(&a[..n]);
         } else {
             buf.extend_from_slice(a);
-            buf.extend_from_slice(&b[..cut - a.len()]);
+            buf.extend_from_slice(&b[..n - a.len()]);
         }
-        self.queue.drain(..cut);
-        self.in_flight += cut;
-        if self.queue.is_empty() && self.queue.capacity() > 2 * TRANSMIT_BATCH {
-            // Give a burst's memory back: an idle client should cost little.
-            self.queue = VecDeque::new();
-        }
-        cut
+        n
     }
 
-    /// `n` bytes handed out by [`Session::poll_transmit`] were written at `now`. True when
-    /// this ended a lag: the engine must wake senders held back for this client (and this
-    /// client's own reading).
+    /// The socket took the first `n` bytes [`Session::poll_transmit`] copied, at `now`. True
+    /// when this ended a lag: the engine must wake senders held back for this client (and
+    /// this client's own reading).
     pub fn handle_written(&mut self, now: Instant, n: usize) -> bool {
-        self.in_flight = self.in_flight.saturating_sub(n);
+        let n = n.min(self.queue.len());
         if n > 0 {
-            self.progress_at = now;
+            self.mid_line = self.queue[n - 1] != b'\n';
+            self.queue.drain(..n);
+            self.blocked_since = None;
+            if self.queue.is_empty() && self.queue.capacity() > 2 * TRANSMIT_BATCH {
+                // Give a burst's memory back: an idle client should cost little.
+                self.queue = VecDeque::new();
+            }
         }
         if self.lagging_since.is_some() && self.queued() <= self.cfg.queue / 2 {
             self.lagging_since = None;
             return true;
         }
+        let _ = now;
         false
+    }
+
+    /// The socket took nothing at `now` (its buffer is full): starts the write-stall clock.
+    pub fn handle_write_blocked(&mut self, now: Instant) {
+        self.blocked_since.get_or_insert(now);
     }
 
     /// The socket failed (the client reset it or is gone): nothing more can be written.
@@ -412,9 +387,10 @@ impl Session {
             .lagging_since
             .filter(|_| self.is_open())
             .and_then(|t| t.checked_add(self.cfg.stall));
-        let stall = (self.queued() > 0 && !self.give_up)
-            .then(|| self.progress_at.checked_add(self.cfg.stall))
-            .flatten();
+        let stall = self
+            .blocked_since
+            .filter(|_| self.queued() > 0 && !self.give_up)
+            .and_then(|t| t.checked_add(self.cfg.stall));
         match (lag, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -477,11 +453,12 @@ impl Session {
         if self.is_open() && self.lagging_since.is_some_and(due) {
             self.end(now, EndReason::SlowConsumer, true);
         }
-        if self.queued() > 0 && due(self.progress_at) {
+        if self.queued() > 0 && !self.give_up && self.blocked_since.is_some_and(due) {
             if self.is_open() {
                 self.end(now, EndReason::SlowConsumer, true);
-                // The socket took nothing for `stall`; give END one more `stall`.
-                self.progress_at = now;
+                // The socket took nothing for `stall`; END gets one more `stall` to get
+                // through, should the client start reading again.
+                self.blocked_since = Some(now);
             } else {
                 self.give_up = true;
             }
@@ -494,31 +471,60 @@ impl Session {
     /// sends `END` next; otherwise `END` follows the queue. A later urgent end of a session
     /// already ending after its queue keeps the first reason but stops waiting for the queue.
     pub fn end(&mut self, now: Instant, reason: EndReason, urgent: bool) {
-        match &mut self.end {
+        let _ = now;
+        match self.end {
             End::Open => {
                 self.end = End::Ending { reason, urgent };
                 self.pending = None;
                 self.lagging_since = None;
                 if urgent {
-                    self.queue = VecDeque::new();
+                    self.drop_queue();
                 }
-                if self.queued() == 0 {
-                    // `END` starts waiting now: the write-stall clock starts here too.
-                    self.progress_at = now;
+                if reason != EndReason::Closed {
+                    // Queued now, behind what may still go: nothing can be queued after it.
+                    self.queue
+                        .extend(ServerMsg::End(reason).encode().as_bytes());
                 }
                 self.events.push_back(SessionEvent::Ending(reason));
             }
-            End::Ending { urgent: u, .. } => {
-                if urgent && !*u {
-                    *u = true;
-                    self.queue = VecDeque::new();
-                }
+            End::Ending {
+                reason: first,
+                urgent: was_urgent,
+            } => {
                 if reason == EndReason::Closed {
                     // The client is gone: nothing can be delivered any more.
                     self.give_up = true;
+                } else if urgent && !was_urgent {
+                    // Stop waiting for the queue, but keep the first reason.
+                    self.end = End::Ending {
+                        reason: first,
+                        urgent: true,
+                    };
+                    self.drop_queue();
+                    let line = ServerMsg::End(first).encode();
+                    // The END queued earlier may be what the socket took part of.
+                    let rest_of_end = !self.queue.is_empty()
+                        && line.as_bytes().ends_with(&self.queue.iter().copied().collect::<Vec<u8>>());
+                    if first != EndReason::Closed && !rest_of_end {
+                        self.queue.extend(line.as_bytes());
+                    }
                 }
             }
         }
+    }
+
+    /// Drops every queued byte except the unwritten rest of a line the socket took part of.
+    fn drop_queue(&mut self) {
+        let keep = if self.mid_line {
+            self.queue
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.queue.len(), |i| i + 1)
+        } else {
+            0
+        };
+        self.queue.truncate(keep);
+        self.queue.shrink_to(keep.max(256));
     }
 
     /// True while nothing ends the session.
@@ -545,10 +551,10 @@ impl Session {
         let End::Ending { reason, .. } = self.end else {
             return None;
         };
-        if self.give_up || (reason == EndReason::Closed && self.queued() == 0) {
+        if self.give_up || (reason == EndReason::Closed && self.queue.is_empty()) {
             return Some(Close::Now(reason));
         }
-        (self.end_taken && self.in_flight == 0).then_some(Close::AfterEnd(reason))
+        self.queue.is_empty().then_some(Close::AfterEnd(reason))
     }
 
     /// The next thing to log.
@@ -625,27 +631,47 @@ mod tests {
     }
 
     #[test]
-    fn urgent_end_drops_the_queue_but_not_the_line_in_flight() {
+    fn urgent_end_drops_the_queue_but_finishes_a_line_begun() {
         let t = Instant::now();
         let mut s = Session::new(cfg(Mode::Echo), t);
         let _ = drain(&mut s, t);
         s.handle_rx(t, b"MSG one\nMSG two\n");
         assert_eq!(s.poll_input(t), Input::NeedBytes);
         let mut buf = Vec::new();
-        assert_eq!(s.poll_transmit(&mut buf), buf.len());
-        s.handle_rx(t, b"MSG three\n");
-        let _ = s.poll_input(t);
+        assert_eq!(s.poll_transmit(&mut buf), "ECHO one\nECHO two\n".len());
+        // The socket takes "ECH" only.
+        let _ = s.handle_written(t, 3);
         s.end(t, EndReason::ServerShutdown, true);
         s.end(t, EndReason::HeartbeatTimeout, true);
-        let mut more = Vec::new();
-        assert_eq!(s.poll_transmit(&mut more), 0, "END waits for the write in flight");
-        let _ = s.handle_written(t, buf.len());
-        assert_eq!(drain(&mut s, t), "END server-shutdown\n", "first reason wins");
+        assert_eq!(
+            drain(&mut s, t),
+            "O one\nEND server-shutdown\n",
+            "the line begun is finished, the rest dropped; first reason wins"
+        );
         assert_eq!(
             s.poll_close(),
             Some(Close::AfterEnd(EndReason::ServerShutdown))
         );
-        assert_eq!(s.poll_event(), Some(SessionEvent::Ending(EndReason::ServerShutdown)));
+        assert_eq!(
+            s.poll_event(),
+            Some(SessionEvent::Ending(EndReason::ServerShutdown))
+        );
+    }
+
+    #[test]
+    fn an_urgent_end_after_a_quit_keeps_quit_and_sends_one_end() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        let _ = drain(&mut s, t);
+        s.handle_rx(t, b"MSG a\nQUIT\n");
+        assert_eq!(s.poll_input(t), Input::Stop);
+        let mut buf = Vec::new();
+        let n = s.poll_transmit(&mut buf);
+        // Everything but the last two bytes of "END quit\n" was taken.
+        let _ = s.handle_written(t, n - 2);
+        s.end(t, EndReason::ServerShutdown, true);
+        assert_eq!(drain(&mut s, t), "t\n");
+        assert_eq!(s.poll_close(), Some(Close::AfterEnd(EndReason::Quit)));
     }
 
     #[test]
@@ -790,18 +816,29 @@ mod tests {
         s.end(t, EndReason::ServerShutdown, true);
         let mut buf = Vec::new();
         assert!(s.poll_transmit(&mut buf) > 0);
+        assert_eq!(s.flow_timeout(), None, "no clock before the socket refuses bytes");
         // The socket accepts nothing.
+        s.handle_write_blocked(t);
         assert_eq!(s.flow_timeout(), Some(t + ms(500)));
         s.handle_timeout(t + ms(500));
         assert_eq!(s.poll_close(), Some(Close::Now(EndReason::ServerShutdown)));
     }
 
     #[test]
-    fn transmit_cuts_on_whole_lines() {
+    fn a_writer_not_scheduled_is_not_the_clients_fault() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        // HELLO waits 10 s because the engine never tried to write: nobody is ended.
+        s.handle_timeout(t + ms(4_000));
+        assert!(s.is_open());
+        assert_eq!(s.flow_timeout(), None);
+    }
+
+    #[test]
+    fn transmit_is_bounded_and_consumes_only_what_was_written() {
         let t = Instant::now();
         let mut c = cfg(Mode::Chat);
         c.queue = 1 << 20;
-        c.max_line = 1 << 20;
         let mut s = Session::new(c, t);
         let _ = drain(&mut s, t);
         let line = format!("MSG a {}\n", "z".repeat(999));
@@ -809,13 +846,11 @@ mod tests {
             s.push(t, line.as_bytes());
         }
         let mut buf = Vec::new();
-        let n = s.poll_transmit(&mut buf);
-        assert!(n <= TRANSMIT_BATCH && n % line.len() == 0, "{n}");
-        let big = format!("MSG b {}\n", "q".repeat(100_000));
-        let mut s = Session::new(c, t);
-        let _ = drain(&mut s, t);
-        s.push(t, big.as_bytes());
-        let mut buf = Vec::new();
-        assert_eq!(s.poll_transmit(&mut buf), big.len(), "one long line goes whole");
+        assert_eq!(s.poll_transmit(&mut buf), TRANSMIT_BATCH);
+        let _ = s.handle_written(t, 10);
+        assert_eq!(s.queued(), 100 * line.len() - 10);
+        buf.clear();
+        let _ = s.poll_transmit(&mut buf);
+        assert_eq!(&buf[..5], &line.as_bytes()[10..15]);
     }
 }

@@ -788,7 +788,6 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// hands out, and closes the connection the way the session says.
 fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
     let mut batch: Vec<u8> = Vec::new();
-    let mut off = 0;
     let mut left_room = false;
     let close = loop {
         let now = Instant::now();
@@ -798,15 +797,8 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             s.handle_heartbeat(now);
         }
         s.handle_flow_timeout(now);
-        if off == batch.len() {
-            batch.clear();
-            off = 0;
-            if batch.capacity() > 2 * crate::core::session::TRANSMIT_BATCH {
-                // Give back a burst's buffer: idle connections should stay small.
-                batch = Vec::new();
-            }
-            let _ = s.poll_transmit(&mut batch);
-        }
+        batch.clear();
+        let _ = s.poll_transmit(&mut batch);
         let close = s.poll_close();
         let ending = s.end_reason();
         let deadline = earliest(
@@ -826,10 +818,9 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
         if let Some(close) = close {
             break close;
         }
-        if off < batch.len() {
-            match send_now(conn.stream(), &batch[off..]) {
+        if !batch.is_empty() {
+            match send_now(conn.stream(), &batch) {
                 Ok(n) => {
-                    off += n;
                     let mut s = conn.session();
                     let caught_up = s.handle_written(Instant::now(), n);
                     if caught_up {
@@ -841,6 +832,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.session().handle_write_blocked(Instant::now());
                     // The client is not reading right now: wait until it does, looking at
                     // the timers (and an urgent end) at least every slice.
                     let slice = deadline.map_or(HOLD_SLICE, |at| {
@@ -859,6 +851,10 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
                     }
                     s.handle_write_error(Instant::now());
                 }
+            }
+            if batch.capacity() > 2 * crate::core::session::TRANSMIT_BATCH {
+                // Give back a burst's buffer: idle connections should stay small.
+                batch = Vec::new();
             }
             continue;
         }
