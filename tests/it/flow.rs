@@ -36,18 +36,38 @@ const MARGIN: Duration = Duration::from_secs(1);
 /// Relayed floods are `MSG snd SEQ PAD`: the sender's name in the tests.
 const SENDER: &str = "snd";
 
-/// Padding that makes each numbered message exactly [`MSG_LEN`] bytes on the sender's side.
-const PAD: &str =
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+/// A numbered flood from [`SENDER`]: `n` messages of exactly `len` bytes each as sent,
+/// `MSG ` + ten digits + ` ` + padding + `\n`.
+#[derive(Clone, Copy, Debug)]
+struct Numbered {
+    n: usize,
+    len: usize,
+}
 
-/// Bytes of one numbered message as sent: `MSG ` + 10 digits + ` ` + [`PAD`] + `\n`.
-const MSG_LEN: usize = 4 + 10 + 1 + PAD.len() + 1;
+impl Numbered {
+    /// Message `i` as the sender writes it.
+    fn line(self, i: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        write!(out, "MSG {i:010} ").unwrap();
+        out.resize(start + self.len - 1, b'x');
+        out.push(b'\n');
+    }
 
-/// Message `i` of a numbered flood, as the sender writes it (100 bytes).
-fn numbered(i: usize, out: &mut Vec<u8>) {
-    let start = out.len();
-    writeln!(out, "MSG {i:010} {PAD}").unwrap();
-    debug_assert_eq!(out.len() - start, MSG_LEN);
+    /// All of it, in bytes.
+    fn bytes(self) -> u64 {
+        (self.n * self.len) as u64
+    }
+
+    /// Starts writing it into `stream` as fast as the socket accepts it.
+    fn flood(self, stream: TcpStream) -> Flood {
+        Flood::start(stream, self.n, move |i, out| self.line(i, out))
+    }
+}
+
+/// The server's log so far, after collecting what it printed in the last 100 ms.
+fn log_text(srv: &mut Server) -> String {
+    srv.log().settle(ms(100));
+    srv.log().text()
 }
 
 fn chat_server(engine: &[&str], extra: &[&str]) -> Server {
@@ -235,8 +255,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// What a [`Tally`] is to wait for.
 struct Want {
-    /// Messages of the numbered flood from [`SENDER`], in order, each exactly once.
-    msgs: usize,
+    /// The numbered flood, every message in order, each exactly once.
+    msgs: Numbered,
     /// A line that must also have come (e.g. `LEFT stuck slow-consumer`), if any.
     line: Option<&'static str>,
     /// Give up then (the report says how far it got).
@@ -326,7 +346,7 @@ fn tally(member: Member, want: Want) -> TallyReport {
         _stream: stream.try_clone().unwrap(),
     };
     let done = |r: &TallyReport| {
-        r.msgs == want.msgs
+        r.msgs == want.msgs.n
             && want
                 .line
                 .is_none_or(|l| r.others.iter().any(|o| o.line == l))
@@ -335,11 +355,12 @@ fn tally(member: Member, want: Want) -> TallyReport {
     let mut buf = vec![0u8; 256 * 1024];
     let mut last_read: Option<Instant> = None;
     let mut fresh = carry.len();
+    let mut expected = Vec::new();
     loop {
         // Parse every complete line held (the first round: what came with the JOIN).
         let now = Instant::now();
         if fresh > 0 {
-            if r.msgs > 0 && r.msgs < want.msgs {
+            if r.msgs > 0 && r.msgs < want.msgs.n {
                 if let Some(prev) = last_read {
                     let gap = now - prev;
                     if gap > r.max_gap {
@@ -354,10 +375,10 @@ fn tally(member: Member, want: Want) -> TallyReport {
                 let line = &carry[start..start + nl];
                 start += nl + 1;
                 if let Some(body) = line.strip_prefix(prefix.as_bytes()) {
-                    let mut expected = Vec::with_capacity(MSG_LEN);
-                    numbered(r.msgs, &mut expected);
+                    expected.clear();
+                    want.msgs.line(r.msgs, &mut expected);
                     // The relay of `MSG TEXT` is `MSG snd TEXT`: compare TEXT byte for byte.
-                    if body != &expected[4..MSG_LEN - 1] {
+                    if r.msgs >= want.msgs.n || body != &expected[4..want.msgs.len - 1] {
                         r.wrong = Some(format!(
                             "after {} messages got {:?}",
                             r.msgs,
@@ -426,10 +447,14 @@ fn still_served(p: &mut Peer, what: &str) {
 // 1. A fast sender and readers that keep up: nobody is ended, nothing is lost.
 // ---------------------------------------------------------------------------------------------
 
-/// One member floods `n` numbered 100-byte messages as fast as its socket accepts them while
-/// `readers` members read as fast as they can: every reader gets all of them, in order, once,
-/// and nobody is ended.
-fn readers_that_keep_up_are_never_ended(engine: &[&str], readers: usize, n: usize) {
+/// One member floods `msgs` as fast as its socket accepts them while `readers` members read as
+/// fast as they can: every reader gets all of them, in order, once, and nobody is ended.
+///
+/// With `--queue 65536`: the rule holds for any queue size, and a small queue makes today's
+/// fault show within the test's second on a debug build (with the default 1 MiB, the debug
+/// thread engine happens to keep up with 50,000 messages; the release build measured in the
+/// issue does not).
+fn readers_that_keep_up_are_never_ended(engine: &[&str], readers: usize, msgs: Numbered) {
     let mut srv = chat_server(engine, &["--queue", "65536"]);
     let members: Vec<Member> = (0..readers)
         .map(|i| Member::join(srv.port, &format!("r{i}")))
@@ -442,7 +467,7 @@ fn readers_that_keep_up_are_never_ended(engine: &[&str], readers: usize, n: usiz
             Tally::start(
                 m,
                 Want {
-                    msgs: n,
+                    msgs,
                     line: None,
                     deadline,
                 },
@@ -450,28 +475,31 @@ fn readers_that_keep_up_are_never_ended(engine: &[&str], readers: usize, n: usiz
         })
         .collect();
     let t0 = Instant::now();
-    let flood = Flood::start(snd.stream.try_clone().unwrap(), n, numbered);
+    let flood = msgs.flood(snd.stream.try_clone().unwrap());
     let reports: Vec<TallyReport> = tallies.into_iter().map(Tally::join).collect();
     let elapsed = t0.elapsed();
     let fr = flood.finish(PROMPT);
+    let n = msgs.n;
     for r in &reports {
         assert!(
             r.wrong.is_none() && r.closed.is_none() && r.msgs == n,
             "a reader that keeps up lost messages or was ended: {r:?}\nserver log:\n{}",
-            srv.log().text()
+            log_text(&mut srv)
         );
         assert!(
             r.others.iter().all(|o| o.line.starts_with("JOINED ")),
             "{r:?}"
         );
     }
-    assert!(
-        fr.error.is_none() && fr.written == (n * MSG_LEN) as u64,
-        "{fr:?}"
-    );
+    assert!(fr.error.is_none() && fr.written == msgs.bytes(), "{fr:?}");
     still_served(&mut snd, "the sender");
     srv.log().settle(ms(100));
-    assert_eq!(srv.log().count("slow-consumer"), 0, "{}", srv.log().text());
+    assert_eq!(
+        srv.log().count("slow-consumer"),
+        0,
+        "{}",
+        log_text(&mut srv)
+    );
     eprintln!(
         "{readers} reader(s) x {n} messages in {elapsed:?} ({:.0} deliveries/s); longest gap {:?}",
         (readers * n) as f64 / elapsed.as_secs_f64(),
@@ -483,23 +511,46 @@ fn readers_that_keep_up_are_never_ended(engine: &[&str], readers: usize, n: usiz
 fn a_fast_sender_never_ends_a_reader_that_keeps_up() {
     let _x = exclusive();
     let _w = Watchdog::new("flow-1-reader", ms(30_000));
-    readers_that_keep_up_are_never_ended(THREADS, 1, 50_000);
+    readers_that_keep_up_are_never_ended(
+        THREADS,
+        1,
+        Numbered {
+            n: 50_000,
+            len: 100,
+        },
+    );
 }
 
 #[test]
 fn a_fast_sender_never_ends_ten_readers_that_keep_up() {
     let _x = exclusive();
     let _w = Watchdog::new("flow-10-readers", ms(30_000));
-    readers_that_keep_up_are_never_ended(THREADS, 10, 20_000);
+    readers_that_keep_up_are_never_ended(
+        THREADS,
+        10,
+        Numbered {
+            n: 20_000,
+            len: 100,
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. One stuck reader among ten healthy ones costs them one stall, no message.
 // ---------------------------------------------------------------------------------------------
 
+/// Ten healthy readers and one member that never reads; one member floods 10 MB. The kernel
+/// takes up to ~4 MB for the stuck one on loopback (the server's send buffer autotunes to
+/// `tcp_wmem`'s maximum; measured 2.8 MB queued), so 10 MB in 1,000-byte messages make sure it
+/// holds the sender back mid-flood, and the readers must get the rest after it is gone.
+/// `--queue 65536` as in the keep-up tests: any queue size must do.
 fn a_stuck_reader_costs_the_others_one_stall(engine: &[&str]) {
-    const N: usize = 20_000;
-    let mut srv = chat_server(engine, &STALL_ARGS);
+    let msgs = Numbered {
+        n: 10_000,
+        len: 1000,
+    };
+    let n = msgs.n;
+    let mut srv = chat_server(engine, &["--queue", "65536", STALL_ARGS[0], STALL_ARGS[1]]);
     let members: Vec<Member> = (0..10)
         .map(|i| Member::join(srv.port, &format!("r{i}")))
         .collect();
@@ -512,20 +563,20 @@ fn a_stuck_reader_costs_the_others_one_stall(engine: &[&str]) {
             Tally::start(
                 m,
                 Want {
-                    msgs: N,
+                    msgs,
                     line: Some("LEFT stuck slow-consumer"),
                     deadline,
                 },
             )
         })
         .collect();
-    let flood = Flood::start(snd.stream.try_clone().unwrap(), N, numbered);
+    let flood = msgs.flood(snd.stream.try_clone().unwrap());
     let reports: Vec<TallyReport> = tallies.into_iter().map(Tally::join).collect();
     let fr = flood.finish(PROMPT);
-    let log = srv.log().text();
+    let log = log_text(&mut srv);
     for r in &reports {
         assert!(
-            r.wrong.is_none() && r.closed.is_none() && r.msgs == N,
+            r.wrong.is_none() && r.closed.is_none() && r.msgs == n,
             "a healthy reader lost messages or was ended: {r:?}\nserver log:\n{log}"
         );
         let lefts: Vec<&Other> = r
@@ -540,6 +591,12 @@ fn a_stuck_reader_costs_the_others_one_stall(engine: &[&str]) {
         // The healthy reader keeps up, so the last message before the LEFT is when the stuck
         // one started holding the sender back (or later); the LEFT must follow within a stall.
         let left = lefts[0];
+        assert!(
+            left.msgs_before < n,
+            "{}: the stuck member was ended only after the whole flood; it never held the \
+             sender back: {r:?}",
+            r.name
+        );
         let held = left.last_msg_at.unwrap_or(left.at);
         assert!(
             left.at - held <= STALL + MARGIN,
@@ -556,10 +613,7 @@ fn a_stuck_reader_costs_the_others_one_stall(engine: &[&str]) {
             r.max_gap
         );
     }
-    assert!(
-        fr.error.is_none() && fr.written == (N * MSG_LEN) as u64,
-        "{fr:?}"
-    );
+    assert!(fr.error.is_none() && fr.written == msgs.bytes(), "{fr:?}");
     let addr = stuck.addr();
     srv.log()
         .wait_for(&format!("{addr} END slow-consumer"), PROMPT);
@@ -568,7 +622,7 @@ fn a_stuck_reader_costs_the_others_one_stall(engine: &[&str]) {
         PROMPT,
     );
     still_served(&mut snd, "the sender");
-    let log = srv.log().text();
+    let log = log_text(&mut srv);
     assert!(
         log.lines()
             .filter(|l| l.contains("slow-consumer"))
@@ -612,8 +666,14 @@ struct SlowReport {
     ended_by: String,
 }
 
+/// A member reading 1 KiB every 100 ms while another floods 10 MB (more than the kernel buffers
+/// toward it, ~4 MB on loopback, plus its 64 KiB queue): it cannot catch up, so it is ended; it
+/// is still reading, so it must read `END slow-consumer` before EOF.
 fn a_slow_reader_reads_its_end(engine: &[&str]) {
-    const N: usize = 50_000;
+    let msgs = Numbered {
+        n: 10_000,
+        len: 1000,
+    };
     let mut srv = chat_server(engine, &["--queue", "65536", STALL_ARGS[0], STALL_ARGS[1]]);
     let slow = Member::join(srv.port, "slow");
     let addr = slow.addr();
@@ -671,7 +731,7 @@ fn a_slow_reader_reads_its_end(engine: &[&str]) {
             ended_by,
         }
     });
-    let flood = Flood::start(snd.stream.try_clone().unwrap(), N, numbered);
+    let flood = msgs.flood(snd.stream.try_clone().unwrap());
     let found = srv.log().find(
         &format!("{addr} slow left the room (slow-consumer)"),
         ms(10_000),
@@ -686,13 +746,13 @@ fn a_slow_reader_reads_its_end(engine: &[&str]) {
     assert!(
         found.is_some(),
         "the slow reader was never ended; it saw {report:?}\nserver log:\n{}",
-        srv.log().text()
+        log_text(&mut srv)
     );
     assert!(
         report.ended_by == "EOF"
             && report.last_lines.last().map(String::as_str) == Some("END slow-consumer"),
         "a reading client must read END slow-consumer, then EOF: {report:?}\nserver log:\n{}",
-        srv.log().text()
+        log_text(&mut srv)
     );
     srv.log()
         .wait_for(&format!("{addr} END slow-consumer"), PROMPT);
@@ -717,6 +777,7 @@ fn a_big_room_shuts_down_within_a_second(engine: &[&str]) {
     // The members' sockets here, plus the server's (it inherits the limit).
     ensure_fd_limit(3 * MEMBERS as u64);
     let mut srv = chat_server(engine, &[]);
+    let joining_since = Instant::now();
     let mut members: Vec<Member> = Vec::with_capacity(MEMBERS);
     // In bursts of 100, each member confirmed before the next burst.
     for burst in 0..MEMBERS / 100 {
@@ -739,12 +800,6 @@ fn a_big_room_shuts_down_within_a_second(engine: &[&str]) {
         thread::sleep(ms(2));
     };
     let took = t.elapsed();
-    // The bound: the contract's one second, plus 100 ms for fork/exec of kill(1) (inside the
-    // measurement) and the 2 ms polling of the exit.
-    assert!(
-        took <= ms(1100),
-        "exit took {took:?} after SIGTERM with {MEMBERS} members (contract: one second)"
-    );
     assert_eq!(status.code(), Some(0));
     // Every member's connection is closed; every 20th reads everything: END server-shutdown
     // is the last line.
@@ -776,7 +831,17 @@ fn a_big_room_shuts_down_within_a_second(engine: &[&str]) {
         }
     }
     assert!(unclean.is_empty(), "not closed cleanly: {unclean:?}");
-    eprintln!("{MEMBERS} members: exit {took:?} after SIGTERM");
+    // The bound: the contract's one second, plus 100 ms for fork/exec of kill(1) (inside the
+    // measurement) and the 2 ms polling of the exit. Checked last, so a failure here means
+    // everything else was right.
+    assert!(
+        took <= ms(1100),
+        "exit took {took:?} after SIGTERM with {MEMBERS} members (contract: one second)"
+    );
+    eprintln!(
+        "{MEMBERS} members joined in {joined:?}; exit {took:?} after SIGTERM",
+        joined = t - joining_since
+    );
 }
 
 #[test]
@@ -835,7 +900,7 @@ fn an_echo_flooder_is_ended_within_a_stall(engine: &[&str]) {
         panic!(
             "the flooder was not ended within 10 s: {:?}\nserver log:\n{}",
             flood.finish(Duration::ZERO),
-            srv.log().text()
+            log_text(&mut srv)
         );
     };
     // "Stopped accepting": the flooder's last write that made progress. A server that keeps
