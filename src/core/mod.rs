@@ -4,6 +4,8 @@ pub mod classic;
 pub mod client;
 pub mod display;
 pub mod heartbeat;
+pub mod hub;
 pub mod node;
 pub mod room;
+pub mod session;
 pub mod wire;

@@ -28,6 +28,8 @@ pub struct Delivery {
 pub struct Room {
     by_id: HashMap<MemberId, String>,
     by_name: BTreeMap<String, MemberId>,
+    /// Members in name order, kept up to date so a delivery allocates nothing.
+    order: Vec<MemberId>,
 }
 
 /// Checks a chat name: 1 to [`MAX_NAME`] characters, no spaces or control characters.
@@ -96,6 +98,7 @@ impl Room {
         }
         self.by_id.insert(id, name.to_owned());
         self.by_name.insert(name.to_owned(), id);
+        self.order = self.by_name.values().copied().collect();
         Ok(Delivery {
             to: self.others(id),
             msg: ServerMsg::Joined(name.to_owned()),
@@ -121,6 +124,7 @@ impl Room {
     pub fn handle_leave(&mut self, id: MemberId, reason: EndReason) -> Option<Delivery> {
         let name = self.by_id.remove(&id)?;
         self.by_name.remove(&name);
+        self.order.retain(|&m| m != id);
         Some(Delivery {
             to: self.others(id),
             msg: ServerMsg::Left { name, reason },
@@ -133,8 +137,15 @@ impl Room {
     }
 
     /// Every member, in name order.
-    pub fn members(&self) -> Vec<MemberId> {
-        self.by_name.values().copied().collect()
+    pub fn members(&self) -> &[MemberId] {
+        &self.order
+    }
+
+    /// Forgets every member at once (the room closes): no `LEFT` is produced.
+    pub fn clear(&mut self) {
+        self.by_id.clear();
+        self.by_name.clear();
+        self.order.clear();
     }
 }
 

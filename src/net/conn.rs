@@ -1,52 +1,25 @@
-//! One client connection on the server: the state its two threads share.
+//! One line-wire client connection on the server: what its two threads share.
 //!
-//! The data-exchange thread (reader) and the companion heartbeat thread (the only writer) share
-//! exactly this: the heartbeat core behind a mutex, the manual's "start heartbeat" switch, the
-//! bounded outbound queue, and the first reason anyone gave for ending the connection.
+//! The data-exchange thread (reader) and the companion heartbeat thread (the only writer)
+//! share exactly this: the connection's [`Session`] (all protocol state and decisions) behind
+//! a mutex, the manual's "start heartbeat" switch, and a bell that wakes the companion.
 //!
 //! Also how a connection closes after its last line: [`linger`] (FIN, then discard input for
 //! at most [`END_LINGER`]) on the connection's own thread, and [`Lingerer`], one shared thread
 //! for refused newcomers, so closing with unread input never resets a client before it reads
-//! its `END`.
+//! its `END`. And [`wait_fd`], the one poll(2) helper the server's threads sleep in.
 
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::core::heartbeat::Heartbeat;
-use crate::core::wire::EndReason;
+use crate::core::session::Session;
 use crate::net::events::{Event, EventLog};
-
-/// What the companion thread writes, in order.
-#[derive(Debug, Clone)]
-pub enum Out {
-    /// A complete line, `\n` included. Shared so a broadcast copies nothing.
-    Line(Arc<str>),
-    /// `END reason`, after everything queued before it (QUIT, line-too-long).
-    End(EndReason),
-}
-
-/// Memory a queued line costs besides its bytes (channel slot, reference count). Counting
-/// it keeps a flood of tiny lines inside the same `--queue` budget as a few big ones.
-const LINE_OVERHEAD: usize = 32;
-
-impl Out {
-    /// What the item counts against the queue budget. `End` is free: it is queued at most
-    /// once, outside the budget, so it can always be delivered after what precedes it.
-    fn cost(&self) -> usize {
-        match self {
-            Out::Line(l) => l.len() + LINE_OVERHEAD,
-            Out::End(_) => 0,
-        }
-    }
-}
-
-/// The outbound queue is full: the client is not reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueFull;
 
 /// Shared state of one connection.
 #[derive(Debug)]
@@ -58,81 +31,70 @@ pub struct Conn {
     /// Always `Some` until drop, which closes it before reporting the connection closed.
     stream: Option<TcpStream>,
     log: EventLog,
-    hb: Mutex<Heartbeat>,
+    session: Mutex<Session>,
+    /// Signalled (under the session lock) when the session's own queue drained enough for a
+    /// reader held by it to go on, or the session ended.
+    drained: Condvar,
     start_hb: AtomicBool,
-    out: Sender<Out>,
-    queued: AtomicUsize,
-    queue_limit: usize,
     bell: Sender<()>,
-    /// 0 while open, else `1 + index` of the urgent [`EndReason`] in [`EndReason::ALL`].
-    urgent_end: AtomicU8,
-    /// Set once anyone decided to end the connection, urgently or after the queue.
-    ending: AtomicBool,
     /// Threads still running for this connection; the last one out frees it.
     alive: AtomicU8,
 }
 
-/// The receiving ends the companion thread drains.
-#[derive(Debug)]
-pub struct CompanionRx {
-    /// Queued lines.
-    pub out: Receiver<Out>,
-    /// Rung when the switch flips or an urgent end is set.
-    pub bell: Receiver<()>,
-}
-
 impl Conn {
-    /// A connection whose outbound queue holds at most `queue_limit` bytes; `log` receives
-    /// [`Event::Closed`] once the descriptor is really closed.
+    /// A connection driven by `session`; `log` receives [`Event::Closed`] once the
+    /// descriptor is really closed. The receiver is the companion's bell.
     pub fn new(
         id: u64,
         peer: SocketAddr,
         stream: TcpStream,
-        hb: Heartbeat,
-        queue_limit: usize,
+        session: Session,
         log: EventLog,
-    ) -> (Self, CompanionRx) {
-        // The queue is bounded in bytes by `send`'s admission check, not in slots: a bounded
-        // channel allocates all its slots up front, which for a 1 MiB budget of short lines
-        // came to megabytes per idle connection. This one grows and shrinks with its content.
-        let (out, out_rx) = crossbeam_channel::unbounded();
+    ) -> (Self, Receiver<()>) {
         let (bell, bell_rx) = crossbeam_channel::bounded(1);
         let conn = Self {
             id,
             peer,
             stream: Some(stream),
             log,
-            hb: Mutex::new(hb),
+            session: Mutex::new(session),
+            drained: Condvar::new(),
             start_hb: AtomicBool::new(false),
-            out,
-            queued: AtomicUsize::new(0),
-            queue_limit,
             bell,
-            urgent_end: AtomicU8::new(0),
-            ending: AtomicBool::new(false),
             alive: AtomicU8::new(2),
         };
-        (
-            conn,
-            CompanionRx {
-                out: out_rx,
-                bell: bell_rx,
-            },
-        )
+        (conn, bell_rx)
     }
 
-    /// The socket (both threads hold a clone; only the companion writes).
+    /// The socket (both threads use it; only the companion writes).
     pub fn stream(&self) -> &TcpStream {
         self.stream
             .as_ref()
             .expect("the stream lives as long as the connection")
     }
 
-    /// The heartbeat core. Held only for a few instructions at a time.
-    pub fn heartbeat(&self) -> MutexGuard<'_, Heartbeat> {
-        // A panic while holding the lock cannot leave the core half-updated in a way that
+    /// The protocol state. Held only for a few instructions at a time, never across I/O.
+    pub fn session(&self) -> MutexGuard<'_, Session> {
+        // A panic while holding the lock cannot leave the machine half-updated in a way that
         // matters more than losing the connection, so a poisoned lock is simply taken over.
-        self.hb.lock().unwrap_or_else(|p| p.into_inner())
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (releasing the session) until [`Conn::notify_drained`] or `wait` passed.
+    pub fn wait_drained<'a>(
+        &self,
+        guard: MutexGuard<'a, Session>,
+        wait: Duration,
+    ) -> MutexGuard<'a, Session> {
+        self.drained
+            .wait_timeout(guard, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
+    /// Wakes a reader held by its own full queue. Call with the session locked.
+    pub fn notify_drained(&self) {
+        self.drained.notify_all();
     }
 
     /// The manual's "Starthb" switch: on while a heartbeat round should run.
@@ -147,73 +109,9 @@ impl Conn {
         }
     }
 
-    /// Wakes the companion thread.
+    /// Wakes the companion thread (something was queued, or the session ended).
     pub fn ring(&self) {
         let _ = self.bell.try_send(());
-    }
-
-    /// Queues a line for the client. A full queue ends the connection as a slow consumer
-    /// at once: its socket is shut down, so a companion blocked writing to it is freed too
-    /// (its kernel buffer is full as well, so an `END` could not get through anyway).
-    pub fn send(&self, item: Out) -> Result<(), QueueFull> {
-        let cost = item.cost();
-        if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.queue_limit {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
-            self.evict();
-            return Err(QueueFull);
-        }
-        // A send fails only when the companion is gone: the connection is closing anyway.
-        let _ = self.out.send(item);
-        Ok(())
-    }
-
-    fn evict(&self) {
-        self.end_now(EndReason::SlowConsumer);
-        self.shutdown();
-    }
-
-    /// The companion wrote (or dropped) an item of this many bytes.
-    pub fn dequeued(&self, item: &Out) {
-        self.queued.fetch_sub(item.cost(), Ordering::AcqRel);
-    }
-
-    /// Ends the connection after what is already queued (QUIT, line-too-long). Falls back to
-    /// an urgent end if the queue is full.
-    pub fn end_after_queue(&self, reason: EndReason) {
-        self.ending.store(true, Ordering::Release);
-        if self.out.send(Out::End(reason)).is_err() {
-            self.end_now(reason);
-        }
-    }
-
-    /// Ends the connection as soon as the companion wakes, skipping anything queued
-    /// (heartbeat-timeout, slow-consumer, server-shutdown). The first reason given wins.
-    pub fn end_now(&self, reason: EndReason) {
-        self.ending.store(true, Ordering::Release);
-        let code = EndReason::ALL
-            .iter()
-            .position(|&r| r == reason)
-            .map_or(0, |i| i as u8 + 1);
-        if self
-            .urgent_end
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.ring();
-        }
-    }
-
-    /// The urgent end reason, if one was set.
-    pub fn urgent_end(&self) -> Option<EndReason> {
-        match self.urgent_end.load(Ordering::Acquire) {
-            0 => None,
-            n => EndReason::ALL.get(usize::from(n) - 1).copied(),
-        }
-    }
-
-    /// True once anyone decided to end the connection.
-    pub fn is_ending(&self) -> bool {
-        self.ending.load(Ordering::Acquire)
     }
 
     /// One of the connection's threads is done; true for the last one, which frees it.
@@ -221,7 +119,7 @@ impl Conn {
         self.alive.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
-    /// Shuts the socket down both ways: wakes a reader blocked in `read` and fails any write.
+    /// Shuts the socket down both ways: wakes a reader blocked in poll/read, fails any write.
     pub fn shutdown(&self) {
         let _ = self.stream().shutdown(Shutdown::Both);
     }
@@ -236,6 +134,28 @@ impl Drop for Conn {
             id: self.id,
             peer: self.peer,
         });
+    }
+}
+
+/// Waits at most `wait` until one of `fds` is ready for `events` (readable: `IN`; writable:
+/// `OUT`; hang-ups and errors always count). Returns how many are ready (0: timed out or
+/// interrupted). poll(2) sleeps on a high-resolution timer, unlike SO_RCVTIMEO, whose
+/// wake-ups can be a few jiffies late.
+pub fn wait_fd<F: AsFd>(
+    fds: &[F],
+    events: rustix::event::PollFlags,
+    wait: Duration,
+) -> io::Result<usize> {
+    use rustix::event::{poll, PollFd, Timespec};
+    let timeout = Timespec {
+        tv_sec: wait.as_secs().min(i32::MAX as u64) as _,
+        tv_nsec: wait.subsec_nanos() as _,
+    };
+    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, events)).collect();
+    match poll(&mut polled, Some(&timeout)) {
+        Ok(n) => Ok(n),
+        Err(rustix::io::Errno::INTR) => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -276,7 +196,7 @@ pub fn linger(stream: &TcpStream, deadline: Instant) -> Lingered {
                 if left.is_zero() {
                     return Lingered::Deadline;
                 }
-                wait_readable([stream], left);
+                let _ = wait_fd(&[stream], rustix::event::PollFlags::IN, left);
             }
         }
     }
@@ -299,20 +219,6 @@ fn drain_now(stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> Option<Li
             Err(_) => return Some(Lingered::Error),
         }
     }
-}
-
-/// Waits at most `wait` for any of `socks` to become readable (or hang up).
-fn wait_readable<'a>(socks: impl IntoIterator<Item = &'a TcpStream>, wait: Duration) {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec {
-        tv_sec: wait.as_secs() as _,
-        tv_nsec: wait.subsec_nanos() as _,
-    };
-    let mut fds: Vec<PollFd<'_>> = socks
-        .into_iter()
-        .map(|s| PollFd::new(s, PollFlags::IN))
-        .collect();
-    let _ = poll(&mut fds, Some(&timeout));
 }
 
 /// Most refused connections lingering at once; past it a refused socket closes at once.
@@ -382,7 +288,8 @@ fn run_lingerer(rx: &Receiver<(TcpStream, Instant)>, active: &AtomicUsize) {
         let wait = next
             .saturating_duration_since(Instant::now())
             .min(LINGER_TICK);
-        wait_readable(held.iter().map(|(s, _)| s), wait);
+        let socks: Vec<&TcpStream> = held.iter().map(|(s, _)| s).collect();
+        let _ = wait_fd(&socks, rustix::event::PollFlags::IN, wait);
     }
 }
 

@@ -1,22 +1,32 @@
-//! `hb-server`: the accept loop and the two threads of every connection.
+//! `hb-server`: the accept loop and the two threads of every connection (the thread engine).
 //!
 //! ```text
 //!                accept loop (Server::run)
-//!                       │ registers a Conn, spawns two threads, or END server-full
+//!                       │ registers a Conn (its core::session::Session), spawns two threads,
+//!                       │ or END server-full
 //!         ┌─────────────┴──────────────┐
 //!  data-exchange thread          companion heartbeat thread
 //!  (reads, never writes)         (the only writer of the socket)
-//!   read with a deadline          drains the bounded outbound queue
-//!   → Heartbeat::handle_rx        sleeps until a queued line, the bell,
-//!   → switch off, parse, reply      or the core's next deadline
-//!   deadline passed in silence:   switch on: poll the core → PING k / END
-//!     switch on, ring the bell    END written: FIN, drain input ≤ END_LINGER,
-//!                                   then shutdown(Both), exit (error: at once)
+//!   poll until bytes or the       switch on: Session::handle_heartbeat → PING k / END
+//!     session's idle deadline     Session::handle_flow_timeout (lag, write stall)
+//!   bytes → Session::handle_rx    Session::poll_transmit → non-blocking send;
+//!     → switch off                  blocked: poll(POLLOUT) in short slices
+//!   Session::poll_input           Session::handle_written → caught up: wake held readers
+//!     chat line → Hub::handle_op  session ended: Hub::handle_leave (LEFT to the room)
+//!     held: wait (room or own     Session::poll_close: END written → FIN, linger
+//!       queue), then offer again    ≤ END_LINGER, close; nothing deliverable → close
+//!   silence → switch on + bell
 //! ```
-//! The last of the two threads to exit removes the connection from the registry, so the
-//! registry size is the number of connections still holding threads and descriptors.
+//! Every protocol decision (what a line means, who gets what, when a sender waits, when a
+//! client is ended and why) is made by the core machines [`Session`] and [`Hub`]; this module
+//! only moves bytes, reads the clock, sleeps and wakes. The last of a connection's two
+//! threads to exit removes it from the registry, so the registry size is the number of
+//! connections still holding threads and descriptors.
+//!
+//! Locks: the chat room (hub and its members) before any session, never the other way round;
+//! no lock is held across a system call that can block.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -26,13 +36,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Select;
+use crossbeam_channel::Receiver;
+use rustix::event::PollFlags;
 
 use crate::config::{Mode, ServerSettings, Wire};
-use crate::core::heartbeat::{Action, Heartbeat};
-use crate::core::room::{Delivery, Room};
-use crate::core::wire::{BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, ServerMsg};
-use crate::net::conn::{linger, CompanionRx, Conn, Lingerer, Out, END_LINGER};
+use crate::core::hub::{Hub, HubEvent, Mailboxes};
+use crate::core::room::MemberId;
+use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig, SessionEvent};
+use crate::core::wire::{EndReason, ServerMsg};
+use crate::net::conn::{linger, wait_fd, Conn, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 
 /// Listen backlog: large enough for a connect burst of a thousand clients.
@@ -41,10 +53,11 @@ pub const BACKLOG: i32 = 1024;
 const THREAD_STACK: usize = 128 * 1024;
 /// Longest a read waits when the heartbeat has no deadline (absurdly large settings).
 const MAX_READ_WAIT: Duration = Duration::from_secs(60);
-/// How long the final `END` line may take to write before the socket is closed anyway.
-const END_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
-/// Most bytes the companion gathers from its queue into one write.
-const WRITE_BATCH: usize = 64 * 1024;
+/// Longest a held reader, or a companion blocked on a full socket, sleeps before looking
+/// again (a safety net: they are woken when the reason they wait for goes away).
+const HOLD_SLICE: Duration = Duration::from_millis(20);
+/// Bytes one read takes from a client's socket.
+const READ_BUF: usize = 16 * 1024;
 /// How long shutdown waits for companions to deliver `END server-shutdown`.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
@@ -92,57 +105,90 @@ struct Shared {
     classic: Arc<crate::net::classic::Registry>,
     /// The chat room, in chat mode.
     chat: Option<Mutex<Chat>>,
+    /// Signalled under the chat lock when a lagging member caught up or left: senders held
+    /// back for it offer their line again.
+    room_changed: Condvar,
     /// Lingers refused connections off the accept thread (`None`: its thread could not start,
     /// refused sockets then close at once).
     lingerer: Option<Lingerer>,
 }
 
-/// The chat room and the outbound queues of its members. One lock guards both, so every
-/// member sees room events (JOINED, MSG, LEFT) in the same order, and each sender's
-/// messages in the order sent. Nothing done under the lock blocks: a delivery is a
-/// `try_send` on a bounded queue.
+/// The chat room and every chat connection. One lock guards both, so every member sees
+/// room events (JOINED, MSG, LEFT) in the same order, and each sender's messages in the
+/// order sent. Nothing done under the lock blocks: a delivery appends to a session's queue.
 #[derive(Default)]
 struct Chat {
-    room: Room,
-    members: HashMap<u64, Arc<Conn>>,
+    hub: Hub,
+    conns: HashMap<MemberId, Arc<Conn>>,
+}
+
+/// The hub's view of the members' queues: each member's session, locked one at a time.
+struct Members<'a>(&'a HashMap<MemberId, Arc<Conn>>);
+
+impl Mailboxes for Members<'_> {
+    fn has_room(&mut self, id: MemberId, len: usize) -> bool {
+        self.0.get(&id).is_some_and(|c| c.session().has_room(len))
+    }
+    fn mark_lagging(&mut self, id: MemberId, now: Instant) {
+        if let Some(c) = self.0.get(&id) {
+            c.session().mark_lagging(now);
+            // Its companion must learn the new deadline (lagging for `--stall` ends it).
+            c.ring();
+        }
+    }
+    fn push(&mut self, id: MemberId, now: Instant, line: &[u8]) {
+        if let Some(c) = self.0.get(&id) {
+            c.session().push(now, line);
+            c.ring();
+        }
+    }
+    fn is_open(&mut self, id: MemberId) -> bool {
+        self.0.get(&id).is_some_and(|c| c.session().is_open())
+    }
 }
 
 impl Chat {
-    /// Queues `first` for its recipients. A member whose queue overflows is evicted as a slow
-    /// consumer, and its `LEFT` is delivered in turn (which may evict more).
-    fn deliver(&mut self, first: Delivery, log: &EventLog) {
-        let mut work = VecDeque::from([first]);
-        while let Some(d) = work.pop_front() {
-            let line: Arc<str> = d.msg.encode().into();
-            let mut evicted = Vec::new();
-            for id in d.to {
-                if let Some(member) = self.members.get(&id) {
-                    if member.send(Out::Line(line.clone())).is_err() {
-                        evicted.push(id);
+    /// Logs what the hub reported.
+    fn log_events(&mut self, log: &EventLog) {
+        while let Some(ev) = self.hub.poll_event() {
+            let peer_of = |id| self.conns.get(&id).map(|c| c.peer);
+            match ev {
+                HubEvent::Joined { id, name } => {
+                    if let Some(peer) = peer_of(id) {
+                        log.emit(Event::Joined { id, peer, name });
                     }
                 }
-            }
-            for id in evicted {
-                if let Some(left) = self.leave(id, EndReason::SlowConsumer, log) {
-                    work.push_back(left);
+                HubEvent::Left { id, name, reason } => {
+                    if let Some(peer) = peer_of(id) {
+                        log.emit(Event::Left {
+                            id,
+                            peer,
+                            name,
+                            reason,
+                        });
+                    }
                 }
             }
         }
     }
+}
 
-    /// Removes `id` from the room; the `LEFT` to deliver if it had joined.
-    fn leave(&mut self, id: u64, reason: EndReason, log: &EventLog) -> Option<Delivery> {
-        let member = self.members.remove(&id);
-        let left = self.room.handle_leave(id, reason)?;
-        if let (Some(m), ServerMsg::Left { name, .. }) = (member, &left.msg) {
-            log.emit(Event::Left {
+/// Logs what a session reported.
+fn log_session(log: &EventLog, conn: &Conn, s: &mut Session) {
+    let (id, peer) = (conn.id, conn.peer);
+    while let Some(ev) = s.poll_event() {
+        match ev {
+            SessionEvent::PingSent { k, n } => log.emit(Event::PingSent { id, peer, k, n }),
+            SessionEvent::Answered(a) => log.emit(Event::Answered {
                 id,
-                peer: m.peer,
-                name: name.clone(),
-                reason,
-            });
+                peer,
+                after: a.after_pings,
+                rtt: a.rtt,
+            }),
+            SessionEvent::BadLine(detail) => log.emit(Event::BadLine { id, peer, detail }),
+            // Logged when the END is written (or cannot be).
+            SessionEvent::Ending(_) => {}
         }
-        Some(left)
     }
 }
 
@@ -153,12 +199,24 @@ impl Shared {
             .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// A connection is ending for `reason`: announce it to the room if it had joined.
+    /// A connection is ending for `reason`: announce it to the room if it had joined, and
+    /// wake the senders that were held back for it.
     fn leave(&self, conn: &Conn, reason: EndReason) {
         if let Some(mut chat) = self.chat() {
-            if let Some(left) = chat.leave(conn.id, reason, &self.log) {
-                chat.deliver(left, &self.log);
-            }
+            let chat = &mut *chat;
+            chat.hub
+                .handle_leave(Instant::now(), conn.id, reason, &mut Members(&chat.conns));
+            chat.log_events(&self.log);
+            self.room_changed.notify_all();
+        }
+    }
+
+    /// A lagging member caught up: wake the senders held back for it.
+    fn caught_up(&self) {
+        if let Some(_chat) = self.chat() {
+            // Notified under the lock, so a sender that was just held and is about to wait
+            // cannot miss it.
+            self.room_changed.notify_all();
         }
     }
 
@@ -171,6 +229,9 @@ impl Shared {
         if conn.release() {
             // The registry's reference goes now; the descriptor closes (and `closed` is
             // logged) when the two threads drop theirs a moment later.
+            if let Some(mut chat) = self.chat() {
+                chat.conns.remove(&conn.id);
+            }
             self.conns().remove(&conn.id);
             self.freed.notify_all();
         }
@@ -266,6 +327,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             classic: Arc::default(),
             chat,
+            room_changed: Condvar::new(),
             lingerer: Lingerer::start().ok(),
         });
         Ok(Self {
@@ -323,7 +385,7 @@ impl Server {
             });
         }
         loop {
-            if let Err(e) = wait_readable(&self.listener, MAX_READ_WAIT) {
+            if let Err(e) = wait_fd(&[&self.listener], PollFlags::IN, MAX_READ_WAIT) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     thread::sleep(Duration::from_millis(10));
                 }
@@ -399,34 +461,26 @@ impl Server {
         }
         let _ = stream.set_nodelay(true);
         let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
-        let cfg = sh.settings.heartbeat;
-        let (conn, rx) = Conn::new(
-            id,
-            peer,
-            stream,
-            Heartbeat::new(cfg, Instant::now()),
-            sh.settings.queue,
-            sh.log.clone(),
-        );
+        let session = Session::new(session_config(&sh.settings), Instant::now());
+        let (conn, bell) = Conn::new(id, peer, stream, session, sh.log.clone());
         let conn = Arc::new(conn);
-        let hello = ServerMsg::Hello {
-            idle: cfg.idle(),
-            interval: cfg.interval(),
-            count: cfg.count(),
-            mode: Some(sh.settings.mode),
-        };
-        let _ = conn.send(Out::Line(hello.encode().into()));
         sh.conns().insert(id, conn.clone());
+        if let Some(mut chat) = sh.chat() {
+            chat.conns.insert(id, conn.clone());
+        }
         sh.log.emit(Event::Connected { id, peer });
 
         let (sh2, c2) = (sh.clone(), conn.clone());
         let companion = thread::Builder::new()
             .name(format!("hb-write-{id}"))
             .stack_size(THREAD_STACK)
-            .spawn(move || companion(&sh2, &c2, rx));
+            .spawn(move || companion(&sh2, &c2, &bell));
         if let Err(e) = companion {
             // No writer exists, so this thread may write the refusal itself. The connection
             // owns the socket, so it closes without a linger (threads are short right now).
+            if let Some(mut chat) = sh.chat() {
+                chat.conns.remove(&id);
+            }
             sh.conns().remove(&id);
             write_refusal(conn.stream());
             sh.log.emit(Event::Refused {
@@ -447,7 +501,9 @@ impl Server {
                 reason: EndReason::ServerFull,
                 detail: format!("cannot start a thread: {e}"),
             });
-            conn.end_now(EndReason::ServerFull);
+            conn.session()
+                .end(Instant::now(), EndReason::ServerFull, true);
+            conn.ring();
             sh.release(&conn);
         }
     }
@@ -516,19 +572,22 @@ impl ServerHandle {
             return;
         }
         let conns: Vec<Arc<Conn>> = sh.conns().values().cloned().collect();
-        // Chat members hear who is leaving before they are told to go themselves.
+        // The room closes first and without LEFT lines: everyone reads END server-shutdown
+        // itself, and a LEFT per member to every member would cost members² lines.
         if let Some(mut chat) = sh.chat() {
-            for id in chat.room.members() {
-                if let Some(left) = chat.leave(id, EndReason::ServerShutdown, &sh.log) {
-                    chat.deliver(left, &sh.log);
-                }
-            }
+            chat.hub.handle_shutdown();
+            sh.room_changed.notify_all();
         }
         sh.log.emit(Event::ShuttingDown {
             clients: conns.len(),
         });
+        let now = Instant::now();
         for c in &conns {
-            c.end_now(EndReason::ServerShutdown);
+            let mut s = c.session();
+            s.end(now, EndReason::ServerShutdown, true);
+            c.notify_drained();
+            drop(s);
+            c.ring();
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut guard = sh.conns();
@@ -550,28 +609,58 @@ impl ServerHandle {
     }
 }
 
-/// The data-exchange thread: reads, feeds the heartbeat core, answers lines through the queue.
+/// The session settings of every connection.
+fn session_config(settings: &ServerSettings) -> SessionConfig {
+    SessionConfig {
+        mode: settings.mode,
+        heartbeat: settings.heartbeat,
+        max_line: settings.max_line,
+        queue: settings.queue,
+        // TEMP until --stall lands from the config work.
+        stall: Duration::from_millis(500),
+    }
+}
+
+/// Where the reader stands after handling what it has read.
+enum Pump {
+    /// Read more.
+    NeedBytes,
+    /// The session's own queue is over half full: wait for the client to read.
+    Held,
+    /// The session is ending: stop reading.
+    Stop,
+}
+
+/// The data-exchange thread: reads, feeds the session, hands chat lines to the hub.
 fn reader(sh: &Shared, conn: &Arc<Conn>) {
-    let mut decoder = LineDecoder::new(sh.settings.max_line);
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; READ_BUF];
     // poll() says when to read; this only bounds a read that poll() woke spuriously.
     let _ = conn.stream().set_read_timeout(Some(Duration::from_secs(1)));
     let closed = loop {
+        match pump(sh, conn) {
+            Pump::Stop => break None,
+            Pump::Held => {
+                let mut s = conn.session();
+                if s.is_open() && s.queued() > s.config().queue / 2 {
+                    s = conn.wait_drained(s, HOLD_SLICE);
+                }
+                drop(s);
+                continue;
+            }
+            Pump::NeedBytes => {}
+        }
         let now = Instant::now();
         let wait = conn
-            .heartbeat()
-            .poll_timeout()
+            .session()
+            .heartbeat_timeout()
             .map_or(MAX_READ_WAIT, |at| at.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_READ_WAIT);
-        // poll(2) sleeps on a high-resolution timer; SO_RCVTIMEO would wake up to a few
-        // jiffies late and start every heartbeat round that much behind schedule.
-        match wait_readable(conn.stream(), wait) {
-            Ok(true) => {}
-            Ok(false) => {
-                let hb = conn.heartbeat();
-                if hb.is_idle_expired(Instant::now()) && !conn.heartbeat_on() {
-                    let idle = hb.config().idle();
-                    drop(hb);
+        match wait_fd(&[conn.stream()], PollFlags::IN, wait) {
+            Ok(0) => {
+                let s = conn.session();
+                if s.is_idle_expired(Instant::now()) && !conn.heartbeat_on() {
+                    let idle = s.idle();
+                    drop(s);
                     sh.log.emit(Event::RoundStarted {
                         id: conn.id,
                         peer: conn.peer,
@@ -581,309 +670,227 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                 }
                 continue;
             }
+            Ok(_) => {}
             Err(e) => break Some(Some(e.to_string())),
         }
         match conn.stream().read(&mut buf) {
             Ok(0) => break Some(None),
-            // Once the connection is ending, input is only drained (see `linger`), never
-            // answered or relayed.
-            Ok(_) if conn.is_ending() => break None,
             Ok(n) => {
-                let answered = conn.heartbeat().handle_rx(Instant::now());
-                conn.set_heartbeat(false);
-                if let Some(a) = answered {
-                    sh.log.emit(Event::Answered {
-                        id: conn.id,
-                        peer: conn.peer,
-                        after: a.after_pings,
-                        rtt: a.rtt,
-                    });
-                }
-                decoder.feed(&buf[..n]);
-                if !handle_lines(sh, conn, &mut decoder) {
+                let mut s = conn.session();
+                if s.is_ending() {
+                    // Once the connection is ending, input is only drained (see `linger`),
+                    // never answered or relayed.
                     break None;
                 }
+                s.handle_rx(Instant::now(), &buf[..n]);
+                log_session(&sh.log, conn, &mut s);
+                drop(s);
+                conn.set_heartbeat(false);
             }
             Err(e) if crate::net::is_retryable_read(&e) => {}
             Err(e) => break Some(Some(e.to_string())),
         }
-        if conn.is_ending() {
-            break None;
-        }
     };
-    // A close we caused ourselves (END sent, socket shut down) is not the client's doing.
     if let Some(error) = closed {
-        if !conn.is_ending() {
+        let mut s = conn.session();
+        // A close we caused ourselves (END sent, socket shut down) is not the client's doing.
+        if s.is_open() {
+            s.handle_closed(Instant::now());
+            drop(s);
             sh.log.emit(Event::ClosedByClient {
                 id: conn.id,
                 peer: conn.peer,
                 error,
             });
-            conn.end_now(EndReason::Closed);
         }
     }
+    conn.ring();
     sh.release(conn);
 }
 
-/// Waits until `stream` has bytes (or EOF/error) to read; false when `wait` passed first.
-fn wait_readable(fd: impl std::os::fd::AsFd, wait: Duration) -> io::Result<bool> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec {
-        tv_sec: wait.as_secs() as _,
-        tv_nsec: wait.subsec_nanos() as _,
+/// Handles every complete line the session holds: echo-mode lines inside the session, chat
+/// lines through the hub. A line the hub holds back (a recipient is lagging) is offered
+/// again each time the room changes, with the reader not reading meanwhile: that is the
+/// backpressure on a fast sender.
+fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
+    let Some(mut chat) = sh.chat() else {
+        let mut s = conn.session();
+        let input = s.poll_input(Instant::now());
+        log_session(&sh.log, conn, &mut s);
+        drop(s);
+        conn.ring();
+        return match input {
+            Input::Held => Pump::Held,
+            Input::Stop => Pump::Stop,
+            // An echo session never asks for the room.
+            Input::NeedBytes | Input::Room(_) => Pump::NeedBytes,
+        };
     };
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    match poll(&mut fds, Some(&timeout)) {
-        Ok(n) => Ok(n > 0),
-        Err(rustix::io::Errno::INTR) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Handles every complete line; false when the connection must stop reading.
-fn handle_lines(sh: &Shared, conn: &Arc<Conn>, decoder: &mut LineDecoder) -> bool {
     loop {
-        let line = match decoder.next_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => return true,
-            Err(_) => {
-                conn.end_after_queue(EndReason::LineTooLong);
-                return false;
-            }
+        let now = Instant::now();
+        let mut s = conn.session();
+        let input = s.poll_input(now);
+        log_session(&sh.log, conn, &mut s);
+        drop(s);
+        let op = match input {
+            Input::Room(op) => op,
+            Input::NeedBytes => return wrote(conn, Pump::NeedBytes),
+            Input::Held => return wrote(conn, Pump::Held),
+            Input::Stop => return wrote(conn, Pump::Stop),
         };
-        if line.is_empty() {
-            // A bare newline is a keep-alive (someone pressing Enter in nc): nothing to answer.
-            continue;
-        }
-        let parsed = ClientMsg::parse(line).and_then(|msg| match sh.chat() {
-            Some(mut chat) => chat_line(sh, &mut chat, conn, msg),
-            None => echo_line(msg),
-        });
-        let reply = match parsed {
-            Ok(Reply::Line(msg)) => Some(msg),
-            Ok(Reply::Nothing) => None,
-            Ok(Reply::Quit) => {
-                conn.end_after_queue(EndReason::Quit);
-                return false;
-            }
-            Err(bad) => {
-                sh.log.emit(Event::BadLine {
-                    id: conn.id,
-                    peer: conn.peer,
-                    detail: bad.to_string(),
-                });
-                Some(ServerMsg::Err(bad))
-            }
-        };
-        if let Some(reply) = reply {
-            if conn.send(Out::Line(reply.encode().into())).is_err() {
-                return false;
-            }
+        let c = &mut *chat;
+        let outcome = c.hub.handle_op(now, conn.id, op, &mut Members(&c.conns));
+        let held = matches!(outcome, RoomOutcome::Held(_));
+        c.log_events(&sh.log);
+        let mut s = conn.session();
+        s.handle_room(now, outcome);
+        log_session(&sh.log, conn, &mut s);
+        drop(s);
+        if held {
+            conn.ring();
+            // Wait (the room unlocked) until a lagging member catches up or leaves; the
+            // next `poll_input` offers the same line again, or says the session ended.
+            chat = sh
+                .room_changed
+                .wait_timeout(chat, HOLD_SLICE)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }
 
-/// What a line asks the connection to do.
-enum Reply {
-    /// Queue this line for the sender.
-    Line(ServerMsg),
-    /// Nothing more to do.
-    Nothing,
-    /// `QUIT`: end the connection after what is queued.
-    Quit,
+/// Wakes the companion (replies may have been queued) and passes `p` on.
+fn wrote(conn: &Conn, p: Pump) -> Pump {
+    conn.ring();
+    p
 }
 
-fn echo_line(msg: ClientMsg) -> Result<Reply, BadLine> {
-    Ok(match msg {
-        ClientMsg::Msg(text) => Reply::Line(ServerMsg::Echo(text)),
-        ClientMsg::Ping(token) => Reply::Line(ServerMsg::Pong(token)),
-        ClientMsg::Pong(_) | ClientMsg::Join(_) => Reply::Nothing,
-        ClientMsg::Quit(_) => Reply::Quit,
-        ClientMsg::Who => {
-            return Err(BadLine {
-                code: ErrCode::UnknownVerb,
-                detail: "WHO works only on a chat server (this one is --mode echo)".into(),
-            })
+/// Sends what the socket takes now, without blocking.
+fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    use rustix::net::{send, SendFlags};
+    loop {
+        match send(stream, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-    })
-}
-
-fn chat_line(
-    sh: &Shared,
-    chat: &mut Chat,
-    conn: &Arc<Conn>,
-    msg: ClientMsg,
-) -> Result<Reply, BadLine> {
-    match msg {
-        ClientMsg::Join(name) => {
-            let joined = chat.room.handle_join(conn.id, &name)?;
-            chat.members.insert(conn.id, conn.clone());
-            sh.log.emit(Event::Joined {
-                id: conn.id,
-                peer: conn.peer,
-                name,
-            });
-            chat.deliver(joined, &sh.log);
-            Ok(Reply::Nothing)
-        }
-        ClientMsg::Msg(text) => {
-            let relay = chat.room.handle_msg(conn.id, &text)?;
-            chat.deliver(relay, &sh.log);
-            Ok(Reply::Nothing)
-        }
-        ClientMsg::Who => Ok(Reply::Line(ServerMsg::Members(chat.room.names()))),
-        other => echo_line(other),
     }
 }
 
-/// The companion heartbeat thread: the only writer of the socket.
-fn companion(sh: &Shared, conn: &Arc<Conn>, rx: CompanionRx) {
-    let hb_cfg = sh.settings.heartbeat;
-    // A write that makes no progress for this long means the client stopped reading.
-    let stall = hb_cfg
-        .interval()
-        .clamp(Duration::from_millis(100), Duration::from_secs(2));
-    let _ = conn.stream().set_write_timeout(Some(stall));
-    let write = |bytes: &[u8]| -> bool {
-        match conn.stream().write_all(bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                if !conn.is_ending() {
-                    sh.log.emit(Event::WriteFailed {
-                        id: conn.id,
-                        peer: conn.peer,
-                        error: e.to_string(),
-                    });
-                }
-                // A write that made no progress for `stall` means the client takes no data
-                // (it stopped reading, or its path is gone): the slow-consumer rule. It did
-                // not close anything itself, so `closed` would be a lie to the room.
-                let stalled = matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                );
-                conn.end_now(if stalled {
-                    EndReason::SlowConsumer
-                } else {
-                    EndReason::Closed
-                });
-                false
-            }
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The companion heartbeat thread: the only writer of the socket. It runs the session's
+/// timers (heartbeats while the switch is on; flow control always), writes what the session
+/// hands out, and closes the connection the way the session says.
+fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
+    let mut batch: Vec<u8> = Vec::new();
+    let mut off = 0;
+    let mut left_room = false;
+    let close = loop {
+        let now = Instant::now();
+        let mut s = conn.session();
+        let hb_on = conn.heartbeat_on();
+        if hb_on {
+            s.handle_heartbeat(now);
         }
-    };
-    let mut batch = Vec::new();
-    let end = 'run: loop {
-        if let Some(reason) = conn.urgent_end() {
-            break reason;
-        }
-        if conn.heartbeat_on() {
-            let action = conn.heartbeat().poll(Instant::now());
-            match action {
-                Some(Action::SendPing(k)) => {
-                    if write(ServerMsg::Ping(k.to_string()).encode().as_bytes()) {
-                        sh.log.emit(Event::PingSent {
-                            id: conn.id,
-                            peer: conn.peer,
-                            k,
-                            n: hb_cfg.count(),
-                        });
-                    }
-                    continue;
-                }
-                Some(Action::Dead) => {
-                    conn.end_now(EndReason::HeartbeatTimeout);
-                    continue;
-                }
-                None => {}
-            }
-        }
-        let deadline = if conn.heartbeat_on() {
-            conn.heartbeat().poll_timeout()
-        } else {
-            None
-        };
-        let mut sel = Select::new();
-        let out_i = sel.recv(&rx.out);
-        sel.recv(&rx.bell);
-        let op = match deadline {
-            Some(at) => match sel.select_deadline(at) {
-                Ok(op) => op,
-                Err(_) => continue,
-            },
-            None => sel.select(),
-        };
-        if op.index() == out_i {
-            let Ok(item) = op.recv(&rx.out) else {
-                break EndReason::Closed;
-            };
-            conn.dequeued(&item);
-            let first = match item {
-                Out::Line(line) => line,
-                Out::End(reason) => break reason,
-            };
-            // Whatever else is already queued goes out in the same write: under load one
-            // syscall (and one wake-up of the client) carries many lines.
+        s.handle_flow_timeout(now);
+        if off == batch.len() {
             batch.clear();
-            batch.extend_from_slice(first.as_bytes());
-            let mut then_end = None;
-            while batch.len() < WRITE_BATCH {
-                let Ok(item) = rx.out.try_recv() else { break };
-                conn.dequeued(&item);
-                match item {
-                    Out::Line(line) => batch.extend_from_slice(line.as_bytes()),
-                    Out::End(reason) => {
-                        then_end = Some(reason);
-                        break;
-                    }
-                }
-            }
-            if !write(&batch) {
-                // A write fails when someone ended the connection (an eviction shuts the
-                // socket down) or the client is gone: keep the first reason.
-                break 'run conn.urgent_end().unwrap_or(EndReason::Closed);
-            }
-            if batch.capacity() > 4 * WRITE_BATCH / 16 {
+            off = 0;
+            if batch.capacity() > 2 * crate::core::session::TRANSMIT_BATCH {
                 // Give back a burst's buffer: idle connections should stay small.
                 batch = Vec::new();
             }
-            if let Some(reason) = then_end {
-                break reason;
-            }
-        } else {
-            let _ = op.recv(&rx.bell);
+            let _ = s.poll_transmit(&mut batch);
         }
-    };
-    sh.leave(conn, end);
-    if end == EndReason::ServerShutdown {
-        // Deliver what was already queued (messages, the LEFTs of the shutdown) first; the
-        // shutdown's grace period bounds how long this may take.
-        let _ = conn.stream().set_write_timeout(Some(END_WRITE_TIMEOUT));
-        while let Ok(item) = rx.out.try_recv() {
-            conn.dequeued(&item);
-            if let Out::Line(line) = item {
-                if conn.stream().write_all(line.as_bytes()).is_err() {
-                    break;
+        let close = s.poll_close();
+        let ending = s.end_reason();
+        let deadline = earliest(
+            if hb_on { s.heartbeat_timeout() } else { None },
+            s.flow_timeout(),
+        );
+        log_session(&sh.log, conn, &mut s);
+        if ending.is_some() {
+            // A reader held by this session's own queue must see the end.
+            conn.notify_drained();
+        }
+        drop(s);
+        if let (Some(reason), false) = (ending, left_room) {
+            left_room = true;
+            sh.leave(conn, reason);
+        }
+        if let Some(close) = close {
+            break close;
+        }
+        if off < batch.len() {
+            match send_now(conn.stream(), &batch[off..]) {
+                Ok(n) => {
+                    off += n;
+                    let mut s = conn.session();
+                    let caught_up = s.handle_written(Instant::now(), n);
+                    if caught_up {
+                        conn.notify_drained();
+                    }
+                    drop(s);
+                    if caught_up {
+                        sh.caught_up();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The client is not reading right now: wait until it does, looking at
+                    // the timers (and an urgent end) at least every slice.
+                    let slice = deadline.map_or(HOLD_SLICE, |at| {
+                        at.saturating_duration_since(Instant::now()).min(HOLD_SLICE)
+                    });
+                    let _ = wait_fd(&[conn.stream()], PollFlags::OUT, slice);
+                }
+                Err(e) => {
+                    let mut s = conn.session();
+                    if s.is_open() {
+                        sh.log.emit(Event::WriteFailed {
+                            id: conn.id,
+                            peer: conn.peer,
+                            error: e.to_string(),
+                        });
+                    }
+                    s.handle_write_error(Instant::now());
                 }
             }
+            continue;
         }
-    }
-    if end != EndReason::Closed {
-        let _ = conn.stream().set_write_timeout(Some(END_WRITE_TIMEOUT));
-        let delivered = conn
-            .stream()
-            .write_all(ServerMsg::End(end).encode().as_bytes())
-            .is_ok();
-        sh.log.emit(Event::EndSent {
-            id: conn.id,
-            peer: conn.peer,
-            reason: end,
-            delivered,
-        });
-        if delivered {
+        match deadline {
+            Some(at) => {
+                let _ = bell.recv_deadline(at);
+            }
+            None => {
+                let _ = bell.recv();
+            }
+        }
+    };
+    match close {
+        Close::AfterEnd(reason) => {
+            sh.log.emit(Event::EndSent {
+                id: conn.id,
+                peer: conn.peer,
+                reason,
+                delivered: true,
+            });
             // FIN after the END, then discard input for a bounded while, so the close does
             // not reset the connection and destroy the END (see END_LINGER).
             linger(conn.stream(), Instant::now() + END_LINGER);
         }
+        Close::Now(EndReason::Closed) => {}
+        Close::Now(reason) => sh.log.emit(Event::EndSent {
+            id: conn.id,
+            peer: conn.peer,
+            reason,
+            delivered: false,
+        }),
     }
     conn.shutdown();
     sh.release(conn);

@@ -1,0 +1,821 @@
+//! One client connection of the line-wire server, as a sans-IO machine.
+//!
+//! A [`Session`] owns everything the server decides about one connection: line decoding and
+//! verb dispatch, the heartbeat, the outbound queue and its byte budget, flow control, and the
+//! end state. It never touches a socket or reads the clock: the engine feeds it received bytes
+//! ([`Session::handle_rx`]), the instant, and write results, and takes out bytes to write
+//! ([`Session::poll_transmit`]), lines the chat hub must handle ([`Session::poll_input`]),
+//! events to log ([`Session::poll_event`]) and its next deadline ([`Session::poll_timeout`]).
+//!
+//! ## Flow control (CONTRACT section 2)
+//! The outbound queue holds at most `queue` bytes, counting the bytes the engine has taken for
+//! a write that has not completed yet. When a line for this client does not fit, the client is
+//! *lagging*: whoever produced the line is held back (the engine stops reading that sender's
+//! socket) and the line is retried later, so nothing is dropped and no reader that keeps
+//! reading is ever ended. The client stops lagging once its queue has drained to half the
+//! budget ([`Session::handle_written`] reports it, so the engine can wake the held senders).
+//! A client that lags for `stall`, or whose socket accepts nothing for `stall` while bytes
+//! wait, is ended `END slow-consumer`.
+//!
+//! ## End state
+//! The first reason given wins. Urgent ends (`heartbeat-timeout`, `slow-consumer`,
+//! `server-shutdown`) drop what is queued and send `END` as soon as the write in progress
+//! completes; `quit` and `line-too-long` send `END` after everything queued before them. Once
+//! the end state has begun nothing more is read, dispatched or relayed for this client: only
+//! the `END` line still goes out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::Mode;
+use crate::core::heartbeat::{Action, Answered, Heartbeat, HeartbeatConfig};
+use crate::core::wire::{BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, ServerMsg};
+
+/// Most bytes [`Session::poll_transmit`] hands out at once (one write system call).
+pub const TRANSMIT_BATCH: usize = 64 * 1024;
+
+/// What one session is configured with (the server's settings that concern a connection).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Echo or chat.
+    pub mode: Mode,
+    /// The heartbeat timing.
+    pub heartbeat: HeartbeatConfig,
+    /// Longest accepted line, in bytes (`--max-line`).
+    pub max_line: usize,
+    /// Outbound queue budget, in bytes (`--queue`).
+    pub queue: usize,
+    /// How long a client may lag or accept nothing before it is ended (`--stall`).
+    pub stall: Duration,
+}
+
+/// A line the chat hub must handle for this session (chat mode only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomOp {
+    /// `JOIN NAME`
+    Join(String),
+    /// `MSG TEXT`
+    Msg(String),
+    /// `WHO`
+    Who,
+}
+
+/// What the engine must do with the session's input side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Input {
+    /// Every complete line is handled: read more bytes from the socket.
+    NeedBytes,
+    /// Hand this to the hub, then report the outcome with [`Session::handle_room`].
+    Room(RoomOp),
+    /// The client's own queue is over half full: read nothing until it drains
+    /// ([`Session::handle_written`] returns true), so replies never pile up unbounded.
+    Held,
+    /// The end state has begun: read nothing more (the engine only drains input while it
+    /// lingers after `END`).
+    Stop,
+}
+
+/// What the hub made of a [`RoomOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomOutcome {
+    /// Done; anything to say was delivered by the hub.
+    Done,
+    /// A recipient lacks room: keep the operation and offer it again once woken.
+    Held(RoomOp),
+    /// Answer the sender with this line (`MEMBERS ...`).
+    Reply(ServerMsg),
+    /// The line was refused: answer `ERR`.
+    Refused(BadLine),
+}
+
+/// Something the engine should log. Decisions only; I/O facts (a write failed, the client
+/// closed) are the engine's to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Heartbeat `k` of `n` was queued.
+    PingSent {
+        /// 1-based number in the round.
+        k: u32,
+        /// Heartbeats per round.
+        n: u32,
+    },
+    /// A heartbeat round ended because the client sent something.
+    Answered(Answered),
+    /// A bad line was answered with `ERR`.
+    BadLine(String),
+    /// The end state began for this reason.
+    Ending(EndReason),
+}
+
+/// How the engine must close the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Close {
+    /// `END` was written: shut the write side, then linger (discard input for a bounded
+    /// while) so the close does not reset the connection before the client reads `END`.
+    AfterEnd(EndReason),
+    /// Nothing more can or need be written (the client closed, or `END` could not get
+    /// through within `stall`): close now.
+    Now(EndReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Open,
+    /// Ending for `reason`; `urgent` drops the queue first.
+    Ending {
+        reason: EndReason,
+        urgent: bool,
+    },
+}
+
+/// One client connection's protocol state. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    decoder: LineDecoder,
+    hb: Heartbeat,
+    /// Whole lines waiting to be handed to the engine for writing.
+    queue: VecDeque<u8>,
+    /// Bytes handed out by `poll_transmit` and not yet reported written.
+    in_flight: usize,
+    /// A room operation the hub could not complete yet (flow control).
+    pending: Option<RoomOp>,
+    /// Since when a line for this client did not fit (the flow-control clock).
+    lagging_since: Option<Instant>,
+    /// Last time the socket accepted bytes, or bytes started waiting (the write-stall clock).
+    progress_at: Instant,
+    end: End,
+    /// `END` has been handed out for writing.
+    end_taken: bool,
+    /// `END` cannot be delivered (stalled): close without it.
+    give_up: bool,
+    events: VecDeque<SessionEvent>,
+}
+
+impl Session {
+    /// A new connection at `now`; its `HELLO` is already queued.
+    pub fn new(cfg: SessionConfig, now: Instant) -> Self {
+        let mut s = Self {
+            cfg,
+            decoder: LineDecoder::new(cfg.max_line),
+            hb: Heartbeat::new(cfg.heartbeat, now),
+            queue: VecDeque::new(),
+            in_flight: 0,
+            pending: None,
+            lagging_since: None,
+            progress_at: now,
+            end: End::Open,
+            end_taken: false,
+            give_up: false,
+            events: VecDeque::new(),
+        };
+        let hello = ServerMsg::Hello {
+            idle: cfg.heartbeat.idle(),
+            interval: cfg.heartbeat.interval(),
+            count: cfg.heartbeat.count(),
+            mode: Some(cfg.mode),
+        };
+        s.push(now, hello.encode().as_bytes());
+        s
+    }
+
+    /// The settings this session runs with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    // ----- input -----
+
+    /// Bytes arrived from the client at `now`. Every byte proves the client alive; the lines
+    /// are handled by [`Session::poll_input`]. Bytes after the end state began are ignored.
+    pub fn handle_rx(&mut self, now: Instant, bytes: &[u8]) {
+        if self.is_ending() {
+            return;
+        }
+        if let Some(a) = self.hb.handle_rx(now) {
+            self.events.push_back(SessionEvent::Answered(a));
+        }
+        self.decoder.feed(bytes);
+    }
+
+    /// Handles complete lines until one needs the hub, the client's queue is over half full,
+    /// or no complete line is left.
+    pub fn poll_input(&mut self, now: Instant) -> Input {
+        if self.is_ending() {
+            return Input::Stop;
+        }
+        if let Some(op) = self.pending.take() {
+            return Input::Room(op);
+        }
+        loop {
+            if self.queued() > self.cfg.queue / 2 {
+                // Replies to this client's own lines wait for it to read: the same flow
+                // control as a room delivery, with the client itself as the held sender.
+                self.mark_lagging(now);
+                return Input::Held;
+            }
+            let line = match self.decoder.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => return Input::NeedBytes,
+                Err(_) => {
+                    self.end(now, EndReason::LineTooLong, false);
+                    return Input::Stop;
+                }
+            };
+            if line.is_empty() {
+                // A bare newline is a keep-alive (someone pressing Enter in nc).
+                continue;
+            }
+            let reply = match ClientMsg::parse(line) {
+                Err(bad) => Some(self.bad_line(bad)),
+                Ok(msg) => match (self.cfg.mode, msg) {
+                    (_, ClientMsg::Ping(token)) => Some(ServerMsg::Pong(token)),
+                    (_, ClientMsg::Pong(_)) => None,
+                    (_, ClientMsg::Quit(_)) => {
+                        self.end(now, EndReason::Quit, false);
+                        return Input::Stop;
+                    }
+                    (Mode::Echo, ClientMsg::Msg(text)) => Some(ServerMsg::Echo(text)),
+                    // Echo mode has no names; JOIN is accepted and ignored (as ever).
+                    (Mode::Echo, ClientMsg::Join(_)) => None,
+                    (Mode::Echo, ClientMsg::Who) => Some(self.bad_line(BadLine {
+                        code: ErrCode::UnknownVerb,
+                        detail: "WHO works only on a chat server (this one is --mode echo)"
+                            .into(),
+                    })),
+                    (Mode::Chat, ClientMsg::Join(name)) => return Input::Room(RoomOp::Join(name)),
+                    (Mode::Chat, ClientMsg::Msg(text)) => return Input::Room(RoomOp::Msg(text)),
+                    (Mode::Chat, ClientMsg::Who) => return Input::Room(RoomOp::Who),
+                },
+            };
+            if let Some(reply) = reply {
+                self.push(now, reply.encode().as_bytes());
+            }
+        }
+    }
+
+    /// The hub's answer to the last [`Input::Room`].
+    pub fn handle_room(&mut self, now: Instant, outcome: RoomOutcome) {
+        match outcome {
+            RoomOutcome::Done => {}
+            RoomOutcome::Held(op) => self.pending = Some(op),
+            RoomOutcome::Reply(msg) => self.push(now, msg.encode().as_bytes()),
+            RoomOutcome::Refused(bad) => {
+                let line = self.bad_line(bad);
+                self.push(now, line.encode().as_bytes());
+            }
+        }
+    }
+
+    /// True while a room operation waits for a recipient to catch up.
+    pub fn is_held_by_room(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn bad_line(&mut self, bad: BadLine) -> ServerMsg {
+        self.events.push_back(SessionEvent::BadLine(bad.to_string()));
+        ServerMsg::Err(bad)
+    }
+
+    // ----- output -----
+
+    /// Bytes queued or being written.
+    pub fn queued(&self) -> usize {
+        self.queue.len() + self.in_flight
+    }
+
+    /// True when a room line of `len` bytes fits the budget now (the hub's admission check).
+    pub fn has_room(&self, len: usize) -> bool {
+        self.is_open() && self.queued() + len <= self.cfg.queue
+    }
+
+    /// The hub could not deliver to this client at `now` for lack of room.
+    pub fn mark_lagging(&mut self, now: Instant) {
+        self.lagging_since.get_or_insert(now);
+    }
+
+    /// Since when this client has been lagging, if it is.
+    pub fn lagging_since(&self) -> Option<Instant> {
+        self.lagging_since
+    }
+
+    /// Queues a whole line (`\n` included) from the room or a reply. Does not check the
+    /// budget: callers check [`Session::has_room`] first (the hub) or hold input while the
+    /// queue is over half full (replies), so the queue stays within about `queue` bytes plus
+    /// one reply. Dropped once the end state began.
+    pub fn push(&mut self, now: Instant, line: &[u8]) {
+        if !self.is_open() {
+            return;
+        }
+        if self.queued() == 0 {
+            self.progress_at = now;
+        }
+        self.queue.extend(line);
+    }
+
+    /// Moves the next bytes to write into `buf` (appended; at most about
+    /// [`TRANSMIT_BATCH`], always whole lines), or the `END` line once it is due. Returns
+    /// the number of bytes added; 0 when there is nothing to write now.
+    #[must_use]
+    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
+        match self.end {
+            End::Ending { reason, urgent } if urgent || self.queue.is_empty() => {
+                if self.end_taken
+                    || self.in_flight > 0
+                    || self.give_up
+                    || reason == EndReason::Closed
+                {
+                    return 0;
+                }
+                self.end_taken = true;
+                let line = ServerMsg::End(reason).encode();
+                buf.extend_from_slice(line.as_bytes());
+                self.in_flight += line.len();
+                return line.len();
+            }
+            _ => {}
+        }
+        if self.queue.is_empty() {
+            return 0;
+        }
+        let n = self.queue.len().min(TRANSMIT_BATCH);
+        // Cut after the last whole line within the batch (or after the first line when one
+        // line alone is longer), so an urgent END never follows half a line.
+        let cut = match self.queue.range(..n).rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None => self
+                .queue
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.queue.len(), |i| i + 1),
+        };
+        let (a, b) = self.queue.as_slices();
+        if cut <= a.len() {
+            buf.extend_from_slice(&a[..cut]);
+        } else {
+            buf.extend_from_slice(a);
+            buf.extend_from_slice(&b[..cut - a.len()]);
+        }
+        self.queue.drain(..cut);
+        self.in_flight += cut;
+        if self.queue.is_empty() && self.queue.capacity() > 2 * TRANSMIT_BATCH {
+            // Give a burst's memory back: an idle client should cost little.
+            self.queue = VecDeque::new();
+        }
+        cut
+    }
+
+    /// `n` bytes handed out by [`Session::poll_transmit`] were written at `now`. True when
+    /// this ended a lag: the engine must wake senders held back for this client (and this
+    /// client's own reading).
+    pub fn handle_written(&mut self, now: Instant, n: usize) -> bool {
+        self.in_flight = self.in_flight.saturating_sub(n);
+        if n > 0 {
+            self.progress_at = now;
+        }
+        if self.lagging_since.is_some() && self.queued() <= self.cfg.queue / 2 {
+            self.lagging_since = None;
+            return true;
+        }
+        false
+    }
+
+    /// The socket failed (the client reset it or is gone): nothing more can be written.
+    pub fn handle_write_error(&mut self, now: Instant) {
+        self.end(now, EndReason::Closed, true);
+        self.give_up = true;
+    }
+
+    /// The client closed its side (EOF). It may still read: what is queued is still
+    /// delivered (no `END`: it is the one who left), within the write-stall rule.
+    pub fn handle_closed(&mut self, now: Instant) {
+        self.end(now, EndReason::Closed, false);
+    }
+
+    // ----- time -----
+
+    /// The heartbeat's next deadline (the idle expiry, or the next heartbeat of a round).
+    #[must_use]
+    pub fn heartbeat_timeout(&self) -> Option<Instant> {
+        if self.is_ending() {
+            return None;
+        }
+        self.hb.poll_timeout()
+    }
+
+    /// The flow-control deadline: when a lag or a write stall would end the client.
+    #[must_use]
+    pub fn flow_timeout(&self) -> Option<Instant> {
+        let lag = self
+            .lagging_since
+            .filter(|_| self.is_open())
+            .and_then(|t| t.checked_add(self.cfg.stall));
+        let stall = (self.queued() > 0 && !self.give_up)
+            .then(|| self.progress_at.checked_add(self.cfg.stall))
+            .flatten();
+        match (lag, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next instant [`Session::handle_timeout`] has something to do.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.heartbeat_timeout(), self.flow_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// True when the client has been silent for `idle` and no heartbeat round runs yet: the
+    /// moment the manual's "start heartbeat" switch is turned on.
+    #[must_use]
+    pub fn is_idle_expired(&self, now: Instant) -> bool {
+        !self.is_ending() && self.hb.is_idle_expired(now)
+    }
+
+    /// The silence that starts a heartbeat round.
+    pub fn idle(&self) -> Duration {
+        self.cfg.heartbeat.idle()
+    }
+
+    /// Runs every timer due at `now`: heartbeats and flow control.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_heartbeat(now);
+        self.handle_flow_timeout(now);
+    }
+
+    /// Runs the heartbeat timer only (the thread engine calls it while the manual's switch
+    /// is on): queues `PING k`, or ends the client `heartbeat-timeout`.
+    pub fn handle_heartbeat(&mut self, now: Instant) {
+        while !self.is_ending() {
+            match self.hb.poll(now) {
+                Some(Action::SendPing(k)) => {
+                    // A heartbeat is tiny and bounded (one per interval): it bypasses the
+                    // budget, so a full queue never hides it.
+                    self.push(now, ServerMsg::Ping(k.to_string()).encode().as_bytes());
+                    self.events.push_back(SessionEvent::PingSent {
+                        k,
+                        n: self.cfg.heartbeat.count(),
+                    });
+                }
+                Some(Action::Dead) => self.end(now, EndReason::HeartbeatTimeout, true),
+                None => break,
+            }
+        }
+    }
+
+    /// Runs the flow-control timers only: a client lagging for `stall`, or whose socket
+    /// accepted nothing for `stall` while bytes waited, is ended `slow-consumer`; an `END`
+    /// that could not be written for `stall` is given up.
+    pub fn handle_flow_timeout(&mut self, now: Instant) {
+        let stall = self.cfg.stall;
+        let due = |t: Instant| t.checked_add(stall).is_some_and(|at| now >= at);
+        if self.is_open() && self.lagging_since.is_some_and(due) {
+            self.end(now, EndReason::SlowConsumer, true);
+        }
+        if self.queued() > 0 && due(self.progress_at) {
+            if self.is_open() {
+                self.end(now, EndReason::SlowConsumer, true);
+                // The socket took nothing for `stall`; give END one more `stall`.
+                self.progress_at = now;
+            } else {
+                self.give_up = true;
+            }
+        }
+    }
+
+    // ----- end state -----
+
+    /// Ends the session for `reason` (first reason wins). `urgent` drops what is queued and
+    /// sends `END` next; otherwise `END` follows the queue. A later urgent end of a session
+    /// already ending after its queue keeps the first reason but stops waiting for the queue.
+    pub fn end(&mut self, now: Instant, reason: EndReason, urgent: bool) {
+        match &mut self.end {
+            End::Open => {
+                self.end = End::Ending { reason, urgent };
+                self.pending = None;
+                self.lagging_since = None;
+                if urgent {
+                    self.queue = VecDeque::new();
+                }
+                if self.queued() == 0 {
+                    // `END` starts waiting now: the write-stall clock starts here too.
+                    self.progress_at = now;
+                }
+                self.events.push_back(SessionEvent::Ending(reason));
+            }
+            End::Ending { urgent: u, .. } => {
+                if urgent && !*u {
+                    *u = true;
+                    self.queue = VecDeque::new();
+                }
+                if reason == EndReason::Closed {
+                    // The client is gone: nothing can be delivered any more.
+                    self.give_up = true;
+                }
+            }
+        }
+    }
+
+    /// True while nothing ends the session.
+    pub fn is_open(&self) -> bool {
+        self.end == End::Open
+    }
+
+    /// True once the end state has begun.
+    pub fn is_ending(&self) -> bool {
+        !self.is_open()
+    }
+
+    /// Why the session is ending, once it is.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        match self.end {
+            End::Open => None,
+            End::Ending { reason, .. } => Some(reason),
+        }
+    }
+
+    /// Once the session is over: how to close the socket.
+    #[must_use]
+    pub fn poll_close(&self) -> Option<Close> {
+        let End::Ending { reason, .. } = self.end else {
+            return None;
+        };
+        if self.give_up || (reason == EndReason::Closed && self.queued() == 0) {
+            return Some(Close::Now(reason));
+        }
+        (self.end_taken && self.in_flight == 0).then_some(Close::AfterEnd(reason))
+    }
+
+    /// The next thing to log.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(mode: Mode) -> SessionConfig {
+        SessionConfig {
+            mode,
+            heartbeat: HeartbeatConfig::new(
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                2,
+            )
+            .unwrap(),
+            max_line: 64,
+            queue: 1000,
+            stall: Duration::from_millis(500),
+        }
+    }
+
+    /// Everything the session wants written now, as text, reported written at `now`.
+    fn drain(s: &mut Session, now: Instant) -> String {
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let n = s.poll_transmit(&mut buf);
+            if n == 0 {
+                break;
+            }
+            let _ = s.handle_written(now, n);
+            out.extend(buf);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn hello_then_echo_and_pong() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        assert_eq!(
+            drain(&mut s, t),
+            "HELLO hb/1 idle=5000 interval=1000 count=2 mode=echo\n"
+        );
+        s.handle_rx(t, b"MSG hi\r\nPING 7\nPONG 1\n\nNOPE\n");
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        assert_eq!(
+            drain(&mut s, t),
+            "ECHO hi\nPONG 7\nERR unknown-verb 'NOPE' (expected JOIN, MSG, PING, PONG, QUIT or WHO)\n"
+        );
+        assert!(matches!(s.poll_event(), Some(SessionEvent::BadLine(_))));
+    }
+
+    #[test]
+    fn quit_ends_after_the_queue_and_nothing_after_it_is_handled() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        s.handle_rx(t, b"MSG a\nQUIT\nMSG b\n");
+        assert_eq!(s.poll_input(t), Input::Stop);
+        assert_eq!(s.poll_input(t), Input::Stop, "nothing after the end state");
+        let out = drain(&mut s, t);
+        assert!(out.ends_with("ECHO a\nEND quit\n"), "{out}");
+        assert_eq!(s.poll_close(), Some(Close::AfterEnd(EndReason::Quit)));
+    }
+
+    #[test]
+    fn urgent_end_drops_the_queue_but_not_the_line_in_flight() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        let _ = drain(&mut s, t);
+        s.handle_rx(t, b"MSG one\nMSG two\n");
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        let mut buf = Vec::new();
+        assert_eq!(s.poll_transmit(&mut buf), buf.len());
+        s.handle_rx(t, b"MSG three\n");
+        let _ = s.poll_input(t);
+        s.end(t, EndReason::ServerShutdown, true);
+        s.end(t, EndReason::HeartbeatTimeout, true);
+        let mut more = Vec::new();
+        assert_eq!(s.poll_transmit(&mut more), 0, "END waits for the write in flight");
+        let _ = s.handle_written(t, buf.len());
+        assert_eq!(drain(&mut s, t), "END server-shutdown\n", "first reason wins");
+        assert_eq!(
+            s.poll_close(),
+            Some(Close::AfterEnd(EndReason::ServerShutdown))
+        );
+        assert_eq!(s.poll_event(), Some(SessionEvent::Ending(EndReason::ServerShutdown)));
+    }
+
+    #[test]
+    fn heartbeat_pings_then_ends_with_simulated_time() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        let _ = drain(&mut s, t);
+        assert_eq!(s.poll_timeout(), Some(t + ms(5000)));
+        assert!(!s.is_idle_expired(t + ms(4999)));
+        assert!(s.is_idle_expired(t + ms(5000)));
+        s.handle_timeout(t + ms(5000));
+        assert_eq!(drain(&mut s, t + ms(5000)), "PING 1\n");
+        s.handle_timeout(t + ms(6000));
+        assert_eq!(drain(&mut s, t + ms(6000)), "PING 2\n");
+        s.handle_timeout(t + ms(7000));
+        assert_eq!(drain(&mut s, t + ms(7000)), "END heartbeat-timeout\n");
+        assert_eq!(
+            s.poll_close(),
+            Some(Close::AfterEnd(EndReason::HeartbeatTimeout))
+        );
+    }
+
+    #[test]
+    fn an_answer_ends_the_round() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        let _ = drain(&mut s, t);
+        s.handle_timeout(t + ms(5000));
+        assert_eq!(drain(&mut s, t + ms(5000)), "PING 1\n");
+        s.handle_rx(t + ms(5010), b"PONG 1\n");
+        assert_eq!(s.poll_input(t + ms(5010)), Input::NeedBytes);
+        let evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(evs.contains(&SessionEvent::Answered(Answered {
+            after_pings: 1,
+            rtt: ms(10)
+        })));
+        assert_eq!(s.heartbeat_timeout(), Some(t + ms(10_010)));
+    }
+
+    #[test]
+    fn a_client_that_reads_nothing_holds_its_own_input_then_is_ended() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        // 600 bytes of echoes: more than half the 1000-byte budget.
+        let line = format!("MSG {}\n", "x".repeat(50));
+        s.handle_rx(t, line.repeat(20).as_bytes());
+        assert_eq!(s.poll_input(t), Input::Held);
+        assert!(s.queued() <= 1000 / 2 + 64, "bounded: {}", s.queued());
+        assert_eq!(s.lagging_since(), Some(t));
+        // The socket takes nothing: at `stall` the client is ended, END goes first.
+        s.handle_timeout(t + ms(499));
+        assert!(s.is_open());
+        s.handle_timeout(t + ms(500));
+        assert_eq!(s.end_reason(), Some(EndReason::SlowConsumer));
+        assert_eq!(drain(&mut s, t + ms(501)), "END slow-consumer\n");
+    }
+
+    #[test]
+    fn a_client_that_reads_is_never_ended() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        let line = format!("MSG {}\n", "x".repeat(50));
+        let mut now = t;
+        let mut echoed = 0;
+        for _ in 0..10_000 {
+            s.handle_rx(now, line.as_bytes());
+            loop {
+                match s.poll_input(now) {
+                    Input::NeedBytes => break,
+                    Input::Held => {
+                        // The client reads everything 1 ms later.
+                        now += ms(1);
+                        s.handle_timeout(now);
+                        echoed += drain(&mut s, now).matches("ECHO").count();
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        echoed += drain(&mut s, now).matches("ECHO").count();
+        assert!(s.is_open());
+        assert_eq!(echoed, 10_000);
+    }
+
+    #[test]
+    fn line_too_long_ends_after_the_queue() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        s.handle_rx(t, b"MSG ok\n");
+        s.handle_rx(t, &[b'y'; 100]);
+        assert_eq!(s.poll_input(t), Input::Stop);
+        assert!(drain(&mut s, t).ends_with("ECHO ok\nEND line-too-long\n"));
+    }
+
+    #[test]
+    fn chat_lines_go_to_the_hub_and_a_held_one_comes_back() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Chat), t);
+        s.handle_rx(t, b"JOIN ann\nMSG hi\nWHO\n");
+        assert_eq!(s.poll_input(t), Input::Room(RoomOp::Join("ann".into())));
+        s.handle_room(t, RoomOutcome::Done);
+        let Input::Room(op) = s.poll_input(t) else {
+            panic!()
+        };
+        s.handle_room(t, RoomOutcome::Held(op));
+        assert!(s.is_held_by_room());
+        assert_eq!(s.poll_input(t), Input::Room(RoomOp::Msg("hi".into())));
+        s.handle_room(t, RoomOutcome::Done);
+        assert_eq!(s.poll_input(t), Input::Room(RoomOp::Who));
+        s.handle_room(t, RoomOutcome::Reply(ServerMsg::Members(vec!["ann".into()])));
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        assert!(drain(&mut s, t).ends_with("MEMBERS ann\n"));
+        // A held operation is dropped when the session ends: nothing after the end state.
+        s.handle_rx(t, b"MSG again\n");
+        let Input::Room(op) = s.poll_input(t) else {
+            panic!()
+        };
+        s.handle_room(t, RoomOutcome::Held(op));
+        s.end(t, EndReason::HeartbeatTimeout, true);
+        assert_eq!(s.poll_input(t), Input::Stop);
+    }
+
+    #[test]
+    fn a_closed_client_gets_what_was_queued_but_no_end_line() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        s.handle_rx(t, b"MSG bye\n");
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        s.handle_closed(t);
+        assert_eq!(s.poll_close(), None, "the echo is still to go");
+        assert!(drain(&mut s, t).ends_with("ECHO bye\n"));
+        let mut buf = Vec::new();
+        assert_eq!(s.poll_transmit(&mut buf), 0);
+        assert_eq!(s.poll_close(), Some(Close::Now(EndReason::Closed)));
+    }
+
+    #[test]
+    fn an_end_that_cannot_be_written_is_given_up_after_stall() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        let _ = drain(&mut s, t);
+        s.end(t, EndReason::ServerShutdown, true);
+        let mut buf = Vec::new();
+        assert!(s.poll_transmit(&mut buf) > 0);
+        // The socket accepts nothing.
+        assert_eq!(s.flow_timeout(), Some(t + ms(500)));
+        s.handle_timeout(t + ms(500));
+        assert_eq!(s.poll_close(), Some(Close::Now(EndReason::ServerShutdown)));
+    }
+
+    #[test]
+    fn transmit_cuts_on_whole_lines() {
+        let t = Instant::now();
+        let mut c = cfg(Mode::Chat);
+        c.queue = 1 << 20;
+        c.max_line = 1 << 20;
+        let mut s = Session::new(c, t);
+        let _ = drain(&mut s, t);
+        let line = format!("MSG a {}\n", "z".repeat(999));
+        for _ in 0..100 {
+            s.push(t, line.as_bytes());
+        }
+        let mut buf = Vec::new();
+        let n = s.poll_transmit(&mut buf);
+        assert!(n <= TRANSMIT_BATCH && n % line.len() == 0, "{n}");
+        let big = format!("MSG b {}\n", "q".repeat(100_000));
+        let mut s = Session::new(c, t);
+        let _ = drain(&mut s, t);
+        s.push(t, big.as_bytes());
+        let mut buf = Vec::new();
+        assert_eq!(s.poll_transmit(&mut buf), big.len(), "one long line goes whole");
+    }
+}
