@@ -242,8 +242,7 @@ impl Session {
                     (Mode::Echo, ClientMsg::Join(_)) => None,
                     (Mode::Echo, ClientMsg::Who) => Some(self.bad_line(BadLine {
                         code: ErrCode::UnknownVerb,
-                        detail: "WHO works only on a chat server (this one is --mode echo)"
-                            .into(),
+                        detail: "WHO works only on a chat server (this one is --mode echo)".into(),
                     })),
                     (Mode::Chat, ClientMsg::Join(name)) => return Input::Room(RoomOp::Join(name)),
                     (Mode::Chat, ClientMsg::Msg(text)) => return Input::Room(RoomOp::Msg(text)),
@@ -275,7 +274,8 @@ impl Session {
     }
 
     fn bad_line(&mut self, bad: BadLine) -> ServerMsg {
-        self.events.push_back(SessionEvent::BadLine(bad.to_string()));
+        self.events
+            .push_back(SessionEvent::BadLine(bad.to_string()));
         ServerMsg::Err(bad)
     }
 
@@ -564,12 +564,8 @@ mod tests {
     fn cfg(mode: Mode) -> SessionConfig {
         SessionConfig {
             mode,
-            heartbeat: HeartbeatConfig::new(
-                Duration::from_secs(5),
-                Duration::from_secs(1),
-                2,
-            )
-            .unwrap(),
+            heartbeat: HeartbeatConfig::new(Duration::from_secs(5), Duration::from_secs(1), 2)
+                .unwrap(),
             max_line: 64,
             queue: 1000,
             stall: Duration::from_millis(500),
@@ -638,14 +634,25 @@ mod tests {
         s.end(t, EndReason::ServerShutdown, true);
         s.end(t, EndReason::HeartbeatTimeout, true);
         let mut more = Vec::new();
-        assert_eq!(s.poll_transmit(&mut more), 0, "END waits for the write in flight");
+        assert_eq!(
+            s.poll_transmit(&mut more),
+            0,
+            "END waits for the write in flight"
+        );
         let _ = s.handle_written(t, buf.len());
-        assert_eq!(drain(&mut s, t), "END server-shutdown\n", "first reason wins");
+        assert_eq!(
+            drain(&mut s, t),
+            "END server-shutdown\n",
+            "first reason wins"
+        );
         assert_eq!(
             s.poll_close(),
             Some(Close::AfterEnd(EndReason::ServerShutdown))
         );
-        assert_eq!(s.poll_event(), Some(SessionEvent::Ending(EndReason::ServerShutdown)));
+        assert_eq!(
+            s.poll_event(),
+            Some(SessionEvent::Ending(EndReason::ServerShutdown))
+        );
     }
 
     #[test]
@@ -755,7 +762,10 @@ mod tests {
         assert_eq!(s.poll_input(t), Input::Room(RoomOp::Msg("hi".into())));
         s.handle_room(t, RoomOutcome::Done);
         assert_eq!(s.poll_input(t), Input::Room(RoomOp::Who));
-        s.handle_room(t, RoomOutcome::Reply(ServerMsg::Members(vec!["ann".into()])));
+        s.handle_room(
+            t,
+            RoomOutcome::Reply(ServerMsg::Members(vec!["ann".into()])),
+        );
         assert_eq!(s.poll_input(t), Input::NeedBytes);
         assert!(drain(&mut s, t).ends_with("MEMBERS ann\n"));
         // A held operation is dropped when the session ends: nothing after the end state.
@@ -816,6 +826,10 @@ mod tests {
         let _ = drain(&mut s, t);
         s.push(t, big.as_bytes());
         let mut buf = Vec::new();
-        assert_eq!(s.poll_transmit(&mut buf), big.len(), "one long line goes whole");
+        assert_eq!(
+            s.poll_transmit(&mut buf),
+            big.len(),
+            "one long line goes whole"
+        );
     }
 }
