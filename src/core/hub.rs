@@ -287,7 +287,10 @@ mod tests {
         /// Bytes from `id`'s client; handles input until it needs more bytes or is held.
         /// Returns the last input state.
         fn rx(&mut self, id: MemberId, bytes: &str) -> Input {
-            self.s.get_mut(&id).unwrap().handle_rx(self.t, bytes.as_bytes());
+            self.s
+                .get_mut(&id)
+                .unwrap()
+                .handle_rx(self.t, bytes.as_bytes());
             self.pump(id)
         }
 
@@ -407,7 +410,10 @@ mod tests {
         let bob = &sim.got[&2];
         assert_eq!(bob.iter().filter(|l| l.starts_with("MSG ann")).count(), 500);
         assert!(bob.contains(&"LEFT cy slow-consumer".to_owned()), "{bob:?}");
-        assert!(!sim.hub.names().contains(&"cy".to_owned()), "the name is free");
+        assert!(
+            !sim.hub.names().contains(&"cy".to_owned()),
+            "the name is free"
+        );
         let mut buf = Vec::new();
         let _ = sim.s.get_mut(&3).unwrap().poll_transmit(&mut buf);
         assert_eq!(buf, b"END slow-consumer\n", "END goes first once cy reads");
@@ -439,7 +445,10 @@ mod tests {
         let mut sim = Sim::new(&["ann", "bob", "cy"]);
         assert_eq!(sim.hub.handle_shutdown(), 3);
         for id in 1..=3 {
-            sim.s.get_mut(&id).unwrap().end(sim.t, EndReason::ServerShutdown, true);
+            sim.s
+                .get_mut(&id)
+                .unwrap()
+                .end(sim.t, EndReason::ServerShutdown, true);
             sim.hub
                 .handle_leave(sim.t, id, EndReason::ServerShutdown, &mut sim.s);
         }
@@ -480,7 +489,8 @@ mod tests {
         assert!(sim.got[&2][1].starts_with("ERR already-joined"));
         assert!(sim.got[&2][2].starts_with("ERR already-joined"));
         sim.s.get_mut(&2).unwrap().handle_closed(sim.t);
-        sim.hub.handle_leave(sim.t, 2, EndReason::Closed, &mut sim.s);
+        sim.hub
+            .handle_leave(sim.t, 2, EndReason::Closed, &mut sim.s);
         sim.read(1, usize::MAX);
         assert_eq!(sim.got[&1], vec!["LEFT bob closed".to_owned()]);
         let evs: Vec<_> = std::iter::from_fn(|| sim.hub.poll_event()).collect();

@@ -10,61 +10,6 @@ fn chat_server(extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-/// A member that never reads: a tiny receive buffer (so the kernel cannot absorb megabytes on
-/// its behalf) and a thread that keeps sending empty lines so heartbeats never end it.
-struct Stuck {
-    _stream: std::net::TcpStream,
-    stop: crossbeam_channel::Sender<()>,
-}
-
-impl Drop for Stuck {
-    fn drop(&mut self) {
-        let _ = self.stop.send(());
-    }
-}
-
-fn join_stuck(port: u16, name: &str) -> Stuck {
-    use std::io::{Read, Write};
-    let mut stream = connect_small_rcvbuf(port);
-    stream.set_read_timeout(Some(PROMPT)).unwrap();
-    stream
-        .write_all(format!("JOIN {name}\nPING joined\n").as_bytes())
-        .unwrap();
-    // Read only up to the confirmation; after that, never again.
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("PONG joined\n") {
-        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed while joining");
-        seen.push(byte[0]);
-    }
-    let mut w = stream.try_clone().unwrap();
-    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
-    std::thread::spawn(move || {
-        while stopped.recv_timeout(ms(50)).is_err() {
-            if w.write_all(b"\n").is_err() {
-                break;
-            }
-        }
-    });
-    Stuck {
-        _stream: stream,
-        stop,
-    }
-}
-
-/// Connects, joins as `name` and waits until the server confirmed it (PONG after JOIN).
-fn join(port: u16, name: &str) -> Peer {
-    let mut p = Peer::connect(port);
-    let (_, hello) = p.line(PROMPT);
-    assert!(
-        hello.starts_with("HELLO hb/1 ") && hello.ends_with(" mode=chat"),
-        "{hello}"
-    );
-    p.send(format!("JOIN {name}\nPING joined\n").as_bytes());
-    p.expect("PONG joined", PROMPT);
-    p
-}
-
 #[test]
 fn three_clients_relay_to_each_other_without_self_echo() {
     let _w = Watchdog::new("chat-relay", ms(15_000));

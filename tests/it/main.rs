@@ -6,6 +6,7 @@ mod chat_client;
 mod classic;
 mod client_exit;
 mod faults;
+mod flow;
 mod hostile;
 mod manual_cases;
 mod node;

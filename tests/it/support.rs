@@ -174,24 +174,28 @@ impl Lines {
 
     /// Waits for a line containing `needle`; panics with everything seen on timeout.
     pub fn wait_for(&mut self, needle: &str, within: Duration) -> (Instant, String) {
+        self.find(needle, within).unwrap_or_else(|| {
+            panic!(
+                "no line containing {needle:?} within {within:?}; saw:\n{}",
+                self.text()
+            )
+        })
+    }
+
+    /// The first line containing `needle`, waiting up to `within` for it; `None` when it did
+    /// not come in time or the stream closed without it.
+    pub fn find(&mut self, needle: &str, within: Duration) -> Option<(Instant, String)> {
         if let Some(hit) = self.seen.iter().find(|(_, l)| l.contains(needle)) {
-            return hit.clone();
+            return Some(hit.clone());
         }
         let deadline = Instant::now() + within;
-        loop {
-            match self.rx.recv_deadline(deadline) {
-                Ok(item) => {
-                    self.seen.push(item.clone());
-                    if item.1.contains(needle) {
-                        return item;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line containing {needle:?} within {within:?}; saw:\n{}",
-                    self.text()
-                ),
+        while let Ok(item) = self.rx.recv_deadline(deadline) {
+            self.seen.push(item.clone());
+            if item.1.contains(needle) {
+                return Some(item);
             }
         }
+        None
     }
 
     /// Collects whatever arrives within `d`.
@@ -377,7 +381,16 @@ impl Server {
     }
 
     fn started(mut proc: Proc, dir: &Path) -> Self {
-        let (_, line) = proc.stdout.wait_for("listening on", PROMPT);
+        let Some((_, line)) = proc.stdout.find("listening on", PROMPT) else {
+            // Usually a usage error (exit 2): say so, with the server's own words.
+            let status = proc.child.try_wait().ok().flatten();
+            proc.stderr.drain(ms(200));
+            panic!(
+                "hb-server never said `listening on` (exit status {status:?})\nstdout:\n{}\nstderr:\n{}",
+                proc.stdout.text(),
+                proc.stderr.text()
+            );
+        };
         let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
         Self {
             proc,
@@ -465,6 +478,15 @@ impl Peer {
         }
     }
 
+    /// The next line and when it arrived (since connect), or why there is none; never panics.
+    pub fn next(&mut self, within: Duration) -> Next {
+        match self.rx.recv_timeout(within) {
+            Ok(Some((at, l))) => Next::Line(at - self.t0, l),
+            Ok(None) => Next::Closed,
+            Err(_) => Next::Timeout,
+        }
+    }
+
     /// Asserts the next line is exactly `want`, returning its arrival time.
     pub fn expect(&mut self, want: &str, within: Duration) -> Duration {
         let (at, got) = self.line(within);
@@ -501,6 +523,17 @@ impl Peer {
     }
 }
 
+/// What [`Peer::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A line and when it arrived (since connect).
+    Line(Duration, String),
+    /// The connection closed (EOF or an error).
+    Closed,
+    /// Nothing within the wait.
+    Timeout,
+}
+
 impl Drop for Peer {
     /// The reader thread holds a clone of the socket, so dropping alone would not close it.
     fn drop(&mut self) {
@@ -530,4 +563,82 @@ pub fn assert_near(what: &str, got: Duration, want: Duration, slack: Duration) {
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// Connects to a chat server, joins as `name` and waits until the server confirmed it (the
+/// PONG after JOIN).
+pub fn join(port: u16, name: &str) -> Peer {
+    let mut p = Peer::connect(port);
+    let (_, hello) = p.line(PROMPT);
+    assert!(
+        hello.starts_with("HELLO hb/1 ") && hello.ends_with(" mode=chat"),
+        "{hello}"
+    );
+    p.send(format!("JOIN {name}\nPING joined\n").as_bytes());
+    p.expect("PONG joined", PROMPT);
+    p
+}
+
+/// A chat member that never reads: a tiny receive buffer (so the kernel cannot absorb
+/// megabytes on its behalf) and a thread that keeps sending empty lines so heartbeats never
+/// end it.
+pub struct Stuck {
+    stream: TcpStream,
+    stop: crossbeam_channel::Sender<()>,
+}
+
+impl Stuck {
+    /// Its address as the server logs it (`127.0.0.1:PORT`).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+    }
+}
+
+/// Joins the chat room as `name`, reads up to the confirmation and never reads again.
+pub fn join_stuck(port: u16, name: &str) -> Stuck {
+    let mut stream = connect_small_rcvbuf(port);
+    stream.set_read_timeout(Some(PROMPT)).unwrap();
+    stream
+        .write_all(format!("JOIN {name}\nPING joined\n").as_bytes())
+        .unwrap();
+    // Read only up to the confirmation; after that, never again.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("PONG joined\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed while joining");
+        seen.push(byte[0]);
+    }
+    let mut w = stream.try_clone().unwrap();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    thread::spawn(move || {
+        while stopped.recv_timeout(ms(50)).is_err() {
+            if w.write_all(b"\n").is_err() {
+                break;
+            }
+        }
+    });
+    Stuck { stream, stop }
+}
+
+/// Raises this process's soft limit on open descriptors to at least `n` (children inherit it),
+/// panicking with the reason when the hard limit does not allow it.
+pub fn ensure_fd_limit(n: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current.is_some_and(|c| c >= n) || lim.current.is_none() {
+        return;
+    }
+    assert!(
+        lim.maximum.is_none_or(|m| m >= n),
+        "needs {n} open descriptors, but the hard limit is {:?} (raise `ulimit -Hn`)",
+        lim.maximum
+    );
+    lim.current = Some(n);
+    setrlimit(Resource::Nofile, lim).unwrap_or_else(|e| panic!("setrlimit NOFILE {n}: {e}"));
 }
