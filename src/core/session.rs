@@ -452,6 +452,10 @@ impl Session {
         let due = |t: Instant| t.checked_add(stall).is_some_and(|at| now >= at);
         if self.is_open() && self.lagging_since.is_some_and(due) {
             self.end(now, EndReason::SlowConsumer, true);
+            if self.blocked_since.is_some() {
+                // END gets its own `stall` to get through a socket that was already full.
+                self.blocked_since = Some(now);
+            }
         }
         if self.queued() > 0 && !self.give_up && self.blocked_since.is_some_and(due) {
             if self.is_open() {
@@ -822,6 +826,20 @@ mod tests {
         assert_eq!(s.flow_timeout(), Some(t + ms(500)));
         s.handle_timeout(t + ms(500));
         assert_eq!(s.poll_close(), Some(Close::Now(EndReason::ServerShutdown)));
+    }
+
+    #[test]
+    fn a_lagging_client_ended_while_its_socket_is_full_gets_a_stall_for_its_end() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        s.handle_write_blocked(t);
+        s.mark_lagging(t + ms(100));
+        s.handle_timeout(t + ms(600));
+        assert_eq!(s.end_reason(), Some(EndReason::SlowConsumer));
+        assert_eq!(s.poll_close(), None, "END is still to go");
+        assert_eq!(s.flow_timeout(), Some(t + ms(1100)));
+        s.handle_timeout(t + ms(1100));
+        assert_eq!(s.poll_close(), Some(Close::Now(EndReason::SlowConsumer)));
     }
 
     #[test]
