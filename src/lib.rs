@@ -17,27 +17,38 @@
 //! and return actions and their next deadline (`handle_*` in, `poll_*` out), so every timing
 //! rule is unit-tested by stepping simulated time instead of sleeping.
 //!
-//! ## Threads of one server connection
+//! ## The server: one core, plumbing around it
+//! Every protocol decision of the line-wire server lives in two sans-IO machines:
+//! [`core::session::Session`] (one per connection: line decoding, verb dispatch, the
+//! heartbeat, the outbound byte budget, flow control and the end state) and
+//! [`core::hub::Hub`] (the chat room: names, who gets what, which sender must wait). The
+//! engine in [`net::server`] only moves bytes, reads the clock, sleeps and wakes; grep it for
+//! a verb or an end reason and you find only log plumbing.
 //! ```text
-//!                  accept loop (poll + accept, END server-full when out of room)
-//!                         │ spawns
-//!         ┌───────────────┴────────────────┐
-//!  data-exchange thread              companion heartbeat thread
-//!  (reads, never writes)             (the only writer of the socket)
-//!    poll(2) until the idle            drains a bounded queue (ECHO, PONG, ERR, END)
-//!    deadline or bytes                 sleeps until a queued line, a bell, or the
-//!    bytes → Heartbeat::handle_rx        core's next deadline
-//!          → switch off, reply         switch on → Heartbeat::poll → PING k / END
-//!    silence → "start heartbeat"       END → shutdown(Write), then the linger:
-//!              switch on + bell          discard input until the client closes or
-//!                                        250 ms (END_LINGER), close, exit
-//!                                      write error → shutdown(Both), exit
+//!                   core (no socket, no thread, no clock)
+//!      ┌──────────────────────────────────────────────────────────────┐
+//!      │ Session ×N: handle_rx / poll_input / handle_room             │
+//!      │             poll_transmit / handle_written / handle_write_blocked
+//!      │             handle_heartbeat / handle_flow_timeout / poll_close
+//!      │ Hub ×1:     handle_op (JOIN, MSG, WHO) / handle_leave /      │
+//!      │             handle_shutdown, through Mailboxes (the sessions)│
+//!      └───────────────▲──────────────────────────────▲───────────────┘
+//!                      │ lock session (chat: room lock first)
+//!  data-exchange thread (reads, never writes)   companion heartbeat thread (the only writer)
+//!    poll(2) until bytes or the idle deadline    switch on → handle_heartbeat → PING k / END
+//!    bytes → handle_rx → switch off              handle_flow_timeout (lag / write stall)
+//!    poll_input → chat line → Hub::handle_op     poll_transmit → send(MSG_DONTWAIT)
+//!      held (a recipient lags, or own queue      blocked → poll(POLLOUT) in 20 ms slices
+//!      over half full): stop reading, wait       handle_written → caught up → wake held
+//!      until woken, offer the line again         ended → Hub::handle_leave (LEFT)
+//!    silence → "start heartbeat" switch on       poll_close: END written → FIN, linger
+//!                                                  ≤ 250 ms (END_LINGER), close
 //! ```
+//! The accept loop (poll + accept, `END server-full` when out of room) spawns the two threads.
 //! The linger exists because closing a socket with unread input makes the kernel send a
 //! reset, which can destroy the `END` line before the client reads it.
-//! The "start heartbeat" switch (an atomic flag) and the [`core::heartbeat::Heartbeat`]
-//! behind a mutex are all the two threads share. A client that stops reading fills only its
-//! own queue and is ended as a slow consumer; nobody else waits for it. Every blocking call
+//! A client that stops reading holds its senders back for at most `--stall` and is then
+//! ended as a slow consumer; a reader that keeps reading is never dropped. Every blocking call
 //! has a deadline, and Ctrl-C tells every client `END server-shutdown` within a second.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

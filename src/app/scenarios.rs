@@ -740,7 +740,7 @@ pub fn run_cases(
 const TABLE_WIDTH: usize = 100;
 
 /// Formats the verdict table: per case a header line (number, description, verdict) and the
-/// expectation and observation wrapped to [`TABLE_WIDTH`] columns under it.
+/// expectation and observation wrapped to `TABLE_WIDTH` columns under it.
 pub fn table(verdicts: &[Verdict]) -> String {
     const INDENT: &str = "        ";
     let mut out = String::new();

@@ -49,8 +49,9 @@ pub struct ServerOptions {
     /// [default: 65536]
     #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
     pub max_line: Option<usize>,
-    /// Bytes queued for one client before it is ended as a slow consumer. Line wire only
-    /// [default: 1048576]
+    /// Outbound queue of one client, in bytes (besides the kernel's socket buffer). When a
+    /// line for it does not fit, its senders are held back until it drains to half. Line
+    /// wire only [default: 1048576]
     #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
     pub queue: Option<usize>,
     /// How long one client that cannot catch up may hold the senders back, or its socket
@@ -133,7 +134,7 @@ pub struct ServerSettings {
     pub max_conns: usize,
     /// Longest accepted line in bytes.
     pub max_line: usize,
-    /// Bytes queued for one client before it is a slow consumer.
+    /// Outbound queue of one client in bytes; a line that does not fit holds its sender back.
     pub queue: usize,
     /// How long a recipient that cannot catch up may hold its senders back, or its socket
     /// accept nothing, before it is ended with `END slow-consumer` (never zero).

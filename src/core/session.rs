@@ -241,8 +241,7 @@ impl Session {
                     (Mode::Echo, ClientMsg::Join(_)) => None,
                     (Mode::Echo, ClientMsg::Who) => Some(self.bad_line(BadLine {
                         code: ErrCode::UnknownVerb,
-                        detail: "WHO works only on a chat server (this one is --mode echo)"
-                            .into(),
+                        detail: "WHO works only on a chat server (this one is --mode echo)".into(),
                     })),
                     (Mode::Chat, ClientMsg::Join(name)) => return Input::Room(RoomOp::Join(name)),
                     (Mode::Chat, ClientMsg::Msg(text)) => return Input::Room(RoomOp::Msg(text)),
@@ -274,7 +273,8 @@ impl Session {
     }
 
     fn bad_line(&mut self, bad: BadLine) -> ServerMsg {
-        self.events.push_back(SessionEvent::BadLine(bad.to_string()));
+        self.events
+            .push_back(SessionEvent::BadLine(bad.to_string()));
         ServerMsg::Err(bad)
     }
 
@@ -508,7 +508,9 @@ impl Session {
                     let line = ServerMsg::End(first).encode();
                     // The END queued earlier may be what the socket took part of.
                     let rest_of_end = !self.queue.is_empty()
-                        && line.as_bytes().ends_with(&self.queue.iter().copied().collect::<Vec<u8>>());
+                        && line
+                            .as_bytes()
+                            .ends_with(&self.queue.iter().copied().collect::<Vec<u8>>());
                     if first != EndReason::Closed && !rest_of_end {
                         self.queue.extend(line.as_bytes());
                     }
@@ -574,12 +576,8 @@ mod tests {
     fn cfg(mode: Mode) -> SessionConfig {
         SessionConfig {
             mode,
-            heartbeat: HeartbeatConfig::new(
-                Duration::from_secs(5),
-                Duration::from_secs(1),
-                2,
-            )
-            .unwrap(),
+            heartbeat: HeartbeatConfig::new(Duration::from_secs(5), Duration::from_secs(1), 2)
+                .unwrap(),
             max_line: 64,
             queue: 1000,
             stall: Duration::from_millis(500),
@@ -785,7 +783,10 @@ mod tests {
         assert_eq!(s.poll_input(t), Input::Room(RoomOp::Msg("hi".into())));
         s.handle_room(t, RoomOutcome::Done);
         assert_eq!(s.poll_input(t), Input::Room(RoomOp::Who));
-        s.handle_room(t, RoomOutcome::Reply(ServerMsg::Members(vec!["ann".into()])));
+        s.handle_room(
+            t,
+            RoomOutcome::Reply(ServerMsg::Members(vec!["ann".into()])),
+        );
         assert_eq!(s.poll_input(t), Input::NeedBytes);
         assert!(drain(&mut s, t).ends_with("MEMBERS ann\n"));
         // A held operation is dropped when the session ends: nothing after the end state.
@@ -820,7 +821,11 @@ mod tests {
         s.end(t, EndReason::ServerShutdown, true);
         let mut buf = Vec::new();
         assert!(s.poll_transmit(&mut buf) > 0);
-        assert_eq!(s.flow_timeout(), None, "no clock before the socket refuses bytes");
+        assert_eq!(
+            s.flow_timeout(),
+            None,
+            "no clock before the socket refuses bytes"
+        );
         // The socket accepts nothing.
         s.handle_write_blocked(t);
         assert_eq!(s.flow_timeout(), Some(t + ms(500)));
