@@ -7,11 +7,9 @@
 //! Also how a connection closes after its last line: [`linger`] (FIN, then discard input for
 //! at most [`END_LINGER`]) on the connection's own thread, and [`Lingerer`], one shared thread
 //! for refused newcomers, so closing with unread input never resets a client before it reads
-//! its `END`. And [`wait_fd`], the one poll(2) helper the server's threads sleep in.
+//! its `END`.
 
-use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::core::session::Session;
 use crate::net::events::{Event, EventLog};
+use crate::net::wait::{wait, PollFlags};
 
 /// Shared state of one connection.
 #[derive(Debug)]
@@ -137,28 +136,6 @@ impl Drop for Conn {
     }
 }
 
-/// Waits at most `wait` until one of `fds` is ready for `events` (readable: `IN`; writable:
-/// `OUT`; hang-ups and errors always count). Returns how many are ready (0: timed out or
-/// interrupted). poll(2) sleeps on a high-resolution timer, unlike SO_RCVTIMEO, whose
-/// wake-ups can be a few jiffies late.
-pub fn wait_fd<F: AsFd>(
-    fds: &[F],
-    events: rustix::event::PollFlags,
-    wait: Duration,
-) -> io::Result<usize> {
-    use rustix::event::{poll, PollFd, Timespec};
-    let timeout = Timespec {
-        tv_sec: wait.as_secs().min(i32::MAX as u64) as _,
-        tv_nsec: wait.subsec_nanos() as _,
-    };
-    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, events)).collect();
-    match poll(&mut polled, Some(&timeout)) {
-        Ok(n) => Ok(n),
-        Err(rustix::io::Errno::INTR) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// How long a connection the server is closing keeps reading (and discarding) input after
 /// its last line (`END ...`, or the classic `End Connection`).
 ///
@@ -196,7 +173,7 @@ pub fn linger(stream: &TcpStream, deadline: Instant) -> Lingered {
                 if left.is_zero() {
                     return Lingered::Deadline;
                 }
-                let _ = wait_fd(&[stream], rustix::event::PollFlags::IN, left);
+                let _ = wait(&[stream], PollFlags::IN, left);
             }
         }
     }
@@ -285,11 +262,11 @@ fn run_lingerer(rx: &Receiver<(TcpStream, Instant)>, active: &AtomicUsize) {
         let Some(next) = held.iter().map(|(_, d)| *d).min() else {
             continue;
         };
-        let wait = next
+        let pause = next
             .saturating_duration_since(Instant::now())
             .min(LINGER_TICK);
         let socks: Vec<&TcpStream> = held.iter().map(|(s, _)| s).collect();
-        let _ = wait_fd(&socks, rustix::event::PollFlags::IN, wait);
+        let _ = wait(&socks, PollFlags::IN, pause);
     }
 }
 

@@ -8,7 +8,9 @@ pub mod conn;
 pub mod events;
 pub mod loadgen;
 pub mod rawsock;
+pub mod registry;
 pub mod server;
+pub mod wait;
 
 /// Resolves `host:port` and returns the first address `f` succeeds with, or the last error
 /// (a host name may resolve to several addresses, say IPv6 and IPv4, and only one may work).

@@ -31,21 +31,22 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use rustix::event::PollFlags;
 
 use crate::config::{Mode, ServerSettings, Wire};
 use crate::core::hub::{Hub, HubEvent, Mailboxes};
 use crate::core::room::MemberId;
 use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig, SessionEvent};
 use crate::core::wire::{EndReason, ServerMsg};
-use crate::net::conn::{linger, wait_fd, Conn, Lingerer, END_LINGER};
+use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
+use crate::net::registry::Registry;
+use crate::net::wait::{wait_one, PollFlags};
 
 /// Listen backlog: large enough for a connect burst of a thousand clients.
 pub const BACKLOG: i32 = 1024;
@@ -96,10 +97,8 @@ impl std::error::Error for ServerError {
 struct Shared {
     settings: ServerSettings,
     log: EventLog,
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
-    /// Signalled whenever a connection is freed, so shutdown can wait without polling.
-    freed: Condvar,
-    next_id: AtomicU64,
+    /// Line-wire connections.
+    conns: Registry<Conn>,
     stopping: AtomicBool,
     /// Classic-wire connections (empty on the line wire).
     classic: Arc<crate::net::classic::Registry>,
@@ -220,10 +219,6 @@ impl Shared {
         }
     }
 
-    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Called by each of a connection's threads as it exits.
     fn release(&self, conn: &Conn) {
         if conn.release() {
@@ -232,8 +227,7 @@ impl Shared {
             if let Some(mut chat) = self.chat() {
                 chat.conns.remove(&conn.id);
             }
-            self.conns().remove(&conn.id);
-            self.freed.notify_all();
+            self.conns.remove(conn.id);
         }
     }
 }
@@ -321,9 +315,7 @@ impl Server {
         let shared = Arc::new(Shared {
             settings,
             log,
-            conns: Mutex::new(HashMap::new()),
-            freed: Condvar::new(),
-            next_id: AtomicU64::new(1),
+            conns: Registry::default(),
             stopping: AtomicBool::new(false),
             classic: Arc::default(),
             chat,
@@ -385,7 +377,7 @@ impl Server {
             });
         }
         loop {
-            if let Err(e) = wait_fd(&[&self.listener], PollFlags::IN, MAX_READ_WAIT) {
+            if let Err(e) = wait_one(&self.listener, PollFlags::IN, MAX_READ_WAIT) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     thread::sleep(Duration::from_millis(10));
                 }
@@ -455,16 +447,16 @@ impl Server {
             return;
         }
         let max = sh.settings.max_conns;
-        if sh.conns().len() >= max {
+        if sh.conns.len() >= max {
             refuse(sh, stream, Some(peer), format!("max-conns {max} reached"));
             return;
         }
         let _ = stream.set_nodelay(true);
-        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = sh.conns.next_id();
         let session = Session::new(session_config(&sh.settings), Instant::now());
         let (conn, bell) = Conn::new(id, peer, stream, session, sh.log.clone());
         let conn = Arc::new(conn);
-        sh.conns().insert(id, conn.clone());
+        sh.conns.insert(id, conn.clone());
         if let Some(mut chat) = sh.chat() {
             chat.conns.insert(id, conn.clone());
         }
@@ -481,7 +473,7 @@ impl Server {
             if let Some(mut chat) = sh.chat() {
                 chat.conns.remove(&id);
             }
-            sh.conns().remove(&id);
+            sh.conns.remove(id);
             write_refusal(conn.stream());
             sh.log.emit(Event::Refused {
                 peer: Some(peer),
@@ -546,7 +538,7 @@ impl ServerHandle {
 
     /// Connections currently holding threads.
     pub fn connections(&self) -> usize {
-        self.shared.conns().len() + self.shared.classic.len()
+        self.shared.conns.len() + self.shared.classic.len()
     }
 
     /// Stops accepting, sends `END server-shutdown` to every client and waits (at most about
@@ -568,10 +560,10 @@ impl ServerHandle {
         };
         let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(100));
         if sh.settings.wire == Wire::Classic {
-            sh.classic.shutdown(&sh.log, SHUTDOWN_GRACE);
+            crate::net::classic::shutdown(&sh.classic, &sh.log, SHUTDOWN_GRACE);
             return;
         }
-        let conns: Vec<Arc<Conn>> = sh.conns().values().cloned().collect();
+        let conns = sh.conns.all();
         // The room closes first and without LEFT lines: everyone reads END server-shutdown
         // itself, and a LEFT per member to every member would cost members² lines.
         if let Some(mut chat) = sh.chat() {
@@ -589,21 +581,10 @@ impl ServerHandle {
             drop(s);
             c.ring();
         }
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let mut guard = sh.conns();
-        while !guard.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            guard = sh
-                .freed
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        // Whoever is still there is stuck writing to a client that does not read.
-        for c in guard.values() {
+        // Whoever is still there after the grace is stuck writing to a client that does not
+        // read.
+        let stuck = sh.conns.wait_empty(SHUTDOWN_GRACE);
+        for c in &stuck {
             c.shutdown();
         }
     }
@@ -654,8 +635,8 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
             .heartbeat_timeout()
             .map_or(MAX_READ_WAIT, |at| at.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_READ_WAIT);
-        match wait_fd(&[conn.stream()], PollFlags::IN, wait) {
-            Ok(0) => {
+        match wait_one(conn.stream(), PollFlags::IN, wait) {
+            Ok(false) => {
                 let s = conn.session();
                 if s.is_idle_expired(Instant::now()) && !conn.heartbeat_on() {
                     let idle = s.idle();
@@ -669,7 +650,7 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                 }
                 continue;
             }
-            Ok(_) => {}
+            Ok(true) => {}
             Err(e) => break Some(Some(e.to_string())),
         }
         match conn.stream().read(&mut buf) {
@@ -838,7 +819,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
                     let slice = deadline.map_or(HOLD_SLICE, |at| {
                         at.saturating_duration_since(Instant::now()).min(HOLD_SLICE)
                     });
-                    let _ = wait_fd(&[conn.stream()], PollFlags::OUT, slice);
+                    let _ = wait_one(conn.stream(), PollFlags::OUT, slice);
                 }
                 Err(e) => {
                     let mut s = conn.session();

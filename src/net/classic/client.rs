@@ -4,7 +4,7 @@
 //! socket, one accepts and reads the heartbeat socket; the calling thread is the only writer of
 //! both and drives the pure [`ClassicClient`].
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -83,7 +83,10 @@ fn accept_and_read_heartbeat(listener: TcpListener, done: &AtomicBool, tx: Sende
         if done.load(Ordering::Acquire) {
             return;
         }
-        if !matches!(poll_listener(&listener, ACCEPT_TICK), Ok(true)) {
+        if !matches!(
+            crate::net::wait::wait_one(&listener, crate::net::wait::PollFlags::IN, ACCEPT_TICK),
+            Ok(true)
+        ) {
             continue;
         }
         match listener.accept() {
@@ -120,20 +123,6 @@ fn accept_and_read_heartbeat(listener: TcpListener, done: &AtomicBool, tx: Sende
                 return;
             }
         }
-    }
-}
-
-fn poll_listener(l: &TcpListener, wait: Duration) -> io::Result<bool> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec {
-        tv_sec: wait.as_secs() as _,
-        tv_nsec: wait.subsec_nanos() as _,
-    };
-    let mut fds = [PollFd::new(l, PollFlags::IN)];
-    match poll(&mut fds, Some(&timeout)) {
-        Ok(n) => Ok(n > 0),
-        Err(rustix::io::Errno::INTR) => Ok(false),
-        Err(e) => Err(e.into()),
     }
 }
 

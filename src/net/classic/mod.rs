@@ -11,7 +11,7 @@ pub mod client;
 pub mod server;
 
 pub use client::{listen_for_heartbeat, run_client, run_client_with_listener};
-pub use server::{admit, Registry};
+pub use server::{admit, shutdown, ClassicConn, Registry};
 
 /// A write that makes no progress for this long means the peer stopped reading.
 const WRITE_STALL: Duration = Duration::from_secs(2);

@@ -31,12 +31,11 @@
 //! right before every heartbeat, so a late reply proves liveness when it arrived and can never
 //! answer a later heartbeat; a failed heartbeat send ends the connection as a dead peer.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -50,6 +49,7 @@ use crate::core::heartbeat::Heartbeat;
 use crate::core::wire::EndReason;
 use crate::net::conn::{linger, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
+use crate::net::wait::{Bell, PollFlags};
 
 /// Stack of each connection thread: a 1 KiB buffer and shallow calls.
 const THREAD_STACK: usize = 128 * 1024;
@@ -58,56 +58,18 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long the final `End Connection` may take before the socket is closed anyway.
 const END_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// An eventfd that wakes a thread sleeping in poll(2).
-struct Bell(OwnedFd);
-
-impl Bell {
-    fn new() -> io::Result<Self> {
-        use rustix::event::{eventfd, EventfdFlags};
-        Ok(Self(eventfd(
-            0,
-            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
-        )?))
-    }
-
-    fn ring(&self) {
-        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
-    }
-
-    fn clear(&self) {
-        let mut b = [0u8; 8];
-        let _ = rustix::io::read(&self.0, &mut b);
-    }
-}
-
 /// Waits until `sock` (if any) or `bell` is readable, or `wait` passes. Returns
 /// (socket ready, bell rang). A hang-up or error on the socket counts as ready: the next read
 /// reports it.
 fn wait2(sock: Option<BorrowedFd<'_>>, bell: &Bell, wait: Duration) -> io::Result<(bool, bool)> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout = Timespec {
-        tv_sec: wait.as_secs() as _,
-        tv_nsec: wait.subsec_nanos() as _,
-    };
-    let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
-    let bell_fd = bell.0.as_fd();
-    let mut fds = Vec::with_capacity(2);
-    fds.push(PollFd::new(&bell_fd, PollFlags::IN));
-    if let Some(s) = sock.as_ref() {
-        fds.push(PollFd::new(s, PollFlags::IN));
-    }
-    match poll(&mut fds, Some(&timeout)) {
-        Ok(_) => Ok((
-            fds.get(1).is_some_and(|f| f.revents().intersects(ready)),
-            fds[0].revents().intersects(ready),
-        )),
-        Err(rustix::io::Errno::INTR) => Ok((false, false)),
-        Err(e) => Err(e.into()),
-    }
+    let mut fds = vec![bell.as_fd()];
+    fds.extend(sock);
+    let ready = crate::net::wait::wait(&fds, PollFlags::IN, wait)?;
+    Ok((ready.is_ready(1), ready.is_ready(0)))
 }
 
 /// One classic client on the server: what its two threads share.
-struct ClassicConn {
+pub struct ClassicConn {
     id: u64,
     peer: SocketAddr,
     /// Always `Some` until drop, which closes it before logging `closed`.
@@ -186,62 +148,26 @@ impl Drop for ClassicConn {
 }
 
 /// The classic connections of one server, so shutdown can end them all.
-#[derive(Default)]
-pub struct Registry {
-    conns: Mutex<HashMap<u64, Arc<ClassicConn>>>,
-    /// Signalled whenever a connection is freed.
-    freed: Condvar,
-    next_id: AtomicU64,
+pub type Registry = crate::net::registry::Registry<ClassicConn>;
+
+fn release(reg: &Registry, conn: &ClassicConn) {
+    if conn.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+        reg.remove(conn.id);
+    }
 }
 
-impl Registry {
-    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<ClassicConn>>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+/// Sends `End Connection` on both sockets of every client and waits up to `grace` for
+/// them to close; whoever is still stuck then has its data socket shut down.
+pub fn shutdown(reg: &Registry, log: &EventLog, grace: Duration) {
+    let conns = reg.all();
+    log.emit(Event::ShuttingDown {
+        clients: conns.len(),
+    });
+    for c in &conns {
+        c.set_end(ClassicEnd::ServerShutdown);
     }
-
-    /// Connections still holding threads and descriptors.
-    pub fn len(&self) -> usize {
-        self.conns().len()
-    }
-
-    /// True when no classic connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn release(&self, conn: &ClassicConn) {
-        if conn.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.conns().remove(&conn.id);
-            self.freed.notify_all();
-        }
-    }
-
-    /// Sends `End Connection` on both sockets of every client and waits up to `grace` for
-    /// them to close; whoever is still stuck then has its data socket shut down.
-    pub fn shutdown(&self, log: &EventLog, grace: Duration) {
-        let conns: Vec<Arc<ClassicConn>> = self.conns().values().cloned().collect();
-        log.emit(Event::ShuttingDown {
-            clients: conns.len(),
-        });
-        for c in &conns {
-            c.set_end(ClassicEnd::ServerShutdown);
-        }
-        let deadline = Instant::now() + grace;
-        let mut guard = self.conns();
-        while !guard.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            guard = self
-                .freed
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        for c in guard.values() {
-            let _ = c.data().shutdown(Shutdown::Both);
-        }
+    for c in reg.wait_empty(grace) {
+        let _ = c.data().shutdown(Shutdown::Both);
     }
 }
 
@@ -284,7 +210,7 @@ pub fn admit(
     };
     let _ = stream.set_nodelay(true);
     let cfg = settings.heartbeat;
-    let id = reg.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = reg.next_id();
     let conn = Arc::new(ClassicConn {
         id,
         peer,
@@ -296,7 +222,7 @@ pub fn admit(
         alive: AtomicU8::new(2),
         log: log.clone(),
     });
-    reg.conns().insert(id, conn.clone());
+    reg.insert(id, conn.clone());
     log.emit(Event::Connected { id, peer });
     let to = SocketAddr::new(peer.ip(), settings.classic_client_port);
     let (r2, c2) = (reg.clone(), conn.clone());
@@ -305,7 +231,7 @@ pub fn admit(
         .stack_size(THREAD_STACK)
         .spawn(move || companion(&r2, &c2, to));
     if let Err(e) = companion {
-        reg.conns().remove(&id);
+        reg.remove(id);
         refuse(format!("cannot start a thread: {e}"));
         return;
     }
@@ -318,7 +244,7 @@ pub fn admit(
         refuse(format!("cannot start a thread: {e}"));
         conn.set_end(ClassicEnd::ServerShutdown);
         let _ = conn.data().shutdown(Shutdown::Both);
-        reg.release(&conn);
+        release(reg, &conn);
     }
 }
 
@@ -398,7 +324,7 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
     }
     let _ = stream.shutdown(Shutdown::Both);
     conn.hb_bell.ring();
-    reg.release(conn);
+    release(reg, conn);
 }
 
 /// The connect-back in progress: attempts on [`ConnectBackSchedule`] (counted by the core's
@@ -591,5 +517,5 @@ fn companion(reg: &Registry, conn: &ClassicConn, to: SocketAddr) {
         let _ = s.shutdown(Shutdown::Both);
     }
     conn.data_bell.ring();
-    reg.release(conn);
+    release(reg, conn);
 }
