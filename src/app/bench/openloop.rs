@@ -48,6 +48,8 @@ const STUCK_RCVBUF: usize = 4096;
 const SETUP_WAIT: Duration = Duration::from_secs(5);
 /// How often the Redis watcher asks `CLIENT LIST`.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
+/// The drain ends early when no receiver got a byte for this long.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
 /// hb-server's default `--stall` (CONTRACT section 2), the base of the stuck-reader targets.
 const STALL: Duration = Duration::from_millis(500);
 
@@ -136,7 +138,7 @@ struct Rx {
     /// Read (false: the stuck reader, until it resumes after the window).
     reading: bool,
     in_set: bool,
-    /// When the peer was seen hanging up (FIN, reset), even while not reading.
+    /// When the peer was seen hanging up (FIN, reset) while it was not reading.
     hup_at: Option<Instant>,
     /// When reading hit EOF or an error, and which.
     closed: Option<(Instant, String)>,
@@ -242,10 +244,10 @@ impl Receivers {
         for (id, flags) in ready {
             let now = Instant::now();
             let r = &mut self.rxs[id];
-            if flags.intersects(EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR) {
-                r.hup_at.get_or_insert(now);
-            }
             if !r.reading {
+                if flags.intersects(EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR) {
+                    r.hup_at.get_or_insert(now);
+                }
                 // A stuck reader's hang-up is all we wanted; HUP would repeat forever.
                 let _ = epoll::delete(&self.epoll, &r.stream);
                 r.in_set = false;
@@ -585,13 +587,21 @@ fn open_run(
     if let Some(id) = stuck_id {
         rxs.resume(id);
     }
+    // Drain until every live receiver has everything, `drain` passes, or nothing at all
+    // arrived for DRAIN_IDLE (nothing more is coming).
     let drain_end = Instant::now() + drain;
+    let mut last_progress = (Instant::now(), 0u64);
     while Instant::now() < drain_end
+        && last_progress.0.elapsed() < DRAIN_IDLE
         && rxs.rxs[..receivers]
             .iter()
             .any(|r| !r.ended() && r.tally.received() < sent)
     {
         rxs.pump(Duration::from_millis(5), false)?;
+        let got: u64 = rxs.rxs.iter().map(|r| r.bytes).sum();
+        if got != last_progress.1 {
+            last_progress = (Instant::now(), got);
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let redis_gone = watcher.and_then(|w| w.join().ok().flatten());
@@ -606,6 +616,7 @@ fn open_run(
             ReceiverOutcome {
                 counted: r.tally.counted(),
                 received: r.tally.received(),
+                highest: s.highest(),
                 gaps: s.gaps(),
                 reordered: s.reordered(),
                 duplicates: s.duplicates(),
@@ -753,13 +764,14 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 let r = open_run(kind, &mut peer, n, stuck, window, p.open_drain)?;
                 drop(peer);
                 eprintln!(
-                    "   sent {} ({:.0}/s), deliveries {:.0}/s, min receiver {:.0}/s, ended {}, lost {}, longest pause {:.0} ms{}",
+                    "   sent {} ({:.0}/s), deliveries {:.0}/s, min receiver {:.0}/s, ended {}, lost {}, late {}, longest pause {:.0} ms{}",
                     r.sent,
                     r.sent as f64 / r.secs,
                     r.stats.deliveries_per_s,
                     r.stats.min_rate,
                     r.stats.ended,
                     r.stats.lost,
+                    r.stats.late,
                     ms(r.stats.max_pause),
                     r.stuck.as_ref().map_or(String::new(), |f| format!(
                         ", stuck reader ended after {}",
@@ -855,10 +867,14 @@ fn report(
          Receivers (one epoll thread) read as fast as they can. Deliveries/s are the messages \
          received while the publisher ran, summed over receivers; min is the least-served \
          receiver. A receiver is *ended* when it got `END` or EOF/reset before hb-bench \
-         closed it. After the publisher stops, receivers drain for up to {} s; *lost* \
-         compares each receiver's distinct sequence numbers with the messages the \
-         publisher's socket accepted (summed over receivers), *gaps* are numbers missing \
-         below a receiver's highest. *Longest pause* is the largest gap between two reads of \
+         closed it. After the publisher stops, receivers drain for up to {} s (less when \
+         all have everything or nothing arrives for {} ms); then each receiver's distinct \
+         sequence numbers are compared with the messages the publisher's socket accepted: \
+         *lost* is what an ended receiver missed plus the numbers missing below a live \
+         receiver's highest (*gaps*, included in lost), *late* is what a live receiver had \
+         not got yet above its highest (the relay is in order: still queued in the server \
+         or in socket buffers, and a slow relay with deep buffers shows it); all summed \
+         over receivers. *Longest pause* is the largest gap between two reads of \
          one receiver while the publisher ran (the window's edges count as reads). The \
          closed-loop rows are section 5. {} repeat(s), fresh servers each run; cells are \
          median (min..max).\n\n",
@@ -867,6 +883,7 @@ fn report(
         p.open_stuck_window
             .map_or("none".into(), |w| format!("{} s", w.as_secs_f64())),
         p.open_drain.as_secs_f64(),
+        DRAIN_IDLE.as_millis(),
         p.repeats,
     );
     for &kind in kinds {
@@ -890,8 +907,8 @@ fn report(
         );
     }
     body.push_str(
-        "\n| peer | 1 → R | publisher msgs/s | deliveries/s | min receiver msgs/s | readers ended | lost | gaps | longest pause ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "\n| peer | 1 → R | publisher msgs/s | deliveries/s | min receiver msgs/s | readers ended | lost | gaps | late after drain | longest pause ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &kind in kinds {
         for &(n, stuck) in plan.iter().filter(|(_, s)| !s) {
@@ -899,14 +916,14 @@ fn report(
                 let why = skipped.get(&kind).map_or("no run", String::as_str);
                 let _ = writeln!(
                     body,
-                    "| {} | {n} | **SKIPPED**: {why} | - | - | - | - | - | - |",
+                    "| {} | {n} | **SKIPPED**: {why} | - | - | - | - | - | - | - |",
                     kind.name()
                 );
                 continue;
             };
             let _ = writeln!(
                 body,
-                "| {} | {n} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 kind.name(),
                 verdict::cell(&col(rs, |r| r.sent as f64 / r.secs), 0),
                 verdict::cell(&col(rs, |r| r.stats.deliveries_per_s), 0),
@@ -914,6 +931,7 @@ fn report(
                 verdict::cell(&col(rs, |r| r.stats.ended as f64), 0),
                 verdict::cell(&col(rs, |r| r.stats.lost as f64), 0),
                 verdict::cell(&col(rs, |r| r.stats.gaps as f64), 0),
+                verdict::cell(&col(rs, |r| r.stats.late as f64), 0),
                 verdict::cell(&col(rs, |r| ms(r.stats.max_pause)), 0),
             );
         }
@@ -996,8 +1014,8 @@ fn stuck_table(body: &mut String, runs: &Runs, kinds: &[Kind], n: usize, min: us
          on the slowest reader, as ncat does, would hold everyone forever). *Healthy rate* \
          is the healthy receivers' deliveries/s as a percentage of the same server's 1 → \
          {n} open-loop run in the same repeat.\n\n\
-         | peer | ended after s | healthy rate % of 1 → {n} | healthy readers ended | lost | longest pause ms | what the stuck reader found |\n\
-         |---|---:|---:|---:|---:|---:|---|\n",
+         | peer | ended after s | healthy rate % of 1 → {n} | healthy readers ended | lost | late after drain | longest pause ms | what the stuck reader found |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|\n",
         WATCH_EVERY.as_millis()
     );
     let pct = |kind: Kind| {
@@ -1051,18 +1069,20 @@ fn stuck_table(body: &mut String, runs: &Runs, kinds: &[Kind], n: usize, min: us
                     },
                     f.end.map_or("no END".into(), |e| format!("`END {e}`")),
                     f.bytes as f64 / 1e6,
-                    f.hup_s
-                        .map_or(String::new(), |s| format!(", hang-up seen at {s:.3} s"))
+                    f.hup_s.map_or(String::new(), |s| {
+                        format!(", hang-up seen at {s:.3} s while it was not reading")
+                    })
                 )
             })
             .collect();
         let _ = writeln!(
             body,
-            "| {} | {after_cell} | {} | {} | {} | {} | {} |",
+            "| {} | {after_cell} | {} | {} | {} | {} | {} | {} |",
             kind.name(),
             pct(kind).map_or("-".into(), |p| verdict::cell(&p, 0)),
             verdict::cell(&col(rs, |r| r.stats.ended as f64), 0),
             verdict::cell(&col(rs, |r| r.stats.lost as f64), 0),
+            verdict::cell(&col(rs, |r| r.stats.late as f64), 0),
             verdict::cell(&col(rs, |r| ms(r.stats.max_pause)), 0),
             fates.join("<br>")
         );

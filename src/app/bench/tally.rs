@@ -16,12 +16,15 @@ pub const PAYLOAD: usize = 100;
 /// counted (no peer under test sends one, so it means a framing bug, not a big message).
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// Appends the body of message `seq` to `out`: `T<seq>:0#` padded with dots to [`PAYLOAD`]
-/// bytes, so every message of a run has the same size on the wire and [`parse_mark`] finds
-/// the number whatever the peer wraps around it. Seq 0 is a probe.
+/// Appends the body of message `seq` to `out`: `T<seq>:0#`, dots, and `T<seq>:0#` again,
+/// [`PAYLOAD`] bytes in all, so every message of a run has the same size on the wire and
+/// [`parse_mark`] finds the number whatever the peer wraps around it. The number is there
+/// twice because `ncat --chat` prefixes `<userN> ` to every chunk it reads (8 KiB), not to
+/// every line: a prefix landing inside one copy leaves the other whole. Seq 0 is a probe.
 pub fn payload(seq: u64, out: &mut Vec<u8>) {
     let start = out.len();
-    out.push(b'T');
+    let mut mark = [0u8; 24];
+    mark[0] = b'T';
     // Digits by hand: the publisher writes millions of these a second.
     let mut digits = [0u8; 20];
     let mut n = seq;
@@ -34,9 +37,13 @@ pub fn payload(seq: u64, out: &mut Vec<u8>) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b":0#");
-    out.resize(start + PAYLOAD, b'.');
+    let d = digits.len() - i;
+    mark[1..1 + d].copy_from_slice(&digits[i..]);
+    mark[1 + d..4 + d].copy_from_slice(b":0#");
+    let mark = &mark[..4 + d];
+    out.extend_from_slice(mark);
+    out.resize(start + PAYLOAD - mark.len(), b'.');
+    out.extend_from_slice(mark);
 }
 
 /// What one receiver got, fed with its bytes as they arrive.
@@ -167,6 +174,8 @@ pub struct ReceiverOutcome {
     pub counted: u64,
     /// Distinct messages received in all (window and drain).
     pub received: u64,
+    /// Its highest sequence number.
+    pub highest: u64,
     /// Numbers missing below its highest.
     pub gaps: u64,
     /// Numbers that came after a higher one.
@@ -188,9 +197,13 @@ pub struct OpenStats {
     pub min_rate: f64,
     /// Receivers the server ended.
     pub ended: u64,
-    /// Messages sent (accepted by the publisher's socket) that a receiver never got, summed
-    /// over receivers.
+    /// Messages sent (accepted by the publisher's socket) that a receiver will never get,
+    /// summed over receivers: everything an ended receiver missed, and the gaps of the others.
     pub lost: u64,
+    /// Messages a receiver still connected had not got when the drain ended, all above its
+    /// highest: still in the server's queues or socket buffers (the relay is in order), so
+    /// late rather than lost. Summed over receivers.
+    pub late: u64,
     /// Gaps, summed over receivers.
     pub gaps: u64,
     /// Reordered messages, summed.
@@ -201,6 +214,16 @@ pub struct OpenStats {
     pub max_pause: Duration,
 }
 
+/// What a live receiver had not got yet, above its highest number (0 for an ended one).
+fn late(r: &ReceiverOutcome, sent: u64) -> u64 {
+    if r.ended {
+        0
+    } else {
+        sent.saturating_sub(r.highest)
+            .min(sent.saturating_sub(r.received))
+    }
+}
+
 /// Summarizes the receivers of a run that sent `sent` messages in `window`.
 pub fn summarize(rs: &[ReceiverOutcome], sent: u64, window: Duration) -> OpenStats {
     let secs = window.as_secs_f64().max(1e-9);
@@ -208,7 +231,11 @@ pub fn summarize(rs: &[ReceiverOutcome], sent: u64, window: Duration) -> OpenSta
         deliveries_per_s: rs.iter().map(|r| r.counted).sum::<u64>() as f64 / secs,
         min_rate: rs.iter().map(|r| r.counted).min().unwrap_or(0) as f64 / secs,
         ended: rs.iter().filter(|r| r.ended).count() as u64,
-        lost: rs.iter().map(|r| sent.saturating_sub(r.received)).sum(),
+        lost: rs
+            .iter()
+            .map(|r| sent.saturating_sub(r.received) - late(r, sent))
+            .sum(),
+        late: rs.iter().map(|r| late(r, sent)).sum(),
         gaps: rs.iter().map(|r| r.gaps).sum(),
         reordered: rs.iter().map(|r| r.reordered).sum(),
         duplicates: rs.iter().map(|r| r.duplicates).sum(),
@@ -264,6 +291,20 @@ mod tests {
             assert_eq!(parse_mark(&b), Some((seq, 0)));
         }
         assert!(body(42).starts_with(b"T42:0#...."));
+        assert!(body(42).ends_with(b"....T42:0#"));
+    }
+
+    #[test]
+    fn an_ncat_prefix_inside_one_mark_leaves_the_other() {
+        // ncat --chat prefixes each 8 KiB chunk it reads, wherever the chunk starts.
+        let b = body(1234);
+        for cut in 0..b.len() {
+            let mut line = b"<user1> ".to_vec();
+            line.extend_from_slice(&b[..cut]);
+            line.extend_from_slice(b"<user1> ");
+            line.extend_from_slice(&b[cut..]);
+            assert_eq!(parse_mark(&line), Some((1234, 0)), "cut at {cut}");
+        }
     }
 
     #[test]
@@ -346,6 +387,7 @@ mod tests {
         let r = |counted, received, ended, gap| ReceiverOutcome {
             counted,
             received,
+            highest: received,
             ended,
             max_gap: Duration::from_millis(gap),
             ..Default::default()
@@ -357,8 +399,27 @@ mod tests {
         );
         assert_eq!(s.deliveries_per_s, 700.0);
         assert_eq!(s.min_rate, 200.0);
-        assert_eq!((s.ended, s.lost), (1, 500));
+        assert_eq!((s.ended, s.lost, s.late), (1, 500, 0));
         assert_eq!(s.max_pause, Duration::from_millis(90));
+        // A live receiver behind by 300 with 20 gaps: 20 lost, 300 late.
+        let behind = ReceiverOutcome {
+            received: 680,
+            highest: 700,
+            gaps: 20,
+            ..Default::default()
+        };
+        let s = summarize(&[behind], 1000, Duration::from_secs(1));
+        assert_eq!((s.lost, s.late), (20, 300));
+        // The same receiver ended: all 320 are lost.
+        let s = summarize(
+            &[ReceiverOutcome {
+                ended: true,
+                ..behind
+            }],
+            1000,
+            Duration::from_secs(1),
+        );
+        assert_eq!((s.lost, s.late), (320, 0));
         assert_eq!(summarize(&[], 5, Duration::from_secs(1)).lost, 0);
     }
 
