@@ -1420,9 +1420,9 @@ pub(super) fn peer_missing(kind: Kind) -> Option<String> {
         .then(|| format!("`{bin}` not on PATH (`apt-get install {pkg}`)"))
 }
 
-/// 5. Relay throughput, closed loop (windowed: at most [`WINDOW`] messages in flight, for
-/// latency), 1 sender to N receivers, against ncat --chat and Redis pub/sub. The open-loop
-/// runs (as fast as the server accepts) are measurement 6, in `openloop`.
+/// Measurement 5, relay throughput in a closed loop (windowed: at most [`WINDOW`] messages
+/// in flight, for latency), 1 sender to N receivers, against ncat --chat and Redis pub/sub.
+/// The open-loop runs (as fast as the server accepts) are measurement 6, in `openloop`.
 pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let p = ctx.plan;
     let title = "5. Relay throughput, closed loop (windowed: latency)";

@@ -1,5 +1,6 @@
-//! 6. Relay open-loop: one publisher writes as fast as the server accepts, receivers read as
-//! fast as they can, against hb-server, `ncat --chat` and Redis pub/sub in the same run.
+//! Measurement 6, the relay in an open loop: one publisher writes as fast as the server
+//! accepts, receivers read as fast as they can, against hb-server, `ncat --chat` and Redis
+//! pub/sub in the same run.
 //!
 //! ```text
 //!   publisher thread ── blocking write() of ~50 KiB batches, numbered 100-byte messages,
@@ -38,6 +39,9 @@ use super::{BenchError, Outcome};
 const BATCH: usize = 512;
 /// The publisher's send timeout: how late it may notice the end of the window.
 const SEND_TIMEOUT: Duration = Duration::from_millis(20);
+/// How long the publisher may take, after the window, to complete the message it was cut
+/// off in (a server blocked on a stuck reader, like ncat, may never take it).
+const FINISH_WAIT: Duration = Duration::from_millis(500);
 /// Bytes read from a receiver per `read()`.
 const READ_BUF: usize = 256 * 1024;
 /// Reads per receiver per wake-up, so one busy receiver cannot starve the others.
@@ -314,7 +318,7 @@ fn publish(mut s: &TcpStream, kind: Kind, end: Instant) -> Published {
                 if written % frame_len == 0 {
                     break;
                 }
-                finishing = Some(now + Duration::from_secs(2));
+                finishing = Some(now + FINISH_WAIT);
             }
             Some(limit) if written % frame_len == 0 || now >= limit => break,
             _ => {}
@@ -700,7 +704,19 @@ fn ratios(runs: &Runs, a: (Kind, usize, bool), b: (Kind, usize, bool)) -> Option
     )
 }
 
-/// 6. Relay open-loop: see the module docs.
+/// Healthy receivers beside the stuck reader.
+const STUCK_AMONG: usize = 10;
+
+/// The runs of a plan: (receivers, with a stuck reader).
+fn runs_of(p: &super::Plan) -> Vec<(usize, bool)> {
+    let mut plan: Vec<(usize, bool)> = p.open_receivers.iter().map(|&n| (n, false)).collect();
+    if p.open_stuck_window.is_some() {
+        plan.push((STUCK_AMONG, true));
+    }
+    plan
+}
+
+/// Measurement 6, relay open-loop: see the module docs.
 pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let p = ctx.plan;
     let title = "6. Relay open-loop (as fast as the server accepts)";
@@ -716,11 +732,7 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
     } else {
         &[Kind::Hb]
     };
-    let stuck_n = 10;
-    let mut plan: Vec<(usize, bool)> = p.open_receivers.iter().map(|&n| (n, false)).collect();
-    if p.open_stuck_window.is_some() {
-        plan.push((stuck_n, true));
-    }
+    let plan = runs_of(p);
     let mut runs: Runs = HashMap::new();
     let mut skipped: HashMap<Kind, String> = HashMap::new();
     let mut commands: HashMap<Kind, String> = HashMap::new();
@@ -751,6 +763,7 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 };
                 commands.entry(kind).or_insert_with(|| peer.command.clone());
                 let window = match (stuck, p.open_stuck_window) {
+                    (true, Some(_)) if kind != Kind::Hb => p.open_stuck_peer_window,
                     (true, Some(w)) => w,
                     _ => p.open_window,
                 };
@@ -798,7 +811,15 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
             }
         }
     }
-    let body = report(p, &runs, &skipped, &commands, kinds, &plan, stall_flag);
+    let body = report(
+        p,
+        &runs,
+        &skipped,
+        &commands,
+        kinds,
+        stall_flag,
+        &ctx.report.svg_link,
+    );
     let mut bars = Vec::new();
     for &kind in kinds {
         for &(n, stuck) in &plan {
@@ -854,15 +875,17 @@ fn report(
     skipped: &HashMap<Kind, String>,
     commands: &HashMap<Kind, String>,
     kinds: &[Kind],
-    plan: &[(usize, bool)],
     stall_flag: bool,
+    svg_link: &str,
 ) -> String {
+    let plan = &runs_of(p);
     let min = verdict::MIN_REPEATS;
     let mut body = format!(
         "Open loop: one publisher writes numbered {}-byte messages (`MSG <payload>` after \
          `JOIN` for hb-server, a bare line for ncat --chat, a pipelined RESP `PUBLISH` for \
          Redis) with blocking writes of {BATCH}-message batches, as fast as the server \
-         accepts them, for {} s per run ({} with a stuck reader); a second thread reads \
+         accepts them, for {} s per run ({} with a stuck reader, {} s for the other \
+         peers' stuck-reader runs); a second thread reads \
          what the server sends the publisher (Redis replies) so its output never piles up. \
          Receivers (one epoll thread) read as fast as they can. Deliveries/s are the messages \
          received while the publisher ran, summed over receivers; min is the least-served \
@@ -882,6 +905,7 @@ fn report(
         p.open_window.as_secs_f64(),
         p.open_stuck_window
             .map_or("none".into(), |w| format!("{} s", w.as_secs_f64())),
+        p.open_stuck_peer_window.as_secs_f64(),
         p.open_drain.as_secs_f64(),
         DRAIN_IDLE.as_millis(),
         p.repeats,
@@ -996,7 +1020,7 @@ fn report(
     if let Some(&(n, _)) = plan.iter().find(|(_, s)| *s) {
         stuck_table(&mut body, runs, kinds, n, min);
     }
-    let _ = writeln!(body, "\n![relay open-loop]({}/relay-open.svg)", "bench");
+    let _ = writeln!(body, "\n![relay open-loop]({svg_link}/relay-open.svg)");
     body
 }
 

@@ -105,9 +105,8 @@ impl Tally {
         match parse_mark(line) {
             Some((0, _)) => self.probes += 1,
             Some((seq, _)) => {
-                if self.seqs.record(seq) && self.counting {
-                    self.counted += 1;
-                }
+                let new = self.seqs.record(seq);
+                self.counted += u64::from(new && self.counting);
             }
             None => {}
         }
