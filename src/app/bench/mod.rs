@@ -51,7 +51,7 @@ pub use procinfo::Machine;
 #[derive(Debug, Parser)]
 #[command(name = "hb-bench", version)]
 pub struct BenchArgs {
-    /// Shorter windows and fewer steps: finishes in about three minutes with 3 repeats
+    /// Shorter windows and fewer steps: finishes in about four minutes with 3 repeats
     #[arg(long, conflicts_with = "smoke")]
     pub quick: bool,
     /// Tiny versions of every measurement, once (verdicts are not judged); checks that each
@@ -316,7 +316,7 @@ impl Plan {
             self.open_stuck_window.map_or("no run".into(), secs),
             secs(self.open_stuck_peer_window),
             if self.name == "quick" {
-                " (quick: windows shortened so three repeats fit in about three minutes)"
+                " (quick: windows shortened so three repeats fit in about four minutes)"
             } else {
                 ""
             }
