@@ -74,7 +74,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         status.success(),
         "hb-bench failed ({status}):\n{stdout}\n{stderr}"
     );
-    for n in 1..=5 {
+    for n in 1..=6 {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("[{n}] ")))
@@ -88,6 +88,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         "## 3. Ghost detection latency",
         "## 4. Echo round trip",
         "## 5. Relay throughput",
+        "## 6. Relay open-loop",
     ] {
         assert!(report.contains(title), "report lacks {title}:\n{report}");
     }
@@ -121,7 +122,25 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!((cells[7], cells[8]), ("0", "0"), "gaps/lost in {row}");
     }
-    for svg in ["connections", "heartbeat", "detection", "echo", "relay"] {
+    // Open loop: a tiny 1 → 1 against hb-server only (machinery, not speed: hb-bench itself
+    // fails the smoke run when the publisher sent nothing or a receiver that was not ended
+    // got nothing).
+    assert!(
+        report.contains("| hb-server --mode chat | 1 | "),
+        "no open-loop 1 → 1 row:\n{report}"
+    );
+    assert!(
+        !report.contains("| ncat --chat | 1 | "),
+        "smoke runs hb-server only"
+    );
+    for svg in [
+        "connections",
+        "heartbeat",
+        "detection",
+        "echo",
+        "relay",
+        "relay-open",
+    ] {
         let p = dir.path().join("bench").join(format!("{svg}.svg"));
         assert!(p.is_file(), "{} missing", p.display());
     }

@@ -1123,14 +1123,18 @@ pub fn echo(ctx: &Ctx) -> Result<Outcome, BenchError> {
 
 /// The relay peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
+pub(super) enum Kind {
+    /// hb-server --mode chat.
     Hb,
+    /// ncat --chat.
     Ncat,
+    /// redis-server pub/sub.
     Redis,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    /// The name in the report.
+    pub(super) fn name(self) -> &'static str {
         match self {
             Self::Hb => "hb-server --mode chat",
             Self::Ncat => "ncat --chat",
@@ -1195,13 +1199,18 @@ const WINDOW: u64 = 64;
 /// ones missing are counted as lost.
 const DRAIN: Duration = Duration::from_secs(1);
 
-fn start_peer(kind: Kind, ctx: &Ctx) -> Result<Option<Peer>, BenchError> {
+/// Starts a relay peer afresh (hb-server with `hb_extra` flags); None when not installed.
+pub(super) fn start_peer(
+    kind: Kind,
+    ctx: &Ctx,
+    hb_extra: &[&str],
+) -> Result<Option<Peer>, BenchError> {
     Ok(Some(match kind {
-        Kind::Hb => Peer::hb_server(
-            ctx.server,
-            &["--mode", "chat", "--max-conns", "1000"],
-            ctx.scratch,
-        )?,
+        Kind::Hb => {
+            let mut args = vec!["--mode", "chat", "--max-conns", "1000"];
+            args.extend_from_slice(hb_extra);
+            Peer::hb_server(ctx.server, &args, ctx.scratch)?
+        }
         Kind::Ncat => match on_path("ncat") {
             Some(b) => Peer::ncat(&b)?,
             None => return Ok(None),
@@ -1400,7 +1409,7 @@ fn relay_run(
 }
 
 /// Why a third-party peer is not in the run: None when it can be started.
-fn peer_missing(kind: Kind) -> Option<String> {
+pub(super) fn peer_missing(kind: Kind) -> Option<String> {
     let (bin, pkg) = match kind {
         Kind::Hb => return None,
         Kind::Ncat => ("ncat", "ncat"),
@@ -1411,14 +1420,18 @@ fn peer_missing(kind: Kind) -> Option<String> {
         .then(|| format!("`{bin}` not on PATH (`apt-get install {pkg}`)"))
 }
 
-/// 5. Relay throughput, 1 sender to N receivers, against ncat --chat and Redis pub/sub.
+/// Measurement 5, relay throughput in a closed loop (windowed: at most [`WINDOW`] messages
+/// in flight, for latency), 1 sender to N receivers, against ncat --chat and Redis pub/sub.
+/// The open-loop runs (as fast as the server accepts) are measurement 6, in `openloop`.
 pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let p = ctx.plan;
-    let title = "5. Relay throughput";
+    let title = "5. Relay throughput, closed loop (windowed: latency)";
     eprintln!("== {title}");
     let mut body = format!(
-        "One sender, N receivers, at most {WINDOW} messages in flight (sent but not yet at \
-         the slowest receiver); {:.1} s per run (twice that with a stuck reader: one more \
+        "Closed loop: one sender, N receivers, at most {WINDOW} messages in flight (sent but \
+         not yet at the slowest receiver), so this measures delivery latency under a bounded \
+         load; the sender waits for the slowest receiver, which hides what a publisher that \
+         does not wait does to the readers (section 6 measures that). {:.1} s per run (twice that with a stuck reader: one more \
          receiver that never reads, with a 4 KiB receive buffer); 64-byte payloads carrying \
          a sequence number and the send time, so delivery latency is measured at each \
          receiver. Each receiver's sequence numbers are checked: messages/s counts the \
@@ -1454,7 +1467,7 @@ pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 continue;
             }
             for &(n, stuck) in &runs {
-                let mut peer = match start_peer(kind, ctx) {
+                let mut peer = match start_peer(kind, ctx, &[]) {
                     Ok(Some(peer)) => peer,
                     Ok(None) => {
                         skipped.insert(kind, "not installed".into());

@@ -6,7 +6,9 @@
 //!      └── one thread: net::loadgen (epoll, thousands of non-blocking client sockets)
 //! ```
 //! Measurements, in order: connections held, heartbeat overhead, ghost detection latency,
-//! echo round trip, chat relay throughput (against ncat and Redis). Each runs `--repeats`
+//! echo round trip, chat relay throughput closed loop (a bounded window in flight: latency)
+//! and open loop (a publisher as fast as the server accepts: throughput, readers ended,
+//! a stuck reader), both against ncat and Redis. Each runs `--repeats`
 //! times (3 by default, fresh servers each time), prints its numbers, appends a section to
 //! the report (cells: median (min..max) of the repeats) and draws one SVG. Targets are judged
 //! on the median and only when every repeat agrees (see `verdict`). `--quick` fits in about
@@ -14,10 +16,12 @@
 //! measurement produced numbers (its verdicts say "not judged").
 
 mod measure;
+mod openloop;
 mod peers;
 mod plot;
 mod procinfo;
 mod stats;
+mod tally;
 mod verdict;
 
 use std::fmt;
@@ -47,7 +51,7 @@ pub use procinfo::Machine;
 #[derive(Debug, Parser)]
 #[command(name = "hb-bench", version)]
 pub struct BenchArgs {
-    /// Shorter windows and fewer steps: finishes in about three minutes with 3 repeats
+    /// Shorter windows and fewer steps: finishes in about four minutes with 3 repeats
     #[arg(long, conflicts_with = "smoke")]
     pub quick: bool,
     /// Tiny versions of every measurement, once (verdicts are not judged); checks that each
@@ -62,8 +66,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub server: Option<PathBuf>,
     /// Run only these measurements (1 connections, 2 heartbeat overhead, 3 detection,
-    /// 4 echo, 5 relay), comma-separated
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=5))]
+    /// 4 echo, 5 relay closed loop, 6 relay open loop), comma-separated
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
     pub only: Vec<u8>,
     /// Repeat every measurement N times; verdicts come from the median and say
     /// `inconclusive` when the repeats straddle a target. Fewer than 3 repeats are reported
@@ -169,6 +173,20 @@ pub struct Plan {
     pub relay_receivers: Vec<usize>,
     /// Relay window per run.
     pub relay_window: Duration,
+    /// Open-loop relay: receivers per run, in turn (one publisher each).
+    pub open_receivers: Vec<usize>,
+    /// Open-loop publisher window.
+    pub open_window: Duration,
+    /// The stuck-reader run's window for hb-server (None: no such run). Its target (the
+    /// others keep 90% of their rate) is defined over 5 s, so quick keeps 5 s here.
+    pub open_stuck_window: Option<Duration>,
+    /// The stuck-reader run's window for ncat and Redis (what they do is clear sooner, and
+    /// ncat blocks everyone for all of it).
+    pub open_stuck_peer_window: Duration,
+    /// How long receivers may take to get what was sent after the publisher stops.
+    pub open_drain: Duration,
+    /// Run ncat and Redis beside hb-server (false: hb-server only).
+    pub open_peers: bool,
 }
 
 impl Plan {
@@ -197,6 +215,12 @@ impl Plan {
                 echo_window: ms(300),
                 relay_receivers: vec![10],
                 relay_window: ms(400),
+                open_receivers: vec![1],
+                open_window: ms(300),
+                open_stuck_window: None,
+                open_stuck_peer_window: ms(300),
+                open_drain: s(1),
+                open_peers: false,
             }
         } else if args.quick {
             Self {
@@ -215,9 +239,17 @@ impl Plan {
                 ghost_interval: "0.25",
                 ghost_count: 2,
                 echo_clients: vec![1, 10, 100],
-                echo_window: s(1),
+                // Half a second still gives thousands of round trips per client count (and
+                // of deliveries per receiver below): enough for a p99.
+                echo_window: ms(500),
                 relay_receivers: vec![10, 100],
-                relay_window: s(1),
+                relay_window: ms(500),
+                open_receivers: vec![1, 10, 100],
+                open_window: ms(750),
+                open_stuck_window: Some(s(5)),
+                open_stuck_peer_window: s(2),
+                open_drain: s(2),
+                open_peers: true,
             }
         } else {
             Self {
@@ -239,6 +271,12 @@ impl Plan {
                 echo_window: s(10),
                 relay_receivers: vec![10, 100],
                 relay_window: s(10),
+                open_receivers: vec![1, 10, 100],
+                open_window: s(5),
+                open_stuck_window: Some(s(5)),
+                open_stuck_peer_window: s(5),
+                open_drain: s(2),
+                open_peers: true,
             }
         }
     }
@@ -253,8 +291,9 @@ impl Plan {
         format!(
             "{} repeat(s) of every measurement{}; windows: connections held {} per step \
              (steps {}; {} past the ceiling), heartbeat overhead {}, ghost detection \
-             interval {} s × count {}, echo {} per client count, relay {} per run ({} with a \
-             stuck reader){}",
+             interval {} s × count {}, echo {} per client count, relay closed loop {} per run \
+             ({} with a stuck reader), relay open loop {} per run ({} with a stuck reader, {} \
+             for the peers' stuck-reader runs){}",
             self.repeats,
             if self.repeats < verdict::MIN_REPEATS {
                 format!(
@@ -273,8 +312,11 @@ impl Plan {
             secs(self.echo_window),
             secs(self.relay_window),
             secs(self.relay_window * 2),
+            secs(self.open_window),
+            self.open_stuck_window.map_or("no run".into(), secs),
+            secs(self.open_stuck_peer_window),
             if self.name == "quick" {
-                " (quick: windows shortened so three repeats fit in about three minutes)"
+                " (quick: windows shortened so three repeats fit in about four minutes)"
             } else {
                 ""
             }
@@ -491,19 +533,26 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         machine: &machine,
     };
     let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
-    let all: [(u8, Measurement); 5] = [
+    let all: [(u8, Measurement); 6] = [
         (1, measure::connections),
         (2, measure::heartbeat_overhead),
         (3, measure::detection),
         (4, measure::echo),
         (5, measure::relay),
+        (6, openloop::relay_open),
     ];
     let mut failures = Vec::new();
     for (n, f) in all {
         if !wanted(n) {
             continue;
         }
-        match f(&ctx) {
+        let began = Instant::now();
+        let result = f(&ctx);
+        eprintln!(
+            "hb-bench: measurement {n} took {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+        match result {
             Ok(o) if o.numbers.is_empty() => {
                 failures.push(format!("{}: produced no numbers", o.title));
             }

@@ -28,11 +28,19 @@ pub struct LogCounts {
     pub hb_timeouts: u64,
     /// `END slow-consumer` lines (sent or not delivered).
     pub slow_consumers: u64,
+    /// The first [`MAX_SLOW_LINES`] of those lines, with when hb-bench read them (the server's
+    /// stdout is line-buffered and drained at once, so that is within a scheduling delay of
+    /// when it was written).
+    pub slow_consumer_lines: Vec<(String, Instant)>,
     /// The last lines, for error messages.
     pub tail: Vec<String>,
     /// The last lines of stderr.
     pub stderr: Vec<String>,
 }
+
+/// Slow-consumer lines kept with their arrival time (the open-loop runs look for one
+/// connection's among a few dozen).
+pub const MAX_SLOW_LINES: usize = 1024;
 
 /// The detail of a `refused ... (DETAIL)` line with numbers blanked, so kinds can be counted.
 pub fn refusal_kind(line: &str) -> Option<String> {
@@ -77,6 +85,16 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf, BenchError> {
             exe.display()
         )))
     }
+}
+
+/// Whether this hb-server accepts `--stall` (the flag is newer than some builds).
+pub fn hb_accepts_stall(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--stall"))
 }
 
 /// Finds `name` on PATH.
@@ -186,6 +204,10 @@ impl Peer {
                     l.hb_timeouts += 1;
                 } else if line.contains("END slow-consumer") {
                     l.slow_consumers += 1;
+                    if l.slow_consumer_lines.len() < MAX_SLOW_LINES {
+                        l.slow_consumer_lines
+                            .push((line.trim_end().to_owned(), Instant::now()));
+                    }
                 }
                 if l.tail.len() >= 20 {
                     l.tail.remove(0);

@@ -176,13 +176,21 @@ pub fn judge_ceiling(runs: &[Ceiling], min_repeats: usize) -> Verdict {
     Verdict::Met
 }
 
+/// Highest sequence number a [`SeqTracker`] records: its bitset then takes at most 32 MiB.
+/// A larger number is counted as [`SeqTracker::out_of_range`], never stored (a peer that
+/// garbles a digit must not make the load generator allocate gigabytes).
+pub const MAX_SEQ: u64 = 1 << 28;
+
 /// Per-receiver accounting of sequence numbers 1, 2, 3, ...: what arrived, what is missing
-/// below the highest seen, what came twice.
+/// below the highest seen, what came twice, what came out of order. One bit per number, so an
+/// open-loop run of millions of messages costs a few hundred KiB per receiver.
 #[derive(Debug, Clone, Default)]
 pub struct SeqTracker {
-    seen: Vec<bool>,
+    seen: Vec<u64>,
     received: u64,
     duplicates: u64,
+    reordered: u64,
+    out_of_range: u64,
     highest: u64,
 }
 
@@ -192,18 +200,39 @@ impl SeqTracker {
         if seq == 0 {
             return false;
         }
-        let i = seq as usize;
-        if self.seen.len() <= i {
-            self.seen.resize(i + 1, false);
+        if seq > MAX_SEQ {
+            self.out_of_range += 1;
+            return false;
         }
-        if self.seen[i] {
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if self.seen.len() <= word {
+            // Grow geometrically: a run records millions of numbers in order.
+            let want = (word + 1).max(self.seen.len() * 2);
+            self.seen.resize(want, 0);
+        }
+        if self.seen[word] & bit != 0 {
             self.duplicates += 1;
             return false;
         }
-        self.seen[i] = true;
+        self.seen[word] |= bit;
         self.received += 1;
+        if seq < self.highest {
+            // A relay over one TCP connection per receiver delivers in order: a number
+            // below the highest one seen came late (it counted as a gap until now).
+            self.reordered += 1;
+        }
         self.highest = self.highest.max(seq);
         true
+    }
+
+    /// Numbers that arrived after a higher one (late, not lost).
+    pub fn reordered(&self) -> u64 {
+        self.reordered
+    }
+
+    /// Numbers above [`MAX_SEQ`], not recorded.
+    pub fn out_of_range(&self) -> u64 {
+        self.out_of_range
     }
 
     /// Distinct sequence numbers received.
@@ -338,5 +367,18 @@ mod tests {
         assert_eq!(t.gaps(), 4); // 3, 6, 7, 8
         assert_eq!(t.duplicates(), 1);
         assert_eq!(t.lost(10), 5);
+        assert_eq!(t.reordered(), 0);
+        // 3 arrives late: no longer a gap, counted as reordered, not as a duplicate.
+        assert!(t.record(3));
+        assert_eq!((t.gaps(), t.reordered(), t.duplicates()), (3, 1, 1));
+        // Numbers cross word boundaries of the bitset.
+        for s in 60..=200 {
+            t.record(s);
+        }
+        assert_eq!(t.highest(), 200);
+        assert!(!t.record(128));
+        // Past the bound: counted, never stored.
+        assert!(!t.record(MAX_SEQ + 1));
+        assert_eq!((t.out_of_range(), t.highest()), (1, 200));
     }
 }
