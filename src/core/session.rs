@@ -36,6 +36,11 @@ use crate::core::wire::{BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, Ser
 /// Most bytes [`Session::poll_transmit`] copies out at once (one write system call).
 pub const TRANSMIT_BATCH: usize = 64 * 1024;
 
+/// Longest the last lines (up to `END`) may wait on a socket that accepts nothing once the
+/// session is ending (or `stall`, if shorter). A client that stopped reading, or whose cable
+/// was cut, will never take them; one that merely paused gets this long.
+pub const END_GRACE: Duration = Duration::from_millis(200);
+
 /// What one session is configured with (the server's settings that concern a connection).
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
@@ -148,6 +153,8 @@ pub struct Session {
     lagging_since: Option<Instant>,
     /// Since when the socket has refused bytes (the write-stall clock); any progress stops it.
     blocked_since: Option<Instant>,
+    /// When the end state began.
+    ended_at: Option<Instant>,
     end: End,
     /// `END` cannot be delivered (stalled, or the socket failed): close without it.
     give_up: bool,
@@ -166,6 +173,7 @@ impl Session {
             pending: None,
             lagging_since: None,
             blocked_since: None,
+            ended_at: None,
             end: End::Open,
             give_up: false,
             events: VecDeque::new(),
@@ -197,6 +205,17 @@ impl Session {
             self.events.push_back(SessionEvent::Answered(a));
         }
         self.decoder.feed(bytes);
+    }
+
+    /// The engine is not reading (the session is held) but the client's bytes are waiting in
+    /// the socket at `now`: they prove it alive just the same, so a sender held back by flow
+    /// control is never mistaken for a silent one.
+    pub fn handle_input_waiting(&mut self, now: Instant) {
+        if self.is_open() {
+            if let Some(a) = self.hb.handle_rx(now) {
+                self.events.push_back(SessionEvent::Answered(a));
+            }
+        }
     }
 
     /// Handles complete lines until one needs the hub, the client's queue is over half full,
@@ -390,10 +409,22 @@ impl Session {
         let stall = self
             .blocked_since
             .filter(|_| self.queued() > 0 && !self.give_up)
-            .and_then(|t| t.checked_add(self.cfg.stall));
+            .and_then(|t| self.write_deadline(t));
         match (lag, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// When a socket that has refused bytes since `blocked` makes the session give up: `stall`
+    /// while open (then `slow-consumer`), [`END_GRACE`] (at most `stall`) from the later of
+    /// `blocked` and the end once ending (then close without the rest).
+    fn write_deadline(&self, blocked: Instant) -> Option<Instant> {
+        match self.ended_at {
+            None => blocked.checked_add(self.cfg.stall),
+            Some(ended) => blocked
+                .max(ended)
+                .checked_add(END_GRACE.min(self.cfg.stall)),
         }
     }
 
@@ -445,24 +476,24 @@ impl Session {
     }
 
     /// Runs the flow-control timers only: a client lagging for `stall`, or whose socket
-    /// accepted nothing for `stall` while bytes waited, is ended `slow-consumer`; an `END`
-    /// that could not be written for `stall` is given up.
+    /// accepted nothing for `stall` while bytes waited, is ended `slow-consumer`; the last
+    /// lines of an ending session that its socket does not take within [`END_GRACE`] are
+    /// given up.
     pub fn handle_flow_timeout(&mut self, now: Instant) {
-        let stall = self.cfg.stall;
-        let due = |t: Instant| t.checked_add(stall).is_some_and(|at| now >= at);
-        if self.is_open() && self.lagging_since.is_some_and(due) {
+        let lag_due = self
+            .lagging_since
+            .and_then(|t| t.checked_add(self.cfg.stall))
+            .is_some_and(|at| now >= at);
+        if self.is_open() && lag_due {
             self.end(now, EndReason::SlowConsumer, true);
-            if self.blocked_since.is_some() {
-                // END gets its own `stall` to get through a socket that was already full.
-                self.blocked_since = Some(now);
-            }
         }
-        if self.queued() > 0 && !self.give_up && self.blocked_since.is_some_and(due) {
+        let write_due = self
+            .blocked_since
+            .and_then(|t| self.write_deadline(t))
+            .is_some_and(|at| now >= at);
+        if self.queued() > 0 && !self.give_up && write_due {
             if self.is_open() {
                 self.end(now, EndReason::SlowConsumer, true);
-                // The socket took nothing for `stall`; END gets one more `stall` to get
-                // through, should the client start reading again.
-                self.blocked_since = Some(now);
             } else {
                 self.give_up = true;
             }
@@ -475,10 +506,10 @@ impl Session {
     /// sends `END` next; otherwise `END` follows the queue. A later urgent end of a session
     /// already ending after its queue keeps the first reason but stops waiting for the queue.
     pub fn end(&mut self, now: Instant, reason: EndReason, urgent: bool) {
-        let _ = now;
         match self.end {
             End::Open => {
                 self.end = End::Ending { reason, urgent };
+                self.ended_at = Some(now);
                 self.pending = None;
                 self.lagging_since = None;
                 if urgent {
@@ -759,6 +790,14 @@ mod tests {
     }
 
     #[test]
+    fn input_waiting_while_held_counts_as_traffic() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        s.handle_input_waiting(t + ms(4000));
+        assert_eq!(s.heartbeat_timeout(), Some(t + ms(9000)));
+    }
+
+    #[test]
     fn line_too_long_ends_after_the_queue() {
         let t = Instant::now();
         let mut s = Session::new(cfg(Mode::Echo), t);
@@ -828,8 +867,8 @@ mod tests {
         );
         // The socket accepts nothing.
         s.handle_write_blocked(t);
-        assert_eq!(s.flow_timeout(), Some(t + ms(500)));
-        s.handle_timeout(t + ms(500));
+        assert_eq!(s.flow_timeout(), Some(t + END_GRACE));
+        s.handle_timeout(t + END_GRACE);
         assert_eq!(s.poll_close(), Some(Close::Now(EndReason::ServerShutdown)));
     }
 
@@ -842,8 +881,8 @@ mod tests {
         s.handle_timeout(t + ms(600));
         assert_eq!(s.end_reason(), Some(EndReason::SlowConsumer));
         assert_eq!(s.poll_close(), None, "END is still to go");
-        assert_eq!(s.flow_timeout(), Some(t + ms(1100)));
-        s.handle_timeout(t + ms(1100));
+        assert_eq!(s.flow_timeout(), Some(t + ms(600) + END_GRACE));
+        s.handle_timeout(t + ms(600) + END_GRACE);
         assert_eq!(s.poll_close(), Some(Close::Now(EndReason::SlowConsumer)));
     }
 

@@ -625,6 +625,7 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                     s = conn.wait_drained(s, HOLD_SLICE);
                 }
                 drop(s);
+                input_waiting(conn);
                 continue;
             }
             Pump::NeedBytes => {}
@@ -728,6 +729,7 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
         drop(s);
         if held {
             conn.ring();
+            input_waiting(conn);
             // Wait (the room unlocked) until a lagging member catches up or leaves; the
             // next `poll_input` offers the same line again, or says the session ended.
             chat = sh
@@ -736,6 +738,18 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+}
+
+/// While the reader is held, bytes the client sent still prove it alive (see
+/// [`Session::handle_input_waiting`]).
+fn input_waiting(conn: &Conn) {
+    if matches!(
+        wait_one(conn.stream(), PollFlags::IN, Duration::ZERO),
+        Ok(true)
+    ) {
+        conn.session().handle_input_waiting(Instant::now());
+        conn.set_heartbeat(false);
     }
 }
 
