@@ -87,6 +87,8 @@ pub struct Hub {
     room: Room,
     closed: bool,
     events: VecDeque<HubEvent>,
+    /// The line being delivered (reused, so relaying allocates nothing per message).
+    line: Vec<u8>,
 }
 
 impl Hub {
@@ -123,11 +125,13 @@ impl Hub {
         op: RoomOp,
         mb: &mut impl Mailboxes,
     ) -> RoomOutcome {
-        if self.closed || !mb.is_open(from) {
-            // Nothing is handled for a connection whose end state began.
+        if self.closed {
             return RoomOutcome::Done;
         }
         match op {
+            // Nothing is handled for a connection whose end state began: above all, it must
+            // not take a name after its LEFT (that name would stay taken for good).
+            RoomOp::Join(_) if !mb.is_open(from) => RoomOutcome::Done,
             RoomOp::Join(name) => match self.room.handle_join(from, &name) {
                 Err(bad) => RoomOutcome::Refused(bad),
                 Ok(joined) => {
@@ -161,15 +165,15 @@ impl Hub {
                 if !all_fit {
                     return RoomOutcome::Held(RoomOp::Msg(text));
                 }
-                let line = ServerMsg::Msg {
-                    from: name.to_owned(),
-                    text,
+                // Built once in a reused buffer: no allocation per message.
+                self.line.clear();
+                for part in [b"MSG ", name.as_bytes(), b" ", text.as_bytes(), b"\n"] {
+                    self.line.extend_from_slice(part);
                 }
-                .encode();
-                debug_assert_eq!(line.len(), len);
+                debug_assert_eq!(self.line.len(), len);
                 for &to in members {
                     if to != from {
-                        mb.push(to, now, line.as_bytes());
+                        mb.push(to, now, &self.line);
                     }
                 }
                 RoomOutcome::Done

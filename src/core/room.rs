@@ -14,6 +14,29 @@ pub const MAX_NAME: usize = 32;
 /// Identifies a connection (the server's connection number).
 pub type MemberId = u64;
 
+/// Hashes connection numbers for maps on the relay's hot path: one multiply instead of
+/// SipHash (numbers are handed out by the server, not chosen by clients, so flooding a map
+/// with collisions is not possible).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by connection number, hashed with [`IdHasher`].
+pub type IdMap<V> = HashMap<MemberId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// One message to queue for a set of members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -26,7 +49,7 @@ pub struct Delivery {
 /// Members and their names.
 #[derive(Debug, Default, Clone)]
 pub struct Room {
-    by_id: HashMap<MemberId, String>,
+    by_id: IdMap<String>,
     by_name: BTreeMap<String, MemberId>,
     /// Members in name order, kept up to date so a delivery allocates nothing.
     order: Vec<MemberId>,

@@ -255,7 +255,10 @@ impl Session {
                         self.end(now, EndReason::Quit, false);
                         return Input::Stop;
                     }
-                    (Mode::Echo, ClientMsg::Msg(text)) => Some(ServerMsg::Echo(text)),
+                    (Mode::Echo, ClientMsg::Msg(text)) => {
+                        self.push_parts(&[b"ECHO ", text.as_bytes(), b"\n"]);
+                        None
+                    }
                     // Echo mode has no names; JOIN is accepted and ignored (as ever).
                     (Mode::Echo, ClientMsg::Join(_)) => None,
                     (Mode::Echo, ClientMsg::Who) => Some(self.bad_line(BadLine {
@@ -326,6 +329,15 @@ impl Session {
     pub fn push(&mut self, _now: Instant, line: &[u8]) {
         if self.is_open() {
             self.queue.extend(line);
+        }
+    }
+
+    /// Queues one line given in parts (no allocation for the whole line).
+    fn push_parts(&mut self, parts: &[&[u8]]) {
+        if self.is_open() {
+            for p in parts {
+                self.queue.extend(*p);
+            }
         }
     }
 

@@ -26,7 +26,6 @@
 //! Locks: the chat room (hub and its members) before any session, never the other way round;
 //! no lock is held across a system call that can block.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -40,7 +39,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::{Mode, ServerSettings, Wire};
 use crate::core::hub::{Hub, HubEvent, Mailboxes};
-use crate::core::room::MemberId;
+use crate::core::room::{IdMap, MemberId};
 use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig, SessionEvent};
 use crate::core::wire::{EndReason, ServerMsg};
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
@@ -118,31 +117,92 @@ struct Shared {
 #[derive(Default)]
 struct Chat {
     hub: Hub,
-    conns: HashMap<MemberId, Arc<Conn>>,
+    conns: IdMap<Arc<Conn>>,
 }
 
-/// The hub's view of the members' queues: each member's session, locked one at a time.
-struct Members<'a>(&'a HashMap<MemberId, Arc<Conn>>);
+/// The hub's view of the members' queues, as a write-back cache over their sessions.
+///
+/// Relaying one message to 100 members would otherwise lock 100 sessions twice per message.
+/// Instead each member's session is locked once per batch of lines to read its free budget,
+/// lines are staged here, and [`Members::flush`] hands each member its staged bytes with one
+/// more lock and wakes its companion once. The budget only grows meanwhile (companions only
+/// drain), so answering [`Mailboxes::has_room`] from the snapshot is never too generous. The
+/// hub still makes every decision; this only makes asking cheap.
+struct Members<'a> {
+    conns: &'a IdMap<Arc<Conn>>,
+    staged: &'a mut IdMap<Staged>,
+}
+
+/// What a batch has queued for one member so far.
+#[derive(Debug, Default)]
+struct Staged {
+    /// Budget left: the session's free bytes when first asked, less what is staged.
+    room: usize,
+    /// The session was open when first asked.
+    open: bool,
+    bytes: Vec<u8>,
+}
+
+/// Staged bytes per member after which a batch is flushed anyway (bounds memory and delay).
+const STAGE_LIMIT: usize = 64 * 1024;
+
+impl<'a> Members<'a> {
+    fn new(conns: &'a IdMap<Arc<Conn>>, staged: &'a mut IdMap<Staged>) -> Self {
+        Self { conns, staged }
+    }
+
+    fn stage(&mut self, id: MemberId) -> Option<&mut Staged> {
+        let conn = self.conns.get(&id)?;
+        Some(self.staged.entry(id).or_insert_with(|| {
+            let s = conn.session();
+            Staged {
+                room: s.config().queue.saturating_sub(s.queued()),
+                open: s.is_open(),
+                bytes: Vec::new(),
+            }
+        }))
+    }
+
+    /// Hands every member its staged bytes and wakes its companion.
+    fn flush(&mut self, now: Instant) {
+        for (id, st) in self.staged.drain() {
+            if st.bytes.is_empty() {
+                continue;
+            }
+            if let Some(c) = self.conns.get(&id) {
+                c.session().push(now, &st.bytes);
+                c.ring();
+            }
+        }
+    }
+}
 
 impl Mailboxes for Members<'_> {
     fn has_room(&mut self, id: MemberId, len: usize) -> bool {
-        self.0.get(&id).is_some_and(|c| c.session().has_room(len))
+        self.stage(id).is_some_and(|st| st.open && len <= st.room)
     }
     fn mark_lagging(&mut self, id: MemberId, now: Instant) {
-        if let Some(c) = self.0.get(&id) {
+        if let Some(c) = self.conns.get(&id) {
             c.session().mark_lagging(now);
             // Its companion must learn the new deadline (lagging for `--stall` ends it).
             c.ring();
         }
     }
     fn push(&mut self, id: MemberId, now: Instant, line: &[u8]) {
-        if let Some(c) = self.0.get(&id) {
-            c.session().push(now, line);
-            c.ring();
+        let full = match self.stage(id) {
+            Some(st) if st.open => {
+                st.bytes.extend_from_slice(line);
+                st.room = st.room.saturating_sub(line.len());
+                st.bytes.len() >= STAGE_LIMIT
+            }
+            _ => false,
+        };
+        if full {
+            self.flush(now);
         }
     }
     fn is_open(&mut self, id: MemberId) -> bool {
-        self.0.get(&id).is_some_and(|c| c.session().is_open())
+        self.stage(id).is_some_and(|st| st.open)
     }
 }
 
@@ -203,8 +263,11 @@ impl Shared {
     fn leave(&self, conn: &Conn, reason: EndReason) {
         if let Some(mut chat) = self.chat() {
             let chat = &mut *chat;
-            chat.hub
-                .handle_leave(Instant::now(), conn.id, reason, &mut Members(&chat.conns));
+            let now = Instant::now();
+            let mut staged = IdMap::default();
+            let mut mb = Members::new(&chat.conns, &mut staged);
+            chat.hub.handle_leave(now, conn.id, reason, &mut mb);
+            mb.flush(now);
             chat.log_events(&self.log);
             self.room_changed.notify_all();
         }
@@ -707,27 +770,47 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
             Input::NeedBytes | Input::Room(_) => Pump::NeedBytes,
         };
     };
+    // One clock reading for the whole batch of lines a read brought: the flow-control
+    // clocks tolerate microseconds, and a relay at a million lines per second should not
+    // read the clock a million times.
+    let mut now = Instant::now();
+    let mut outcome = None;
+    let mut staged = IdMap::default();
     loop {
-        let now = Instant::now();
         let mut s = conn.session();
+        if let Some(o) = outcome.take() {
+            s.handle_room(now, o);
+        }
         let input = s.poll_input(now);
         log_session(&sh.log, conn, &mut s);
         drop(s);
+        let c = &mut *chat;
         let op = match input {
             Input::Room(op) => op,
-            Input::NeedBytes => return wrote(conn, Pump::NeedBytes),
-            Input::Held => return wrote(conn, Pump::Held),
-            Input::Stop => return wrote(conn, Pump::Stop),
+            other => {
+                Members::new(&c.conns, &mut staged).flush(now);
+                return wrote(
+                    conn,
+                    match other {
+                        Input::Held => Pump::Held,
+                        Input::Stop => Pump::Stop,
+                        _ => Pump::NeedBytes,
+                    },
+                );
+            }
         };
-        let c = &mut *chat;
-        let outcome = c.hub.handle_op(now, conn.id, op, &mut Members(&c.conns));
-        let held = matches!(outcome, RoomOutcome::Held(_));
+        let mut mb = Members::new(&c.conns, &mut staged);
+        let o = c.hub.handle_op(now, conn.id, op, &mut mb);
+        let held = matches!(o, RoomOutcome::Held(_));
+        if held || !matches!(o, RoomOutcome::Done) {
+            // The laggards must have what was staged for them before anyone waits; and a
+            // reply to the sender must not overtake what the room said before it.
+            mb.flush(now);
+        }
         c.log_events(&sh.log);
-        let mut s = conn.session();
-        s.handle_room(now, outcome);
-        log_session(&sh.log, conn, &mut s);
-        drop(s);
+        outcome = Some(o);
         if held {
+            conn.session().handle_room(now, outcome.take().expect("just set"));
             conn.ring();
             input_waiting(conn);
             // Wait (the room unlocked) until a lagging member catches up or leaves; the
@@ -737,6 +820,7 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
                 .wait_timeout(chat, HOLD_SLICE)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            now = Instant::now();
         }
     }
 }
@@ -744,10 +828,7 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
 /// While the reader is held, bytes the client sent still prove it alive (see
 /// [`Session::handle_input_waiting`]).
 fn input_waiting(conn: &Conn) {
-    if matches!(
-        wait_one(conn.stream(), PollFlags::IN, Duration::ZERO),
-        Ok(true)
-    ) {
+    if matches!(wait_one(conn.stream(), PollFlags::IN, Duration::ZERO), Ok(true)) {
         conn.session().handle_input_waiting(Instant::now());
         conn.set_heartbeat(false);
     }
