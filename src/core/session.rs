@@ -113,6 +113,17 @@ pub enum SessionEvent {
     BadLine(String),
     /// The end state began for this reason.
     Ending(EndReason),
+    /// Flow control gave up on the client (it is ending `slow-consumer`).
+    SlowConsumer(SlowConsumer),
+}
+
+/// Why a client was ended `slow-consumer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// It held its senders back this long without draining to half its queue.
+    Lagged(Duration),
+    /// Its socket accepted nothing this long while bytes waited.
+    Blocked(Duration),
 }
 
 /// How the engine must close the socket.
@@ -497,6 +508,11 @@ impl Session {
             .and_then(|t| t.checked_add(self.cfg.stall))
             .is_some_and(|at| now >= at);
         if self.is_open() && lag_due {
+            let lagged = self
+                .lagging_since
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            self.events
+                .push_back(SessionEvent::SlowConsumer(SlowConsumer::Lagged(lagged)));
             self.end(now, EndReason::SlowConsumer, true);
         }
         let write_due = self
@@ -505,6 +521,11 @@ impl Session {
             .is_some_and(|at| now >= at);
         if self.queued() > 0 && !self.give_up && write_due {
             if self.is_open() {
+                let blocked = self
+                    .blocked_since
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                self.events
+                    .push_back(SessionEvent::SlowConsumer(SlowConsumer::Blocked(blocked)));
                 self.end(now, EndReason::SlowConsumer, true);
             } else {
                 self.give_up = true;

@@ -148,6 +148,15 @@ pub enum Event {
         /// `vm.max_map_count`.
         max_map_count: usize,
     },
+    /// Flow control gave up on a client: it is being ended `slow-consumer`.
+    SlowConsumer {
+        /// Connection number.
+        id: u64,
+        /// Client address.
+        peer: SocketAddr,
+        /// Why, as the core decided it.
+        why: crate::core::session::SlowConsumer,
+    },
     /// The server is shutting down.
     ShuttingDown {
         /// Connections told `END server-shutdown`.
@@ -260,6 +269,16 @@ impl fmt::Display for Event {
                 f,
                 "serving at most {allowed} clients, not {asked}: vm.max_map_count {max_map_count} \
                  leaves room for that many (8 memory maps each); raise it to serve more"
+            ),
+            Self::SlowConsumer { id, peer, why: crate::core::session::SlowConsumer::Lagged(d) } => write!(
+                f,
+                "#{id} {peer} slow consumer: held its senders back for {} ms without catching up",
+                d.as_millis()
+            ),
+            Self::SlowConsumer { id, peer, why: crate::core::session::SlowConsumer::Blocked(d) } => write!(
+                f,
+                "#{id} {peer} slow consumer: its socket accepted nothing for {} ms",
+                d.as_millis()
             ),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
             Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),

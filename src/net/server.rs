@@ -245,6 +245,7 @@ fn log_session(log: &EventLog, conn: &Conn, s: &mut Session) {
                 rtt: a.rtt,
             }),
             SessionEvent::BadLine(detail) => log.emit(Event::BadLine { id, peer, detail }),
+            SessionEvent::SlowConsumer(why) => log.emit(Event::SlowConsumer { id, peer, why }),
             // Logged when the END is written (or cannot be).
             SessionEvent::Ending(_) => {}
         }
@@ -810,7 +811,8 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
         c.log_events(&sh.log);
         outcome = Some(o);
         if held {
-            conn.session().handle_room(now, outcome.take().expect("just set"));
+            conn.session()
+                .handle_room(now, outcome.take().expect("just set"));
             conn.ring();
             input_waiting(conn);
             // Wait (the room unlocked) until a lagging member catches up or leaves; the
@@ -828,7 +830,10 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
 /// While the reader is held, bytes the client sent still prove it alive (see
 /// [`Session::handle_input_waiting`]).
 fn input_waiting(conn: &Conn) {
-    if matches!(wait_one(conn.stream(), PollFlags::IN, Duration::ZERO), Ok(true)) {
+    if matches!(
+        wait_one(conn.stream(), PollFlags::IN, Duration::ZERO),
+        Ok(true)
+    ) {
         conn.session().handle_input_waiting(Instant::now());
         conn.set_heartbeat(false);
     }

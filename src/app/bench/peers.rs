@@ -32,6 +32,9 @@ pub struct LogCounts {
     /// stdout is line-buffered and drained at once, so that is within a scheduling delay of
     /// when it was written).
     pub slow_consumer_lines: Vec<(String, Instant)>,
+    /// hb-server's `slow consumer: held its senders back for MS ms ...` lines (the core's
+    /// own account of how long a laggard held the room), when read.
+    pub held_back_lines: Vec<(String, Instant)>,
     /// The last lines, for error messages.
     pub tail: Vec<String>,
     /// The last lines of stderr.
@@ -202,6 +205,11 @@ impl Peer {
                     }
                 } else if line.contains("END heartbeat-timeout") {
                     l.hb_timeouts += 1;
+                } else if line.contains("held its senders back for") {
+                    if l.held_back_lines.len() < MAX_SLOW_LINES {
+                        l.held_back_lines
+                            .push((line.trim_end().to_owned(), Instant::now()));
+                    }
                 } else if line.contains("END slow-consumer") {
                     l.slow_consumers += 1;
                     if l.slow_consumer_lines.len() < MAX_SLOW_LINES {
