@@ -680,26 +680,37 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
     let mut buf = vec![0u8; READ_BUF];
     // poll() says when to read; this only bounds a read that poll() woke spuriously.
     let _ = conn.stream().set_read_timeout(Some(Duration::from_secs(1)));
+    // Lines are handled only when something new came in (or a hold ended): a wake-up at the
+    // idle deadline has nothing to handle.
+    let mut fresh = true;
     let closed = loop {
-        match pump(sh, conn) {
-            Pump::Stop => break None,
-            Pump::Held => {
-                let mut s = conn.session();
-                if s.is_open() && s.queued() > s.config().queue / 2 {
-                    s = conn.wait_drained(s, HOLD_SLICE);
+        if fresh {
+            match pump(sh, conn) {
+                Pump::Stop => break None,
+                Pump::Held => {
+                    let mut s = conn.session();
+                    if s.is_open() && s.queued() > s.config().queue / 2 {
+                        s = conn.wait_drained(s, HOLD_SLICE);
+                    }
+                    drop(s);
+                    input_waiting(conn);
+                    continue;
                 }
-                drop(s);
-                input_waiting(conn);
-                continue;
+                Pump::NeedBytes => fresh = false,
             }
-            Pump::NeedBytes => {}
         }
+        // The reader watches for the silence that starts a round (the manual's switch);
+        // once the switch is on, the round's own deadlines are the companion's, and only
+        // bytes (which turn the switch off) concern the reader.
         let now = Instant::now();
-        let wait = conn
-            .session()
-            .heartbeat_timeout()
-            .map_or(MAX_READ_WAIT, |at| at.saturating_duration_since(now))
-            .clamp(Duration::from_millis(1), MAX_READ_WAIT);
+        let wait = if conn.heartbeat_on() {
+            MAX_READ_WAIT
+        } else {
+            conn.session()
+                .heartbeat_timeout()
+                .map_or(MAX_READ_WAIT, |at| at.saturating_duration_since(now))
+                .clamp(Duration::from_millis(1), MAX_READ_WAIT)
+        };
         match wait_one(conn.stream(), PollFlags::IN, wait) {
             Ok(false) => {
                 let s = conn.session();
@@ -731,6 +742,7 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                 log_session(&sh.log, conn, &mut s);
                 drop(s);
                 conn.set_heartbeat(false);
+                fresh = true;
             }
             Err(e) if crate::net::is_retryable_read(&e) => {}
             Err(e) => break Some(Some(e.to_string())),
