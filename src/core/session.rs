@@ -372,6 +372,20 @@ impl Session {
         n
     }
 
+    /// The next bytes to write (at most [`TRANSMIT_BATCH`]), in place, as up to two slices
+    /// for one vectored write: the same bytes [`Session::poll_transmit`] would copy, without
+    /// the copy. Report what the socket took with [`Session::handle_written`].
+    #[must_use]
+    pub fn peek_transmit(&self) -> (&[u8], &[u8]) {
+        if self.give_up {
+            return (&[], &[]);
+        }
+        let (a, b) = self.queue.as_slices();
+        let a = &a[..a.len().min(TRANSMIT_BATCH)];
+        let b = &b[..b.len().min(TRANSMIT_BATCH - a.len())];
+        (a, b)
+    }
+
     /// The socket took the first `n` bytes [`Session::poll_transmit`] copied, at `now`. True
     /// when this ended a lag: the engine must wake senders held back for this client (and
     /// this client's own reading).
@@ -927,6 +941,23 @@ mod tests {
         s.handle_timeout(t + ms(4_000));
         assert!(s.is_open());
         assert_eq!(s.flow_timeout(), None);
+    }
+
+    #[test]
+    fn peek_shows_what_poll_would_copy() {
+        let t = Instant::now();
+        let mut c = cfg(Mode::Chat);
+        c.queue = 1 << 20;
+        let mut s = Session::new(c, t);
+        for _ in 0..2000 {
+            s.push(t, b"MSG a 0123456789012345678901234567890123456789\n");
+        }
+        let _ = s.handle_written(t, 1000);
+        let (a, b) = s.peek_transmit();
+        let mut copied = Vec::new();
+        let _ = s.poll_transmit(&mut copied);
+        assert_eq!([a, b].concat(), copied);
+        assert_eq!(copied.len(), TRANSMIT_BATCH);
     }
 
     #[test]

@@ -56,8 +56,12 @@ const MAX_READ_WAIT: Duration = Duration::from_secs(60);
 /// Longest a held reader, or a companion blocked on a full socket, sleeps before looking
 /// again (a safety net: they are woken when the reason they wait for goes away).
 const HOLD_SLICE: Duration = Duration::from_millis(20);
-/// Bytes one read takes from a client's socket.
-const READ_BUF: usize = 16 * 1024;
+/// Bytes one read takes from a client's socket: a small buffer for a client that sends a
+/// line now and then, grown (doubling) while reads fill it, up to [`READ_BUF_MAX`], so a
+/// fast sender's lines are handled (and relayed, and its recipients woken) in large batches.
+const READ_BUF: usize = 4 * 1024;
+/// See [`READ_BUF`].
+const READ_BUF_MAX: usize = 128 * 1024;
 /// How long shutdown waits for companions to deliver `END server-shutdown`.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
@@ -743,6 +747,12 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                 drop(s);
                 conn.set_heartbeat(false);
                 fresh = true;
+                if n == buf.len() && buf.len() < READ_BUF_MAX {
+                    buf = vec![0u8; buf.len() * 2];
+                } else if n < READ_BUF && buf.len() > READ_BUF {
+                    // A trickle again: give the burst's memory back.
+                    buf = vec![0u8; READ_BUF];
+                }
             }
             Err(e) if crate::net::is_retryable_read(&e) => {}
             Err(e) => break Some(Some(e.to_string())),
@@ -857,11 +867,18 @@ fn wrote(conn: &Conn, p: Pump) -> Pump {
     p
 }
 
-/// Sends what the socket takes now, without blocking.
-fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    use rustix::net::{send, SendFlags};
+/// Sends what the socket takes now of `a` then `b`, without blocking (one vectored send).
+fn send_now(stream: &TcpStream, a: &[u8], b: &[u8]) -> io::Result<usize> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
+    let iov = [io::IoSlice::new(a), io::IoSlice::new(b)];
+    let iov = if b.is_empty() { &iov[..1] } else { &iov[..] };
     loop {
-        match send(stream, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+        match sendmsg(
+            stream,
+            iov,
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
             Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -880,7 +897,6 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// timers (heartbeats while the switch is on; flow control always), writes what the session
 /// hands out, and closes the connection the way the session says.
 fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
-    let mut batch: Vec<u8> = Vec::new();
     let mut left_room = false;
     let close = loop {
         let now = Instant::now();
@@ -890,8 +906,41 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             s.handle_heartbeat(now);
         }
         s.handle_flow_timeout(now);
-        batch.clear();
-        let _ = s.poll_transmit(&mut batch);
+        // Written straight from the session's queue with one vectored, non-blocking send
+        // under its lock (no copy, and one lock for the write and its accounting).
+        let mut wrote = None;
+        if s.poll_close().is_none() {
+            let (a, b) = s.peek_transmit();
+            if !a.is_empty() {
+                wrote = Some(send_now(conn.stream(), a, b));
+            }
+        }
+        let mut caught_up = false;
+        let mut blocked = false;
+        let tried = wrote.is_some();
+        match wrote {
+            None => {}
+            Some(Ok(n)) => {
+                caught_up = s.handle_written(now, n);
+                if caught_up {
+                    conn.notify_drained();
+                }
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                s.handle_write_blocked(now);
+                blocked = true;
+            }
+            Some(Err(e)) => {
+                if s.is_open() {
+                    sh.log.emit(Event::WriteFailed {
+                        id: conn.id,
+                        peer: conn.peer,
+                        error: e.to_string(),
+                    });
+                }
+                s.handle_write_error(now);
+            }
+        }
         let close = s.poll_close();
         let ending = s.end_reason();
         let deadline = earliest(
@@ -904,6 +953,9 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             conn.notify_drained();
         }
         drop(s);
+        if caught_up {
+            sh.caught_up();
+        }
         if let (Some(reason), false) = (ending, left_room) {
             left_room = true;
             sh.leave(conn, reason);
@@ -911,44 +963,16 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
         if let Some(close) = close {
             break close;
         }
-        if !batch.is_empty() {
-            match send_now(conn.stream(), &batch) {
-                Ok(n) => {
-                    let mut s = conn.session();
-                    let caught_up = s.handle_written(Instant::now(), n);
-                    if caught_up {
-                        conn.notify_drained();
-                    }
-                    drop(s);
-                    if caught_up {
-                        sh.caught_up();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.session().handle_write_blocked(Instant::now());
-                    // The client is not reading right now: wait until it does, looking at
-                    // the timers (and an urgent end) at least every slice.
-                    let slice = deadline.map_or(HOLD_SLICE, |at| {
-                        at.saturating_duration_since(Instant::now()).min(HOLD_SLICE)
-                    });
-                    let _ = wait_one(conn.stream(), PollFlags::OUT, slice);
-                }
-                Err(e) => {
-                    let mut s = conn.session();
-                    if s.is_open() {
-                        sh.log.emit(Event::WriteFailed {
-                            id: conn.id,
-                            peer: conn.peer,
-                            error: e.to_string(),
-                        });
-                    }
-                    s.handle_write_error(Instant::now());
-                }
-            }
-            if batch.capacity() > 2 * crate::core::session::TRANSMIT_BATCH {
-                // Give back a burst's buffer: idle connections should stay small.
-                batch = Vec::new();
-            }
+        if blocked {
+            // The client is not reading right now: wait until it does, looking at the
+            // timers (and an urgent end) at least every slice.
+            let slice = deadline.map_or(HOLD_SLICE, |at| {
+                at.saturating_duration_since(Instant::now()).min(HOLD_SLICE)
+            });
+            let _ = wait_one(conn.stream(), PollFlags::OUT, slice);
+            continue;
+        }
+        if tried {
             continue;
         }
         match deadline {
