@@ -954,9 +954,10 @@ mod tests {
         }
         let _ = s.handle_written(t, 1000);
         let (a, b) = s.peek_transmit();
+        let peeked = [a, b].concat();
         let mut copied = Vec::new();
         let _ = s.poll_transmit(&mut copied);
-        assert_eq!([a, b].concat(), copied);
+        assert_eq!(peeked, copied);
         assert_eq!(copied.len(), TRANSMIT_BATCH);
     }
 
