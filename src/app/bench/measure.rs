@@ -1634,10 +1634,14 @@ pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 kind.name(),
                 verdict::cell(&pct, 0),
                 if kind == Kind::Hb {
-                    format!(
-                        " (target ≥ 90% — {})",
-                        judge(&pct, Goal::AtLeast(90.0), min)
-                    )
+                    // Since flow control (CONTRACT section 2), a stuck reader holds the
+                    // senders for one --stall (500 ms) before it is ended: in a window of a
+                    // second or two that pause dominates. The ≥ 90 % target is judged over
+                    // 5 s in section 6; here the figure is for the record.
+                    " (not judged here: a stuck reader costs one `--stall` pause, which a \
+                     short closed-loop window cannot absorb; the ≥ 90 % target is judged over \
+                     5 s in section 6)"
+                        .to_string()
                 } else {
                     String::new()
                 }
