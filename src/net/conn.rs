@@ -124,6 +124,18 @@ impl Conn {
     }
 }
 
+impl crate::net::relay::Member for Conn {
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+    fn session(&self) -> MutexGuard<'_, Session> {
+        Conn::session(self)
+    }
+    fn wake(&self) {
+        self.ring();
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         // Close first, so whoever sees "closed" in the log can rely on the descriptor being

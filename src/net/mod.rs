@@ -9,6 +9,7 @@ pub mod events;
 pub mod loadgen;
 pub mod rawsock;
 pub mod registry;
+pub mod relay;
 pub mod server;
 pub mod wait;
 

@@ -38,13 +38,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::config::{Mode, ServerSettings, Wire};
-use crate::core::hub::{Hub, HubEvent, Mailboxes};
-use crate::core::room::{IdMap, MemberId};
-use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig, SessionEvent};
+use crate::core::room::IdMap;
+use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig};
 use crate::core::wire::{EndReason, ServerMsg};
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
+use crate::net::relay::{log_session, Chat, Members};
 use crate::net::wait::{wait_one, PollFlags};
 
 /// Listen backlog: large enough for a connect burst of a thousand clients.
@@ -106,7 +106,7 @@ struct Shared {
     /// Classic-wire connections (empty on the line wire).
     classic: Arc<crate::net::classic::Registry>,
     /// The chat room, in chat mode.
-    chat: Option<Mutex<Chat>>,
+    chat: Option<Mutex<Chat<Conn>>>,
     /// Signalled under the chat lock when a lagging member caught up or left: senders held
     /// back for it offer their line again.
     room_changed: Condvar,
@@ -115,149 +115,8 @@ struct Shared {
     lingerer: Option<Lingerer>,
 }
 
-/// The chat room and every chat connection. One lock guards both, so every member sees
-/// room events (JOINED, MSG, LEFT) in the same order, and each sender's messages in the
-/// order sent. Nothing done under the lock blocks: a delivery appends to a session's queue.
-#[derive(Default)]
-struct Chat {
-    hub: Hub,
-    conns: IdMap<Arc<Conn>>,
-}
-
-/// The hub's view of the members' queues, as a write-back cache over their sessions.
-///
-/// Relaying one message to 100 members would otherwise lock 100 sessions twice per message.
-/// Instead each member's session is locked once per batch of lines to read its free budget,
-/// lines are staged here, and [`Members::flush`] hands each member its staged bytes with one
-/// more lock and wakes its companion once. The budget only grows meanwhile (companions only
-/// drain), so answering [`Mailboxes::has_room`] from the snapshot is never too generous. The
-/// hub still makes every decision; this only makes asking cheap.
-struct Members<'a> {
-    conns: &'a IdMap<Arc<Conn>>,
-    staged: &'a mut IdMap<Staged>,
-}
-
-/// What a batch has queued for one member so far.
-#[derive(Debug, Default)]
-struct Staged {
-    /// Budget left: the session's free bytes when first asked, less what is staged.
-    room: usize,
-    /// The session was open when first asked.
-    open: bool,
-    bytes: Vec<u8>,
-}
-
-/// Staged bytes per member after which a batch is flushed anyway (bounds memory and delay).
-const STAGE_LIMIT: usize = 64 * 1024;
-
-impl<'a> Members<'a> {
-    fn new(conns: &'a IdMap<Arc<Conn>>, staged: &'a mut IdMap<Staged>) -> Self {
-        Self { conns, staged }
-    }
-
-    fn stage(&mut self, id: MemberId) -> Option<&mut Staged> {
-        let conn = self.conns.get(&id)?;
-        Some(self.staged.entry(id).or_insert_with(|| {
-            let s = conn.session();
-            Staged {
-                room: s.config().queue.saturating_sub(s.queued()),
-                open: s.is_open(),
-                bytes: Vec::new(),
-            }
-        }))
-    }
-
-    /// Hands every member its staged bytes and wakes its companion.
-    fn flush(&mut self, now: Instant) {
-        for (id, st) in self.staged.drain() {
-            if st.bytes.is_empty() {
-                continue;
-            }
-            if let Some(c) = self.conns.get(&id) {
-                c.session().push(now, &st.bytes);
-                c.ring();
-            }
-        }
-    }
-}
-
-impl Mailboxes for Members<'_> {
-    fn has_room(&mut self, id: MemberId, len: usize) -> bool {
-        self.stage(id).is_some_and(|st| st.open && len <= st.room)
-    }
-    fn mark_lagging(&mut self, id: MemberId, now: Instant) {
-        if let Some(c) = self.conns.get(&id) {
-            c.session().mark_lagging(now);
-            // Its companion must learn the new deadline (lagging for `--stall` ends it).
-            c.ring();
-        }
-    }
-    fn push(&mut self, id: MemberId, now: Instant, line: &[u8]) {
-        let full = match self.stage(id) {
-            Some(st) if st.open => {
-                st.bytes.extend_from_slice(line);
-                st.room = st.room.saturating_sub(line.len());
-                st.bytes.len() >= STAGE_LIMIT
-            }
-            _ => false,
-        };
-        if full {
-            self.flush(now);
-        }
-    }
-    fn is_open(&mut self, id: MemberId) -> bool {
-        self.stage(id).is_some_and(|st| st.open)
-    }
-}
-
-impl Chat {
-    /// Logs what the hub reported.
-    fn log_events(&mut self, log: &EventLog) {
-        while let Some(ev) = self.hub.poll_event() {
-            let peer_of = |id| self.conns.get(&id).map(|c| c.peer);
-            match ev {
-                HubEvent::Joined { id, name } => {
-                    if let Some(peer) = peer_of(id) {
-                        log.emit(Event::Joined { id, peer, name });
-                    }
-                }
-                HubEvent::Left { id, name, reason } => {
-                    if let Some(peer) = peer_of(id) {
-                        log.emit(Event::Left {
-                            id,
-                            peer,
-                            name,
-                            reason,
-                        });
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Logs what a session reported.
-fn log_session(log: &EventLog, conn: &Conn, s: &mut Session) {
-    let (id, peer) = (conn.id, conn.peer);
-    while let Some(ev) = s.poll_event() {
-        match ev {
-            SessionEvent::PingSent { k, n } => log.emit(Event::PingSent { id, peer, k, n }),
-            SessionEvent::Answered(a) => log.emit(Event::Answered {
-                id,
-                peer,
-                after: a.after_pings,
-                rtt: a.rtt,
-            }),
-            SessionEvent::BadLine(detail) => log.emit(Event::BadLine { id, peer, detail }),
-            SessionEvent::SlowConsumer(why) => log.emit(Event::SlowConsumer { id, peer, why }),
-            // Logged when the END is written (or cannot be).
-            SessionEvent::Ending(_) => {}
-        }
-    }
-}
-
 impl Shared {
-    fn chat(&self) -> Option<MutexGuard<'_, Chat>> {
+    fn chat(&self) -> Option<MutexGuard<'_, Chat<Conn>>> {
         self.chat
             .as_ref()
             .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
@@ -743,7 +602,7 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                     break None;
                 }
                 s.handle_rx(Instant::now(), &buf[..n]);
-                log_session(&sh.log, conn, &mut s);
+                log_session(&sh.log, conn.id, conn.peer, &mut s);
                 drop(s);
                 conn.set_heartbeat(false);
                 fresh = true;
@@ -783,7 +642,7 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
     let Some(mut chat) = sh.chat() else {
         let mut s = conn.session();
         let input = s.poll_input(Instant::now());
-        log_session(&sh.log, conn, &mut s);
+        log_session(&sh.log, conn.id, conn.peer, &mut s);
         drop(s);
         conn.ring();
         return match input {
@@ -805,7 +664,7 @@ fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
             s.handle_room(now, o);
         }
         let input = s.poll_input(now);
-        log_session(&sh.log, conn, &mut s);
+        log_session(&sh.log, conn.id, conn.peer, &mut s);
         drop(s);
         let c = &mut *chat;
         let op = match input {
@@ -947,7 +806,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             if hb_on { s.heartbeat_timeout() } else { None },
             s.flow_timeout(),
         );
-        log_session(&sh.log, conn, &mut s);
+        log_session(&sh.log, conn.id, conn.peer, &mut s);
         if ending.is_some() {
             // A reader held by this session's own queue must see the end.
             conn.notify_drained();

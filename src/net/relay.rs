@@ -1,0 +1,174 @@
+//! What both engines share around the core's chat hub: the room and its connections under
+//! one lock, a write-back cache that makes relaying to many members cheap, and the mapping of
+//! the core's events to log lines. Plumbing only: every decision is the hub's or a session's.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
+
+use crate::core::hub::{Hub, HubEvent, Mailboxes};
+use crate::core::room::{IdMap, MemberId};
+use crate::core::session::{Session, SessionEvent};
+use crate::net::events::{Event, EventLog};
+
+/// A connection as the relay sees it, whatever the engine.
+pub trait Member {
+    /// The client's address (for log lines).
+    fn peer(&self) -> SocketAddr;
+    /// Its protocol state, locked (briefly; never across I/O that can block).
+    fn session(&self) -> MutexGuard<'_, Session>;
+    /// Wakes whoever writes its socket: something was queued, or a deadline changed.
+    fn wake(&self);
+}
+
+/// The chat room and every chat connection. One lock guards both, so every member sees
+/// room events (JOINED, MSG, LEFT) in the same order, and each sender's messages in the
+/// order sent. Nothing done under the lock blocks: a delivery appends to a session's queue.
+pub struct Chat<C> {
+    /// The room's decisions.
+    pub hub: Hub,
+    /// Every chat connection by number (members and not yet joined).
+    pub conns: IdMap<Arc<C>>,
+}
+
+impl<C> Default for Chat<C> {
+    fn default() -> Self {
+        Self {
+            hub: Hub::default(),
+            conns: IdMap::default(),
+        }
+    }
+}
+
+/// The hub's view of the members' queues, as a write-back cache over their sessions.
+///
+/// Relaying one message to 100 members would otherwise lock 100 sessions twice per message.
+/// Instead each member's session is locked once per batch of lines to read its free budget,
+/// lines are staged here, and [`Members::flush`] hands each member its staged bytes with one
+/// more lock and wakes its companion once. The budget only grows meanwhile (companions only
+/// drain), so answering [`Mailboxes::has_room`] from the snapshot is never too generous. The
+/// hub still makes every decision; this only makes asking cheap.
+pub struct Members<'a, C> {
+    conns: &'a IdMap<Arc<C>>,
+    staged: &'a mut IdMap<Staged>,
+}
+
+/// What a batch has queued for one member so far.
+#[derive(Debug, Default)]
+pub struct Staged {
+    /// Budget left: the session's free bytes when first asked, less what is staged.
+    room: usize,
+    /// The session was open when first asked.
+    open: bool,
+    bytes: Vec<u8>,
+}
+
+/// Staged bytes per member after which a batch is flushed anyway (bounds memory and delay).
+const STAGE_LIMIT: usize = 64 * 1024;
+
+impl<'a, C: Member> Members<'a, C> {
+    /// A view of `conns` staging into `staged` (keep it across batches to reuse its memory).
+    pub fn new(conns: &'a IdMap<Arc<C>>, staged: &'a mut IdMap<Staged>) -> Self {
+        Self { conns, staged }
+    }
+
+    fn stage(&mut self, id: MemberId) -> Option<&mut Staged> {
+        let conn = self.conns.get(&id)?;
+        Some(self.staged.entry(id).or_insert_with(|| {
+            let s = conn.session();
+            Staged {
+                room: s.config().queue.saturating_sub(s.queued()),
+                open: s.is_open(),
+                bytes: Vec::new(),
+            }
+        }))
+    }
+
+    /// Hands every member its staged bytes and wakes its writer.
+    pub fn flush(&mut self, now: Instant) {
+        for (id, st) in self.staged.drain() {
+            if st.bytes.is_empty() {
+                continue;
+            }
+            if let Some(c) = self.conns.get(&id) {
+                c.session().push(now, &st.bytes);
+                c.wake();
+            }
+        }
+    }
+}
+
+impl<C: Member> Mailboxes for Members<'_, C> {
+    fn has_room(&mut self, id: MemberId, len: usize) -> bool {
+        self.stage(id).is_some_and(|st| st.open && len <= st.room)
+    }
+    fn mark_lagging(&mut self, id: MemberId, now: Instant) {
+        if let Some(c) = self.conns.get(&id) {
+            c.session().mark_lagging(now);
+            // Its writer must learn the new deadline (lagging for `--stall` ends it).
+            c.wake();
+        }
+    }
+    fn push(&mut self, id: MemberId, now: Instant, line: &[u8]) {
+        let full = match self.stage(id) {
+            Some(st) if st.open => {
+                st.bytes.extend_from_slice(line);
+                st.room = st.room.saturating_sub(line.len());
+                st.bytes.len() >= STAGE_LIMIT
+            }
+            _ => false,
+        };
+        if full {
+            self.flush(now);
+        }
+    }
+    fn is_open(&mut self, id: MemberId) -> bool {
+        self.stage(id).is_some_and(|st| st.open)
+    }
+}
+
+impl<C: Member> Chat<C> {
+    /// Logs what the hub reported.
+    pub fn log_events(&mut self, log: &EventLog) {
+        while let Some(ev) = self.hub.poll_event() {
+            let peer_of = |id| self.conns.get(&id).map(|c| c.peer());
+            match ev {
+                HubEvent::Joined { id, name } => {
+                    if let Some(peer) = peer_of(id) {
+                        log.emit(Event::Joined { id, peer, name });
+                    }
+                }
+                HubEvent::Left { id, name, reason } => {
+                    if let Some(peer) = peer_of(id) {
+                        log.emit(Event::Left {
+                            id,
+                            peer,
+                            name,
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Logs what a session reported.
+pub fn log_session(log: &EventLog, id: u64, peer: SocketAddr, s: &mut Session) {
+    while let Some(ev) = s.poll_event() {
+        match ev {
+            SessionEvent::PingSent { k, n } => log.emit(Event::PingSent { id, peer, k, n }),
+            SessionEvent::Answered(a) => log.emit(Event::Answered {
+                id,
+                peer,
+                after: a.after_pings,
+                rtt: a.rtt,
+            }),
+            SessionEvent::BadLine(detail) => log.emit(Event::BadLine { id, peer, detail }),
+            SessionEvent::SlowConsumer(why) => log.emit(Event::SlowConsumer { id, peer, why }),
+            // Logged when the END is written (or cannot be).
+            SessionEvent::Ending(_) => {}
+        }
+    }
+}
+
