@@ -6,6 +6,7 @@ pub mod client;
 pub mod client_common;
 pub mod conn;
 pub mod events;
+pub mod evloop;
 pub mod loadgen;
 pub mod rawsock;
 pub mod registry;

@@ -171,4 +171,3 @@ pub fn log_session(log: &EventLog, id: u64, peer: SocketAddr, s: &mut Session) {
         }
     }
 }
-

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::config::{Mode, ServerSettings, Wire};
+use crate::config::{Engine, Mode, ServerSettings, Wire};
 use crate::core::room::IdMap;
 use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig};
 use crate::core::wire::{EndReason, ServerMsg};
@@ -55,7 +55,7 @@ const THREAD_STACK: usize = 128 * 1024;
 const MAX_READ_WAIT: Duration = Duration::from_secs(60);
 /// Longest a held reader, or a companion blocked on a full socket, sleeps before looking
 /// again (a safety net: they are woken when the reason they wait for goes away).
-const HOLD_SLICE: Duration = Duration::from_millis(20);
+pub(crate) const HOLD_SLICE: Duration = Duration::from_millis(20);
 /// Bytes one read takes from a client's socket: a small buffer for a client that sends a
 /// line now and then, grown (doubling) while reads fill it, up to [`READ_BUF_MAX`], so a
 /// fast sender's lines are handled (and relayed, and its recipients woken) in large batches.
@@ -63,7 +63,7 @@ const READ_BUF: usize = 4 * 1024;
 /// See [`READ_BUF`].
 const READ_BUF_MAX: usize = 128 * 1024;
 /// How long shutdown waits for companions to deliver `END server-shutdown`.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// Why the server could not start or keep running.
 #[derive(Debug)]
@@ -93,6 +93,102 @@ impl std::error::Error for ServerError {
         match self {
             Self::Bind { source, .. } => Some(source),
             Self::Unsupported(_) => None,
+        }
+    }
+}
+
+/// A bound server of either engine, ready to [`Server::run`].
+pub struct Server(Engines);
+
+enum Engines {
+    Threads(ThreadServer),
+    Events(crate::net::evloop::EventServer),
+}
+
+/// Controls a running server from another thread (Ctrl-C handler, tests, scenarios).
+#[derive(Clone)]
+pub struct ServerHandle(Handles);
+
+#[derive(Clone)]
+enum Handles {
+    Threads(ThreadHandle),
+    Events(crate::net::evloop::EventHandle),
+}
+
+impl Server {
+    /// Binds the listening socket of the engine `settings.engine` names; with port 0 the OS
+    /// picks a free port ([`Server::local_addr`]).
+    pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
+        if settings.engine == Engine::Events {
+            if settings.wire == Wire::Classic {
+                return Err(ServerError::Unsupported(
+                    "--engine events serves the line wire only, not --wire classic".into(),
+                ));
+            }
+            return crate::net::evloop::EventServer::bind(settings, log)
+                .map(|s| Self(Engines::Events(s)));
+        }
+        ThreadServer::bind(settings, log).map(|s| Self(Engines::Threads(s)))
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.0 {
+            Engines::Threads(s) => s.local_addr(),
+            Engines::Events(s) => s.local_addr(),
+        }
+    }
+
+    /// Connections served at once: `--max-conns`, or less if the engine's limits (memory
+    /// maps, descriptors) run out first.
+    pub fn max_conns(&self) -> usize {
+        match &self.0 {
+            Engines::Threads(s) => s.max_conns(),
+            Engines::Events(s) => s.max_conns(),
+        }
+    }
+
+    /// A handle to stop the server from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle(match &self.0 {
+            Engines::Threads(s) => Handles::Threads(s.handle()),
+            Engines::Events(s) => Handles::Events(s.handle()),
+        })
+    }
+
+    /// Serves until [`ServerHandle::shutdown`]. Never panics on resource exhaustion:
+    /// newcomers that cannot be served get `END server-full`.
+    pub fn run(self) -> Result<(), ServerError> {
+        match self.0 {
+            Engines::Threads(s) => s.run(),
+            Engines::Events(s) => s.run(),
+        }
+    }
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.0 {
+            Handles::Threads(h) => h.local_addr(),
+            Handles::Events(h) => h.local_addr(),
+        }
+    }
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        match &self.0 {
+            Handles::Threads(h) => h.connections(),
+            Handles::Events(h) => h.connections(),
+        }
+    }
+
+    /// Stops accepting, sends `END server-shutdown` to every client and waits (at most about
+    /// half a second) for them to be closed. Calling it again does nothing.
+    pub fn shutdown(&self) {
+        match &self.0 {
+            Handles::Threads(h) => h.shutdown(),
+            Handles::Events(h) => h.shutdown(),
         }
     }
 }
@@ -159,8 +255,8 @@ impl Shared {
     }
 }
 
-/// A bound server, ready to [`Server::run`].
-pub struct Server {
+/// A bound thread-engine server.
+struct ThreadServer {
     listener: TcpListener,
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -191,15 +287,15 @@ fn map_capacity() -> Option<(usize, usize)> {
     Some((max.saturating_sub(used + MAPS_RESERVE) / MAPS_PER_CONN, max))
 }
 
-/// Controls a running server from another thread (Ctrl-C handler, tests, scenarios).
+/// Controls a running thread-engine server from another thread.
 #[derive(Clone)]
-pub struct ServerHandle {
+struct ThreadHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
 }
 
 /// Creates a listening TCP socket with [`BACKLOG`] (std's `TcpListener::bind` uses 128).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
     let family = if addr.is_ipv4() {
         AddressFamily::INET
@@ -213,8 +309,8 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
-impl Server {
-    /// Binds the listening socket; with port 0 the OS picks a free port ([`Server::local_addr`]).
+impl ThreadServer {
+    /// Binds the listening socket; with port 0 the OS picks a free port.
     pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
         if settings.wire == Wire::Classic && settings.mode == Mode::Chat {
             return Err(ServerError::Unsupported(
@@ -268,8 +364,8 @@ impl Server {
     }
 
     /// A handle to stop the server from another thread.
-    pub fn handle(&self) -> ServerHandle {
-        ServerHandle {
+    pub fn handle(&self) -> ThreadHandle {
+        ThreadHandle {
             shared: self.shared.clone(),
             addr: self.addr,
         }
@@ -428,7 +524,7 @@ impl Server {
     }
 }
 
-fn is_fd_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
         || code == rustix::io::Errno::NFILE.raw_os_error()
         || code == rustix::io::Errno::NOBUFS.raw_os_error()
@@ -451,13 +547,13 @@ fn refuse(sh: &Shared, stream: TcpStream, peer: Option<SocketAddr>, detail: Stri
 }
 
 /// Writes `END server-full` without blocking (a fresh socket's buffer always has room).
-fn write_refusal(stream: &TcpStream) {
+pub(crate) fn write_refusal(stream: &TcpStream) {
     let _ = stream.set_nonblocking(true);
     let _ = (&*stream).write_all(ServerMsg::End(EndReason::ServerFull).encode().as_bytes());
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-impl ServerHandle {
+impl ThreadHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

@@ -1,0 +1,649 @@
+//! The event engine (`--engine events`, CONTRACT section 6): the same line wire, rules, log
+//! lines and exit codes as the thread engine, served by a tokio runtime of at most one worker
+//! thread per core, with non-blocking sockets and tokio's timer wheel for every deadline.
+//!
+//! ```text
+//!   tokio runtime (≤ 1 worker per core, "hb-ev")
+//!     accept task: accept → END server-full when out of room, else spawn:
+//!     one task per connection (the only reader and writer of its socket):
+//!       loop: Session::handle_timeout (heartbeat, lag, write stall)
+//!             write what the session holds (vectored, until the socket is full)
+//!             Session::poll_close → linger after END, or close
+//!             ended → Hub::handle_leave
+//!             wait for: readable (unless held) | writable (when full) | woken
+//!                       (something queued for it) | the session's next deadline |
+//!                       the room changed (when a laggard held its line)
+//!             bytes → Session::handle_rx → poll_input → Hub::handle_op
+//! ```
+//! A connection costs a task, a socket registration and its [`Session`]: no thread, no stack.
+//! Every protocol decision is made by the core machines ([`Session`], the hub); this module
+//! only moves bytes, reads the clock and waits.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+use crate::config::{Mode, ServerSettings};
+use crate::core::room::IdMap;
+use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig};
+use crate::core::wire::EndReason;
+use crate::net::conn::{Lingerer, END_LINGER};
+use crate::net::events::{Event, EventLog};
+use crate::net::registry::Registry;
+use crate::net::relay::{log_session, Chat, Member, Members};
+use crate::net::server::{
+    is_fd_exhaustion, listen, write_refusal, ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
+};
+
+/// Most bytes one wake-up reads from one client before its lines are handled.
+const READ_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// One read buffer per worker thread: an idle connection owns none.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// One client connection of the event engine.
+#[derive(Debug)]
+pub struct EConn {
+    id: u64,
+    peer: SocketAddr,
+    session: Mutex<Session>,
+    /// Wakes the connection's task: something was queued, it was ended, a deadline moved.
+    wake: Notify,
+    /// The shutdown grace is over: close without waiting for the END to get through.
+    close_now: AtomicBool,
+}
+
+impl Member for EConn {
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+    fn session(&self) -> MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+struct Shared {
+    settings: ServerSettings,
+    log: EventLog,
+    conns: Registry<EConn>,
+    chat: Option<Mutex<Chat<EConn>>>,
+    /// Notified (under the chat lock) when a lagging member caught up or left.
+    room_changed: Notify,
+    stopping: AtomicBool,
+    /// Wakes the accept task at shutdown.
+    stop: Notify,
+    lingerer: Option<Lingerer>,
+}
+
+impl Shared {
+    fn chat(&self) -> Option<MutexGuard<'_, Chat<EConn>>> {
+        self.chat
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A connection is ending: its LEFT to the room, and held senders retry.
+    fn leave(&self, conn: &EConn, reason: EndReason) {
+        if let Some(mut chat) = self.chat() {
+            let chat = &mut *chat;
+            let now = Instant::now();
+            let mut staged = IdMap::default();
+            let mut mb = Members::new(&chat.conns, &mut staged);
+            chat.hub.handle_leave(now, conn.id, reason, &mut mb);
+            mb.flush(now);
+            chat.log_events(&self.log);
+            self.room_changed.notify_waiters();
+        }
+    }
+
+    /// A lagging member caught up: held senders retry (notified under the chat lock, so a
+    /// sender about to wait cannot miss it).
+    fn caught_up(&self) {
+        if let Some(_chat) = self.chat() {
+            self.room_changed.notify_waiters();
+        }
+    }
+}
+
+/// A bound event-engine server, ready to [`EventServer::run`].
+pub struct EventServer {
+    rt: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// Controls a running event-engine server from another thread.
+#[derive(Clone)]
+pub struct EventHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl EventServer {
+    /// Binds the listening socket and builds the runtime.
+    pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
+        let want = format!("{}:{}", settings.host, settings.port);
+        let bind_err = |source| ServerError::Bind {
+            addr: want.clone(),
+            source,
+        };
+        let listener =
+            crate::net::try_each_addr(&settings.host, settings.port, listen).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 2);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("hb-ev")
+            .thread_stack_size(256 * 1024)
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(bind_err)?;
+        let chat = (settings.mode == Mode::Chat).then(|| Mutex::new(Chat::default()));
+        let shared = Arc::new(Shared {
+            settings,
+            log,
+            conns: Registry::default(),
+            chat,
+            room_changed: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            lingerer: Lingerer::start().ok(),
+        });
+        Ok(Self {
+            rt,
+            listener,
+            addr,
+            shared,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections served at once (`--max-conns`; descriptors are the other limit, and a
+    /// newcomer past them gets `END server-full` too).
+    pub fn max_conns(&self) -> usize {
+        self.shared.settings.max_conns
+    }
+
+    /// A handle to stop the server from another thread.
+    pub fn handle(&self) -> EventHandle {
+        EventHandle {
+            shared: self.shared.clone(),
+            addr: self.addr,
+        }
+    }
+
+    /// Serves until [`EventHandle::shutdown`], then waits for the connections to close.
+    pub fn run(self) -> Result<(), ServerError> {
+        let Self {
+            rt,
+            listener,
+            addr,
+            shared,
+        } = self;
+        shared.log.emit(Event::Listening {
+            addr,
+            mode: shared.settings.mode,
+            wire: shared.settings.wire,
+        });
+        let sh = shared.clone();
+        let served = rt.block_on(async move {
+            let listener = TcpListener::from_std(listener)?;
+            accept_loop(&sh, &listener).await;
+            // Connections finish their END and linger on the runtime; shutdown bounds it.
+            let deadline = Instant::now() + SHUTDOWN_GRACE + END_LINGER + HOLD_SLICE;
+            while !sh.conns.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<(), io::Error>(())
+        });
+        rt.shutdown_timeout(Duration::from_millis(100));
+        served.map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+    }
+}
+
+impl EventHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.shared.conns.len()
+    }
+
+    /// Stops accepting, ends every client `END server-shutdown` and waits (about half a
+    /// second at most) for them to close; then closes whoever is left.
+    pub fn shutdown(&self) {
+        let sh = &self.shared;
+        if sh.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        sh.stop.notify_one();
+        let conns = sh.conns.all();
+        if let Some(mut chat) = sh.chat() {
+            // The room closes without LEFT lines (see core::hub).
+            chat.hub.handle_shutdown();
+            sh.room_changed.notify_waiters();
+        }
+        sh.log.emit(Event::ShuttingDown {
+            clients: conns.len(),
+        });
+        let now = Instant::now();
+        for c in &conns {
+            c.session().end(now, EndReason::ServerShutdown, true);
+            c.wake();
+        }
+        for c in sh.conns.wait_empty(SHUTDOWN_GRACE) {
+            c.close_now.store(true, Ordering::Release);
+            c.wake();
+        }
+    }
+}
+
+async fn accept_loop(sh: &Arc<Shared>, listener: &TcpListener) {
+    // A spare descriptor, given up when accept fails for lack of descriptors so the
+    // newcomer can still be told why it is refused (instead of spinning on EMFILE).
+    let mut reserve = File::open("/dev/null").ok();
+    loop {
+        if sh.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = sh.stop.notified() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => admit(sh, stream, peer),
+            Err(e) if is_fd_exhaustion(&e) => {
+                drop(reserve.take());
+                if let Ok(Ok((stream, peer))) =
+                    tokio::time::timeout(Duration::from_millis(1), listener.accept()).await
+                {
+                    if let Ok(std) = stream.into_std() {
+                        write_refusal(&std);
+                    }
+                    sh.log.emit(Event::Refused {
+                        peer: Some(peer),
+                        reason: EndReason::ServerFull,
+                        detail: format!("no file descriptor left: {e}"),
+                    });
+                }
+                reserve = File::open("/dev/null").ok();
+                if reserve.is_none() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => {
+                sh.log.emit(Event::Refused {
+                    peer: None,
+                    reason: EndReason::ServerFull,
+                    detail: format!("accept failed: {e}"),
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let max = sh.settings.max_conns;
+    if sh.conns.len() >= max {
+        if let Ok(std) = stream.into_std() {
+            write_refusal(&std);
+            if let Some(l) = &sh.lingerer {
+                l.close(std);
+            }
+        }
+        sh.log.emit(Event::Refused {
+            peer: Some(peer),
+            reason: EndReason::ServerFull,
+            detail: format!("max-conns {max} reached"),
+        });
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let id = sh.conns.next_id();
+    let s = &sh.settings;
+    let cfg = SessionConfig {
+        mode: s.mode,
+        heartbeat: s.heartbeat,
+        max_line: s.max_line,
+        queue: s.queue,
+        stall: s.stall,
+    };
+    let conn = Arc::new(EConn {
+        id,
+        peer,
+        session: Mutex::new(Session::new(cfg, Instant::now())),
+        wake: Notify::new(),
+        close_now: AtomicBool::new(false),
+    });
+    sh.conns.insert(id, conn.clone());
+    if let Some(mut chat) = sh.chat() {
+        chat.conns.insert(id, conn.clone());
+    }
+    sh.log.emit(Event::Connected { id, peer });
+    tokio::spawn(serve(sh.clone(), conn, stream));
+}
+
+/// What the connection's input side waits for.
+enum Held<'a> {
+    /// Nothing: read when readable.
+    No,
+    /// Its own queue is over half full: read nothing until it drains.
+    Own,
+    /// A laggard holds its line: retry when the room changes.
+    Room(Pin<Box<Notified<'a>>>),
+    /// The session is ending: read nothing more.
+    Stop,
+}
+
+/// One connection's task: the only reader and writer of its socket.
+async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
+    let mut left_room = false;
+    let mut blocked = false;
+    let mut held = Held::No;
+    // Lines are handled only when bytes came in or a hold ended, not on every wake-up.
+    let mut fresh = false;
+    let mut staged = IdMap::default();
+    let close = loop {
+        let now = Instant::now();
+        let (caught_up, close, ending, deadline) = {
+            let mut s = conn.session();
+            if s.is_idle_expired(now) {
+                sh.log.emit(Event::RoundStarted {
+                    id: conn.id,
+                    peer: conn.peer,
+                    idle: s.idle(),
+                });
+            }
+            s.handle_timeout(now);
+            let mut caught_up = false;
+            while !blocked && s.poll_close().is_none() {
+                let (a, b) = s.peek_transmit();
+                if a.is_empty() {
+                    break;
+                }
+                match stream.try_write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+                    Ok(n) => caught_up |= s.handle_written(now, n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        s.handle_write_blocked(now);
+                        blocked = true;
+                    }
+                    Err(e) => {
+                        if s.is_open() {
+                            sh.log.emit(Event::WriteFailed {
+                                id: conn.id,
+                                peer: conn.peer,
+                                error: e.to_string(),
+                            });
+                        }
+                        s.handle_write_error(now);
+                    }
+                }
+            }
+            let close = if conn.close_now.load(Ordering::Acquire) {
+                Some(Close::Now(
+                    s.end_reason().unwrap_or(EndReason::ServerShutdown),
+                ))
+            } else {
+                s.poll_close()
+            };
+            let ending = s.end_reason();
+            let deadline = s.poll_timeout();
+            if matches!(held, Held::Own) && s.queued() <= s.config().queue / 2 {
+                held = Held::No;
+                fresh = true;
+            }
+            log_session(&sh.log, conn.id, conn.peer, &mut s);
+            (caught_up, close, ending, deadline)
+        };
+        if caught_up {
+            sh.caught_up();
+            if matches!(held, Held::Own) {
+                held = Held::No;
+                fresh = true;
+            }
+        }
+        if let (Some(reason), false) = (ending, left_room) {
+            left_room = true;
+            held = Held::Stop;
+            sh.leave(&conn, reason);
+        }
+        if let Some(close) = close {
+            break close;
+        }
+        if fresh && matches!(held, Held::No) {
+            fresh = false;
+            held = pump(&sh, &conn, &mut staged);
+            if !matches!(held, Held::No) {
+                continue;
+            }
+        }
+        let mut interest: Option<Interest> = None;
+        if matches!(held, Held::No) {
+            interest = Some(Interest::READABLE);
+        }
+        if blocked {
+            interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
+        }
+        let sleep = deadline.map(|at| tokio::time::sleep_until(at.into()));
+        let room_held = matches!(held, Held::Room(_));
+        let any_held = matches!(held, Held::Room(_) | Held::Own);
+        let room_wait = match &mut held {
+            Held::Room(n) => Some(n),
+            _ => None,
+        };
+        let mut release = false;
+        tokio::select! {
+            ready = async { stream.ready(interest.expect("checked")).await }, if interest.is_some() => {
+                match ready {
+                    Ok(r) => {
+                        if r.is_writable() {
+                            blocked = false;
+                        }
+                        if r.is_readable() || r.is_read_closed() {
+                            read_some(&sh, &conn, &stream);
+                            fresh = true;
+                        }
+                    }
+                    Err(_) => conn.session().handle_write_error(Instant::now()),
+                }
+            }
+            _ = conn.wake.notified() => {}
+            _ = async { sleep.expect("checked").await }, if deadline.is_some() => {}
+            _ = async { room_wait.expect("checked").await }, if room_held => release = true,
+            // A held line is offered again at least every slice (a safety net).
+            _ = tokio::time::sleep(HOLD_SLICE), if any_held => release = true,
+        }
+        if release {
+            held = Held::No;
+            fresh = true;
+        }
+    };
+    match close {
+        Close::AfterEnd(reason) => {
+            sh.log.emit(Event::EndSent {
+                id: conn.id,
+                peer: conn.peer,
+                reason,
+                delivered: true,
+            });
+            linger(&stream, Instant::now() + END_LINGER).await;
+        }
+        Close::Now(EndReason::Closed) => {}
+        Close::Now(reason) => sh.log.emit(Event::EndSent {
+            id: conn.id,
+            peer: conn.peer,
+            reason,
+            delivered: false,
+        }),
+    }
+    drop(stream);
+    sh.log.emit(Event::Closed {
+        id: conn.id,
+        peer: conn.peer,
+    });
+    if let Some(mut chat) = sh.chat() {
+        chat.conns.remove(&conn.id);
+    }
+    sh.conns.remove(conn.id);
+}
+
+/// Reads what the socket holds (at most [`READ_CHUNK`]) into the session.
+fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream) {
+    READ_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        match stream.try_read(&mut buf) {
+            Ok(0) => {
+                let mut s = conn.session();
+                if s.is_open() {
+                    s.handle_closed(Instant::now());
+                    drop(s);
+                    sh.log.emit(Event::ClosedByClient {
+                        id: conn.id,
+                        peer: conn.peer,
+                        error: None,
+                    });
+                }
+            }
+            Ok(n) => {
+                let mut s = conn.session();
+                s.handle_rx(Instant::now(), &buf[..n]);
+                log_session(&sh.log, conn.id, conn.peer, &mut s);
+            }
+            Err(e) if crate::net::is_retryable_read(&e) => {}
+            Err(e) => {
+                let mut s = conn.session();
+                if s.is_open() {
+                    s.handle_closed(Instant::now());
+                    drop(s);
+                    sh.log.emit(Event::ClosedByClient {
+                        id: conn.id,
+                        peer: conn.peer,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// Handles the complete lines the session holds: echo lines in the session, chat lines
+/// through the hub. Returns what the input side must wait for.
+fn pump<'a>(
+    sh: &'a Shared,
+    conn: &EConn,
+    staged: &mut IdMap<crate::net::relay::Staged>,
+) -> Held<'a> {
+    let now = Instant::now();
+    let Some(mut chat) = sh.chat() else {
+        let mut s = conn.session();
+        let input = s.poll_input(now);
+        log_session(&sh.log, conn.id, conn.peer, &mut s);
+        return match input {
+            Input::Held => Held::Own,
+            Input::Stop => Held::Stop,
+            Input::NeedBytes | Input::Room(_) => Held::No,
+        };
+    };
+    let c = &mut *chat;
+    let mut outcome = None;
+    loop {
+        let mut s = conn.session();
+        if let Some(o) = outcome.take() {
+            s.handle_room(now, o);
+        }
+        let input = s.poll_input(now);
+        log_session(&sh.log, conn.id, conn.peer, &mut s);
+        drop(s);
+        let op = match input {
+            Input::Room(op) => op,
+            other => {
+                Members::new(&c.conns, staged).flush(now);
+                return match other {
+                    Input::Held => Held::Own,
+                    Input::Stop => Held::Stop,
+                    _ => Held::No,
+                };
+            }
+        };
+        let mut mb = Members::new(&c.conns, staged);
+        let o = c.hub.handle_op(now, conn.id, op, &mut mb);
+        let is_held = matches!(o, RoomOutcome::Held(_));
+        if !matches!(o, RoomOutcome::Done) {
+            mb.flush(now);
+        }
+        c.log_events(&sh.log);
+        if is_held {
+            conn.session().handle_room(now, o);
+            // Registered before the room unlocks: a laggard's catch-up cannot be missed.
+            let mut notified = Box::pin(sh.room_changed.notified());
+            notified.as_mut().enable();
+            return Held::Room(notified);
+        }
+        outcome = Some(o);
+    }
+}
+
+/// After `END`: FIN, then discard input until the client closes or `deadline` (see
+/// [`END_LINGER`]), so closing does not reset the connection before the client reads END.
+async fn linger(stream: &TcpStream, deadline: Instant) {
+    let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Write);
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            r = stream.readable() => {
+                if r.is_err() {
+                    return;
+                }
+                loop {
+                    match stream.try_read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {
+                            if Instant::now() >= deadline {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => return,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => return,
+        }
+    }
+}
