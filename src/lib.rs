@@ -1,8 +1,8 @@
 //! # tcp-heartbeat
 //!
-//! A thread-per-connection TCP server and client with an application-level heartbeat that
-//! finds and purges *ghost* connections (a peer that vanished without closing) in seconds,
-//! where TCP keepalive defaults take over two hours. Also: a Maelstrom node (`hb-node`) and a
+//! A TCP server (thread-per-connection, or an event loop) and client with an
+//! application-level heartbeat that finds and purges *ghost* connections (a peer that vanished
+//! without closing) in seconds, where TCP keepalive defaults take over two hours. Also: a Maelstrom node (`hb-node`) and a
 //! raw-syscall echo server (`hb-echo`).
 //!
 //! ## Layers
@@ -45,6 +45,18 @@
 //!                                                  ≤ 250 ms (END_LINGER), close
 //! ```
 //! The accept loop (poll + accept, `END server-full` when out of room) spawns the two threads.
+//!
+//! The event engine ([`net::evloop`], `--engine events`) drives the same core from a tokio
+//! runtime of at most one worker per core, one task per connection:
+//! ```text
+//!   accept task ──spawn──▶ connection task (the only reader and writer of its socket)
+//!                            Session::handle_timeout (tokio timer wheel: sleep_until)
+//!                            poll_transmit → try_write_vectored until the socket is full
+//!                            readable → handle_rx → poll_input → Hub::handle_op
+//!                            held → wait for the room (Notify) or its own queue to drain
+//!                            poll_close → END written: FIN, linger; ended → Hub::handle_leave
+//! ```
+//! [`net::relay`] (the room, the write-back `Mailboxes` cache, log mapping) serves both.
 //! The linger exists because closing a socket with unread input makes the kernel send a
 //! reset, which can destroy the `END` line before the client reads it.
 //! A client that stops reading holds its senders back for at most `--stall` and is then

@@ -18,7 +18,7 @@
 //!   silence → switch on + bell
 //! ```
 //! Every protocol decision (what a line means, who gets what, when a sender waits, when a
-//! client is ended and why) is made by the core machines [`Session`] and [`Hub`]; this module
+//! client is ended and why) is made by the core machines [`Session`] and [`Hub`](crate::core::hub::Hub); this module
 //! only moves bytes, reads the clock, sleeps and wakes. The last of a connection's two
 //! threads to exit removes it from the registry, so the registry size is the number of
 //! connections still holding threads and descriptors.
