@@ -492,6 +492,16 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
         if release {
             held = Held::No;
             fresh = true;
+            // Bytes waiting in the socket while the input side was held prove the client
+            // alive, though not read yet (see Session::handle_input_waiting).
+            let waiting = crate::net::wait::wait_one(
+                &stream,
+                crate::net::wait::PollFlags::IN,
+                Duration::ZERO,
+            );
+            if matches!(waiting, Ok(true)) {
+                conn.session().handle_input_waiting(Instant::now());
+            }
         }
     };
     match close {
