@@ -21,7 +21,7 @@ pub mod server;
 
 pub use client::{check_name, ClientFlags, ClientSettings};
 // Declared in core (the protocol uses them); re-exported so `crate::config::Mode` keeps working.
-pub use crate::core::mode::{Mode, Wire};
+pub use crate::core::mode::{Engine, Mode, Wire};
 pub use duration::{fmt_duration, parse_duration, parse_duration_allow_zero};
 pub use file::{FileClient, FileConfig};
 pub use prompt::Prompter;

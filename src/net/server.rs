@@ -357,6 +357,11 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 impl Server {
     /// Binds the listening socket; with port 0 the OS picks a free port ([`Server::local_addr`]).
     pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
+        if settings.engine == crate::config::Engine::Events && settings.wire == Wire::Line {
+            return Err(ServerError::Unsupported(
+                "--engine events is not built yet".into(),
+            ));
+        }
         if settings.wire == Wire::Classic && settings.mode == Mode::Chat {
             return Err(ServerError::Unsupported(
                 "--mode chat works only on the line wire, not with --wire classic".into(),
