@@ -307,7 +307,7 @@ fn help_shows_defaults_with_units_and_exit_codes() {
         "chat: A chat room",
         "classic: Byte-compatible",
         "threads: The manual's model",
-        "events: A few threads",
+        "A few threads with non-blocking sockets",
     ] {
         assert!(server.contains(want), "--help lacks {want}:\n{server}");
     }
