@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use crossbeam_channel::Receiver;
 
-use crate::config::{fmt_duration, ClientSettings, Mode, ServerSettings, Wire};
+use crate::config::{fmt_duration, ClientSettings, Engine, Mode, ServerSettings, Wire};
 use crate::core::classic::{echo_reply, ClassicEnd};
 use crate::core::client::Outcome;
 use crate::core::heartbeat::HeartbeatConfig;
@@ -43,6 +43,9 @@ pub struct ScenarioArgs {
     /// Wire to run the cases over
     #[arg(long, value_enum, default_value = "line")]
     pub wire: Wire,
+    /// Engine of the servers the cases run against (events: line wire only)
+    #[arg(long, value_enum, default_value = "threads")]
+    pub engine: Engine,
     /// How late an observed heartbeat or END may be and still pass [default: 50ms, at most
     /// half an interval]. Raise it on a heavily loaded machine.
     #[arg(long, value_name = "DUR", value_parser = crate::config::parse_duration)]
@@ -64,7 +67,7 @@ fn speed(s: &str) -> Result<f64, String> {
 /// Why the scenarios could not run at all.
 #[derive(Debug)]
 pub enum ScenarioError {
-    /// The requested wire is not available.
+    /// The requested wire or engine is not available, or flags conflict (exit 2).
     Unsupported(String),
     /// A server or client could not be started.
     Setup(String),
@@ -235,7 +238,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn start(t: Timings, wire: Wire, case: u8) -> Result<Self, ScenarioError> {
+    fn start(t: Timings, wire: Wire, engine: Engine, case: u8) -> Result<Self, ScenarioError> {
         let hb = t.hb;
         let setup = |e: std::io::Error| ScenarioError::Setup(format!("heartbeat listener: {e}"));
         let listener = match wire {
@@ -253,6 +256,7 @@ impl Harness {
             idle_raised_from: None,
             mode: Mode::Echo,
             wire,
+            engine,
             max_conns: 16,
             max_line: crate::config::defaults::MAX_LINE,
             queue: crate::config::defaults::QUEUE,
@@ -385,9 +389,9 @@ fn last_sent_before(fl: Flavor, client: &[Stamped<ClientEvent>], at: Instant) ->
         .map(|e| e.at)
 }
 
-fn case1(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
+fn case1(t: Timings, wire: Wire, engine: Engine) -> Result<Verdict, ScenarioError> {
     const CASE: u8 = 1;
-    let h = Harness::start(t, wire, CASE)?;
+    let h = Harness::start(t, wire, engine, CASE)?;
     let fl = h.flavor();
     let run_for = t.hb.give_up_after() + t.every_fast * 2;
     let (outcome, cev) = run_client(
@@ -419,9 +423,9 @@ fn case1(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
     Ok(verdict(1, wire, observed, pass))
 }
 
-fn case2(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
+fn case2(t: Timings, wire: Wire, engine: Engine) -> Result<Verdict, ScenarioError> {
     const CASE: u8 = 2;
-    let h = Harness::start(t, wire, CASE)?;
+    let h = Harness::start(t, wire, engine, CASE)?;
     let fl = h.flavor();
     let run_for = t.hb.idle() + t.hb.round_length() + t.slack * 4;
     let (outcome, cev) = run_client(
@@ -484,9 +488,9 @@ fn case2(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
     Ok(verdict(2, wire, notes.join(", "), pass))
 }
 
-fn case3(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
+fn case3(t: Timings, wire: Wire, engine: Engine) -> Result<Verdict, ScenarioError> {
     const CASE: u8 = 3;
-    let h = Harness::start(t, wire, CASE)?;
+    let h = Harness::start(t, wire, engine, CASE)?;
     let fl = h.flavor();
     let (outcome, cev) = run_client(&h, h.client_settings(t.every_slow, t.block_long), None);
     let sev = h.stop();
@@ -552,9 +556,9 @@ fn case3(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
     Ok(verdict(3, wire, observed, pass))
 }
 
-fn case4(t: Timings, wire: Wire) -> Result<Verdict, ScenarioError> {
+fn case4(t: Timings, wire: Wire, engine: Engine) -> Result<Verdict, ScenarioError> {
     const CASE: u8 = 4;
-    let h = Harness::start(t, wire, CASE)?;
+    let h = Harness::start(t, wire, engine, CASE)?;
     let fl = h.flavor();
     // Like the manual's client.py being stopped: a few messages, then the socket just closes.
     let setup = |e: std::io::Error| ScenarioError::Setup(format!("case 4 client: {e}"));
@@ -712,20 +716,22 @@ fn verdict(case: u8, wire: Wire, observed: String, pass: bool) -> Verdict {
     }
 }
 
-/// One manual case over one wire.
-type CaseFn = fn(Timings, Wire) -> Result<Verdict, ScenarioError>;
+/// One manual case over one wire, against one engine.
+type CaseFn = fn(Timings, Wire, Engine) -> Result<Verdict, ScenarioError>;
 
-/// Runs the selected cases concurrently over `wire` and returns their verdicts in case order.
+/// Runs the selected cases concurrently over `wire` against servers running `engine`, and
+/// returns their verdicts in case order.
 pub fn run_cases(
     timings: Timings,
     only: Option<u8>,
     wire: Wire,
+    engine: Engine,
 ) -> Result<Vec<Verdict>, ScenarioError> {
     let cases: [CaseFn; 4] = [case1, case2, case3, case4];
     thread::scope(|s| {
         let running: Vec<_> = (1..=4u8)
             .filter(|n| only.is_none_or(|o| o == *n))
-            .map(|n| s.spawn(move || cases[usize::from(n - 1)](timings, wire)))
+            .map(|n| s.spawn(move || cases[usize::from(n - 1)](timings, wire, engine)))
             .collect();
         running
             .into_iter()
@@ -816,7 +822,13 @@ fn server_step(e: &Event) -> bool {
 
 /// Runs the scenarios as the binary does; `Ok(true)` when all passed.
 pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
-    let wire = args.wire;
+    let (wire, engine) = (args.wire, args.engine);
+    // Checked before anything runs, in hb-server's words (CONTRACT section 6).
+    if wire == Wire::Classic && engine == Engine::Events {
+        return Err(ScenarioError::Unsupported(
+            "--engine events works only on the line wire, not with --wire classic".into(),
+        ));
+    }
     let mut t = Timings::scaled(args.speed);
     if let Some(tol) = args.tolerance {
         // Past half an interval a heartbeat on the wrong beat would pass: refuse that.
@@ -830,10 +842,14 @@ pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
         t.slack = tol;
     }
     println!(
-        "{}manual settings / {}: server interval {}, count {}, idle {}; client every {} or {}, block 0 or {}",
+        "{}{}manual settings / {}: server interval {}, count {}, idle {}; client every {} or {}, block 0 or {}",
         match wire {
             Wire::Line => "",
             Wire::Classic => "classic wire, ",
+        },
+        match engine {
+            Engine::Threads => "",
+            Engine::Events => "event engine, ",
         },
         args.speed,
         fmt_duration(t.hb.interval()),
@@ -846,7 +862,7 @@ pub fn run(args: &ScenarioArgs) -> Result<bool, ScenarioError> {
     if !args.quiet {
         t.progress = Some(Instant::now());
     }
-    let verdicts = run_cases(t, args.case, wire)?;
+    let verdicts = run_cases(t, args.case, wire, engine)?;
     print!("{}", table(&verdicts));
     let passed = verdicts.iter().filter(|v| v.pass).count();
     println!("{passed} passed, {} failed", verdicts.len() - passed);

@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::client::{check_message, check_name};
 use super::{
-    parse_duration, parse_duration_allow_zero, ConfigError, FileProblem, Mode, ServerOptions, Wire,
-    DEFAULT_CONFIG,
+    parse_duration, parse_duration_allow_zero, ConfigError, Engine, FileProblem, Mode,
+    ServerOptions, Wire, DEFAULT_CONFIG,
 };
 
 /// `client.*` from configuration.json.
@@ -234,6 +234,7 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "count" => s.count = p.take(key, count_value(v)),
             "mode" => s.mode = p.take(key, string(v).and_then(|m| Mode::parse(&m))),
             "wire" => s.wire = p.take(key, string(v).and_then(|w| Wire::parse(&w))),
+            "engine" => s.engine = p.take(key, string(v).and_then(|e| Engine::parse(&e))),
             "max_conns" => s.max_conns = p.take(key, positive_usize(v)),
             "max_line" => s.max_line = p.take(key, positive_usize(v)),
             "queue" => s.queue = p.take(key, positive_usize(v)),
@@ -301,7 +302,7 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, max_conns, max_line, queue, stall)"
+             idle, mode, wire, engine, max_conns, max_line, queue, stall)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),
@@ -323,6 +324,7 @@ mod tests {
             (r#"{"server": {"count": 5000000000}}"#, "server.count:"),
             (r#"{"server": {"interval": "0"}}"#, "server.interval:"),
             (r#"{"server": {"mode": "relay"}}"#, "server.mode:"),
+            (r#"{"server": {"engine": "async"}}"#, "server.engine:"),
             (r#"{"client": {"every": true}}"#, "client.every:"),
             (
                 r#"{"client": {"message": ""}}"#,
@@ -400,7 +402,7 @@ mod tests {
     #[test]
     fn every_server_setting_is_a_file_key() {
         let keys = server_keys();
-        assert_eq!(keys.len(), 11, "{keys:?}");
+        assert_eq!(keys.len(), 12, "{keys:?}");
         for key in keys {
             let e = parse(&format!(r#"{{"server": {{"{key}": [1]}}}}"#)).unwrap_err();
             let m = e.to_string();

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::prompt::setting;
-use super::{bad, defaults, origin, parse_duration, ConfigError, FileConfig, Mode, Prompter, Wire};
+use super::{
+    bad, defaults, origin, parse_duration, ConfigError, Engine, FileConfig, Mode, Prompter, Wire,
+};
 use crate::core::heartbeat::{HeartbeatConfig, HeartbeatConfigError};
 
 /// Every server setting, declared once: the flags of `hb-server` (clap fills it from the
@@ -40,6 +42,10 @@ pub struct ServerOptions {
     /// Bytes on the socket [default: line]
     #[arg(long, value_enum)]
     pub wire: Option<Wire>,
+    /// How connections are served; both engines speak the same protocol, with the same rules
+    /// and log lines [default: threads]
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
     /// Clients served at once (a number); newcomers beyond it are refused (`END
     /// server-full` on the line wire). Lowered (and logged) to what vm.max_map_count
     /// allows, about 8,000 on stock limits [default: 16384]
@@ -72,6 +78,7 @@ impl ServerOptions {
             idle: self.idle.or(fallback.idle),
             mode: self.mode.or(fallback.mode),
             wire: self.wire.or(fallback.wire),
+            engine: self.engine.or(fallback.engine),
             max_conns: self.max_conns.or(fallback.max_conns),
             max_line: self.max_line.or(fallback.max_line),
             queue: self.queue.or(fallback.queue),
@@ -102,7 +109,7 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
-    /// server.interval, count, idle, mode, wire, max_conns, max_line, queue, stall; with --wire
+    /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -130,6 +137,8 @@ pub struct ServerSettings {
     pub mode: Mode,
     /// Line or classic.
     pub wire: Wire,
+    /// Threads or events (events: line wire only).
+    pub engine: Engine,
     /// Connections served at once; more are refused with `END server-full`.
     pub max_conns: usize,
     /// Longest accepted line in bytes.
@@ -205,6 +214,7 @@ impl ServerSettings {
             heartbeat,
             mode: o.mode.unwrap_or_default(),
             wire: o.wire.unwrap_or_default(),
+            engine: o.engine.unwrap_or_default(),
             max_conns,
             max_line,
             queue,
@@ -221,20 +231,40 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
     let f = &flags.options;
     let wire = f.wire.or(file.server.wire).unwrap_or_default();
     let mode = f.mode.or(file.server.mode).unwrap_or_default();
+    let engine = f.engine.or(file.server.engine).unwrap_or_default();
     if wire != Wire::Classic {
         return Ok(());
     }
     let wire_src = origin(f.wire.is_some(), "--wire", "server.wire", "classic", file);
-    if mode == Mode::Chat {
-        if f.mode.is_none() && f.wire.is_none() {
+    // Chat and the event engine exist only on the line wire: same rule, same words.
+    for (key, flag, value, given, conflicts) in [
+        (
+            "mode",
+            "--mode",
+            "chat",
+            f.mode.is_some(),
+            mode == Mode::Chat,
+        ),
+        (
+            "engine",
+            "--engine",
+            "events",
+            f.engine.is_some(),
+            engine == Engine::Events,
+        ),
+    ] {
+        if !conflicts {
+            continue;
+        }
+        if !given && f.wire.is_none() {
             return Err(file.problem(
-                "server.mode",
-                "chat works only on the line wire, and server.wire is classic".into(),
+                &format!("server.{key}"),
+                format!("{value} works only on the line wire, and server.wire is classic"),
             ));
         }
-        let mode_src = origin(f.mode.is_some(), "--mode", "server.mode", "chat", file);
+        let src = origin(given, flag, &format!("server.{key}"), value, file);
         return Err(ConfigError::Usage(format!(
-            "{mode_src} works only on the line wire, not with {wire_src}"
+            "{src} works only on the line wire, not with {wire_src}"
         )));
     }
     for (flag, given) in [
@@ -386,6 +416,119 @@ mod tests {
             ..Default::default()
         };
         ServerSettings::resolve(&flags, &file, &mut prompter("", false)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn engine_from_flag_or_file_defaults_to_threads_and_events_needs_the_line_wire() {
+        assert_eq!(
+            server(ServerOptions::default(), "{}").unwrap().engine,
+            Engine::Threads
+        );
+        assert_eq!(
+            server(
+                ServerOptions::default(),
+                r#"{"server": {"engine": "events"}}"#
+            )
+            .unwrap()
+            .engine,
+            Engine::Events
+        );
+        let events = ServerOptions {
+            engine: Some(Engine::Events),
+            ..Default::default()
+        };
+        // The flag beats the file.
+        assert_eq!(
+            server(events.clone(), r#"{"server": {"engine": "threads"}}"#)
+                .unwrap()
+                .engine,
+            Engine::Events
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    engine: Some(Engine::Threads),
+                    ..Default::default()
+                },
+                r#"{"server": {"engine": "events"}}"#
+            )
+            .unwrap()
+            .engine,
+            Engine::Threads
+        );
+        let m = server(
+            ServerOptions::default(),
+            r#"{"server": {"engine": "tokio"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            m,
+            "configuration.json: server.engine: 'tokio' is not an engine (threads or events)"
+        );
+        // The event engine serves the line wire only, however the two were chosen.
+        assert_eq!(
+            server(
+                ServerOptions {
+                    wire: Some(Wire::Classic),
+                    ..events.clone()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--engine events works only on the line wire, not with --wire classic"
+        );
+        assert_eq!(
+            server(events.clone(), r#"{"server": {"wire": "classic"}}"#).unwrap_err(),
+            "--engine events works only on the line wire, not with server.wire \"classic\" in \
+             configuration.json"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    wire: Some(Wire::Classic),
+                    ..Default::default()
+                },
+                r#"{"server": {"engine": "events"}}"#
+            )
+            .unwrap_err(),
+            "server.engine \"events\" in configuration.json works only on the line wire, not \
+             with --wire classic"
+        );
+        assert_eq!(
+            server(
+                ServerOptions::default(),
+                r#"{"server": {"engine": "events", "wire": "classic"}}"#
+            )
+            .unwrap_err(),
+            "configuration.json: server.engine: events works only on the line wire, and \
+             server.wire is classic"
+        );
+        // Usage errors: exit 2, like the other classic-wire conflicts.
+        let flags = ServerFlags {
+            defaults: true,
+            options: ServerOptions {
+                wire: Some(Wire::Classic),
+                ..events
+            },
+            ..Default::default()
+        };
+        let e = ServerSettings::resolve(&flags, &FileConfig::default(), &mut prompter("", false))
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Usage(_)), "{e:?}");
+        // The thread engine takes either wire.
+        assert_eq!(
+            server(
+                ServerOptions {
+                    wire: Some(Wire::Classic),
+                    engine: Some(Engine::Threads),
+                    ..Default::default()
+                },
+                "{}"
+            )
+            .unwrap()
+            .engine,
+            Engine::Threads
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The server's choices that the protocol itself depends on: what a server does with `MSG`
-//! lines ([`Mode`]), which bytes go over the socket ([`Wire`]) and, for the next issue, which
-//! engine serves them ([`Engine`]).
+//! lines ([`Mode`]), which bytes go over the socket ([`Wire`]) and which engine serves them
+//! ([`Engine`]).
 //!
 //! They live in `core` because the protocol machines and the line wire (`HELLO ... mode=chat`)
 //! use them; they derive [`clap::ValueEnum`] so the flags parse straight into them, and each
@@ -67,15 +67,35 @@ impl Wire {
     }
 }
 
-/// How a server runs its connections (CONTRACT section 6, `--engine`). Declared here, beside
-/// its siblings, for the issue that adds the event engine; no flag uses it yet.
+/// How a server runs its connections (CONTRACT section 6, `--engine`): both engines drive the
+/// same protocol machines; only the threads, sockets and timers around them differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Engine {
     /// The manual's model: per client a data-exchange thread and a companion heartbeat thread
     #[default]
     Threads,
-    /// A few threads with non-blocking sockets and one timer structure for all deadlines
+    /// A few threads with non-blocking sockets and one timer structure for all deadlines (line
+    /// wire only)
     Events,
+}
+
+impl Engine {
+    /// Parses `threads` or `events` (configuration.json), with the error the file reports.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "threads" => Ok(Self::Threads),
+            "events" => Ok(Self::Events),
+            _ => Err(format!("'{s}' is not an engine (threads or events)")),
+        }
+    }
+
+    /// The word for it in flags and in the log: `threads` or `events`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Threads => "threads",
+            Self::Events => "events",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +120,15 @@ mod tests {
             .map(|e| e.to_possible_value().unwrap().get_name().to_owned())
             .collect();
         assert_eq!(engines, ["threads", "events"]);
-        assert!(Mode::parse("relay").is_err() && Wire::parse("udp").is_err());
+        for e in Engine::value_variants() {
+            let word = e.to_possible_value().unwrap().get_name().to_owned();
+            assert_eq!(word, e.as_str());
+            assert_eq!(Engine::parse(&word), Ok(*e));
+        }
+        assert!(
+            Mode::parse("relay").is_err()
+                && Wire::parse("udp").is_err()
+                && Engine::parse("async").is_err()
+        );
     }
 }

@@ -4,16 +4,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn chat_server(extra: &[&str]) -> Server {
+fn chat_server(engine: Engine, extra: &[&str]) -> Server {
     let mut args = vec!["--mode", "chat"];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    Server::start(engine, &args)
 }
 
-#[test]
-fn three_clients_relay_to_each_other_without_self_echo() {
+engine_tests!(three_clients_relay_to_each_other_without_self_echo);
+fn three_clients_relay_to_each_other_without_self_echo(engine: Engine) {
     let _w = Watchdog::new("chat-relay", ms(15_000));
-    let srv = chat_server(&[]);
+    let srv = chat_server(engine, &[]);
     let mut ann = join(srv.port, "ann");
     let mut bob = join(srv.port, "bob");
     ann.expect("JOINED bob", PROMPT);
@@ -40,10 +40,10 @@ fn three_clients_relay_to_each_other_without_self_echo() {
     }
 }
 
-#[test]
-fn names_must_be_unique_and_valid_and_msg_needs_join() {
+engine_tests!(names_must_be_unique_and_valid_and_msg_needs_join);
+fn names_must_be_unique_and_valid_and_msg_needs_join(engine: Engine) {
     let _w = Watchdog::new("chat-names", ms(10_000));
-    let srv = chat_server(&[]);
+    let srv = chat_server(engine, &[]);
     let _ann = join(srv.port, "ann");
     let mut p = Peer::connect(srv.port);
     p.line(PROMPT);
@@ -107,11 +107,11 @@ fn receive_in_order(p: &mut Peer, n: usize, senders: &[&str]) -> Duration {
     max_gap
 }
 
-#[test]
-fn ten_thousand_messages_per_sender_arrive_in_order_with_nothing_lost() {
+engine_tests!(ten_thousand_messages_per_sender_arrive_in_order_with_nothing_lost);
+fn ten_thousand_messages_per_sender_arrive_in_order_with_nothing_lost(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("chat-order", ms(60_000));
-    let srv = chat_server(&[]);
+    let srv = chat_server(engine, &[]);
     let mut a = join(srv.port, "a");
     let mut b = join(srv.port, "b");
     let mut c = join(srv.port, "c");
@@ -137,20 +137,23 @@ fn ten_thousand_messages_per_sender_arrive_in_order_with_nothing_lost() {
     tb.join().unwrap();
 }
 
-#[test]
-fn every_left_reason_is_announced_for_real() {
+engine_tests!(every_left_reason_is_announced_for_real);
+fn every_left_reason_is_announced_for_real(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("chat-left", ms(20_000));
-    let mut srv = chat_server(&[
-        "--idle",
-        "300ms",
-        "--interval",
-        "100ms",
-        "--count",
-        "2",
-        "--max-line",
-        "2048",
-    ]);
+    let mut srv = chat_server(
+        engine,
+        &[
+            "--idle",
+            "300ms",
+            "--interval",
+            "100ms",
+            "--count",
+            "2",
+            "--max-line",
+            "2048",
+        ],
+    );
     let port = srv.port;
     // The watcher answers heartbeats so it stays in the room the whole time.
     let mut watcher = join(port, "watcher");
@@ -228,13 +231,16 @@ fn every_left_reason_is_announced_for_real() {
     assert_eq!(srv.proc.wait(PROMPT).code(), Some(0));
 }
 
-#[test]
-fn a_reader_that_stalls_is_evicted_while_others_exchange_10k_without_loss_or_pause() {
+engine_tests!(a_reader_that_stalls_is_evicted_while_others_exchange_10k_without_loss_or_pause);
+fn a_reader_that_stalls_is_evicted_while_others_exchange_10k_without_loss_or_pause(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("chat-slow", ms(60_000));
     // Flow control holds a and b back while "stuck" lags, for at most one --stall.
     const STALL: u64 = 100;
-    let mut srv = chat_server(&["--queue", "65536", "--stall", &format!("{STALL}ms")]);
+    let mut srv = chat_server(
+        engine,
+        &["--queue", "65536", "--stall", &format!("{STALL}ms")],
+    );
     let stuck = join_stuck(srv.port, "stuck");
     let mut a = join(srv.port, "a");
     let mut b = join(srv.port, "b");
@@ -285,10 +291,10 @@ fn a_reader_that_stalls_is_evicted_while_others_exchange_10k_without_loss_or_pau
     drop(stuck);
 }
 
-#[test]
-fn a_killed_chat_client_is_announced_as_left_closed() {
+engine_tests!(a_killed_chat_client_is_announced_as_left_closed);
+fn a_killed_chat_client_is_announced_as_left_closed(engine: Engine) {
     let _w = Watchdog::new("chat-kill", ms(15_000));
-    let srv = chat_server(&[]);
+    let srv = chat_server(engine, &[]);
     let mut watcher = join(srv.port, "watcher");
     let port = srv.port.to_string();
     let mut victim = Proc::spawn_in_temp(
@@ -302,10 +308,13 @@ fn a_killed_chat_client_is_announced_as_left_closed() {
     watcher.expect("LEFT victim closed", PROMPT);
 }
 
-#[test]
-fn interactive_clients_chat_through_pipes() {
+engine_tests!(interactive_clients_chat_through_pipes);
+fn interactive_clients_chat_through_pipes(engine: Engine) {
     let _w = Watchdog::new("chat-pipes", ms(15_000));
-    let mut srv = chat_server(&["--idle", "300ms", "--interval", "100ms", "--count", "3"]);
+    let mut srv = chat_server(
+        engine,
+        &["--idle", "300ms", "--interval", "100ms", "--count", "3"],
+    );
     let port = srv.port.to_string();
     let dir = temp_dir();
     let mut ann = Proc::spawn(
@@ -432,10 +441,10 @@ fn count_dir(path: String) -> usize {
     std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
 }
 
-#[test]
-fn dirty_disconnects_mid_write_are_announced_and_leak_nothing() {
+engine_tests!(dirty_disconnects_mid_write_are_announced_and_leak_nothing);
+fn dirty_disconnects_mid_write_are_announced_and_leak_nothing(engine: Engine) {
     let _w = Watchdog::new("chat-dirty", ms(20_000));
-    let mut srv = chat_server(&[]);
+    let mut srv = chat_server(engine, &[]);
     let pid = srv.proc.pid();
     let mut watcher = join(srv.port, "watcher");
     let mut talker = join(srv.port, "talker");

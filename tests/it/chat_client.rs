@@ -44,10 +44,10 @@ fn assert_timestamped(out: &str) {
     }
 }
 
-#[test]
-fn joining_shows_the_members_and_commands_work() {
+engine_tests!(joining_shows_the_members_and_commands_work);
+fn joining_shows_the_members_and_commands_work(engine: Engine) {
     let _w = Watchdog::new("chat-client-commands", ms(15_000));
-    let srv = Server::start(&["--mode", "chat"]);
+    let srv = Server::start(engine, &["--mode", "chat"]);
     let mut bob = raw_member(srv.port, "bob");
     let mut ann = chat_client(srv.port, "ann");
     let (_, joined) = ann.stdout.wait_for("* in the room:", PROMPT);
@@ -131,12 +131,12 @@ fn a_taken_name_ends_the_client_with_nothing_sent_after() {
     assert_eq!(fake.join().unwrap(), "JOIN ann\nWHO\n");
 }
 
+engine_tests!(terminal_escapes_in_chat_text_are_shown_inert);
 /// The attack: a member's text that returns to column 0, erases the line and moves
 /// up to fake a line from someone else. The chat client prints it inert.
-#[test]
-fn terminal_escapes_in_chat_text_are_shown_inert() {
+fn terminal_escapes_in_chat_text_are_shown_inert(engine: Engine) {
     let _w = Watchdog::new("chat-client-escapes", ms(15_000));
-    let srv = Server::start(&["--mode", "chat"]);
+    let srv = Server::start(engine, &["--mode", "chat"]);
     let mut ann = chat_client(srv.port, "ann");
     ann.stdout.wait_for("* in the room: ann (you)", PROMPT);
     let mut evil = raw_member(srv.port, "evil");
@@ -156,11 +156,11 @@ fn terminal_escapes_in_chat_text_are_shown_inert() {
     drop(evil);
 }
 
+engine_tests!(terminal_escapes_in_echoed_text_are_shown_inert);
 /// The line client's own output (ECHO lines) is made safe the same way.
-#[test]
-fn terminal_escapes_in_echoed_text_are_shown_inert() {
+fn terminal_escapes_in_echoed_text_are_shown_inert(engine: Engine) {
     let _w = Watchdog::new("line-client-escapes", ms(15_000));
-    let srv = Server::start(&[]);
+    let srv = Server::start(engine, &[]);
     let port = srv.port.to_string();
     let mut c = Proc::spawn_in_temp(
         "hb-client",

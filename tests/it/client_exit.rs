@@ -18,18 +18,21 @@ const CHAT: &[&str] = &["--chat", "--name", "ann"];
 
 /// SIGKILL leaves no time for END: the kernel closes the socket, and the client says so at
 /// once instead of waiting out the heartbeat window and calling the server silent.
-fn killed_server_is_a_closed_connection(mode: &str, flags: &[&str]) {
+fn killed_server_is_a_closed_connection(engine: Engine, mode: &str, flags: &[&str]) {
     // A silence window of 5 s + 3 x 1 s: a client judging silence would take 8 s.
-    let mut srv = Server::start(&[
-        "--mode",
-        mode,
-        "--idle",
-        "5",
-        "--interval",
-        "1",
-        "--count",
-        "3",
-    ]);
+    let mut srv = Server::start(
+        engine,
+        &[
+            "--mode",
+            mode,
+            "--idle",
+            "5",
+            "--interval",
+            "1",
+            "--count",
+            "3",
+        ],
+    );
     let mut c = client(srv.port, flags);
     srv.log().wait_for("connected", PROMPT);
     if mode == "chat" {
@@ -52,16 +55,16 @@ fn killed_server_is_a_closed_connection(mode: &str, flags: &[&str]) {
     assert!(took < ms(1000), "noticed after {took:?}");
 }
 
-#[test]
-fn line_client_says_a_killed_server_closed_the_connection() {
+engine_tests!(line_client_says_a_killed_server_closed_the_connection);
+fn line_client_says_a_killed_server_closed_the_connection(engine: Engine) {
     let _w = Watchdog::new("client-exit-kill-line", ms(15_000));
-    killed_server_is_a_closed_connection("echo", LINE);
+    killed_server_is_a_closed_connection(engine, "echo", LINE);
 }
 
-#[test]
-fn chat_client_says_a_killed_server_closed_the_connection() {
+engine_tests!(chat_client_says_a_killed_server_closed_the_connection);
+fn chat_client_says_a_killed_server_closed_the_connection(engine: Engine) {
     let _w = Watchdog::new("client-exit-kill-chat", ms(15_000));
-    killed_server_is_a_closed_connection("chat", CHAT);
+    killed_server_is_a_closed_connection(engine, "chat", CHAT);
 }
 
 /// The client is stopped (SIGSTOP) until the server gave up on it and sent `END
@@ -69,18 +72,21 @@ fn chat_client_says_a_killed_server_closed_the_connection() {
 /// and exit 3 with its reason, not call the server silent. Which of its threads runs first
 /// after SIGCONT is up to the scheduler (the old client lost that race about one time in
 /// six), so four clients take the chance at once.
-fn stopped_client_reads_the_end_waiting_for_it(mode: &str, flags: &[&str]) {
+fn stopped_client_reads_the_end_waiting_for_it(engine: Engine, mode: &str, flags: &[&str]) {
     // The server ends a silent client after 300 ms + 2 x 100 ms.
-    let mut srv = Server::start(&[
-        "--mode",
-        mode,
-        "--idle",
-        "300ms",
-        "--interval",
-        "100ms",
-        "--count",
-        "2",
-    ]);
+    let mut srv = Server::start(
+        engine,
+        &[
+            "--mode",
+            mode,
+            "--idle",
+            "300ms",
+            "--interval",
+            "100ms",
+            "--count",
+            "2",
+        ],
+    );
     let names = ["ann", "bob", "cy", "dee"];
     let mut clients: Vec<Proc> = names
         .iter()
@@ -129,16 +135,16 @@ fn stopped_client_reads_the_end_waiting_for_it(mode: &str, flags: &[&str]) {
     }
 }
 
-#[test]
-fn stopped_line_client_reports_the_end_it_missed() {
+engine_tests!(stopped_line_client_reports_the_end_it_missed);
+fn stopped_line_client_reports_the_end_it_missed(engine: Engine) {
     let _w = Watchdog::new("client-exit-stop-line", ms(15_000));
-    stopped_client_reads_the_end_waiting_for_it("echo", LINE);
+    stopped_client_reads_the_end_waiting_for_it(engine, "echo", LINE);
 }
 
-#[test]
-fn stopped_chat_client_reports_the_end_it_missed() {
+engine_tests!(stopped_chat_client_reports_the_end_it_missed);
+fn stopped_chat_client_reports_the_end_it_missed(engine: Engine) {
     let _w = Watchdog::new("client-exit-stop-chat", ms(15_000));
-    stopped_client_reads_the_end_waiting_for_it("chat", CHAT);
+    stopped_client_reads_the_end_waiting_for_it(engine, "chat", CHAT);
 }
 
 /// Runs `c` to its end and checks it explained a mismatch: exit 2, `want` on stderr, quickly.
@@ -152,10 +158,10 @@ fn assert_mismatch(mut c: Proc, want: &str, within: Duration) {
     assert!(took < within, "took {took:?}");
 }
 
-#[test]
-fn line_client_on_a_chat_server_says_use_chat() {
+engine_tests!(line_client_on_a_chat_server_says_use_chat);
+fn line_client_on_a_chat_server_says_use_chat(engine: Engine) {
     let _w = Watchdog::new("client-exit-mode-chat", ms(15_000));
-    let srv = Server::start(&["--mode", "chat"]);
+    let srv = Server::start(engine, &["--mode", "chat"]);
     let c = client(srv.port, LINE);
     assert_mismatch(
         c,
@@ -164,10 +170,10 @@ fn line_client_on_a_chat_server_says_use_chat() {
     );
 }
 
-#[test]
-fn chat_client_on_an_echo_server_says_drop_chat() {
+engine_tests!(chat_client_on_an_echo_server_says_drop_chat);
+fn chat_client_on_an_echo_server_says_drop_chat(engine: Engine) {
     let _w = Watchdog::new("client-exit-mode-echo", ms(15_000));
-    let srv = Server::start(&["--mode", "echo"]);
+    let srv = Server::start(engine, &["--mode", "echo"]);
     let c = client(srv.port, CHAT);
     assert_mismatch(
         c,
@@ -179,7 +185,7 @@ fn chat_client_on_an_echo_server_says_drop_chat() {
 #[test]
 fn line_client_on_a_classic_server_says_use_wire_classic() {
     let _w = Watchdog::new("client-exit-wire-classic", ms(15_000));
-    let srv = Server::start(&["--wire", "classic"]);
+    let srv = Server::start(Engine::Threads, &["--wire", "classic"]);
     let c = client(srv.port, LINE);
     // The classic server waits for the client to talk; the client probes after 1 s without
     // HELLO and the server's `Echoing...` gives it away.
@@ -191,10 +197,10 @@ fn line_client_on_a_classic_server_says_use_wire_classic() {
     );
 }
 
-#[test]
-fn classic_client_on_a_line_server_says_drop_wire_classic() {
+engine_tests!(classic_client_on_a_line_server_says_drop_wire_classic);
+fn classic_client_on_a_line_server_says_drop_wire_classic(engine: Engine) {
     let _w = Watchdog::new("client-exit-wire-line", ms(15_000));
-    let srv = Server::start(&[]);
+    let srv = Server::start(engine, &[]);
     let dir = temp_dir();
     let cfg = dir.join("configuration.json");
     std::fs::write(

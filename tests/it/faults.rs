@@ -391,19 +391,19 @@ fn peer_at(addr: SocketAddr) -> Peer {
     Peer::from_stream(TcpStream::connect(addr).expect("connect"))
 }
 
-fn server_on(host: Ipv4Addr, extra: &[&str]) -> Server {
+fn server_on(engine: Engine, host: Ipv4Addr, extra: &[&str]) -> Server {
     let host = host.to_string();
     let mut args = vec!["--host", host.as_str()];
     args.extend_from_slice(&HB);
     args.extend_from_slice(extra);
-    Server::start(&args)
+    Server::start(engine, &args)
 }
 
 // ---------------------------------------------------------------------------------------------
 // 1. Cable pulled while idle
 
-#[test]
-fn cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals() {
+engine_tests!(cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals);
+fn cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("fault-idle-echo", ms(20_000));
     let Some(ns) =
@@ -411,7 +411,7 @@ fn cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals() {
     else {
         return;
     };
-    let mut srv = server_on(ns.host_ip, &[]);
+    let mut srv = server_on(engine, ns.host_ip, &[]);
     let pid = srv.proc.pid();
     let base = baseline(pid);
     let addr = SocketAddr::new(ns.host_ip.into(), srv.port);
@@ -438,15 +438,15 @@ fn cable_pulled_while_idle_echo_is_closed_at_idle_plus_count_intervals() {
     assert_no_panic(&mut srv);
 }
 
-#[test]
-fn cable_pulled_while_idle_chat_announces_left_heartbeat_timeout() {
+engine_tests!(cable_pulled_while_idle_chat_announces_left_heartbeat_timeout);
+fn cable_pulled_while_idle_chat_announces_left_heartbeat_timeout(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("fault-idle-chat", ms(20_000));
     let Some(ns) = Netns::create("cable_pulled_while_idle_chat_announces_left_heartbeat_timeout")
     else {
         return;
     };
-    let mut srv = server_on(ns.host_ip, &["--mode", "chat"]);
+    let mut srv = server_on(engine, ns.host_ip, &["--mode", "chat"]);
     let pid = srv.proc.pid();
     let addr = SocketAddr::new(ns.host_ip.into(), srv.port);
     let mut watcher = peer_at(addr);
@@ -476,10 +476,10 @@ fn cable_pulled_while_idle_chat_announces_left_heartbeat_timeout() {
 // ---------------------------------------------------------------------------------------------
 // 2. Cable pulled mid-transfer
 
+engine_tests!(cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody);
 /// The ghost exchanges windows of `MSG` lines, then sends a 2 MB window and its cable is
 /// pulled while the server is writing the echoes.
-#[test]
-fn cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody() {
+fn cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("fault-mid-echo", ms(30_000));
     let Some(ns) =
@@ -489,7 +489,7 @@ fn cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody() {
     };
     // A queue larger than the last window, so the only thing that can stop the server
     // writing is the pulled cable.
-    let mut srv = server_on(ns.host_ip, &["--queue", "8000000"]);
+    let mut srv = server_on(engine, ns.host_ip, &["--queue", "8000000"]);
     let pid = srv.proc.pid();
     let addr = SocketAddr::new(ns.host_ip.into(), srv.port);
     let prober = Prober::start(addr);
@@ -546,9 +546,9 @@ fn cable_pulled_mid_transfer_echo_frees_everything_and_delays_nobody() {
     assert_no_panic(&mut srv);
 }
 
+engine_tests!(cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace);
 /// A talker floods the room; one member's cable is pulled while the server writes to it.
-#[test]
-fn cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace() {
+fn cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("fault-mid-chat", ms(30_000));
     let Some(ns) =
@@ -563,6 +563,7 @@ fn cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace() {
     const STALL: u64 = 100;
     let stall = format!("{STALL}ms");
     let mut srv = server_on(
+        engine,
         ns.host_ip,
         &["--mode", "chat", "--queue", "8000000", "--stall", &stall],
     );
@@ -645,11 +646,11 @@ fn cable_pulled_mid_transfer_chat_announces_left_and_others_keep_pace() {
 // ---------------------------------------------------------------------------------------------
 // 3. Frozen process
 
-#[test]
-fn frozen_client_is_detected_and_exits_3_or_4_after_sigcont() {
+engine_tests!(frozen_client_is_detected_and_exits_3_or_4_after_sigcont);
+fn frozen_client_is_detected_and_exits_3_or_4_after_sigcont(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("fault-frozen-echo", ms(20_000));
-    let mut srv = Server::start(&HB);
+    let mut srv = Server::start(engine, &HB);
     let pid = srv.proc.pid();
     let base = baseline(pid);
     let port = srv.port.to_string();
@@ -687,11 +688,14 @@ fn frozen_client_is_detected_and_exits_3_or_4_after_sigcont() {
     assert_no_panic(&mut srv);
 }
 
-#[test]
-fn frozen_chat_client_is_announced_and_exits_3_or_4_after_sigcont() {
+engine_tests!(frozen_chat_client_is_announced_and_exits_3_or_4_after_sigcont);
+fn frozen_chat_client_is_announced_and_exits_3_or_4_after_sigcont(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("fault-frozen-chat", ms(20_000));
-    let mut srv = Server::start(&["--mode", "chat", HB[0], HB[1], HB[2], HB[3], HB[4], HB[5]]);
+    let mut srv = Server::start(
+        engine,
+        &["--mode", "chat", HB[0], HB[1], HB[2], HB[3], HB[4], HB[5]],
+    );
     let pid = srv.proc.pid();
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let mut watcher = peer_at(addr);
@@ -736,11 +740,11 @@ fn frozen_chat_client_is_announced_and_exits_3_or_4_after_sigcont() {
 // ---------------------------------------------------------------------------------------------
 // 4 and 5. Killed process, reset, half-close: closed at once, no heartbeat round
 
-#[test]
-fn sigkill_reset_and_half_close_are_closed_at_once_without_a_round() {
+engine_tests!(sigkill_reset_and_half_close_are_closed_at_once_without_a_round);
+fn sigkill_reset_and_half_close_are_closed_at_once_without_a_round(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("fault-kill-rst-half", ms(20_000));
-    let mut srv = Server::start(&HB);
+    let mut srv = Server::start(engine, &HB);
     let pid = srv.proc.pid();
     let base = baseline(pid);
     let port = srv.port.to_string();
@@ -794,11 +798,14 @@ fn sigkill_reset_and_half_close_are_closed_at_once_without_a_round() {
     assert_no_panic(&mut srv);
 }
 
-#[test]
-fn chat_reset_and_half_close_are_announced_as_left_closed_at_once() {
+engine_tests!(chat_reset_and_half_close_are_announced_as_left_closed_at_once);
+fn chat_reset_and_half_close_are_announced_as_left_closed_at_once(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("fault-chat-rst-half", ms(20_000));
-    let mut srv = Server::start(&["--mode", "chat", HB[0], HB[1], HB[2], HB[3], HB[4], HB[5]]);
+    let mut srv = Server::start(
+        engine,
+        &["--mode", "chat", HB[0], HB[1], HB[2], HB[3], HB[4], HB[5]],
+    );
     let pid = srv.proc.pid();
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let mut watcher = peer_at(addr);
@@ -949,28 +956,31 @@ fn expected_errs(soup: &[u8]) -> Vec<String> {
     want
 }
 
+engine_tests!(hostile_input_gets_contract_behaviour_and_never_delays_a_good_client);
 /// Slowloris, a 10 MB line, invalid UTF-8, binary garbage, connections opened and dropped
 /// without a byte (10,000 of them), and a connect flood past `--max-conns`. Each gets the contract's answer, the
 /// server never panics, every thread and descriptor comes back, and a well-behaved client's
 /// round trip stays under 50 ms throughout. The connection storms come from a thread at
 /// nice 19 (see [`attacker`]).
-#[test]
-fn hostile_input_gets_contract_behaviour_and_never_delays_a_good_client() {
+fn hostile_input_gets_contract_behaviour_and_never_delays_a_good_client(engine: Engine) {
     const OPEN_AND_DROP: usize = 10_000;
     const MAX_CONNS: usize = 64;
     let _x = exclusive();
     let _w = Watchdog::new("fault-hostile", ms(60_000));
     let max_conns = MAX_CONNS.to_string();
-    let mut srv = Server::start(&[
-        "--max-conns",
-        &max_conns,
-        HB[0],
-        HB[1],
-        HB[2],
-        HB[3],
-        HB[4],
-        HB[5],
-    ]);
+    let mut srv = Server::start(
+        engine,
+        &[
+            "--max-conns",
+            &max_conns,
+            HB[0],
+            HB[1],
+            HB[2],
+            HB[3],
+            HB[4],
+            HB[5],
+        ],
+    );
     let pid = srv.proc.pid();
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));
     let prober = Prober::start(addr);
@@ -1172,18 +1182,21 @@ impl Drop for Burners {
     }
 }
 
+engine_tests!(live_clients_on_saturated_cores_are_never_disconnected);
 /// Many live clients answer heartbeats every 500 ms while both cores are saturated by two
 /// busy-loop processes: none is disconnected. The issue says 1,000 clients; this runs 1,000
 /// raw sockets answered by one poll(2) loop. Each must answer within one round (500 ms: idle
 /// 500 ms, interval 250 ms, count 2), so a false positive needs a half-second stall.
-#[test]
-fn live_clients_on_saturated_cores_are_never_disconnected() {
+fn live_clients_on_saturated_cores_are_never_disconnected(engine: Engine) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     const CLIENTS: usize = 1000;
     const FOR: Duration = Duration::from_secs(3);
     let _x = exclusive();
     let _w = Watchdog::new("fault-no-false-positives", ms(60_000));
-    let mut srv = Server::start(&["--idle", "500ms", "--interval", "250ms", "--count", "2"]);
+    let mut srv = Server::start(
+        engine,
+        &["--idle", "500ms", "--interval", "250ms", "--count", "2"],
+    );
     let pid = srv.proc.pid();
     let base = baseline(pid);
     let addr = SocketAddr::from(([127, 0, 0, 1], srv.port));

@@ -3,9 +3,9 @@
 //! of holding the senders back is ended `END slow-consumer` and the others go on; shutdown of a
 //! big room is one second, not quadratic.
 //!
-//! Every test body takes `engine`, extra server arguments (`&[]` for today's thread engine), so
-//! the same cases can run against `--engine events` once it exists. Every test floods loopback
-//! or holds a thousand sockets, so each one takes the machine alone (`exclusive()`).
+//! Every test runs once per engine (`engine_tests!`: `flow::NAME::threads`, `flow::NAME::events`).
+//! Every test floods loopback or holds a thousand sockets, so each one takes the machine alone
+//! (`exclusive()`).
 //!
 //! Bounds are the contract's rules plus a stated margin for a shared two-core machine running a
 //! debug build; the exact pause lengths are measured by hb-bench, not asserted here.
@@ -18,9 +18,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-
-/// Server arguments that select today's (thread) engine: none.
-const THREADS: &[&str] = &[];
 
 /// The `--stall` the tests give the server, and the one flag pair that sets it: the tests that
 /// need it (stuck reader, slow reader, echo flooder) use [`STALL_ARGS`] and nothing else, so a
@@ -70,11 +67,10 @@ fn log_text(srv: &mut Server) -> String {
     srv.log().text()
 }
 
-fn chat_server(engine: &[&str], extra: &[&str]) -> Server {
+fn chat_server(engine: Engine, extra: &[&str]) -> Server {
     let mut args = vec!["--mode", "chat"];
-    args.extend_from_slice(engine);
     args.extend_from_slice(extra);
-    Server::start(&args)
+    Server::start(engine, &args)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,7 +450,7 @@ fn still_served(p: &mut Peer, what: &str) {
 /// fault show within the test's second on a debug build (with the default 1 MiB, the debug
 /// thread engine happens to keep up with 50,000 messages; the release build measured in the
 /// issue does not).
-fn readers_that_keep_up_are_never_ended(engine: &[&str], readers: usize, msgs: Numbered) {
+fn readers_that_keep_up_are_never_ended(engine: Engine, readers: usize, msgs: Numbered) {
     let mut srv = chat_server(engine, &["--queue", "65536"]);
     let members: Vec<Member> = (0..readers)
         .map(|i| Member::join(srv.port, &format!("r{i}")))
@@ -507,12 +503,12 @@ fn readers_that_keep_up_are_never_ended(engine: &[&str], readers: usize, msgs: N
     );
 }
 
-#[test]
-fn a_fast_sender_never_ends_a_reader_that_keeps_up() {
+engine_tests!(a_fast_sender_never_ends_a_reader_that_keeps_up);
+fn a_fast_sender_never_ends_a_reader_that_keeps_up(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("flow-1-reader", ms(30_000));
     readers_that_keep_up_are_never_ended(
-        THREADS,
+        engine,
         1,
         Numbered {
             n: 50_000,
@@ -521,12 +517,12 @@ fn a_fast_sender_never_ends_a_reader_that_keeps_up() {
     );
 }
 
-#[test]
-fn a_fast_sender_never_ends_ten_readers_that_keep_up() {
+engine_tests!(a_fast_sender_never_ends_ten_readers_that_keep_up);
+fn a_fast_sender_never_ends_ten_readers_that_keep_up(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("flow-10-readers", ms(30_000));
     readers_that_keep_up_are_never_ended(
-        THREADS,
+        engine,
         10,
         Numbered {
             n: 20_000,
@@ -544,7 +540,7 @@ fn a_fast_sender_never_ends_ten_readers_that_keep_up() {
 /// `tcp_wmem`'s maximum; measured 2.8 MB queued), so 10 MB in 1,000-byte messages make sure it
 /// holds the sender back mid-flood, and the readers must get the rest after it is gone.
 /// `--queue 65536` as in the keep-up tests: any queue size must do.
-fn a_stuck_reader_costs_the_others_one_stall(engine: &[&str]) {
+fn a_stuck_reader_costs_the_others_one_stall(engine: Engine) {
     let msgs = Numbered {
         n: 10_000,
         len: 1000,
@@ -645,12 +641,12 @@ fn a_stuck_reader_costs_the_others_one_stall(engine: &[&str]) {
     drop(stuck);
 }
 
+engine_tests!(a_stuck_reader_among_ten_is_ended_within_a_stall_and_the_others_get_everything);
 /// Needs `--stall`.
-#[test]
-fn a_stuck_reader_among_ten_is_ended_within_a_stall_and_the_others_get_everything() {
+fn a_stuck_reader_among_ten_is_ended_within_a_stall_and_the_others_get_everything(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("flow-stuck", ms(30_000));
-    a_stuck_reader_costs_the_others_one_stall(THREADS);
+    a_stuck_reader_costs_the_others_one_stall(engine);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,7 +665,7 @@ struct SlowReport {
 /// A member reading 1 KiB every 100 ms while another floods 10 MB (more than the kernel buffers
 /// toward it, ~4 MB on loopback, plus its 64 KiB queue): it cannot catch up, so it is ended; it
 /// is still reading, so it must read `END slow-consumer` before EOF.
-fn a_slow_reader_reads_its_end(engine: &[&str]) {
+fn a_slow_reader_reads_its_end(engine: Engine) {
     let msgs = Numbered {
         n: 10_000,
         len: 1000,
@@ -760,19 +756,19 @@ fn a_slow_reader_reads_its_end(engine: &[&str]) {
     still_served(&mut snd, "the sender");
 }
 
+engine_tests!(a_slow_reader_that_still_reads_is_ended_and_reads_end_slow_consumer_before_eof);
 /// Needs `--stall`.
-#[test]
-fn a_slow_reader_that_still_reads_is_ended_and_reads_end_slow_consumer_before_eof() {
+fn a_slow_reader_that_still_reads_is_ended_and_reads_end_slow_consumer_before_eof(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("flow-slow", ms(30_000));
-    a_slow_reader_reads_its_end(THREADS);
+    a_slow_reader_reads_its_end(engine);
 }
 
 // ---------------------------------------------------------------------------------------------
 // 4. SIGTERM ends a room of 1,000 within a second.
 // ---------------------------------------------------------------------------------------------
 
-fn a_big_room_shuts_down_within_a_second(engine: &[&str]) {
+fn a_big_room_shuts_down_within_a_second(engine: Engine) {
     const MEMBERS: usize = 1000;
     // The members' sockets here, plus the server's (it inherits the limit).
     ensure_fd_limit(3 * MEMBERS as u64);
@@ -844,11 +840,11 @@ fn a_big_room_shuts_down_within_a_second(engine: &[&str]) {
     );
 }
 
-#[test]
-fn sigterm_ends_a_room_of_1000_members_and_exits_within_a_second() {
+engine_tests!(sigterm_ends_a_room_of_1000_members_and_exits_within_a_second);
+fn sigterm_ends_a_room_of_1000_members_and_exits_within_a_second(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("flow-shutdown-1000", ms(60_000));
-    a_big_room_shuts_down_within_a_second(THREADS);
+    a_big_room_shuts_down_within_a_second(engine);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -856,10 +852,8 @@ fn sigterm_ends_a_room_of_1000_members_and_exits_within_a_second() {
 //    its round trip.
 // ---------------------------------------------------------------------------------------------
 
-fn an_echo_flooder_is_ended_within_a_stall(engine: &[&str]) {
-    let mut args = vec!["--mode", "echo", STALL_ARGS[0], STALL_ARGS[1]];
-    args.extend_from_slice(engine);
-    let mut srv = Server::start(&args);
+fn an_echo_flooder_is_ended_within_a_stall(engine: Engine) {
+    let mut srv = Server::start(engine, &["--mode", "echo", STALL_ARGS[0], STALL_ARGS[1]]);
     let mut other = Peer::connect(srv.port);
     let (_, hello) = other.line(PROMPT);
     assert!(hello.ends_with(" mode=echo"), "{hello}");
@@ -925,10 +919,14 @@ fn an_echo_flooder_is_ended_within_a_stall(engine: &[&str]) {
     );
 }
 
+engine_tests!(
+    an_echo_client_that_never_reads_is_ended_within_a_stall_while_another_keeps_its_round_trip
+);
 /// Needs `--stall`.
-#[test]
-fn an_echo_client_that_never_reads_is_ended_within_a_stall_while_another_keeps_its_round_trip() {
+fn an_echo_client_that_never_reads_is_ended_within_a_stall_while_another_keeps_its_round_trip(
+    engine: Engine,
+) {
     let _x = exclusive();
     let _w = Watchdog::new("flow-echo", ms(30_000));
-    an_echo_flooder_is_ended_within_a_stall(THREADS);
+    an_echo_flooder_is_ended_within_a_stall(engine);
 }

@@ -80,14 +80,14 @@ fn greeted(port: u16, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+engine_tests!(line_too_long_end_survives_a_client_still_sending);
 /// The client sent its over-long line and is still sending when END comes: every one of ten
 /// gets exactly `END line-too-long` and then a clean EOF, and its writes are not reset.
 /// (Before the linger the server closed with input pending: the kernel answered with a reset,
 /// the client's next write failed, and a client like nc quit without showing the END.)
-#[test]
-fn line_too_long_end_survives_a_client_still_sending() {
+fn line_too_long_end_survives_a_client_still_sending(engine: Engine) {
     let _w = Watchdog::new("hostile-line-too-long", ms(30_000));
-    let srv = Server::start(&[]);
+    let srv = Server::start(engine, &[]);
     let mut long = vec![b'x'; 70_000];
     long.push(b'\n');
     let more = vec![b'y'; 4096];
@@ -107,11 +107,11 @@ fn line_too_long_end_survives_a_client_still_sending() {
     }
 }
 
+engine_tests!(server_full_end_survives_a_client_still_sending);
 /// A refused client that had already sent data gets `END server-full` and a clean EOF.
-#[test]
-fn server_full_end_survives_a_client_still_sending() {
+fn server_full_end_survives_a_client_still_sending(engine: Engine) {
     let _w = Watchdog::new("hostile-server-full", ms(30_000));
-    let mut srv = Server::start(&["--max-conns", "1"]);
+    let mut srv = Server::start(engine, &["--max-conns", "1"]);
     let mut holder = Peer::connect(srv.port);
     holder.expect(HELLO.trim_end(), PROMPT);
     let msg = b"MSG hello\n".repeat(400);
@@ -140,12 +140,15 @@ fn server_full_end_survives_a_client_still_sending() {
     holder.expect("ECHO still", PROMPT);
 }
 
+engine_tests!(heartbeat_timeout_end_then_input_is_drained_not_reset);
 /// A late answer crossing `END heartbeat-timeout` (input arriving after END) is drained, not
 /// answered with a reset: the client's writes succeed and it then reads a clean EOF.
-#[test]
-fn heartbeat_timeout_end_then_input_is_drained_not_reset() {
+fn heartbeat_timeout_end_then_input_is_drained_not_reset(engine: Engine) {
     let _w = Watchdog::new("hostile-heartbeat-timeout", ms(20_000));
-    let srv = Server::start(&["--idle", "200ms", "--interval", "100ms", "--count", "2"]);
+    let srv = Server::start(
+        engine,
+        &["--idle", "200ms", "--interval", "100ms", "--count", "2"],
+    );
     for round in 1..=3 {
         let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
         expect_bytes(
@@ -164,12 +167,12 @@ fn heartbeat_timeout_end_then_input_is_drained_not_reset() {
     }
 }
 
+engine_tests!(a_client_that_keeps_sending_after_end_does_not_hold_the_server);
 /// The linger is bounded: a client that never stops sending after END is closed anyway, and
 /// the server still exits within a second of SIGTERM while such clients linger.
-#[test]
-fn a_client_that_keeps_sending_after_end_does_not_hold_the_server() {
+fn a_client_that_keeps_sending_after_end_does_not_hold_the_server(engine: Engine) {
     let _w = Watchdog::new("hostile-endless-sender", ms(20_000));
-    let mut srv = Server::start(&[]);
+    let mut srv = Server::start(engine, &[]);
     let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
     let mut w = s.try_clone().unwrap();
     let flood = thread::spawn(move || {
@@ -238,14 +241,14 @@ fn rss_kib(pid: i32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
+engine_tests!(lines_split_across_reads_do_not_grow_memory);
 /// Four clients stream 4 KiB lines in writes that end mid-line for two seconds: the server's
 /// memory stays about flat. (The old decoder compacted only when a read ended on a newline
 /// and went from 3 to 394 MiB in four seconds under this load.)
-#[test]
-fn lines_split_across_reads_do_not_grow_memory() {
+fn lines_split_across_reads_do_not_grow_memory(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("hostile-rss-stream", ms(30_000));
-    let srv = Server::start(&["--max-line", "8192"]);
+    let srv = Server::start(engine, &["--max-line", "8192"]);
     let pid = srv.proc.pid();
     // PONG lines get no reply, so only the input side is measured and nobody is a slow reader.
     let line = format!("PONG {}\n", "p".repeat(4090));
@@ -292,14 +295,14 @@ fn lines_split_across_reads_do_not_grow_memory() {
     );
 }
 
+engine_tests!(idle_connections_after_a_burst_stay_small);
 /// Sixteen clients send a burst of 1 KiB lines in 256 KiB writes and then go idle: the idle
 /// connections hold about nothing (measured +0.3 MiB; the old decoder kept each burst's peak
 /// buffer, +25 MiB here and 82 MiB in the run).
-#[test]
-fn idle_connections_after_a_burst_stay_small() {
+fn idle_connections_after_a_burst_stay_small(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("hostile-rss-burst", ms(30_000));
-    let srv = Server::start(&["--max-line", "8192"]);
+    let srv = Server::start(engine, &["--max-line", "8192"]);
     let pid = srv.proc.pid();
     let line = format!("PONG {}\n", "q".repeat(1000));
     let write = line.repeat(256 * 1024 / line.len()).into_bytes();

@@ -9,17 +9,20 @@ const COUNT: u64 = 3;
 /// Allowed lateness: scheduling jitter on a busy 2-core machine is a few ms.
 const SLACK: u64 = 80;
 
-fn server() -> Server {
-    Server::start(&["--idle", "600ms", "--interval", "200ms", "--count", "3"])
+fn server(engine: Engine) -> Server {
+    Server::start(
+        engine,
+        &["--idle", "600ms", "--interval", "200ms", "--count", "3"],
+    )
 }
 
 const HELLO: &str = "HELLO hb/1 idle=600 interval=200 count=3 mode=echo";
 
-#[test]
-fn case1_normal_exchange_never_starts_a_round() {
+engine_tests!(case1_normal_exchange_never_starts_a_round);
+fn case1_normal_exchange_never_starts_a_round(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("case1", ms(20_000));
-    let mut srv = server();
+    let mut srv = server(engine);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
     // Data every IDLE/4 for three idle periods: a round would have started twice by now.
@@ -35,11 +38,11 @@ fn case1_normal_exchange_never_starts_a_round() {
     assert_eq!(srv.log().count("heartbeat"), 0, "{}", srv.log().text());
 }
 
-#[test]
-fn case2_slow_client_that_answers_keeps_the_connection() {
+engine_tests!(case2_slow_client_that_answers_keeps_the_connection);
+fn case2_slow_client_that_answers_keeps_the_connection(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("case2", ms(20_000));
-    let mut srv = server();
+    let mut srv = server(engine);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
     peer.send(b"MSG Hello, there\n");
@@ -60,11 +63,11 @@ fn case2_slow_client_that_answers_keeps_the_connection() {
     assert_eq!(srv.log().count("heartbeat-timeout"), 0);
 }
 
-#[test]
-fn case3_silent_client_gets_count_pings_then_end_and_close() {
+engine_tests!(case3_silent_client_gets_count_pings_then_end_and_close);
+fn case3_silent_client_gets_count_pings_then_end_and_close(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("case3", ms(20_000));
-    let mut srv = server();
+    let mut srv = server(engine);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
     for k in 1..=COUNT {
@@ -87,11 +90,11 @@ fn case3_silent_client_gets_count_pings_then_end_and_close() {
     srv.log().wait_for("heartbeat round starts", PROMPT);
 }
 
-#[test]
-fn case3_traffic_in_the_last_interval_saves_the_connection() {
+engine_tests!(case3_traffic_in_the_last_interval_saves_the_connection);
+fn case3_traffic_in_the_last_interval_saves_the_connection(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("case3-late", ms(20_000));
-    let srv = server();
+    let srv = server(engine);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
     peer.expect("PING 1", PROMPT);
@@ -106,11 +109,11 @@ fn case3_traffic_in_the_last_interval_saves_the_connection() {
     assert_near("next PING 1", at, answered + ms(IDLE), ms(SLACK));
 }
 
-#[test]
-fn case4_client_close_is_noticed_at_once_without_a_round() {
+engine_tests!(case4_client_close_is_noticed_at_once_without_a_round);
+fn case4_client_close_is_noticed_at_once_without_a_round(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("case4", ms(20_000));
-    let mut srv = server();
+    let mut srv = server(engine);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
     for _ in 0..4 {
@@ -131,10 +134,10 @@ fn case4_client_close_is_noticed_at_once_without_a_round() {
     assert_eq!(srv.log().count("END"), 0, "{}", srv.log().text());
 }
 
-#[test]
-fn half_close_is_treated_as_a_close() {
+engine_tests!(half_close_is_treated_as_a_close);
+fn half_close_is_treated_as_a_close(engine: Engine) {
     let _w = Watchdog::new("half-close", ms(20_000));
-    let mut srv = server();
+    let mut srv = server(engine);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
     peer.send(b"MSG bye\n");
@@ -144,11 +147,11 @@ fn half_close_is_treated_as_a_close() {
     srv.log().wait_for("closed by client", PROMPT);
 }
 
-#[test]
-fn hb_client_cases_end_to_end() {
+engine_tests!(hb_client_cases_end_to_end);
+fn hb_client_cases_end_to_end(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("hb-client cases", ms(30_000));
-    let mut srv = server();
+    let mut srv = server(engine);
     let port = srv.port.to_string();
     let dir = temp_dir();
     // Case 1: fast data, five messages then QUIT: exit 0, every message echoed, no heartbeat.
@@ -310,15 +313,15 @@ fn client_connection_refused_exits_1() {
     );
 }
 
-#[test]
-fn scenarios_binary_passes_all_four_cases_fast() {
+engine_tests!(scenarios_binary_passes_all_four_cases_fast);
+fn scenarios_binary_passes_all_four_cases_fast(engine: Engine) {
     let _x = exclusive();
     let _w = Watchdog::new("hb-scenarios", ms(30_000));
     // The suite runs many tests at once on two cores, so allow 100 ms of lateness: still
     // well under half of the 500 ms interval at speed 10, so a wrong beat fails.
     let mut p = Proc::spawn_in_temp(
         "hb-scenarios",
-        &["--speed", "10", "--tolerance", "100ms"],
+        &engine.with(&["--speed", "10", "--tolerance", "100ms"]),
         None,
     );
     let st = p.wait(ms(20_000));
@@ -333,11 +336,16 @@ fn scenarios_binary_passes_all_four_cases_fast() {
     assert!(p.stdout.text().contains("4 passed, 0 failed"));
     let mut p = Proc::spawn_in_temp(
         "hb-scenarios",
-        &["--speed", "10", "--tolerance", "100ms", "--case", "3"],
+        &engine.with(&["--speed", "10", "--tolerance", "100ms", "--case", "3"]),
         None,
     );
     assert_eq!(p.wait(ms(20_000)).code(), Some(0), "{}", p.stdout.text());
     assert_eq!(p.stdout.count("PASS"), 1, "{}", p.stdout.text());
+}
+
+/// Bad flags are refused before any case runs (the same for either engine).
+#[test]
+fn scenarios_binary_refuses_bad_flags_with_exit_2() {
     let mut p = Proc::spawn_in_temp(
         "hb-scenarios",
         &["--speed", "10", "--tolerance", "300ms"],
@@ -350,4 +358,16 @@ fn scenarios_binary_passes_all_four_cases_fast() {
     );
     let mut p = Proc::spawn_in_temp("hb-scenarios", &["--case", "5"], None);
     assert_eq!(p.wait(PROMPT).code(), Some(2));
+    // The classic wire runs on the thread engine only (CONTRACT section 6).
+    let mut p = Proc::spawn_in_temp(
+        "hb-scenarios",
+        &["--wire", "classic", "--engine", "events"],
+        None,
+    );
+    assert_eq!(p.wait(PROMPT).code(), Some(2));
+    assert_eq!(
+        p.stderr.text(),
+        "hb-scenarios: --engine events works only on the line wire, not with --wire classic\n"
+    );
+    assert_eq!(p.stdout.text(), "", "nothing ran");
 }

@@ -7,31 +7,35 @@ fn hello_of(srv: &Server) -> String {
     peer.line(PROMPT).1
 }
 
-#[test]
-fn prompts_enter_keeps_every_default() {
+engine_tests!(prompts_enter_keeps_every_default);
+fn prompts_enter_keeps_every_default(engine: Engine) {
     let _w = Watchdog::new("prompts-defaults", ms(10_000));
-    let srv = Server::start_raw(&["--port", "0"], &temp_dir(), Some("\n\n\n"));
+    let srv = Server::start_raw(&engine.with(&["--port", "0"]), &temp_dir(), Some("\n\n\n"));
     assert_eq!(
         hello_of(&srv),
         "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo"
     );
 }
 
-#[test]
-fn prompts_end_of_input_keeps_the_defaults() {
+engine_tests!(prompts_end_of_input_keeps_the_defaults);
+fn prompts_end_of_input_keeps_the_defaults(engine: Engine) {
     let _w = Watchdog::new("prompts-eof", ms(10_000));
     // stdin is /dev/null: the first prompt reads end of input.
-    let srv = Server::start_raw(&["--port", "0"], &temp_dir(), None);
+    let srv = Server::start_raw(&engine.with(&["--port", "0"]), &temp_dir(), None);
     assert_eq!(
         hello_of(&srv),
         "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo"
     );
 }
 
-#[test]
-fn prompts_custom_values_and_idle_raised() {
+engine_tests!(prompts_custom_values_and_idle_raised);
+fn prompts_custom_values_and_idle_raised(engine: Engine) {
     let _w = Watchdog::new("prompts-custom", ms(10_000));
-    let mut srv = Server::start_raw(&["--port", "0"], &temp_dir(), Some("0.5\n4\n1\n"));
+    let mut srv = Server::start_raw(
+        &engine.with(&["--port", "0"]),
+        &temp_dir(),
+        Some("0.5\n4\n1\n"),
+    );
     assert_eq!(
         hello_of(&srv),
         "HELLO hb/1 idle=2000 interval=500 count=4 mode=echo"
@@ -52,12 +56,12 @@ fn prompts_invalid_answer_is_a_startup_error_when_not_a_terminal() {
     );
 }
 
-#[test]
-fn flags_skip_the_prompts_they_answer() {
+engine_tests!(flags_skip_the_prompts_they_answer);
+fn flags_skip_the_prompts_they_answer(engine: Engine) {
     let _w = Watchdog::new("prompts-partial", ms(10_000));
     // interval and count by flag, idle answered by the prompt.
     let srv = Server::start_raw(
-        &["--port", "0", "--interval", "1", "--count", "2"],
+        &engine.with(&["--port", "0", "--interval", "1", "--count", "2"]),
         &temp_dir(),
         Some("5\n"),
     );
@@ -68,10 +72,10 @@ fn flags_skip_the_prompts_they_answer() {
     assert_eq!(srv.proc.stderr.count("Time between heartbeats"), 0);
 }
 
-#[test]
-fn client_prompts_through_stdin() {
+engine_tests!(client_prompts_through_stdin);
+fn client_prompts_through_stdin(engine: Engine) {
     let _w = Watchdog::new("client-prompts", ms(10_000));
-    let srv = Server::start(&[]);
+    let srv = Server::start(engine, &[]);
     let port = srv.port.to_string();
     let mut c = Proc::spawn(
         "hb-client",
@@ -104,15 +108,15 @@ fn write_config(text: &str) -> TempDir {
     dir
 }
 
-#[test]
-fn configuration_json_in_the_working_directory_with_string_or_number_ports() {
+engine_tests!(configuration_json_in_the_working_directory_with_string_or_number_ports);
+fn configuration_json_in_the_working_directory_with_string_or_number_ports(engine: Engine) {
     let _w = Watchdog::new("config-ports", ms(10_000));
     for text in [
         r#"{"server": {"host": "127.0.0.1", "port": "0"}, "client": {"host": "127.0.0.1", "port": "8001"}}"#,
         r#"{"server": {"host": "127.0.0.1", "port": 0, "interval": 0.5, "count": 2, "idle": "3s"}}"#,
     ] {
         let dir = write_config(text);
-        let srv = Server::start_raw(&["--defaults"], &dir, None);
+        let srv = Server::start_raw(&engine.with(&["--defaults"]), &dir, None);
         let hello = hello_of(&srv);
         assert!(hello.starts_with("HELLO hb/1 "), "{hello}");
         if text.contains("interval") {
@@ -137,10 +141,17 @@ fn configuration_json_in_the_working_directory_with_string_or_number_ports() {
     }
 }
 
-#[test]
-fn config_settings_skip_prompts_and_flags_override_the_file() {
+engine_tests!(config_settings_skip_prompts_and_flags_override_the_file);
+fn config_settings_skip_prompts_and_flags_override_the_file(engine: Engine) {
     let _w = Watchdog::new("config-override", ms(10_000));
-    let dir = write_config(r#"{"server": {"port": "1", "interval": 1, "count": 2, "idle": 4}}"#);
+    // The engine comes from the file too (`server.engine`), under both engines.
+    let dir = write_config(&format!(
+        r#"{{"server": {{"port": "1", "interval": 1, "count": 2, "idle": 4, "engine": "{}"}}}}"#,
+        match engine {
+            Engine::Threads => "threads",
+            Engine::Events => "events",
+        }
+    ));
     // --port beats the file's port 1; no prompt is needed since the file sets all three.
     let srv = Server::start_raw(&["--port", "0", "--count", "5"], &dir, Some("garbage\n"));
     assert_eq!(
@@ -190,6 +201,16 @@ fn unknown_key_and_wrong_type_are_named() {
         (
             r#"{"server": {"count": true}}"#,
             "hb-server: configuration.json: server.count: expected a whole number above zero, got true",
+        ),
+        (
+            r#"{"server": {"engine": "events", "wire": "classic"}}"#,
+            "hb-server: configuration.json: server.engine: events works only on the line wire, \
+             and server.wire is classic",
+        ),
+        (
+            r#"{"server": {"engine": "tokio"}}"#,
+            "hb-server: configuration.json: server.engine: 'tokio' is not an engine (threads or \
+             events)",
         ),
         (r#"{"server": {"port": "0"}"#, "not valid JSON"),
     ] {
@@ -252,6 +273,7 @@ fn help_shows_defaults_with_units_and_exit_codes() {
             "[default: 3]",
             "[default: echo]",
             "[default: line]",
+            "[default: threads]",
             "[default: 8000]",
             "[default: 65536]",
             "Exit status: 0 after Ctrl-C or SIGTERM",
@@ -278,12 +300,14 @@ fn help_shows_defaults_with_units_and_exit_codes() {
             );
         }
     }
-    // The long help says what each mode and wire is.
+    // The long help says what each mode, wire and engine is.
     let server = help("hb-server", "--help");
     for want in [
         "echo: Reply `ECHO TEXT`",
         "chat: A chat room",
         "classic: Byte-compatible",
+        "threads: The manual's model",
+        "A few threads with non-blocking sockets",
     ] {
         assert!(server.contains(want), "--help lacks {want}:\n{server}");
     }
@@ -299,6 +323,11 @@ fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
             "hb-server",
             &["--wire", "classic", "--mode", "chat"],
             "hb-server: --mode chat works only on the line wire, not with --wire classic",
+        ),
+        (
+            "hb-server",
+            &["--wire", "classic", "--engine", "events"],
+            "hb-server: --engine events works only on the line wire, not with --wire classic",
         ),
         (
             "hb-server",
@@ -423,12 +452,12 @@ fn usage_errors_are_exit_2_in_every_binary() {
     }
 }
 
+engine_tests!(chat_name_from_configuration_json_and_the_flag_overrides_it);
 /// `client.name` in the file names the chat client; a flag overrides it; the file's values
 /// that chat does not use (every, message) are no error.
-#[test]
-fn chat_name_from_configuration_json_and_the_flag_overrides_it() {
+fn chat_name_from_configuration_json_and_the_flag_overrides_it(engine: Engine) {
     let _w = Watchdog::new("config-chat-name", ms(20_000));
-    let srv = Server::start(&["--mode", "chat"]);
+    let srv = Server::start(engine, &["--mode", "chat"]);
     let port = srv.port.to_string();
     let mut watcher = Peer::connect(srv.port);
     watcher.line(PROMPT);
@@ -494,13 +523,13 @@ fn several_config_errors_are_reported_together() {
     }
 }
 
-#[test]
-fn numbers_given_as_strings_in_the_config_are_accepted() {
+engine_tests!(numbers_given_as_strings_in_the_config_are_accepted);
+fn numbers_given_as_strings_in_the_config_are_accepted(engine: Engine) {
     let _w = Watchdog::new("config-strings", ms(10_000));
     let dir = write_config(
         r#"{"server": {"port": "0", "count": "2", "interval": "0.5", "idle": "3s", "max_line": "100"}}"#,
     );
-    let srv = Server::start_raw(&["--defaults"], &dir, None);
+    let srv = Server::start_raw(&engine.with(&["--defaults"]), &dir, None);
     assert_eq!(
         hello_of(&srv),
         "HELLO hb/1 idle=3000 interval=500 count=2 mode=echo"

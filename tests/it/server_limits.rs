@@ -6,10 +6,10 @@ use crate::support::*;
 
 const HELLO: &str = "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo";
 
-#[test]
-fn quit_after_msg_gets_echo_then_end_quit() {
+engine_tests!(quit_after_msg_gets_echo_then_end_quit);
+fn quit_after_msg_gets_echo_then_end_quit(engine: Engine) {
     let _w = Watchdog::new("quit", ms(10_000));
-    let srv = Server::start(&[]);
+    let srv = Server::start(engine, &[]);
     let mut peer = Peer::connect(srv.port);
     peer.send(b"MSG hi\nQUIT\n");
     peer.expect(HELLO, PROMPT);
@@ -18,10 +18,10 @@ fn quit_after_msg_gets_echo_then_end_quit() {
     peer.expect_closed(PROMPT);
 }
 
-#[test]
-fn bad_lines_get_err_and_the_connection_stays() {
+engine_tests!(bad_lines_get_err_and_the_connection_stays);
+fn bad_lines_get_err_and_the_connection_stays(engine: Engine) {
     let _w = Watchdog::new("bad-lines", ms(10_000));
-    let srv = Server::start(&[]);
+    let srv = Server::start(engine, &[]);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
     peer.send(
@@ -42,10 +42,10 @@ fn bad_lines_get_err_and_the_connection_stays() {
     peer.expect("ECHO still here", PROMPT);
 }
 
-#[test]
-fn oversized_line_is_ended_with_line_too_long() {
+engine_tests!(oversized_line_is_ended_with_line_too_long);
+fn oversized_line_is_ended_with_line_too_long(engine: Engine) {
     let _w = Watchdog::new("line-too-long", ms(10_000));
-    let srv = Server::start(&["--max-line", "16"]);
+    let srv = Server::start(engine, &["--max-line", "16"]);
     let mut peer = Peer::connect(srv.port);
     peer.expect(HELLO, PROMPT);
     peer.send(b"MSG 123456789012\n"); // exactly 16 bytes
@@ -61,11 +61,11 @@ fn oversized_line_is_ended_with_line_too_long() {
     peer.expect_closed(PROMPT);
 }
 
-#[test]
-fn sigint_and_sigterm_end_every_client_and_exit_0_within_a_second() {
+engine_tests!(sigint_and_sigterm_end_every_client_and_exit_0_within_a_second);
+fn sigint_and_sigterm_end_every_client_and_exit_0_within_a_second(engine: Engine) {
     for sig in ["INT", "TERM"] {
         let _w = Watchdog::new("signals", ms(10_000));
-        let mut srv = Server::start(&[]);
+        let mut srv = Server::start(engine, &[]);
         let mut peers: Vec<Peer> = (0..3).map(|_| Peer::connect(srv.port)).collect();
         for p in &mut peers {
             p.expect(HELLO, PROMPT);
@@ -91,12 +91,12 @@ fn sigint_and_sigterm_end_every_client_and_exit_0_within_a_second() {
     }
 }
 
-#[test]
-fn shutdown_is_prompt_even_with_a_client_that_does_not_read() {
+engine_tests!(shutdown_is_prompt_even_with_a_client_that_does_not_read);
+fn shutdown_is_prompt_even_with_a_client_that_does_not_read(engine: Engine) {
     // Floods megabytes through loopback (and times the shutdown): run alone.
     let _x = exclusive();
     let _w = Watchdog::new("shutdown-stuck", ms(10_000));
-    let mut srv = Server::start(&["--queue", "100000000"]);
+    let mut srv = Server::start(engine, &["--queue", "100000000"]);
     let mut stuck = Peer::connect(srv.port);
     stuck.expect(HELLO, PROMPT);
     // Fill the server's socket buffer towards this client: it never reads again.
@@ -119,10 +119,10 @@ fn shutdown_is_prompt_even_with_a_client_that_does_not_read() {
     let _ = filler.join();
 }
 
-#[test]
-fn max_conns_refuses_newcomers_and_keeps_serving_the_others() {
+engine_tests!(max_conns_refuses_newcomers_and_keeps_serving_the_others);
+fn max_conns_refuses_newcomers_and_keeps_serving_the_others(engine: Engine) {
     let _w = Watchdog::new("max-conns", ms(10_000));
-    let mut srv = Server::start(&["--max-conns", "2"]);
+    let mut srv = Server::start(engine, &["--max-conns", "2"]);
     let mut a = Peer::connect(srv.port);
     let mut b = Peer::connect(srv.port);
     a.expect(HELLO, PROMPT);
@@ -147,12 +147,12 @@ fn max_conns_refuses_newcomers_and_keeps_serving_the_others() {
     d.expect(HELLO, PROMPT);
 }
 
-#[test]
-fn slow_consumer_is_ended_and_others_keep_going() {
+engine_tests!(slow_consumer_is_ended_and_others_keep_going);
+fn slow_consumer_is_ended_and_others_keep_going(engine: Engine) {
     // Floods megabytes through loopback (and times the shutdown): run alone.
     let _x = exclusive();
     let _w = Watchdog::new("slow-consumer", ms(15_000));
-    let mut srv = Server::start(&["--queue", "65536"]);
+    let mut srv = Server::start(engine, &["--queue", "65536"]);
     // Sends and sends but never reads its echoes.
     let slow = connect_small_rcvbuf(srv.port);
     let mut raw = slow.try_clone().unwrap();
@@ -177,11 +177,15 @@ fn slow_consumer_is_ended_and_others_keep_going() {
     let _ = flood.join();
 }
 
-#[test]
-fn port_in_use_is_a_clear_error_with_exit_1() {
+engine_tests!(port_in_use_is_a_clear_error_with_exit_1);
+fn port_in_use_is_a_clear_error_with_exit_1(engine: Engine) {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port().to_string();
-    let mut p = Proc::spawn_in_temp("hb-server", &["--defaults", "--port", &port], None);
+    let mut p = Proc::spawn_in_temp(
+        "hb-server",
+        &engine.with(&["--defaults", "--port", &port]),
+        None,
+    );
     assert_eq!(p.wait(PROMPT).code(), Some(1));
     let err = p.stderr.text();
     assert!(
@@ -199,12 +203,12 @@ fn cpu_ticks(pid: i32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-#[test]
-fn a_thousand_idle_clients_cost_no_cpu_between_deadlines() {
+engine_tests!(a_thousand_idle_clients_cost_no_cpu_between_deadlines);
+fn a_thousand_idle_clients_cost_no_cpu_between_deadlines(engine: Engine) {
     let _x = exclusive();
     use std::io::Read;
     let _w = Watchdog::new("1000-idle", ms(30_000));
-    let srv = Server::start(&[]);
+    let srv = Server::start(engine, &[]);
     // The listen backlog is 1024 (std's TcpListener would give 128): `ss` shows it as Send-Q.
     let ss = std::process::Command::new("ss")
         .args(["-ltnH", &format!("sport = :{}", srv.port)])
@@ -242,16 +246,23 @@ fn a_thousand_idle_clients_cost_no_cpu_between_deadlines() {
     let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .count();
-    assert!(
-        threads >= 2000,
-        "expected two threads per client, found {threads}"
-    );
+    match engine {
+        Engine::Threads => assert!(
+            threads >= 2000,
+            "expected two threads per client, found {threads}"
+        ),
+        // CONTRACT section 6: a few threads in all; a client costs no thread.
+        Engine::Events => assert!(
+            threads < 100,
+            "expected a few threads for 1,000 clients, found {threads}"
+        ),
+    }
 }
 
-#[test]
-fn out_of_file_descriptors_refuses_with_server_full_and_keeps_serving() {
+engine_tests!(out_of_file_descriptors_refuses_with_server_full_and_keeps_serving);
+fn out_of_file_descriptors_refuses_with_server_full_and_keeps_serving(engine: Engine) {
     let _w = Watchdog::new("emfile", ms(20_000));
-    let mut srv = Server::start_limited("-n 32");
+    let mut srv = Server::start_limited(engine, "-n 32");
     let (port, proc) = (srv.port, &mut srv.proc);
     let mut served = Vec::new();
     let mut refused = 0;
@@ -374,7 +385,7 @@ fn max_conns_beyond_the_memory_map_limit_is_lowered_and_said() {
         .unwrap();
     // Eight maps per client: asking for as many clients as there are maps is always too many.
     let asked = max_maps.to_string();
-    let mut srv = Server::start(&["--max-conns", &asked]);
+    let mut srv = Server::start(Engine::Threads, &["--max-conns", &asked]);
     let (_, line) = srv.log().wait_for("serving at most", PROMPT);
     let allowed: usize = line
         .split("serving at most ")

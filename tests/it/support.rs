@@ -69,6 +69,69 @@ impl Watchdog {
     }
 }
 
+/// The server engine a test runs against (CONTRACT section 6). Tests of the line wire are
+/// written once, as `fn name(engine: Engine)`, and [`engine_tests!`] runs each once per engine;
+/// the server helpers ([`Server::start`], [`Server::start_limited`]) take the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `hb-server`'s default: a data-exchange thread and a companion thread per client.
+    Threads,
+    /// `--engine events`: a few threads, non-blocking sockets, one timer structure.
+    Events,
+}
+
+impl Engine {
+    /// The command-line arguments that select it, for `hb-server` and `hb-scenarios`. None for
+    /// the default engine, so the thread engine's tests run exactly the command lines they
+    /// always ran.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Threads => &[],
+            Self::Events => &["--engine", "events"],
+        }
+    }
+
+    /// `args` followed by [`Engine::args`].
+    pub fn with<'a>(self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend_from_slice(self.args());
+        all
+    }
+}
+
+/// Runs each named test once per engine. Each name is a function `fn NAME(engine: Engine)` in
+/// the calling module (an ordinary function, so rustfmt and the compiler see its body as
+/// usual); the macro adds a module of the same name (modules and functions live in different
+/// namespaces) holding the two `#[test]`s, so the tests are `MODULE::NAME::threads` and
+/// `MODULE::NAME::events`:
+///
+/// ```ignore
+/// engine_tests!(relay);
+/// fn relay(engine: Engine) {
+///     let srv = Server::start(engine, &["--mode", "chat"]);
+///     ...
+/// }
+/// ```
+///
+/// One engine's suite: `cargo test --test it ::events` (or `-- --skip ::events` for everything
+/// else). A function taking an engine that no `engine_tests!` names is never called, so the
+/// compiler's dead-code warning (an error under `clippy -D warnings`) catches a forgotten one.
+macro_rules! engine_tests {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn threads() {
+                super::$name($crate::support::Engine::Threads)
+            }
+            #[test]
+            fn events() {
+                super::$name($crate::support::Engine::Events)
+            }
+        }
+    )+};
+}
+pub(crate) use engine_tests;
+
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "hb-server" => PathBuf::from(env!("CARGO_BIN_EXE_hb-server")),
@@ -340,9 +403,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// `hb-server --defaults --port 0 ARGS...` in an empty directory.
-    pub fn start(args: &[&str]) -> Self {
-        let mut all = vec!["--defaults", "--port", "0"];
+    /// `hb-server --defaults --port 0 [--engine events] ARGS...` in an empty directory.
+    pub fn start(engine: Engine, args: &[&str]) -> Self {
+        let mut all = engine.with(&["--defaults", "--port", "0"]);
         all.extend_from_slice(args);
         let dir = temp_dir();
         Self::start_raw(&all, &dir, None).keep_dir(dir)
@@ -353,17 +416,20 @@ impl Server {
         Self::started(Proc::spawn("hb-server", args, dir, stdin), dir)
     }
 
-    /// `hb-server --defaults --port 0` under the resource limit `ulimit_args` (e.g. `-n 32`).
-    pub fn start_limited(ulimit_args: &str) -> Self {
+    /// `hb-server --defaults --port 0 [--engine events]` under the resource limit
+    /// `ulimit_args` (e.g. `-n 32`).
+    pub fn start_limited(engine: Engine, ulimit_args: &str) -> Self {
         let dir = temp_dir();
         let script = format!(
-            "ulimit {ulimit_args} && exec {} --defaults --port 0",
-            bin("hb-server").display()
+            "ulimit {ulimit_args} && exec {} --defaults --port 0 {}",
+            bin("hb-server").display(),
+            engine.args().join(" ")
         );
         Self::started(Proc::spawn_sh(&script, &dir), &dir).keep_dir(dir)
     }
 
-    /// `hb-server --defaults --port 0` run through `wrapper` (e.g. `setpriv ... prlimit ...`).
+    /// `hb-server --defaults --port 0` (the thread engine) run through `wrapper` (e.g.
+    /// `setpriv ... prlimit ...`).
     pub fn start_wrapped(wrapper: &[&str]) -> Self {
         let dir = temp_dir();
         let server = bin("hb-server");
