@@ -261,7 +261,6 @@ impl Harness {
             max_line: crate::config::defaults::MAX_LINE,
             queue: crate::config::defaults::QUEUE,
             stall: crate::config::defaults::STALL,
-            engine: crate::config::Engine::Threads,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();

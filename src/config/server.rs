@@ -148,8 +148,6 @@ pub struct ServerSettings {
     /// How long a recipient that cannot catch up may hold its senders back, or its socket
     /// accept nothing, before it is ended with `END slow-consumer` (never zero).
     pub stall: Duration,
-    /// Which engine serves the connections (threads: the manual's model).
-    pub engine: crate::core::mode::Engine,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
@@ -219,7 +217,6 @@ impl ServerSettings {
             max_line,
             queue,
             stall: o.stall.unwrap_or(defaults::STALL),
-            engine: crate::core::mode::Engine::default(),
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }

@@ -312,11 +312,6 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 impl ThreadServer {
     /// Binds the listening socket; with port 0 the OS picks a free port.
     pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
-        if settings.engine == crate::config::Engine::Events && settings.wire == Wire::Line {
-            return Err(ServerError::Unsupported(
-                "--engine events is not built yet".into(),
-            ));
-        }
         if settings.wire == Wire::Classic && settings.mode == Mode::Chat {
             return Err(ServerError::Unsupported(
                 "--mode chat works only on the line wire, not with --wire classic".into(),
