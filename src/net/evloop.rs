@@ -47,6 +47,10 @@ use crate::net::server::{
 
 /// Most bytes one wake-up reads from one client before its lines are handled.
 const READ_CHUNK: usize = 64 * 1024;
+/// Reads (of up to [`READ_CHUNK`]) a connection's task makes in a row before it yields its
+/// worker: a client flooding at full speed must not delay everyone else's replies (tokio's
+/// own budget would let it run for 128 reads, 8 MB).
+const READS_PER_TURN: u32 = 4;
 
 thread_local! {
     /// One read buffer per worker thread: an idle connection owns none.
@@ -378,6 +382,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
     let mut held = Held::No;
     // Lines are handled only when bytes came in or a hold ended, not on every wake-up.
     let mut fresh = false;
+    let mut reads = 0u32;
     let mut staged = IdMap::default();
     let close = loop {
         let now = Instant::now();
@@ -478,6 +483,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
                         if r.is_readable() || r.is_read_closed() {
                             read_some(&sh, &conn, &stream);
                             fresh = true;
+                            reads += 1;
                         }
                     }
                     Err(_) => conn.session().handle_write_error(Instant::now()),
@@ -488,6 +494,10 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
             _ = async { room_wait.expect("checked").await }, if room_held => release = true,
             // A held line is offered again at least every slice (a safety net).
             _ = tokio::time::sleep(HOLD_SLICE), if any_held => release = true,
+        }
+        if reads >= READS_PER_TURN {
+            reads = 0;
+            tokio::task::yield_now().await;
         }
         if release {
             held = Held::No;
@@ -633,14 +643,16 @@ fn pump<'a>(
 /// [`END_LINGER`]), so closing does not reset the connection before the client reads END.
 async fn linger(stream: &TcpStream, deadline: Instant) {
     let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Write);
-    let mut buf = [0u8; 1024];
+    let mut buf = [0u8; 4096];
     loop {
         tokio::select! {
             r = stream.readable() => {
                 if r.is_err() {
                     return;
                 }
-                loop {
+                // A few reads per turn, then yield: a client flooding its discarded input
+                // must not hold a worker for the whole linger.
+                for _ in 0..16 {
                     match stream.try_read(&mut buf) {
                         Ok(0) => return,
                         Ok(_) => {
@@ -652,6 +664,7 @@ async fn linger(stream: &TcpStream, deadline: Instant) {
                         Err(_) => return,
                     }
                 }
+                tokio::task::yield_now().await;
             }
             _ = tokio::time::sleep_until(deadline.into()) => return,
         }
