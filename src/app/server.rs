@@ -67,6 +67,7 @@ pub fn run(args: &ServerArgs) -> Result<(), RunError> {
         fmt_duration(hb.idle())
     ));
     drop(prompter);
+    raise_fd_limit();
     let server = Server::bind(settings, EventLog::stdout()).map_err(RunError::Server)?;
     let handle = server.handle();
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
@@ -84,4 +85,17 @@ pub fn run(args: &ServerArgs) -> Result<(), RunError> {
     let _ = accept.join();
     flush_stdout(Duration::from_millis(200));
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit, as servers that hold many clients
+/// do (each client is a descriptor; the soft limit is often 1024 while the hard one is far
+/// higher). Failing to raise it is not an error: the server then refuses newcomers with
+/// `END server-full` when descriptors run out.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
 }
