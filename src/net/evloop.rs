@@ -35,12 +35,12 @@ use tokio::sync::Notify;
 
 use crate::config::{Mode, ServerSettings};
 use crate::core::room::IdMap;
-use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig};
+use crate::core::session::{Close, Session, SessionConfig};
 use crate::core::wire::EndReason;
 use crate::net::conn::{Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
-use crate::net::relay::{log_session, Chat, Member, Members};
+use crate::net::relay::{self, log_session, Chat, Member, Pumped, Staged};
 use crate::net::server::{
     is_fd_exhaustion, listen, write_refusal, ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
 };
@@ -104,13 +104,7 @@ impl Shared {
     /// A connection is ending: its LEFT to the room, and held senders retry.
     fn leave(&self, conn: &EConn, reason: EndReason) {
         if let Some(mut chat) = self.chat() {
-            let chat = &mut *chat;
-            let now = Instant::now();
-            let mut staged = IdMap::default();
-            let mut mb = Members::new(&chat.conns, &mut staged);
-            chat.hub.handle_leave(now, conn.id, reason, &mut mb);
-            mb.flush(now);
-            chat.log_events(&self.log);
+            chat.leave(&self.log, conn.id, reason);
             self.room_changed.notify_waiters();
         }
     }
@@ -582,60 +576,21 @@ fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream) {
     });
 }
 
-/// Handles the complete lines the session holds: echo lines in the session, chat lines
-/// through the hub. Returns what the input side must wait for.
-fn pump<'a>(
-    sh: &'a Shared,
-    conn: &EConn,
-    staged: &mut IdMap<crate::net::relay::Staged>,
-) -> Held<'a> {
-    let now = Instant::now();
-    let Some(mut chat) = sh.chat() else {
-        let mut s = conn.session();
-        let input = s.poll_input(now);
-        log_session(&sh.log, conn.id, conn.peer, &mut s);
-        return match input {
-            Input::Held => Held::Own,
-            Input::Stop => Held::Stop,
-            Input::NeedBytes | Input::Room(_) => Held::No,
-        };
-    };
-    let c = &mut *chat;
-    let mut outcome = None;
-    loop {
-        let mut s = conn.session();
-        if let Some(o) = outcome.take() {
-            s.handle_room(now, o);
-        }
-        let input = s.poll_input(now);
-        log_session(&sh.log, conn.id, conn.peer, &mut s);
-        drop(s);
-        let op = match input {
-            Input::Room(op) => op,
-            other => {
-                Members::new(&c.conns, staged).flush(now);
-                return match other {
-                    Input::Held => Held::Own,
-                    Input::Stop => Held::Stop,
-                    _ => Held::No,
-                };
-            }
-        };
-        let mut mb = Members::new(&c.conns, staged);
-        let o = c.hub.handle_op(now, conn.id, op, &mut mb);
-        let is_held = matches!(o, RoomOutcome::Held(_));
-        if !matches!(o, RoomOutcome::Done) {
-            mb.flush(now);
-        }
-        c.log_events(&sh.log);
-        if is_held {
-            conn.session().handle_room(now, o);
+/// Handles the complete lines the session holds (see [`relay::pump`]); returns what the
+/// input side must wait for.
+fn pump<'a>(sh: &'a Shared, conn: &EConn, staged: &mut IdMap<Staged>) -> Held<'a> {
+    let mut chat = sh.chat();
+    match relay::pump(&sh.log, chat.as_deref_mut(), conn.id, conn, staged) {
+        Pumped::NeedBytes => Held::No,
+        Pumped::OwnHeld => Held::Own,
+        Pumped::Stop => Held::Stop,
+        Pumped::RoomHeld => {
             // Registered before the room unlocks: a laggard's catch-up cannot be missed.
             let mut notified = Box::pin(sh.room_changed.notified());
             notified.as_mut().enable();
-            return Held::Room(notified);
+            drop(chat);
+            Held::Room(notified)
         }
-        outcome = Some(o);
     }
 }
 

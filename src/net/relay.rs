@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use crate::core::hub::{Hub, HubEvent, Mailboxes};
 use crate::core::room::{IdMap, MemberId};
-use crate::core::session::{Session, SessionEvent};
+use crate::core::session::{Input, RoomOutcome, Session, SessionEvent};
+use crate::core::wire::EndReason;
 use crate::net::events::{Event, EventLog};
 
 /// A connection as the relay sees it, whatever the engine.
@@ -169,5 +170,88 @@ pub fn log_session(log: &EventLog, id: u64, peer: SocketAddr, s: &mut Session) {
             // Logged when the END is written (or cannot be).
             SessionEvent::Ending(_) => {}
         }
+    }
+}
+
+/// Where a connection's input side stands after [`pump`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// Every complete line is handled: read more.
+    NeedBytes,
+    /// Its own queue is over half full: read nothing until it drains.
+    OwnHeld,
+    /// A lagging recipient holds its line: wait (the room lock released) until the room
+    /// changes, then pump again (the same line is offered first).
+    RoomHeld,
+    /// The session is ending: read nothing more.
+    Stop,
+}
+
+/// Handles the complete lines a session holds: echo-mode lines inside the session, chat lines
+/// through the hub (`chat`, locked by the caller, who keeps it locked while it prepares to
+/// wait after [`Pumped::RoomHeld`], so a laggard's catch-up cannot be missed). `staged` is
+/// the caller's reusable stage for [`Members`]. One clock reading serves the whole batch of
+/// lines a read brought: the flow-control clocks tolerate microseconds, and a relay at a
+/// million lines per second should not read the clock a million times.
+pub fn pump<C: Member>(
+    log: &EventLog,
+    mut chat: Option<&mut Chat<C>>,
+    id: u64,
+    conn: &C,
+    staged: &mut IdMap<Staged>,
+) -> Pumped {
+    let now = Instant::now();
+    let mut outcome = None;
+    loop {
+        let mut s = conn.session();
+        if let Some(o) = outcome.take() {
+            s.handle_room(now, o);
+        }
+        let input = s.poll_input(now);
+        log_session(log, id, conn.peer(), &mut s);
+        drop(s);
+        let (op, c) = match (input, chat.as_deref_mut()) {
+            (Input::Room(op), Some(c)) => (op, c),
+            (other, c) => {
+                if let Some(c) = c {
+                    Members::new(&c.conns, staged).flush(now);
+                }
+                conn.wake();
+                return match other {
+                    Input::Held => Pumped::OwnHeld,
+                    Input::Stop => Pumped::Stop,
+                    // An echo session never asks for the room.
+                    Input::NeedBytes | Input::Room(_) => Pumped::NeedBytes,
+                };
+            }
+        };
+        let mut mb = Members::new(&c.conns, staged);
+        let o = c.hub.handle_op(now, id, op, &mut mb);
+        let held = matches!(o, RoomOutcome::Held(_));
+        if !matches!(o, RoomOutcome::Done) {
+            // The laggards must have what was staged for them before anyone waits; and a
+            // reply to the sender must not overtake what the room said before it.
+            mb.flush(now);
+        }
+        c.log_events(log);
+        if held {
+            conn.session().handle_room(now, o);
+            conn.wake();
+            return Pumped::RoomHeld;
+        }
+        outcome = Some(o);
+    }
+}
+
+impl<C: Member> Chat<C> {
+    /// Connection `id` is ending for `reason`: its `LEFT` to the room (if it had joined). The
+    /// caller then wakes the senders held back for it.
+    pub fn leave(&mut self, log: &EventLog, id: u64, reason: EndReason) {
+        let now = Instant::now();
+        let mut staged = IdMap::default();
+        let mut mb = Members::new(&self.conns, &mut staged);
+        self.hub.handle_leave(now, id, reason, &mut mb);
+        mb.flush(now);
+        self.log_events(log);
     }
 }

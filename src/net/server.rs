@@ -39,12 +39,12 @@ use crossbeam_channel::Receiver;
 
 use crate::config::{Engine, Mode, ServerSettings, Wire};
 use crate::core::room::IdMap;
-use crate::core::session::{Close, Input, RoomOutcome, Session, SessionConfig};
+use crate::core::session::{Close, Session, SessionConfig};
 use crate::core::wire::{EndReason, ServerMsg};
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
-use crate::net::relay::{log_session, Chat, Members};
+use crate::net::relay::{self, log_session, Chat, Pumped};
 use crate::net::wait::{wait_one, PollFlags};
 
 /// Listen backlog: large enough for a connect burst of a thousand clients.
@@ -222,13 +222,7 @@ impl Shared {
     /// wake the senders that were held back for it.
     fn leave(&self, conn: &Conn, reason: EndReason) {
         if let Some(mut chat) = self.chat() {
-            let chat = &mut *chat;
-            let now = Instant::now();
-            let mut staged = IdMap::default();
-            let mut mb = Members::new(&chat.conns, &mut staged);
-            chat.hub.handle_leave(now, conn.id, reason, &mut mb);
-            mb.flush(now);
-            chat.log_events(&self.log);
+            chat.leave(&self.log, conn.id, reason);
             self.room_changed.notify_all();
         }
     }
@@ -735,71 +729,29 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
 /// again each time the room changes, with the reader not reading meanwhile: that is the
 /// backpressure on a fast sender.
 fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
+    let mut staged = IdMap::default();
     let Some(mut chat) = sh.chat() else {
-        let mut s = conn.session();
-        let input = s.poll_input(Instant::now());
-        log_session(&sh.log, conn.id, conn.peer, &mut s);
-        drop(s);
-        conn.ring();
-        return match input {
-            Input::Held => Pump::Held,
-            Input::Stop => Pump::Stop,
-            // An echo session never asks for the room.
-            Input::NeedBytes | Input::Room(_) => Pump::NeedBytes,
+        return match relay::pump::<Conn>(&sh.log, None, conn.id, conn, &mut staged) {
+            Pumped::OwnHeld => Pump::Held,
+            Pumped::Stop => Pump::Stop,
+            Pumped::NeedBytes | Pumped::RoomHeld => Pump::NeedBytes,
         };
     };
-    // One clock reading for the whole batch of lines a read brought: the flow-control
-    // clocks tolerate microseconds, and a relay at a million lines per second should not
-    // read the clock a million times.
-    let mut now = Instant::now();
-    let mut outcome = None;
-    let mut staged = IdMap::default();
     loop {
-        let mut s = conn.session();
-        if let Some(o) = outcome.take() {
-            s.handle_room(now, o);
-        }
-        let input = s.poll_input(now);
-        log_session(&sh.log, conn.id, conn.peer, &mut s);
-        drop(s);
-        let c = &mut *chat;
-        let op = match input {
-            Input::Room(op) => op,
-            other => {
-                Members::new(&c.conns, &mut staged).flush(now);
-                return wrote(
-                    conn,
-                    match other {
-                        Input::Held => Pump::Held,
-                        Input::Stop => Pump::Stop,
-                        _ => Pump::NeedBytes,
-                    },
-                );
+        match relay::pump(&sh.log, Some(&mut *chat), conn.id, &**conn, &mut staged) {
+            Pumped::NeedBytes => return Pump::NeedBytes,
+            Pumped::OwnHeld => return Pump::Held,
+            Pumped::Stop => return Pump::Stop,
+            Pumped::RoomHeld => {
+                input_waiting(conn);
+                // Wait (the room unlocked) until a lagging member catches up or leaves; the
+                // next pump offers the same line again, or finds the session ended.
+                chat = sh
+                    .room_changed
+                    .wait_timeout(chat, HOLD_SLICE)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
-        };
-        let mut mb = Members::new(&c.conns, &mut staged);
-        let o = c.hub.handle_op(now, conn.id, op, &mut mb);
-        let held = matches!(o, RoomOutcome::Held(_));
-        if held || !matches!(o, RoomOutcome::Done) {
-            // The laggards must have what was staged for them before anyone waits; and a
-            // reply to the sender must not overtake what the room said before it.
-            mb.flush(now);
-        }
-        c.log_events(&sh.log);
-        outcome = Some(o);
-        if held {
-            conn.session()
-                .handle_room(now, outcome.take().expect("just set"));
-            conn.ring();
-            input_waiting(conn);
-            // Wait (the room unlocked) until a lagging member catches up or leaves; the
-            // next `poll_input` offers the same line again, or says the session ended.
-            chat = sh
-                .room_changed
-                .wait_timeout(chat, HOLD_SLICE)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-            now = Instant::now();
         }
     }
 }
@@ -814,12 +766,6 @@ fn input_waiting(conn: &Conn) {
         conn.session().handle_input_waiting(Instant::now());
         conn.set_heartbeat(false);
     }
-}
-
-/// Wakes the companion (replies may have been queued) and passes `p` on.
-fn wrote(conn: &Conn, p: Pump) -> Pump {
-    conn.ring();
-    p
 }
 
 /// Sends what the socket takes now of `a` then `b`, without blocking (one vectored send).
