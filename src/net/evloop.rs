@@ -541,36 +541,28 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
 fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream) {
     READ_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        match stream.try_read(&mut buf) {
-            Ok(0) => {
-                let mut s = conn.session();
-                if s.is_open() {
-                    s.handle_closed(Instant::now());
-                    drop(s);
-                    sh.log.emit(Event::ClosedByClient {
-                        id: conn.id,
-                        peer: conn.peer,
-                        error: None,
-                    });
-                }
-            }
+        let closed = match stream.try_read(&mut buf) {
+            Ok(0) => Some(None),
             Ok(n) => {
                 let mut s = conn.session();
                 s.handle_rx(Instant::now(), &buf[..n]);
                 log_session(&sh.log, conn.id, conn.peer, &mut s);
+                None
             }
-            Err(e) if crate::net::is_retryable_read(&e) => {}
-            Err(e) => {
-                let mut s = conn.session();
-                if s.is_open() {
-                    s.handle_closed(Instant::now());
-                    drop(s);
-                    sh.log.emit(Event::ClosedByClient {
-                        id: conn.id,
-                        peer: conn.peer,
-                        error: Some(e.to_string()),
-                    });
-                }
+            Err(e) if crate::net::is_retryable_read(&e) => None,
+            Err(e) => Some(Some(e.to_string())),
+        };
+        if let Some(error) = closed {
+            let mut s = conn.session();
+            // A close we caused ourselves (END sent) is not the client's doing.
+            if s.is_open() {
+                s.handle_closed(Instant::now());
+                drop(s);
+                sh.log.emit(Event::ClosedByClient {
+                    id: conn.id,
+                    peer: conn.peer,
+                    error,
+                });
             }
         }
     });
