@@ -15,6 +15,7 @@
 //! three minutes with 3 repeats, `--smoke` runs tiny versions once and only checks that every
 //! measurement produced numbers (its verdicts say "not judged").
 
+mod engines;
 mod measure;
 mod openloop;
 mod peers;
@@ -173,6 +174,12 @@ pub struct Plan {
     pub relay_receivers: Vec<usize>,
     /// Relay window per run.
     pub relay_window: Duration,
+    /// Fixed-rate relay (section 5): messages per second.
+    pub fixed_rate: f64,
+    /// Its receivers.
+    pub fixed_receivers: usize,
+    /// Its window.
+    pub fixed_window: Duration,
     /// Open-loop relay: receivers per run, in turn (one publisher each).
     pub open_receivers: Vec<usize>,
     /// Open-loop publisher window.
@@ -215,6 +222,9 @@ impl Plan {
                 echo_window: ms(300),
                 relay_receivers: vec![10],
                 relay_window: ms(400),
+                fixed_rate: 2000.0,
+                fixed_receivers: 10,
+                fixed_window: ms(300),
                 open_receivers: vec![1],
                 open_window: ms(300),
                 open_stuck_window: None,
@@ -244,6 +254,9 @@ impl Plan {
                 echo_window: ms(500),
                 relay_receivers: vec![10, 100],
                 relay_window: ms(500),
+                fixed_rate: 10_000.0,
+                fixed_receivers: 100,
+                fixed_window: s(1),
                 open_receivers: vec![1, 10, 100],
                 open_window: ms(750),
                 open_stuck_window: Some(s(5)),
@@ -271,6 +284,9 @@ impl Plan {
                 echo_window: s(10),
                 relay_receivers: vec![10, 100],
                 relay_window: s(10),
+                fixed_rate: 10_000.0,
+                fixed_receivers: 100,
+                fixed_window: s(5),
                 open_receivers: vec![1, 10, 100],
                 open_window: s(5),
                 open_stuck_window: Some(s(5)),
@@ -515,6 +531,10 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         None => peers::sibling_binary("hb-server")?,
     };
     let machine = Machine::probe();
+    let engines = engines::EngineSupport::probe(&server);
+    if let Some(why) = engines.skip_reason(engines::Engine::Events) {
+        eprintln!("hb-bench: hb-server --engine events: SKIPPED: {why}");
+    }
     let report = Report::open(args, &plan, &machine)?;
     eprintln!(
         "hb-bench: plan {}; {}; {}",
@@ -531,6 +551,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         scratch: &scratch,
         report: &report,
         machine: &machine,
+        engines: &engines,
     };
     let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
     let all: [(u8, Measurement); 6] = [
