@@ -68,8 +68,8 @@ impl EngineSupport {
         match (engine, self.flag) {
             (Engine::Threads, _) | (Engine::Events, true) => None,
             (Engine::Events, false) => Some(
-                "this hb-server has no `--engine` flag (`hb-server --help | grep -- --engine` \
-                 finds nothing: the event engine is not in this build)"
+                "this hb-server has no `--engine` flag (its `--help` does not mention it: the \
+                 event engine is not in this build)"
                     .into(),
             ),
         }

@@ -15,7 +15,7 @@ use super::procinfo::{self, Machine, Sample};
 use super::stats::{self, Summary};
 use super::verdict::{self, judge, judge_ceiling, Ceiling, Goal, SeqTracker, Spread};
 use super::{BenchError, Outcome, Plan, Progress, Report};
-use crate::net::loadgen::{LoadGen, State};
+use crate::net::loadgen::{Dialect, LoadGen, State};
 
 /// What every measurement needs.
 pub struct Ctx<'a> {
@@ -674,133 +674,346 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
     })
 }
 
-/// One row of measurement 2: (connections admitted, heartbeats/s, CPU % of one core,
-/// CPU µs per heartbeat).
-type HbRow = (usize, f64, f64, f64);
+/// Who serves the idle clients of measurement 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Idler {
+    /// hb-server with an engine: interval = idle, count 1.
+    Hb(Engine),
+    /// nats-server with `ping_interval` = the same interval.
+    Nats,
+}
 
-fn heartbeat_run(ctx: &Ctx, n: usize, interval: f64) -> Result<(String, HbRow), BenchError> {
+impl Idler {
+    const ALL: [Idler; 3] = [
+        Idler::Hb(Engine::Threads),
+        Idler::Hb(Engine::Events),
+        Idler::Nats,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Hb(e) => e.label(),
+            Self::Nats => "nats-server",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Self::Hb(Engine::Threads) => "hb",
+            Self::Hb(Engine::Events) => "hb-ev",
+            Self::Nats => "nats",
+        }
+    }
+}
+
+/// One run of measurement 2.
+#[derive(Debug, Clone, Copy)]
+struct HbRow {
+    /// Connections admitted.
+    admitted: usize,
+    /// Heartbeats the clients received in the window.
+    beats: u64,
+    /// Heartbeats per second.
+    per_s: f64,
+    /// Server CPU, % of one core, over the window.
+    cpu_pct: f64,
+    /// Server CPU µs per heartbeat (NaN: no heartbeat in the window).
+    us_per_beat: f64,
+    /// Server threads at the end of the window.
+    threads: u64,
+}
+
+/// Server CPU microseconds per heartbeat: CPU seconds over the window / heartbeats in it.
+pub(super) fn us_per_beat(cpu_secs: f64, beats: u64) -> f64 {
+    if beats == 0 {
+        f64::NAN
+    } else {
+        cpu_secs * 1e6 / beats as f64
+    }
+}
+
+fn heartbeat_run(ctx: &Ctx, who: Idler, n: usize) -> Result<(String, HbRow), BenchError> {
     let p = ctx.plan;
+    let interval = secs_arg(p.hb_interval);
     let max = (n + 100).to_string();
-    let mut srv = Peer::hb_server(
-        ctx.server,
-        &[
-            "--interval",
-            p.hb_interval,
-            "--count",
-            "1",
-            "--idle",
-            p.hb_interval,
-            "--max-conns",
-            &max,
-        ],
-        ctx.scratch,
-    )?;
+    let mut srv = match who {
+        Idler::Hb(engine) => ctx.hb(
+            engine,
+            &[
+                "--interval",
+                p.hb_interval,
+                "--count",
+                "1",
+                "--idle",
+                p.hb_interval,
+                "--max-conns",
+                &max,
+            ],
+        )?,
+        Idler::Nats => {
+            let bin = on_path("nats-server").ok_or_else(|| {
+                BenchError::Measurement("nats-server is no longer on PATH".into())
+            })?;
+            Peer::nats(&bin, ctx.scratch, p.hb_interval)?
+        }
+    };
     let mut lg = lg_new()?;
+    if who == Idler::Nats {
+        lg.set_dialect(Dialect::Nats);
+    }
+    let began = Instant::now();
     let (_, rep) = connect(&mut lg, srv.addr, n, true, &format!("connect {n}"))?;
-    // Let every connection's first round start before measuring.
-    lg.idle_for(Duration::from_secs_f64(interval * 1.5))
-        .map_err(io_err("polling"))?;
+    // Steady state: every connection's first heartbeat is one interval after it connected;
+    // from then on, a window of one interval sees one heartbeat per connection whatever the
+    // phases (longer windows see proportionally more).
+    let settle = (began + interval + interval / 4).saturating_duration_since(Instant::now());
+    idle(
+        &mut lg,
+        settle.max(interval / 4),
+        "wait for the heartbeat rounds",
+    )?;
     let s0 = sample(&mut srv, "heartbeat window")?;
-    let p0 = lg.total_pongs();
+    let b0 = lg.total_pings();
     let t0 = Instant::now();
-    idle(&mut lg, p.hb_window, &format!("heartbeats at {n}"))?;
+    idle(
+        &mut lg,
+        p.hb_window,
+        &format!("{} heartbeats at {n}", who.name()),
+    )?;
     let wall = t0.elapsed();
     let s1 = sample(&mut srv, "heartbeat window")?;
-    let pongs = lg.total_pongs() - p0;
+    let beats = lg.total_pings() - b0;
     let cpu = procinfo::cpu_secs(&s0, &s1);
     lg.close_all();
     Ok((
         srv.command.clone(),
-        (
-            rep.admitted,
-            pongs as f64 / wall.as_secs_f64(),
-            cpu * 100.0 / wall.as_secs_f64(),
-            if pongs > 0 {
-                cpu * 1e6 / pongs as f64
-            } else {
-                f64::NAN
-            },
-        ),
+        HbRow {
+            admitted: rep.admitted,
+            beats,
+            per_s: beats as f64 / wall.as_secs_f64(),
+            cpu_pct: cpu * 100.0 / wall.as_secs_f64(),
+            us_per_beat: us_per_beat(cpu, beats),
+            threads: s1.threads,
+        },
     ))
 }
 
-/// 2. CPU microseconds per heartbeat round trip at many connections and a short interval.
+/// Why a server of measurement 2 is not in the run; None when it can be started.
+fn idler_missing(who: Idler, ctx: &Ctx) -> Option<String> {
+    match who {
+        Idler::Hb(engine) => ctx.engines.skip_reason(engine),
+        Idler::Nats => on_path("nats-server")
+            .is_none()
+            .then(|| "`nats-server` not on PATH (`apt-get install nats-server`)".into()),
+    }
+}
+
+/// 2. Idle heartbeats: server CPU per heartbeat at many idle connections that answer every
+/// heartbeat, both engines against nats-server (its PING/PONG) in the same run.
 pub fn heartbeat_overhead(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let p = ctx.plan;
-    let title = "2. Heartbeat overhead";
+    let title = "2. Heartbeat overhead (idle clients, against nats-server)";
     eprintln!("== {title}");
-    let interval: f64 = p.hb_interval.parse().unwrap_or(1.0);
-    let mut rows: Vec<Vec<HbRow>> = vec![Vec::new(); p.hb_conns.len()];
-    let mut cmd = String::new();
+    // (server, connections) -> one row per repeat.
+    let mut rows: HashMap<(Idler, usize), Vec<HbRow>> = HashMap::new();
+    let mut skipped: HashMap<Idler, String> = HashMap::new();
+    let mut commands: HashMap<Idler, String> = HashMap::new();
     for rep in 0..p.repeats {
         eprintln!("-- repeat {}/{}", rep + 1, p.repeats);
-        for (i, &n) in p.hb_conns.iter().enumerate() {
-            let (c, row) = heartbeat_run(ctx, n, interval)?;
-            cmd = c;
-            rows[i].push(row);
+        for who in Idler::ALL {
+            if skipped.contains_key(&who) {
+                continue;
+            }
+            if let Some(why) = idler_missing(who, ctx) {
+                eprintln!("hb-bench: {}: SKIPPED: {why}", who.name());
+                skipped.insert(who, why);
+                continue;
+            }
+            for &n in &p.hb_conns {
+                let (cmd, row) = match heartbeat_run(ctx, who, n) {
+                    Ok(r) => r,
+                    Err(e) if who == Idler::Nats => {
+                        let why = format!("could not be measured: {e}");
+                        eprintln!("hb-bench: nats-server: SKIPPED: {why}");
+                        skipped.insert(who, why);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                eprintln!(
+                    "   {} at {n}: {} heartbeats, {:.2}% CPU, {:.1} µs per heartbeat, {} threads",
+                    who.name(),
+                    row.beats,
+                    row.cpu_pct,
+                    row.us_per_beat,
+                    row.threads
+                );
+                commands.entry(who).or_insert(cmd);
+                rows.entry((who, n)).or_default().push(row);
+            }
         }
     }
     let mut body = format!(
-        "Every connection answers each `PING` at once, so with idle = interval = {} s and \
-         count 1 each one costs a heartbeat round trip per interval (PING written, PONG read, \
-         two event-log lines). CPU is the server's utime+stime over a {:.1} s window divided \
-         by the heartbeats answered in it. {} repeat(s), each with a fresh server; cells are \
-         median (min..max). Command: `{cmd}`.\n\n\
-         | connections | heartbeats/s | server CPU % of one core | CPU µs per heartbeat |\n\
-         |---:|---:|---:|---:|\n",
+        "Idle clients that answer every heartbeat at once: hb-server with idle = interval = \
+         {0} s and count 1 (a `PING k` per connection per interval, answered `PONG k`), and \
+         nats-server with `ping_interval: \"{0}s\"` (its clients send `CONNECT` after the \
+         server's `INFO`, then answer each `PING` with `PONG`; `ping_max` is its default). \
+         hb-bench waits until every connection's heartbeats have begun, then measures a \
+         {1:.1} s window: CPU is the server's utime+stime from /proc over the window, \
+         divided by the heartbeats the clients received in it (so the window's idle cost is \
+         included: an upper bound of the cost per heartbeat round). {2} repeat(s), each \
+         with fresh servers; cells are median (min..max).\n\n",
         p.hb_interval,
         p.hb_window.as_secs_f64(),
         p.repeats
     );
-    for (rs, n) in rows.iter().zip(&p.hb_conns) {
-        let col = |f: fn(&HbRow) -> f64| -> Vec<f64> { rs.iter().map(f).collect() };
-        let admitted = col(|r| r.0 as f64);
-        let _ = writeln!(
-            body,
-            "| {} | {} | {} | {} |",
-            if admitted.iter().all(|&a| a == *n as f64) {
-                n.to_string()
-            } else {
-                format!("{} admitted of {n}", verdict::cell(&admitted, 0))
-            },
-            verdict::cell(&col(|r| r.1), 0),
-            verdict::cell(&col(|r| r.2), 2),
-            verdict::cell(&col(|r| r.3), 1)
-        );
+    for who in Idler::ALL {
+        match (commands.get(&who), skipped.get(&who)) {
+            (Some(cmd), Some(why)) => {
+                let _ = writeln!(body, "- {}: `{cmd}` (then SKIPPED: {why})", who.name());
+            }
+            (Some(cmd), None) => {
+                let _ = writeln!(body, "- {}: `{cmd}`", who.name());
+            }
+            (None, Some(why)) => {
+                let _ = writeln!(body, "- {}: **SKIPPED**: {why}", who.name());
+            }
+            (None, None) => {}
+        }
     }
-    let med = |rs: &[HbRow], f: fn(&HbRow) -> f64| {
-        Spread::of(&rs.iter().map(f).collect::<Vec<_>>()).map_or(f64::NAN, |s| s.median)
+    body.push_str(
+        "\n| server | connections | threads | heartbeats in the window | heartbeats/s | server CPU % of one core | CPU µs per heartbeat |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for who in Idler::ALL {
+        for &n in &p.hb_conns {
+            let Some(rs) = rows.get(&(who, n)) else {
+                let why = skipped.get(&who).map_or("no run", String::as_str);
+                let _ = writeln!(
+                    body,
+                    "| {} | {n} | **SKIPPED**: {why} | - | - | - | - |",
+                    who.name()
+                );
+                continue;
+            };
+            let col = |f: fn(&HbRow) -> f64| -> Vec<f64> { rs.iter().map(f).collect() };
+            let admitted = col(|r| r.admitted as f64);
+            let _ = writeln!(
+                body,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                who.name(),
+                if admitted.iter().all(|&a| a == n as f64) {
+                    n.to_string()
+                } else {
+                    format!("{} admitted of {n}", verdict::cell(&admitted, 0))
+                },
+                verdict::cell(&col(|r| r.threads as f64), 0),
+                verdict::cell(&col(|r| r.beats as f64), 0),
+                verdict::cell(&col(|r| r.per_s), 0),
+                verdict::cell(&col(|r| r.cpu_pct), 2),
+                verdict::cell(&col(|r| r.us_per_beat), 1)
+            );
+        }
+    }
+    let min = verdict::MIN_REPEATS;
+    let Some(&n) = p.hb_conns.last() else {
+        return Err(BenchError::Usage("the plan has no heartbeat step".into()));
     };
-    let last = rows.last().map_or(&[][..], Vec::as_slice);
-    let us = med(last, |r| r.3);
+    let us = |who: Idler| -> Option<Vec<f64>> {
+        rows.get(&(who, n))
+            .map(|rs| rs.iter().map(|r| r.us_per_beat).collect())
+    };
     let _ = writeln!(
         body,
-        "\nAt 8,000 connections with interval 10 s and count 1 (one heartbeat per connection \
-         per 10 s) this costs about {:.2}% of one core for the heartbeats themselves (median \
-         µs per heartbeat at the largest step); with the default count 3 (idle 30 s) a third \
-         of that.\n\n![heartbeat overhead]({}/heartbeat.svg)\n",
-        800.0 * us / 1e4,
+        "\nCPU per heartbeat round at {n} connections, against nats-server's CPU per ping \
+         (per-repeat ratios, runs of one repeat seconds apart):\n"
+    );
+    for engine in Engine::ALL {
+        let who = Idler::Hb(engine);
+        let target = engine == Engine::Events;
+        let goal = if target {
+            " (target ≤ 0.5×"
+        } else {
+            " (for the record"
+        };
+        let line = match (us(who), us(Idler::Nats)) {
+            (Some(a), Some(b)) => {
+                let r: Vec<f64> = a.iter().zip(&b).map(|(a, b)| a / b).collect();
+                format!(
+                    "{} µs / {} µs = {}×{goal}{})",
+                    verdict::cell(&a, 1),
+                    verdict::cell(&b, 1),
+                    verdict::cell(&r, 2),
+                    if target {
+                        format!(" — {}", judge(&r, Goal::AtMost(0.5), min))
+                    } else {
+                        String::new()
+                    }
+                )
+            }
+            (a, _) => {
+                let why = skipped
+                    .get(&who)
+                    .or_else(|| skipped.get(&Idler::Nats))
+                    .map_or("no run", String::as_str);
+                format!(
+                    "{}SKIPPED ({why}){goal}{})",
+                    a.map_or(String::new(), |a| format!(
+                        "{} µs; ratio ",
+                        verdict::cell(&a, 1)
+                    )),
+                    if target { " — not judged" } else { "" }
+                )
+            }
+        };
+        let _ = writeln!(body, "- {}: {line}", engine.label());
+    }
+    let beat_s = secs_arg(p.hb_interval).as_secs_f64();
+    if let Some(a) = us(Idler::Hb(Engine::Threads)) {
+        let m = Spread::of(&a).map_or(f64::NAN, |s| s.median);
+        let _ = writeln!(
+            body,
+            "\nAt {n} connections with one heartbeat per connection per {beat_s} s that is \
+             about {:.2}% of one core for the thread engine (median µs per heartbeat × {n} / \
+             {beat_s} s); with the default count 3 (idle 30 s) a third of the heartbeats.",
+            m * n as f64 / beat_s / 1e4,
+        );
+    }
+    let _ = writeln!(
+        body,
+        "\n![heartbeat overhead]({}/heartbeat.svg)",
         ctx.report.svg_link
     );
+    let mut bars = Vec::new();
+    for who in Idler::ALL {
+        for &k in &p.hb_conns {
+            if let Some(s) = rows
+                .get(&(who, k))
+                .and_then(|rs| Spread::of(&rs.iter().map(|r| r.us_per_beat).collect::<Vec<_>>()))
+            {
+                bars.push((format!("{} {k}", who.short()), s.median));
+            }
+        }
+    }
     plot::bars(
         &ctx.report.svg_dir.join("heartbeat.svg"),
-        "server CPU per heartbeat round trip (median of repeats)",
+        "server CPU per heartbeat round (median of repeats)",
         "µs per heartbeat",
-        &rows
-            .iter()
-            .zip(&p.hb_conns)
-            .map(|(rs, n)| (format!("{n} conns"), med(rs, |r| r.3)))
-            .collect::<Vec<_>>(),
+        &bars,
     )?;
     ctx.report.section(title, &body)?;
-    let numbers = if us.is_finite() {
-        vec![
-            ("cpu_us_per_heartbeat".into(), us),
-            ("heartbeats_per_s".into(), med(last, |r| r.1)),
-        ]
-    } else {
-        Vec::new()
-    };
+    let mut numbers = Vec::new();
+    for who in Idler::ALL {
+        if let Some(s) = us(who).and_then(|v| Spread::of(&v)) {
+            numbers.push((format!("{}_cpu_us_per_heartbeat", who.short()), s.median));
+        }
+    }
+    if let (Some(a), Some(b)) = (us(Idler::Hb(Engine::Threads)), us(Idler::Nats)) {
+        let r: Vec<f64> = a.iter().zip(&b).map(|(a, b)| a / b).collect();
+        if let Some(s) = Spread::of(&r) {
+            numbers.push(("hb_vs_nats".into(), s.median));
+        }
+    }
     Ok(Outcome {
         title: title.into(),
         numbers,
@@ -1958,6 +2171,12 @@ mod tests {
         assert_eq!(parse_mark(b"T1:2 T3:4#"), Some((3, 4)));
         let f = frame(Kind::Redis, &m);
         assert!(f.starts_with(b"*3\r\n$7\r\nPUBLISH\r\n"));
+    }
+
+    #[test]
+    fn cpu_per_heartbeat_needs_a_heartbeat() {
+        assert_eq!(us_per_beat(0.08, 8000), 10.0);
+        assert!(us_per_beat(0.5, 0).is_nan());
     }
 
     #[test]

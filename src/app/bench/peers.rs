@@ -322,6 +322,24 @@ impl Peer {
         Self::external("redis-server", bin, args, port, false)
     }
 
+    /// Starts `nats-server` on loopback with `ping_interval` (the NATS term for its
+    /// heartbeat) from a configuration file written to `scratch`.
+    pub fn nats(bin: &Path, scratch: &Path, ping_interval: &str) -> Result<Self, BenchError> {
+        let port = free_port()?;
+        let conf = scratch.join(format!("nats-{port}.conf"));
+        std::fs::write(&conf, nats_config(port, ping_interval)).map_err(|e| BenchError::Io {
+            context: format!("writing {}", conf.display()),
+            source: e,
+        })?;
+        let args = vec!["-c".to_string(), conf.display().to_string()];
+        let mut peer = Self::external("nats-server", bin, args, port, true)?;
+        peer.command = format!(
+            "nats-server -c nats.conf (ping_interval: \"{}s\", port {port})",
+            ping_interval
+        );
+        Ok(peer)
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -381,6 +399,12 @@ impl Drop for Peer {
     }
 }
 
+/// nats-server's configuration: loopback, `port`, a server PING every `ping_interval`
+/// seconds (`ping_max` stays at its default, 2).
+pub fn nats_config(port: u16, ping_interval: &str) -> String {
+    format!("host: 127.0.0.1\nport: {port}\nping_interval: \"{ping_interval}s\"\n")
+}
+
 /// One Redis command in RESP: an array of bulk strings.
 pub fn resp_command(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", parts.len()).into_bytes();
@@ -415,6 +439,14 @@ mod tests {
             "cannot start a thread: Resource temporarily unavailable (os error #)"
         );
         assert_eq!(refusal_kind("t #1 connected"), None);
+    }
+
+    #[test]
+    fn nats_pings_at_the_interval_asked() {
+        assert_eq!(
+            nats_config(4222, "10"),
+            "host: 127.0.0.1\nport: 4222\nping_interval: \"10s\"\n"
+        );
     }
 
     #[test]
