@@ -13,6 +13,7 @@ use super::peers::{on_path, resp_command, Peer};
 use super::plot::{self, Panel};
 use super::procinfo::{self, Machine, Sample};
 use super::stats::{self, Summary};
+use super::trivial::TrivialEcho;
 use super::verdict::{self, judge, judge_ceiling, Ceiling, Goal, SeqTracker, Spread};
 use super::{BenchError, Outcome, Plan, Progress, Report};
 use crate::net::loadgen::{Dialect, LoadGen, State};
@@ -1036,6 +1037,7 @@ struct DetectionRun {
 
 fn detection_run(
     ctx: &Ctx,
+    engine: Engine,
     interval: Duration,
     idle: Duration,
 ) -> Result<DetectionRun, BenchError> {
@@ -1043,8 +1045,8 @@ fn detection_run(
     let idle_arg = format!("{}", idle.as_secs_f64());
     let count = p.ghost_count.to_string();
     let max = (p.ghosts + 100).to_string();
-    let mut srv = Peer::hb_server(
-        ctx.server,
+    let mut srv = ctx.hb(
+        engine,
         &[
             "--interval",
             p.ghost_interval,
@@ -1055,7 +1057,6 @@ fn detection_run(
             "--max-conns",
             &max,
         ],
-        ctx.scratch,
     )?;
     let mut lg = lg_new()?;
     let (ids, rep) = connect(&mut lg, srv.addr, p.ghosts, true, "connect ghosts")?;
@@ -1115,7 +1116,16 @@ fn detection_run(
     })
 }
 
-/// 3. Ghost detection latency: close time minus the expected deadline.
+/// Ghost-detection targets (p99, max ms after the deadline) of an engine: issue 10's for
+/// the thread engine, issue 12's for the event engine.
+fn detection_goals(engine: Engine) -> (f64, f64) {
+    match engine {
+        Engine::Threads => (50.0, 100.0),
+        Engine::Events => (10.0, 20.0),
+    }
+}
+
+/// 3. Ghost detection latency: close time minus the expected deadline, both engines.
 pub fn detection(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let p = ctx.plan;
     let title = "3. Ghost detection latency";
@@ -1123,10 +1133,14 @@ pub fn detection(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let interval = secs_arg(p.ghost_interval);
     let idle = interval * p.ghost_count;
     let budget = idle + interval * p.ghost_count;
-    let mut runs = Vec::new();
+    let engines = ctx.engines.available();
+    let mut runs: HashMap<Engine, Vec<DetectionRun>> = HashMap::new();
     for rep in 0..p.repeats {
-        eprintln!("-- repeat {}/{}", rep + 1, p.repeats);
-        runs.push(detection_run(ctx, interval, idle)?);
+        for &engine in &engines {
+            eprintln!("-- {} repeat {}/{}", engine.label(), rep + 1, p.repeats);
+            let r = detection_run(ctx, engine, interval, idle)?;
+            runs.entry(engine).or_default().push(r);
+        }
     }
     let svg = ctx.report.svg_dir.join("detection.svg");
     plot::panels(
@@ -1135,25 +1149,35 @@ pub fn detection(ctx: &Ctx) -> Result<Outcome, BenchError> {
             title: format!("{} ghosts: close time − deadline", p.ghosts),
             x_label: "ms after the deadline".into(),
             y_label: "fraction closed".into(),
-            series: runs
+            series: engines
                 .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("repeat {}", i + 1), stats::cdf(&r.late_ms, 200)))
+                .flat_map(|e| {
+                    runs.get(e)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                        .map(move |(i, r)| {
+                            (
+                                format!("{} repeat {}", e.flag(), i + 1),
+                                stats::cdf(&r.late_ms, 200),
+                            )
+                        })
+                })
                 .collect(),
         }],
     )?;
-    let admitted: Vec<String> = runs.iter().map(|r| r.admitted.to_string()).collect();
     let mut body = format!(
-        "{} ghost clients (admitted per repeat: {} of {}) each send one line at t and then \
-         stop answering (they keep reading, so the `END` is seen). Server: interval {} s, \
-         count {}, idle {} s, so the deadline is t + idle + count × interval = t + {:.2} s. \
-         Latency is when hb-bench read `END heartbeat-timeout` minus that deadline (it \
-         includes the one-way delivery of the last line and of the END, and hb-bench's own \
-         scheduling on the same cores). {} repeat(s), each with a fresh server; cells are \
-         median (min..max) over the repeats of each repeat's figure, and a target is judged \
-         on those per-repeat figures.\n\n",
-        p.ghosts,
-        admitted.join(", "),
+        "{} ghost clients each send one line at t and then stop answering (they keep \
+         reading, so the `END` is seen); they connect together, so their deadlines fall \
+         within the connect phase of each other. Server: interval {} s, count {}, idle {} s, \
+         so the deadline is t + idle + count × interval = t + {:.2} s. Latency is when \
+         hb-bench read `END heartbeat-timeout` minus that deadline (it includes the one-way \
+         delivery of the last line and of the END, and hb-bench's own scheduling on the same \
+         cores). {} repeat(s) per engine, each with a fresh server; cells are median \
+         (min..max) over the repeats of each repeat's figure, and a target is judged on \
+         those per-repeat figures.\n\n\
+         | engine | admitted | ghosts closed | END heartbeat-timeout | never closed | min ms | p50 ms | p99 ms | max ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         p.ghosts,
         p.ghost_interval,
         p.ghost_count,
@@ -1161,53 +1185,81 @@ pub fn detection(ctx: &Ctx) -> Result<Outcome, BenchError> {
         budget.as_secs_f64(),
         p.repeats
     );
-    let col = |f: fn(&Summary) -> f64| -> Vec<f64> {
-        runs.iter()
+    let col = |rs: &[DetectionRun], f: fn(&Summary) -> f64| -> Vec<f64> {
+        rs.iter()
             .map(|r| r.summary.as_ref().map_or(f64::NAN, f))
             .collect()
     };
-    let p99 = col(|s| s.p99);
-    let max = col(|s| s.max);
-    let closed: Vec<f64> = runs.iter().map(|r| r.late_ms.len() as f64).collect();
-    let timeouts: Vec<f64> = runs.iter().map(|r| r.timeouts as f64).collect();
-    let missing: Vec<f64> = runs.iter().map(|r| r.missing as f64).collect();
-    let any = runs.iter().any(|r| r.summary.is_some());
-    if any {
+    let mut targets = String::from("\nTargets:\n\n");
+    let mut numbers = Vec::new();
+    for engine in Engine::ALL {
+        let (p99_goal, max_goal) = detection_goals(engine);
+        let Some(rs) = runs.get(&engine) else {
+            let why = ctx
+                .engines
+                .skip_reason(engine)
+                .unwrap_or_else(|| "no run".into());
+            let _ = writeln!(
+                body,
+                "| {} | **SKIPPED**: {why} | - | - | - | - | - | - | - |",
+                engine.label()
+            );
+            let _ = writeln!(
+                targets,
+                "- {}: SKIPPED (p99 ≤ {p99_goal} ms, max ≤ {max_goal} ms — not judged)",
+                engine.label()
+            );
+            continue;
+        };
+        let f = |g: fn(&DetectionRun) -> f64| -> Vec<f64> { rs.iter().map(g).collect() };
+        let (p99, max) = (col(rs, |s| s.p99), col(rs, |s| s.max));
+        let closed = f(|r| r.late_ms.len() as f64);
+        let missing = f(|r| r.missing as f64);
         let _ = writeln!(
             body,
-            "| ghosts closed | END heartbeat-timeout | never closed | min ms | p50 ms | p99 ms | max ms |\n\
-             |---:|---:|---:|---:|---:|---:|---:|\n\
-             | {} | {} | {} | {} | {} | {} | {} |\n\n\
-             Targets: p99 ≤ 50 ms after the deadline — {}; max ≤ 100 ms — {}.\n\n\
-             ![detection]({}/detection.svg)\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            engine.label(),
+            verdict::cell(&f(|r| r.admitted as f64), 0),
             verdict::cell(&closed, 0),
-            verdict::cell(&timeouts, 0),
+            verdict::cell(&f(|r| r.timeouts as f64), 0),
             verdict::cell(&missing, 0),
-            verdict::cell(&col(|s| s.min), 1),
-            verdict::cell(&col(|s| s.p50), 1),
+            verdict::cell(&col(rs, |s| s.min), 1),
+            verdict::cell(&col(rs, |s| s.p50), 1),
             verdict::cell(&p99, 1),
             verdict::cell(&max, 1),
-            judge(&p99, Goal::AtMost(50.0), verdict::MIN_REPEATS),
-            judge(&max, Goal::AtMost(100.0), verdict::MIN_REPEATS),
-            ctx.report.svg_link
         );
-    } else {
-        body.push_str("No ghost was closed: **no numbers**.\n");
+        let _ = writeln!(
+            targets,
+            "- {}: all closed: {} never closed — {}; p99 ≤ {p99_goal} ms after the deadline — \
+             {}; max ≤ {max_goal} ms — {}",
+            engine.label(),
+            verdict::cell(&missing, 0),
+            judge(&missing, Goal::AtMost(0.0), verdict::MIN_REPEATS),
+            judge(&p99, Goal::AtMost(p99_goal), verdict::MIN_REPEATS),
+            judge(&max, Goal::AtMost(max_goal), verdict::MIN_REPEATS),
+        );
+        if rs.iter().any(|r| r.summary.is_some()) {
+            let med = |v: &[f64]| Spread::of(v).map_or(f64::NAN, |s| s.median);
+            let tag = match engine {
+                Engine::Threads => "",
+                Engine::Events => "ev_",
+            };
+            numbers.push((format!("{tag}closed"), med(&closed)));
+            numbers.push((format!("{tag}p50_ms"), med(&col(rs, |s| s.p50))));
+            numbers.push((format!("{tag}p99_ms"), med(&p99)));
+            numbers.push((format!("{tag}max_ms"), med(&max)));
+        }
     }
+    body.push_str(&targets);
+    let _ = writeln!(
+        body,
+        "\n![detection]({}/detection.svg)",
+        ctx.report.svg_link
+    );
     ctx.report.section(title, &body)?;
-    let med = |v: &[f64]| Spread::of(v).map_or(f64::NAN, |s| s.median);
     Ok(Outcome {
         title: title.into(),
-        numbers: if any {
-            vec![
-                ("closed".into(), med(&closed)),
-                ("p50_ms".into(), med(&col(|s| s.p50))),
-                ("p99_ms".into(), med(&p99)),
-                ("max_ms".into(), med(&max)),
-            ]
-        } else {
-            Vec::new()
-        },
+        numbers,
     })
 }
 
@@ -1215,19 +1267,72 @@ pub fn detection(ctx: &Ctx) -> Result<Outcome, BenchError> {
 /// second, the sorted round trips (µs).
 type EchoRow = (usize, Summary, f64, Vec<f64>);
 
-/// One repeat of measurement 4: the server's command, and a row per client count.
-fn echo_run(ctx: &Ctx) -> Result<(String, Vec<EchoRow>), BenchError> {
+/// Who answers the echo measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Echoer {
+    /// hb-server (echo mode) with an engine.
+    Hb(Engine),
+    /// The trivial blocking echo server inside hb-bench ([`TrivialEcho`]).
+    Trivial,
+}
+
+impl Echoer {
+    const ALL: [Echoer; 3] = [
+        Echoer::Hb(Engine::Threads),
+        Echoer::Hb(Engine::Events),
+        Echoer::Trivial,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Hb(e) => e.label(),
+            Self::Trivial => "trivial blocking echo (in hb-bench)",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Self::Hb(Engine::Threads) => "hb",
+            Self::Hb(Engine::Events) => "hb-ev",
+            Self::Trivial => "trivial",
+        }
+    }
+}
+
+/// One repeat of measurement 4 against `who`: its command, and a row per client count.
+fn echo_run(ctx: &Ctx, who: Echoer) -> Result<(String, Vec<EchoRow>), BenchError> {
     let p = ctx.plan;
-    let mut srv = Peer::hb_server(ctx.server, &[], ctx.scratch)?;
-    let cmd = srv.command.clone();
+    let (mut srv, trivial) = match who {
+        Echoer::Hb(engine) => (Some(ctx.hb(engine, &[])?), None),
+        Echoer::Trivial => (
+            None,
+            Some(TrivialEcho::start().map_err(io_err("starting the trivial echo server"))?),
+        ),
+    };
+    let (addr, cmd) = match (&srv, &trivial) {
+        (Some(s), _) => (s.addr, s.command.clone()),
+        (None, Some(t)) => (
+            t.addr(),
+            "std::net, a blocking thread per connection, MSG x → ECHO x (inside hb-bench)".into(),
+        ),
+        (None, None) => unreachable!("one of the two was started"),
+    };
     let mut rows = Vec::new();
     for &c in &p.echo_clients {
         let mut lg = lg_new()?;
-        let (ids, _) = connect(&mut lg, srv.addr, c, true, &format!("connect {c}"))?;
+        let (ids, _) = connect(
+            &mut lg,
+            addr,
+            c,
+            true,
+            &format!("{} connect {c}", who.short()),
+        )?;
         let mut sent: HashMap<usize, Instant> = HashMap::new();
         for &id in &ids {
-            lg.send(id, b"MSG ping\n");
+            // Stamped before the write: on loopback the reply can be back in the socket
+            // before write() returns, and a stamp taken after it hides that part of the trip.
             sent.insert(id, Instant::now());
+            lg.send(id, b"MSG ping\n");
         }
         let warm = Instant::now() + Duration::from_millis(100);
         let end = warm + p.echo_window;
@@ -1247,8 +1352,8 @@ fn echo_run(ctx: &Ctx) -> Result<(String, Vec<EchoRow>), BenchError> {
                         rtts.push(stats::us(inc.at - *t));
                     }
                 }
-                lg.send(inc.id, b"MSG ping\n");
                 sent.insert(inc.id, Instant::now());
+                lg.send(inc.id, b"MSG ping\n");
             }
             if last.elapsed() > Duration::from_millis(100) {
                 bar.set(
@@ -1265,72 +1370,183 @@ fn echo_run(ctx: &Ctx) -> Result<(String, Vec<EchoRow>), BenchError> {
             rows.push((c, s, rate, rtts));
         }
         lg.close_all();
-        srv.check_alive("echo")?;
+        if let Some(srv) = &mut srv {
+            srv.check_alive("echo")?;
+        }
     }
     Ok((cmd, rows))
 }
 
-/// 4. Echo round trip with 1, 10, 100 concurrent clients.
+/// The echo target of the event engine: p50 with one client within this factor of the
+/// trivial server's, measured in the same run (issue 12).
+const ECHO_VS_TRIVIAL: f64 = 1.2;
+
+/// 4. Echo round trip with 1, 10, 100 concurrent clients: both engines and a trivial
+/// blocking echo server, in the same run.
 pub fn echo(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let p = ctx.plan;
     let title = "4. Echo round trip";
     eprintln!("== {title}");
-    let mut cmd = String::new();
-    let mut runs = Vec::new();
+    let mut cmds: HashMap<Echoer, String> = HashMap::new();
+    let mut runs: HashMap<Echoer, Vec<Vec<EchoRow>>> = HashMap::new();
+    let who_all: Vec<Echoer> = Echoer::ALL
+        .into_iter()
+        .filter(|w| match w {
+            Echoer::Hb(e) => ctx.engines.skip_reason(*e).is_none(),
+            Echoer::Trivial => true,
+        })
+        .collect();
     for rep in 0..p.repeats {
-        eprintln!("-- repeat {}/{}", rep + 1, p.repeats);
-        let (c, rows) = echo_run(ctx)?;
-        cmd = c;
-        runs.push(rows);
+        for &who in &who_all {
+            eprintln!("-- {} repeat {}/{}", who.name(), rep + 1, p.repeats);
+            let (c, rows) = echo_run(ctx, who)?;
+            cmds.insert(who, c);
+            runs.entry(who).or_default().push(rows);
+        }
     }
     let mut body = format!(
         "Closed loop: each client sends `MSG ping`, waits for `ECHO ping`, sends the next. \
          {:.1} s per client count after 100 ms of warm-up; hb-bench and the server share \
-         the machine's cores. {} repeat(s), each with a fresh server; cells are median \
-         (min..max) over the repeats of each repeat's figure. Command: `{cmd}`.\n\n\
-         | clients | round trips | p50 µs | p99 µs | max µs | messages/s |\n|---:|---:|---:|---:|---:|---:|\n",
+         the machine's cores. The yardstick is a trivial blocking echo server written for \
+         this (not hb-echo, which echoes raw bytes with no `HELLO` and so would need another \
+         client): a `std::net` thread per connection inside hb-bench that greets with \
+         `HELLO` and answers each `MSG x` with `ECHO x` at once, with no heartbeat, queue \
+         or log. {} repeat(s), each with fresh servers; cells are median (min..max) over \
+         the repeats of each repeat's figure.\n\n",
         p.echo_window.as_secs_f64(),
         p.repeats
     );
-    let mut cdfs = Vec::new();
-    let mut numbers = Vec::new();
-    let mut one = Vec::new();
-    for &c in &p.echo_clients {
-        let rs: Vec<&EchoRow> = runs.iter().flatten().filter(|r| r.0 == c).collect();
-        if rs.is_empty() {
-            continue;
-        }
-        let col = |f: fn(&EchoRow) -> f64| -> Vec<f64> { rs.iter().map(|r| f(r)).collect() };
-        let p50 = col(|r| r.1.p50);
-        let _ = writeln!(
-            body,
-            "| {c} | {} | {} | {} | {} | {} |",
-            verdict::cell(&col(|r| r.1.n as f64), 0),
-            verdict::cell(&p50, 0),
-            verdict::cell(&col(|r| r.1.p99), 0),
-            verdict::cell(&col(|r| r.1.max), 0),
-            verdict::cell(&col(|r| r.2), 0),
-        );
-        // The CDF of the median repeat (by p50) stands for the client count.
-        let mut by_p50 = rs.clone();
-        by_p50.sort_by(|a, b| a.1.p50.total_cmp(&b.1.p50));
-        let mid = by_p50[by_p50.len() / 2];
-        cdfs.push((format!("{c} client(s)"), stats::cdf(&mid.3, 200)));
-        let med = |v: &[f64]| Spread::of(v).map_or(f64::NAN, |s| s.median);
-        numbers.push((format!("c{c}_p50_us"), med(&p50)));
-        numbers.push((format!("c{c}_p99_us"), med(&col(|r| r.1.p99))));
-        numbers.push((format!("c{c}_msgs_per_s"), med(&col(|r| r.2))));
-        if c == 1 {
-            one = p50;
+    for who in Echoer::ALL {
+        match (cmds.get(&who), who) {
+            (Some(cmd), _) => {
+                let _ = writeln!(body, "- {}: `{cmd}`", who.name());
+            }
+            (None, Echoer::Hb(e)) => {
+                let _ = writeln!(
+                    body,
+                    "- {}: **SKIPPED**: {}",
+                    who.name(),
+                    ctx.engines
+                        .skip_reason(e)
+                        .unwrap_or_else(|| "no run".into())
+                );
+            }
+            (None, Echoer::Trivial) => {}
         }
     }
+    body.push_str(
+        "\n| server | clients | round trips | p50 µs | p99 µs | max µs | messages/s |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut cdfs = Vec::new();
+    let mut numbers = Vec::new();
+    let mut one: HashMap<Echoer, Vec<f64>> = HashMap::new();
+    for who in Echoer::ALL {
+        let Some(who_runs) = runs.get(&who) else {
+            if let Echoer::Hb(e) = who {
+                let _ = writeln!(
+                    body,
+                    "| {} | - | **SKIPPED**: {} | - | - | - | - |",
+                    who.name(),
+                    ctx.engines
+                        .skip_reason(e)
+                        .unwrap_or_else(|| "no run".into())
+                );
+            }
+            continue;
+        };
+        for &c in &p.echo_clients {
+            let rs: Vec<&EchoRow> = who_runs.iter().flatten().filter(|r| r.0 == c).collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let col = |f: fn(&EchoRow) -> f64| -> Vec<f64> { rs.iter().map(|r| f(r)).collect() };
+            let p50 = col(|r| r.1.p50);
+            let _ = writeln!(
+                body,
+                "| {} | {c} | {} | {} | {} | {} | {} |",
+                who.name(),
+                verdict::cell(&col(|r| r.1.n as f64), 0),
+                verdict::cell(&p50, 0),
+                verdict::cell(&col(|r| r.1.p99), 0),
+                verdict::cell(&col(|r| r.1.max), 0),
+                verdict::cell(&col(|r| r.2), 0),
+            );
+            // The CDF of the median repeat (by p50) stands for the client count.
+            let mut by_p50 = rs.clone();
+            by_p50.sort_by(|a, b| a.1.p50.total_cmp(&b.1.p50));
+            let mid = by_p50[by_p50.len() / 2];
+            cdfs.push((format!("{} {c}", who.short()), stats::cdf(&mid.3, 200)));
+            let med = |v: &[f64]| Spread::of(v).map_or(f64::NAN, |s| s.median);
+            let pre = match who {
+                Echoer::Hb(Engine::Threads) => "",
+                Echoer::Hb(Engine::Events) => "ev_",
+                Echoer::Trivial => "trivial_",
+            };
+            numbers.push((format!("{pre}c{c}_p50_us"), med(&p50)));
+            if who != Echoer::Trivial {
+                numbers.push((format!("{pre}c{c}_p99_us"), med(&col(|r| r.1.p99))));
+                numbers.push((format!("{pre}c{c}_msgs_per_s"), med(&col(|r| r.2))));
+            }
+            if c == 1 {
+                one.insert(who, p50);
+            }
+        }
+    }
+    let min = verdict::MIN_REPEATS;
+    let threads_one = one
+        .get(&Echoer::Hb(Engine::Threads))
+        .cloned()
+        .unwrap_or_default();
     let _ = writeln!(
         body,
-        "\nTarget: p50 ≤ 100 µs with one client — {} µs ({}).\n\n![echo]({}/echo.svg)\n",
-        verdict::cell(&one, 0),
-        judge(&one, Goal::AtMost(100.0), verdict::MIN_REPEATS),
-        ctx.report.svg_link
+        "\nTargets:\n\n- {}: p50 ≤ 100 µs with one client — {} µs ({}).",
+        Engine::Threads.label(),
+        verdict::cell(&threads_one, 0),
+        judge(&threads_one, Goal::AtMost(100.0), min),
     );
+    let trivial = one.get(&Echoer::Trivial);
+    for engine in Engine::ALL {
+        let who = Echoer::Hb(engine);
+        let target = engine == Engine::Events;
+        let goal = if target {
+            format!("target ≤ {ECHO_VS_TRIVIAL}×")
+        } else {
+            "for the record".into()
+        };
+        let line = match (one.get(&who), trivial) {
+            (Some(a), Some(t)) => {
+                let r: Vec<f64> = a.iter().zip(t).map(|(a, t)| a / t.max(1e-9)).collect();
+                numbers.push((format!("{}_vs_trivial_p50", who.short()), {
+                    Spread::of(&r).map_or(f64::NAN, |s| s.median)
+                }));
+                format!(
+                    "{} µs / {} µs = {}× ({goal}{})",
+                    verdict::cell(a, 0),
+                    verdict::cell(t, 0),
+                    verdict::cell(&r, 2),
+                    if target {
+                        format!(" — {}", judge(&r, Goal::AtMost(ECHO_VS_TRIVIAL), min))
+                    } else {
+                        String::new()
+                    }
+                )
+            }
+            _ => format!(
+                "SKIPPED ({}) ({goal}{})",
+                ctx.engines
+                    .skip_reason(engine)
+                    .unwrap_or_else(|| "no run".into()),
+                if target { " — not judged" } else { "" }
+            ),
+        };
+        let _ = writeln!(
+            body,
+            "- {}: p50 with one client / the trivial server's: {line}",
+            engine.label()
+        );
+    }
+    let _ = writeln!(body, "\n![echo]({}/echo.svg)", ctx.report.svg_link);
     plot::panels(
         &ctx.report.svg_dir.join("echo.svg"),
         &[Panel {

@@ -23,6 +23,7 @@ mod plot;
 mod procinfo;
 mod stats;
 mod tally;
+mod trivial;
 mod verdict;
 
 use std::fmt;
