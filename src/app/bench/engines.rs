@@ -41,6 +41,9 @@ impl Engine {
 pub struct EngineSupport {
     /// `--engine` appears in its `--help`.
     pub flag: bool,
+    /// The plan leaves the event engine out of this measurement, and why (`--smoke` runs it
+    /// in one measurement only, to stay a few seconds).
+    pub left_out: Option<String>,
 }
 
 /// Whether a `--help` text documents the `--engine` flag (`hb-server --help | grep -- --engine`).
@@ -60,13 +63,25 @@ impl EngineSupport {
             .stderr(Stdio::null())
             .output()
             .is_ok_and(|o| help_has_engine(&String::from_utf8_lossy(&o.stdout)));
-        Self { flag }
+        Self {
+            flag,
+            left_out: None,
+        }
+    }
+
+    /// The same binary, with the event engine left out of one measurement for `why`.
+    pub fn leaving_out_events(&self, why: impl Into<String>) -> Self {
+        Self {
+            flag: self.flag,
+            left_out: Some(why.into()),
+        }
     }
 
     /// Why `engine` cannot be measured with this binary; None when it can.
     pub fn skip_reason(&self, engine: Engine) -> Option<String> {
         match (engine, self.flag) {
-            (Engine::Threads, _) | (Engine::Events, true) => None,
+            (Engine::Threads, _) => None,
+            (Engine::Events, true) => self.left_out.clone(),
             (Engine::Events, false) => Some(
                 "this hb-server has no `--engine` flag (its `--help` does not mention it: the \
                  event engine is not in this build)"
@@ -111,15 +126,25 @@ mod tests {
 
     #[test]
     fn events_are_skipped_without_the_flag() {
-        let old = EngineSupport { flag: false };
+        let old = EngineSupport {
+            flag: false,
+            left_out: None,
+        };
         assert_eq!(old.available(), vec![Engine::Threads]);
         assert!(old
             .skip_reason(Engine::Events)
             .unwrap()
             .contains("--engine"));
         assert!(old.args(Engine::Threads).is_empty());
-        let new = EngineSupport { flag: true };
+        let new = EngineSupport {
+            flag: true,
+            left_out: None,
+        };
         assert_eq!(new.available(), Engine::ALL.to_vec());
+        let smoke = new.leaving_out_events("smoke");
+        assert_eq!(smoke.available(), vec![Engine::Threads]);
+        assert_eq!(smoke.skip_reason(Engine::Events).as_deref(), Some("smoke"));
+        assert_eq!(smoke.args(Engine::Threads), vec!["--engine", "threads"]);
         assert_eq!(new.args(Engine::Events), vec!["--engine", "events"]);
         assert_eq!(new.args(Engine::Threads), vec!["--engine", "threads"]);
     }

@@ -60,6 +60,9 @@ pub fn refusal_kind(line: &str) -> Option<String> {
     Some(kind)
 }
 
+/// The shell script that lowers RLIMIT_NOFILE to `$1` and becomes the program after it.
+const LIMITED_EXEC: &str = "ulimit -n \"$1\" || exit 125; shift; exec \"$@\"";
+
 /// A child process under test, killed on drop.
 pub struct Peer {
     /// Short name for messages (`hb-server`, `ncat`, `redis-server`).
@@ -144,15 +147,36 @@ fn describe(bin: &Path, args: &[String]) -> String {
 impl Peer {
     /// Starts `hb-server` on 127.0.0.1, port 0, with `--defaults` and `extra` flags, in a
     /// scratch directory (so no stray configuration.json is read); waits for `listening on`.
-    pub fn hb_server(bin: &Path, extra: &[&str], scratch: &Path) -> Result<Self, BenchError> {
+    /// With `nofile`, its RLIMIT_NOFILE (soft and hard) is lowered to that first (a shell's
+    /// `ulimit -n`, then `exec`: the same process id, and no unsafe `pre_exec`).
+    pub fn hb_server_limited(
+        bin: &Path,
+        extra: &[&str],
+        scratch: &Path,
+        nofile: Option<u64>,
+    ) -> Result<Self, BenchError> {
         let mut args: Vec<String> = ["--defaults", "--host", "127.0.0.1", "--port", "0"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let command = describe(bin, &args);
-        let mut child = Command::new(bin)
-            .args(&args)
+        let mut command = describe(bin, &args);
+        let mut cmd = match nofile {
+            None => {
+                let mut c = Command::new(bin);
+                c.args(&args);
+                c
+            }
+            Some(n) => {
+                command = format!("ulimit -n {n}; {command}");
+                let mut c = Command::new("/bin/sh");
+                c.args(["-c", LIMITED_EXEC, "sh", &n.to_string()])
+                    .arg(bin)
+                    .args(&args);
+                c
+            }
+        };
+        let mut child = cmd
             .current_dir(scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -439,6 +463,15 @@ mod tests {
             "cannot start a thread: Resource temporarily unavailable (os error #)"
         );
         assert_eq!(refusal_kind("t #1 connected"), None);
+    }
+
+    #[test]
+    fn the_limit_applies_to_the_program_itself() {
+        let out = Command::new("/bin/sh")
+            .args(["-c", LIMITED_EXEC, "sh", "77", "/bin/sh", "-c", "ulimit -n"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "77");
     }
 
     #[test]
