@@ -702,10 +702,12 @@ pub fn connections(ctx: &Ctx) -> Result<Outcome, BenchError> {
     ));
     ctx.report.section(title, &body)?;
     let med = |v: &[f64]| Spread::of(v).map_or(f64::NAN, |s| s.median);
+    // Only when the event engine ran (an empty set would give a NaN median).
     if let Some(last) = ev_stock
         .iter()
         .map(|r| r.rows.last())
         .collect::<Option<Vec<_>>>()
+        .filter(|l| !l.is_empty())
     {
         numbers_ev.push((
             "ev_rss_per_conn_kib".into(),
