@@ -15,7 +15,10 @@
 //!        └───────── EOF / error      → closed, instant remembered
 //! ```
 //! Protocol-agnostic on purpose: the relay measurement speaks the line wire, `ncat --chat`
-//! and Redis RESP through the same loop; only heartbeat lines are handled here.
+//! and Redis RESP through the same loop; only heartbeat lines are handled here. With
+//! [`Dialect::Nats`] the heartbeat lines are NATS's instead (`INFO {..}` admits the
+//! connection and is answered with `CONNECT`; `PING` is answered with `PONG`), so the same
+//! loop can hold idle clients of nats-server for the idle-heartbeat comparison.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -100,8 +103,23 @@ pub struct ConnectReport {
     pub failed: usize,
 }
 
+/// The heartbeat protocol the load generator answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// hb's line wire: `HELLO ..`, `PING k` → `PONG k`, `END reason`.
+    #[default]
+    Line,
+    /// NATS: `INFO {..}` → [`NATS_CONNECT`] (admitted), `PING` → `PONG`, `-ERR '..'` ends.
+    Nats,
+}
+
+/// What a NATS client sends after the server's `INFO`: no `+OK` per operation (verbose
+/// off), so an idle client receives nothing but the server's `PING`s.
+pub const NATS_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n";
+
 /// The single-threaded load generator. See the module docs.
 pub struct LoadGen {
+    dialect: Dialect,
     epoll: OwnedFd,
     conns: Vec<Conn>,
     scratch: Vec<u8>,
@@ -141,11 +159,17 @@ impl LoadGen {
     /// A load generator with no connections.
     pub fn new() -> io::Result<Self> {
         Ok(Self {
+            dialect: Dialect::Line,
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             conns: Vec::new(),
             scratch: vec![0; 64 * 1024],
             events: Vec::with_capacity(EVENTS),
         })
+    }
+
+    /// Speaks `dialect` on every connection from now on.
+    pub fn set_dialect(&mut self, dialect: Dialect) {
+        self.dialect = dialect;
     }
 
     /// Every connection ever started, by id.
@@ -542,6 +566,12 @@ impl LoadGen {
     fn lines(&mut self, id: usize, out: &mut Vec<Incoming>) {
         let now = Instant::now();
         let lines = take_lines(&mut self.conns[id].rx);
+        if self.dialect == Dialect::Nats {
+            for line in lines {
+                self.nats_line(id, line, now, out);
+            }
+            return;
+        }
         for line in lines {
             let c = &mut self.conns[id];
             if line.starts_with(b"HELLO ") {
@@ -564,6 +594,28 @@ impl LoadGen {
         }
     }
 
+    fn nats_line(&mut self, id: usize, line: Vec<u8>, now: Instant, out: &mut Vec<Incoming>) {
+        let c = &mut self.conns[id];
+        if line.starts_with(b"INFO ") {
+            let first = c.hello_at.is_none();
+            c.hello_at.get_or_insert(now);
+            if first {
+                self.send(id, NATS_CONNECT);
+            }
+        } else if line == b"PING" {
+            c.pings += 1;
+            if c.answer_pings {
+                c.pongs += 1;
+                self.send(id, b"PONG\r\n");
+            }
+        } else if let Some(reason) = line.strip_prefix(b"-ERR ") {
+            c.end
+                .get_or_insert((String::from_utf8_lossy(reason).into_owned(), now));
+        } else {
+            out.push(Incoming { id, at: now, line });
+        }
+    }
+
     /// Runs the loop (answering heartbeats) for `d`, dropping other lines.
     pub fn idle_for(&mut self, d: Duration) -> io::Result<()> {
         let end = Instant::now() + d;
@@ -574,6 +626,11 @@ impl LoadGen {
             }
             self.poll(left.min(Duration::from_millis(50)))?;
         }
+    }
+
+    /// Total heartbeats received over all connections.
+    pub fn total_pings(&self) -> u64 {
+        self.conns.iter().map(|c| c.pings).sum()
     }
 
     /// Total heartbeats answered over all connections.
@@ -643,5 +700,32 @@ mod tests {
         assert_eq!((g.pings, g.pongs), (1, 0));
         assert_eq!(g.end.as_ref().unwrap().0, "heartbeat-timeout");
         assert_eq!(g.state, State::Closed);
+    }
+
+    #[test]
+    fn speaks_nats_when_asked() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut lg = LoadGen::new().unwrap();
+        lg.set_dialect(Dialect::Nats);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (ids, _) = lg
+            .connect_many(l.local_addr().unwrap(), 1, 8, false, deadline, |_| {})
+            .unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"INFO {\"server_id\":\"x\"}\r\nPING\r\nMSG a 1 0\r\n")
+            .unwrap();
+        let want = [NATS_CONNECT, b"PONG\r\n"].concat();
+        let mut buf = vec![0u8; want.len()];
+        let mut got = Vec::new();
+        while Instant::now() < deadline && got.is_empty() {
+            got.extend(lg.poll(Duration::from_millis(20)).unwrap());
+        }
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, want);
+        assert_eq!(got[0].line, b"MSG a 1 0");
+        let c = lg.conn(ids[0]);
+        assert!(c.hello_at.is_some());
+        assert_eq!((c.pings, c.pongs, lg.total_pings()), (1, 1, 1));
     }
 }

@@ -117,7 +117,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
     assert!(report.contains("| messages/s | p50 µs | p99 µs | gaps | lost |"));
     for row in report
         .lines()
-        .filter(|l| l.starts_with("| hb-server --mode chat | 10 |"))
+        .filter(|l| l.starts_with("| hb-server --mode chat (threads) | 10 |"))
     {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!((cells[7], cells[8]), ("0", "0"), "gaps/lost in {row}");
@@ -126,9 +126,30 @@ fn smoke_run_reports_numbers_for_every_measurement() {
     // fails the smoke run when the publisher sent nothing or a receiver that was not ended
     // got nothing).
     assert!(
-        report.contains("| hb-server --mode chat | 1 | "),
+        report.contains("| hb-server --mode chat (threads) | 1 | "),
         "no open-loop 1 → 1 row:\n{report}"
     );
+    // Issue 12: both engines side by side (the event engine's rows SKIPPED, visibly, by a
+    // build without `--engine`), nats-server beside the idle heartbeats, a trivial echo
+    // server beside the echo, and a fixed-rate relay.
+    // Smoke runs the event engine in the echo measurement only, when the build has it.
+    let events_skipped = report
+        .contains("| hb-server (events) | - | **SKIPPED**: this hb-server has no `--engine` flag");
+    let events_rows = report.contains("| hb-server (events) | 1 | ");
+    assert!(
+        events_skipped || events_rows,
+        "no event-engine echo row, measured or SKIPPED:\n{report}"
+    );
+    assert!(
+        report.contains("| hb-server (events) | **SKIPPED**: "),
+        "no visible SKIPPED event-engine row in the ghost table:\n{report}"
+    );
+    assert!(
+        report.contains("| nats-server | 50 | ") || report.contains("- nats-server: **SKIPPED**"),
+        "no nats-server row:\n{report}"
+    );
+    assert!(report.contains("| trivial blocking echo (in hb-bench) | 1 | "));
+    assert!(report.contains("| hb-server --mode chat (threads) | 10 | fixed 2,000 msg/s | "));
     assert!(
         !report.contains("| ncat --chat | 1 | "),
         "smoke runs hb-server only"
@@ -171,16 +192,19 @@ fn three_repeats_give_a_verdict_from_their_median() {
     let report = std::fs::read_to_string(&out).unwrap();
     assert!(report.contains("- repeats and windows: 3 repeat(s) of every measurement;"));
     // 20 ghosts closed in every repeat: a single value, not a range.
-    assert!(report.contains("\n| 20 | 20 | 0 | "), "{report}");
+    assert!(
+        report.contains("\n| hb-server (threads) | 20 | 20 | 20 | 0 | "),
+        "{report}"
+    );
     let targets = report
         .lines()
-        .find(|l| l.starts_with("Targets: p99 ≤ 50 ms"))
+        .find(|l| l.starts_with("- hb-server (threads): all closed: "))
         .unwrap_or_else(|| panic!("no targets line:\n{report}"));
     let judged = ["— **met**", "— **not met**", "— **inconclusive** ("];
     assert_eq!(
         targets.matches("— **").count(),
-        2,
-        "both targets judged: {targets}"
+        3,
+        "all three targets judged: {targets}"
     );
     assert!(judged.iter().any(|j| targets.contains(j)), "{targets}");
     assert!(!targets.contains("not judged"), "{targets}");
@@ -208,18 +232,18 @@ fn a_missing_peer_is_a_visible_skipped_row() {
         ("ncat --chat", "ncat"),
         ("redis PUBLISH/SUBSCRIBE", "redis-server"),
     ] {
-        for stuck in ["no", "yes (+1)"] {
+        for run in ["windowed", "windowed + stuck reader (+1)"] {
             let row = format!(
-                "| {peer} | 10 | {stuck} | **SKIPPED**: `{bin}` not on PATH (`apt-get install {bin}`) |"
+                "| {peer} | 10 | {run} | **SKIPPED**: `{bin}` not on PATH (`apt-get install {bin}`) |"
             );
             assert!(report.contains(&row), "no row {row}:\n{report}");
         }
     }
     assert!(report.contains(
-        "- 1→10: hb-server / ncat --chat: SKIPPED (`ncat` not on PATH (`apt-get install ncat`)) (target ≥ 1× — not judged)"
+        "- 1→10: hb-server (threads) / ncat --chat: SKIPPED (`ncat` not on PATH (`apt-get install ncat`)) (target ≥ 1× — not judged)"
     ), "{report}");
     // Our own server's rows are still measured.
-    assert!(report.contains("| hb-server --mode chat | 10 | no | "));
+    assert!(report.contains("| hb-server --mode chat (threads) | 10 | windowed | "));
 }
 
 #[test]

@@ -1,20 +1,26 @@
 //! `hb-bench`: measures the real `hb-server` from outside and writes `BENCHMARKS.md`.
 //!
 //! ```text
-//!   hb-bench ── spawns ──> hb-server (child, loopback, port 0)   ncat --chat   redis-server
+//!   hb-bench ── spawns ──> hb-server --engine threads|events (child, loopback, port 0)
+//!      │                   ncat --chat   redis-server   nats-server
 //!      │                       ▲ RSS, threads, CPU, maps from /proc/PID
-//!      └── one thread: net::loadgen (epoll, thousands of non-blocking client sockets)
+//!      ├── one thread: net::loadgen (epoll, thousands of non-blocking client sockets)
+//!      └── its own threads: a trivial blocking echo server (the echo yardstick)
 //! ```
-//! Measurements, in order: connections held, heartbeat overhead, ghost detection latency,
-//! echo round trip, chat relay throughput closed loop (a bounded window in flight: latency)
-//! and open loop (a publisher as fast as the server accepts: throughput, readers ended,
-//! a stuck reader), both against ncat and Redis. Each runs `--repeats`
+//! Measurements, in order: connections held, heartbeat overhead (against nats-server's
+//! PING/PONG), ghost detection latency, echo round trip (against a trivial blocking echo
+//! server), chat relay closed loop (a bounded window in flight: latency) and at a fixed rate,
+//! and open loop (a publisher as fast as the server accepts: throughput, readers ended, a
+//! stuck reader), against ncat and Redis. Both of hb-server's engines run side by side with
+//! the peers; a binary without `--engine` (see `engines`) has its events rows SKIPPED with
+//! the reason. Each runs `--repeats`
 //! times (3 by default, fresh servers each time), prints its numbers, appends a section to
 //! the report (cells: median (min..max) of the repeats) and draws one SVG. Targets are judged
 //! on the median and only when every repeat agrees (see `verdict`). `--quick` fits in about
-//! three minutes with 3 repeats, `--smoke` runs tiny versions once and only checks that every
+//! five minutes with 3 repeats, `--smoke` runs tiny versions once and only checks that every
 //! measurement produced numbers (its verdicts say "not judged").
 
+mod engines;
 mod measure;
 mod openloop;
 mod peers;
@@ -22,6 +28,7 @@ mod plot;
 mod procinfo;
 mod stats;
 mod tally;
+mod trivial;
 mod verdict;
 
 use std::fmt;
@@ -35,10 +42,12 @@ pub use procinfo::Machine;
 
 /// Measures hb-server against real peers and writes BENCHMARKS.md.
 ///
-/// Starts the hb-server found next to this executable (and, when installed, `ncat --chat`
-/// and `redis-server`: `apt-get install ncat redis-server`; a missing peer is skipped with a
-/// note) on 127.0.0.1, drives it with one thread of non-blocking client sockets, and reads
-/// its RSS, threads and CPU from /proc. Only loopback addresses are used.
+/// Starts the hb-server found next to this executable, with each of its engines
+/// (`--engine threads|events`; a build without the flag has its events rows SKIPPED), and,
+/// when installed, `ncat --chat`, `redis-server` and `nats-server` (`apt-get install ncat
+/// redis-server nats-server`; a missing peer is skipped with a note) on 127.0.0.1, drives
+/// them with one thread of non-blocking client sockets, and reads their RSS, threads and CPU
+/// from /proc. Only loopback addresses are used.
 ///
 /// Every measurement is repeated (--repeats, default 3) with fresh servers; a target is met
 /// or not met on the median only when all repeats agree, and `inconclusive` otherwise.
@@ -51,7 +60,7 @@ pub use procinfo::Machine;
 #[derive(Debug, Parser)]
 #[command(name = "hb-bench", version)]
 pub struct BenchArgs {
-    /// Shorter windows and fewer steps: finishes in about four minutes with 3 repeats
+    /// Shorter windows and fewer steps: finishes in about five minutes with 3 repeats
     #[arg(long, conflicts_with = "smoke")]
     pub quick: bool,
     /// Tiny versions of every measurement, once (verdicts are not judged); checks that each
@@ -66,7 +75,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub server: Option<PathBuf>,
     /// Run only these measurements (1 connections, 2 heartbeat overhead, 3 detection,
-    /// 4 echo, 5 relay closed loop, 6 relay open loop), comma-separated
+    /// 4 echo, 5 relay closed loop and fixed rate, 6 relay open loop), comma-separated
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
     pub only: Vec<u8>,
     /// Repeat every measurement N times; verdicts come from the median and say
@@ -153,6 +162,8 @@ pub struct Plan {
     /// The raised run also holds a step halfway between the last stock step and the cap
     /// (false: straight to the cap, to save time).
     pub raised_midpoint: bool,
+    /// The event engine's RLIMIT_NOFILE in section 1's limit run (bounded by hb-bench's own).
+    pub events_nofile: u64,
     /// Connections for the heartbeat-overhead measurement.
     pub hb_conns: Vec<usize>,
     /// Its heartbeat interval (= idle, count 1).
@@ -173,6 +184,12 @@ pub struct Plan {
     pub relay_receivers: Vec<usize>,
     /// Relay window per run.
     pub relay_window: Duration,
+    /// Fixed-rate relay (section 5): messages per second.
+    pub fixed_rate: f64,
+    /// Its receivers.
+    pub fixed_receivers: usize,
+    /// Its window.
+    pub fixed_window: Duration,
     /// Open-loop relay: receivers per run, in turn (one publisher each).
     pub open_receivers: Vec<usize>,
     /// Open-loop publisher window.
@@ -187,6 +204,9 @@ pub struct Plan {
     pub open_drain: Duration,
     /// Run ncat and Redis beside hb-server (false: hb-server only).
     pub open_peers: bool,
+    /// The only measurement the event engine runs in (None: every one). `--smoke` adds one
+    /// tiny events run instead of doubling every measurement.
+    pub events_only_in: Option<u8>,
 }
 
 impl Plan {
@@ -205,6 +225,7 @@ impl Plan {
                 stock_max_conns: Some(30),
                 capacity_try: 60,
                 raised_midpoint: true,
+                events_nofile: 100,
                 hb_conns: vec![50],
                 hb_interval: "0.1",
                 hb_window: ms(600),
@@ -215,12 +236,16 @@ impl Plan {
                 echo_window: ms(300),
                 relay_receivers: vec![10],
                 relay_window: ms(400),
+                fixed_rate: 2000.0,
+                fixed_receivers: 10,
+                fixed_window: ms(300),
                 open_receivers: vec![1],
                 open_window: ms(300),
                 open_stuck_window: None,
                 open_stuck_peer_window: ms(300),
                 open_drain: s(1),
                 open_peers: false,
+                events_only_in: Some(4),
             }
         } else if args.quick {
             Self {
@@ -232,7 +257,10 @@ impl Plan {
                 stock_max_conns: None,
                 capacity_try: 19_000,
                 raised_midpoint: false,
-                hb_conns: vec![4000],
+                // The nats-server comparison at 8,000 (issue 12) with a 2 s interval instead of 10 s:
+                // three servers × three repeats of a 10 s round would add minutes.
+                events_nofile: 4096,
+                hb_conns: vec![8000],
                 hb_interval: "2",
                 hb_window: s(2),
                 ghosts: 1000,
@@ -244,12 +272,17 @@ impl Plan {
                 echo_window: ms(500),
                 relay_receivers: vec![10, 100],
                 relay_window: ms(500),
+                fixed_rate: 10_000.0,
+                fixed_receivers: 100,
+                fixed_window: s(1),
                 open_receivers: vec![1, 10, 100],
-                open_window: ms(750),
+                // 0.5 s (0.75 s before issue 12) so both engines fit in about five minutes.
+                open_window: ms(500),
                 open_stuck_window: Some(s(5)),
                 open_stuck_peer_window: s(2),
                 open_drain: s(2),
                 open_peers: true,
+                events_only_in: None,
             }
         } else {
             Self {
@@ -261,9 +294,10 @@ impl Plan {
                 stock_max_conns: None,
                 capacity_try: 19_000,
                 raised_midpoint: true,
-                hb_conns: vec![2000, 4000, 8000],
-                hb_interval: "2",
-                hb_window: s(15),
+                events_nofile: 16384,
+                hb_conns: vec![8000],
+                hb_interval: "10",
+                hb_window: s(10),
                 ghosts: 1000,
                 ghost_interval: "1",
                 ghost_count: 3,
@@ -271,12 +305,16 @@ impl Plan {
                 echo_window: s(10),
                 relay_receivers: vec![10, 100],
                 relay_window: s(10),
+                fixed_rate: 10_000.0,
+                fixed_receivers: 100,
+                fixed_window: s(5),
                 open_receivers: vec![1, 10, 100],
                 open_window: s(5),
                 open_stuck_window: Some(s(5)),
                 open_stuck_peer_window: s(5),
                 open_drain: s(2),
                 open_peers: true,
+                events_only_in: None,
             }
         }
     }
@@ -290,10 +328,10 @@ impl Plan {
         let steps: Vec<String> = self.steps.iter().map(usize::to_string).collect();
         format!(
             "{} repeat(s) of every measurement{}; windows: connections held {} per step \
-             (steps {}; {} past the ceiling), heartbeat overhead {}, ghost detection \
-             interval {} s × count {}, echo {} per client count, relay closed loop {} per run \
-             ({} with a stuck reader), relay open loop {} per run ({} with a stuck reader, {} \
-             for the peers' stuck-reader runs){}",
+             (steps {}; {} past the ceiling), heartbeat overhead {} at interval {} s, ghost \
+             detection interval {} s × count {}, echo {} per client count, relay closed loop \
+             {} per run ({} with a stuck reader), fixed rate {} per run, relay open loop {} \
+             per run ({} with a stuck reader, {} for the peers' stuck-reader runs){}",
             self.repeats,
             if self.repeats < verdict::MIN_REPEATS {
                 format!(
@@ -307,16 +345,18 @@ impl Plan {
             steps.join(", "),
             secs((self.hold / 3).max(Duration::from_millis(300))),
             secs(self.hb_window),
+            self.hb_interval,
             self.ghost_interval,
             self.ghost_count,
             secs(self.echo_window),
             secs(self.relay_window),
             secs(self.relay_window * 2),
+            secs(self.fixed_window),
             secs(self.open_window),
             self.open_stuck_window.map_or("no run".into(), secs),
             secs(self.open_stuck_peer_window),
             if self.name == "quick" {
-                " (quick: windows shortened so three repeats fit in about four minutes)"
+                " (quick: windows shortened so three repeats fit in about five minutes)"
             } else {
                 ""
             }
@@ -515,6 +555,10 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         None => peers::sibling_binary("hb-server")?,
     };
     let machine = Machine::probe();
+    let engines = engines::EngineSupport::probe(&server);
+    if let Some(why) = engines.skip_reason(engines::Engine::Events) {
+        eprintln!("hb-bench: hb-server --engine events: SKIPPED: {why}");
+    }
     let report = Report::open(args, &plan, &machine)?;
     eprintln!(
         "hb-bench: plan {}; {}; {}",
@@ -525,12 +569,19 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let scratch = std::env::temp_dir().join(format!("hb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .map_err(BenchError::io(format!("creating {}", scratch.display())))?;
-    let ctx = measure::Ctx {
+    let smoke_engines = plan.events_only_in.map(|n| {
+        engines.leaving_out_events(format!("{} runs it in measurement {n} only", plan.name))
+    });
+    let ctx_for = |n: u8| measure::Ctx {
         plan: &plan,
         server: &server,
         scratch: &scratch,
         report: &report,
         machine: &machine,
+        engines: match (&smoke_engines, plan.events_only_in) {
+            (Some(e), Some(only)) if only != n => e,
+            _ => &engines,
+        },
     };
     let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
     let all: [(u8, Measurement); 6] = [
@@ -547,7 +598,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
             continue;
         }
         let began = Instant::now();
-        let result = f(&ctx);
+        let result = f(&ctx_for(n));
         eprintln!(
             "hb-bench: measurement {n} took {:.1} s",
             began.elapsed().as_secs_f64()

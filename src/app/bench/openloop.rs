@@ -28,7 +28,8 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::Timespec;
 
-use super::measure::{peer_missing, start_peer, Ctx, Kind};
+use super::engines::Engine;
+use super::measure::{peer_missing, start_peer, Ctx, Kind, KINDS};
 use super::peers::{hb_accepts_stall, resp_command, Peer};
 use super::plot;
 use super::tally::{self, GapMeter, OpenStats, ReceiverOutcome, Tally};
@@ -65,7 +66,7 @@ fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> BenchError {
 /// `PUBLISH bench <payload>`. Every message of a kind has the same length.
 pub fn open_frame(kind: Kind, seq: u64, out: &mut Vec<u8>) {
     match kind {
-        Kind::Hb => {
+        Kind::Hb(_) => {
             out.extend_from_slice(b"MSG ");
             tally::payload(seq, out);
             out.push(b'\n');
@@ -89,7 +90,7 @@ pub fn open_frame(kind: Kind, seq: u64, out: &mut Vec<u8>) {
 /// What the receivers send first: a name, a subscription, or nothing (ncat).
 fn join(kind: Kind, name: &str) -> Vec<u8> {
     match kind {
-        Kind::Hb => format!("JOIN {name}\n").into_bytes(),
+        Kind::Hb(_) => format!("JOIN {name}\n").into_bytes(),
         Kind::Redis => resp_command(&[b"SUBSCRIBE", b"bench"]),
         Kind::Ncat => Vec::new(),
     }
@@ -511,7 +512,7 @@ fn open_run(
         None
     };
     let stuck_id = stuck.then_some(receivers);
-    let publisher = if kind == Kind::Hb {
+    let publisher = if kind.is_hb() {
         connect_greeted(peer.addr, None, b"JOIN publisher\n")?.0
     } else if kind == Kind::Ncat {
         connect_greeted(peer.addr, None, b"")?.0
@@ -646,7 +647,7 @@ fn open_run(
         };
         if let Some(who) = stuck_addr {
             match kind {
-                Kind::Hb => {
+                Kind::Hb(_) => {
                     // `#N 127.0.0.1:PORT END slow-consumer ...`: the stuck reader's own line.
                     let needle = format!(" {who} ");
                     if let Some((line, at)) = peer
@@ -718,6 +719,16 @@ fn ratios(runs: &Runs, a: (Kind, usize, bool), b: (Kind, usize, bool)) -> Option
     )
 }
 
+/// The open-loop deliveries/s target of `engine` against a peer: the thread engine (issue
+/// 10) at least half of either; the event engine (issue 12) at least ncat's and 1.5× Redis's.
+pub fn ratio_goal(engine: Engine, other: Kind) -> f64 {
+    match (engine, other) {
+        (Engine::Events, Kind::Redis) => 1.5,
+        (Engine::Events, _) => 1.0,
+        (Engine::Threads, _) => 0.5,
+    }
+}
+
 /// Healthy receivers beside the stuck reader.
 const STUCK_AMONG: usize = 10;
 
@@ -741,11 +752,7 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
     } else {
         &[]
     };
-    let kinds: &[Kind] = if p.open_peers {
-        &[Kind::Hb, Kind::Ncat, Kind::Redis]
-    } else {
-        &[Kind::Hb]
-    };
+    let kinds: &[Kind] = if p.open_peers { &KINDS } else { &KINDS[..2] };
     let plan = runs_of(p);
     let mut runs: Runs = HashMap::new();
     let mut skipped: HashMap<Kind, String> = HashMap::new();
@@ -755,7 +762,7 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
             if skipped.contains_key(&kind) {
                 continue;
             }
-            if let Some(why) = peer_missing(kind) {
+            if let Some(why) = peer_missing(kind, ctx) {
                 eprintln!("hb-bench: {}: SKIPPED: {why}", kind.name());
                 skipped.insert(kind, why);
                 continue;
@@ -767,7 +774,7 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
                         skipped.insert(kind, "not installed".into());
                         break;
                     }
-                    Err(e) if kind != Kind::Hb => {
+                    Err(e) if !kind.is_hb() => {
                         let why = format!("could not be started: {e}");
                         eprintln!("hb-bench: {}: SKIPPED: {why}", kind.name());
                         skipped.insert(kind, why);
@@ -777,7 +784,7 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 };
                 commands.entry(kind).or_insert_with(|| peer.command.clone());
                 let window = match (stuck, p.open_stuck_window) {
-                    (true, Some(_)) if kind != Kind::Hb => p.open_stuck_peer_window,
+                    (true, Some(_)) if !kind.is_hb() => p.open_stuck_peer_window,
                     (true, Some(w)) => w,
                     _ => p.open_window,
                 };
@@ -841,11 +848,7 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 .get(&(kind, n, stuck))
                 .and_then(|rs| Spread::of(&col(rs, |r| r.stats.deliveries_per_s)))
             {
-                let short = match kind {
-                    Kind::Hb => "hb",
-                    Kind::Ncat => "ncat",
-                    Kind::Redis => "redis",
-                };
+                let short = kind.short();
                 let tag = if stuck { "+stuck" } else { "" };
                 bars.push((format!("{short} 1→{n}{tag}"), s.median));
             }
@@ -864,17 +867,21 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
             .and_then(|rs| Spread::of(&col(rs, f)))
             .map(|s| s.median)
     };
-    for &(n, stuck) in &plan {
-        let tag = if stuck { "_stuck" } else { "" };
-        let key = (Kind::Hb, n, stuck);
-        if let Some(v) = median(key, |r| r.stats.deliveries_per_s) {
-            numbers.push((format!("hb_open_1to{n}{tag}_deliveries_per_s"), v));
-        }
-        if let Some(v) = median(key, |r| r.stats.ended as f64) {
-            numbers.push((format!("hb_open_1to{n}{tag}_ended"), v));
-        }
-        if let Some(v) = median(key, |r| r.stats.lost as f64) {
-            numbers.push((format!("hb_open_1to{n}{tag}_lost"), v));
+    for engine in Engine::ALL {
+        let hb = Kind::Hb(engine);
+        let short = hb.short();
+        for &(n, stuck) in &plan {
+            let tag = if stuck { "_stuck" } else { "" };
+            let key = (hb, n, stuck);
+            if let Some(v) = median(key, |r| r.stats.deliveries_per_s) {
+                numbers.push((format!("{short}_open_1to{n}{tag}_deliveries_per_s"), v));
+            }
+            if let Some(v) = median(key, |r| r.stats.ended as f64) {
+                numbers.push((format!("{short}_open_1to{n}{tag}_ended"), v));
+            }
+            if let Some(v) = median(key, |r| r.stats.lost as f64) {
+                numbers.push((format!("{short}_open_1to{n}{tag}_lost"), v));
+            }
         }
     }
     Ok(Outcome {
@@ -938,7 +945,7 @@ fn report(
             (None, None) => {}
         }
     }
-    if !stall_flag && kinds.contains(&Kind::Hb) {
+    if !stall_flag {
         body.push_str(
             "- this hb-server has no `--stall` flag (built before flow control): it ran with \
              its own slow-consumer rule; the targets still use the contract's 500 ms\n",
@@ -991,42 +998,57 @@ fn report(
             errors.join("; ")
         );
     }
-    body.push_str("\nTargets (hb-server, thread engine):\n\n");
-    for &(n, _) in plan.iter().filter(|(_, s)| !s) {
-        let Some(rs) = runs.get(&(Kind::Hb, n, false)) else {
+    for engine in Engine::ALL {
+        let hb = Kind::Hb(engine);
+        let _ = writeln!(body, "\nTargets ({}):\n", engine.label());
+        if let Some(why) = skipped.get(&hb) {
+            let _ = writeln!(
+                body,
+                "- SKIPPED ({why}): deliveries/s ≥ {}× ncat and ≥ {}× Redis — not judged",
+                ratio_goal(engine, Kind::Ncat),
+                ratio_goal(engine, Kind::Redis)
+            );
             continue;
-        };
-        let ended = col(rs, |r| r.stats.ended as f64);
-        let lost = col(rs, |r| r.stats.lost as f64);
-        let _ = writeln!(
-            body,
-            "- 1 → {n}: zero readers ended: {} — {}; zero messages lost: {} — {}",
-            verdict::cell(&ended, 0),
-            judge(&ended, Goal::AtMost(0.0), min),
-            verdict::cell(&lost, 0),
-            judge(&lost, Goal::AtMost(0.0), min)
-        );
-        for other in [Kind::Ncat, Kind::Redis] {
-            if !kinds.contains(&other) {
+        }
+        for &(n, _) in plan.iter().filter(|(_, s)| !s) {
+            let Some(rs) = runs.get(&(hb, n, false)) else {
                 continue;
-            }
-            match ratios(runs, (Kind::Hb, n, false), (other, n, false)) {
-                Some(r) => {
-                    let _ = writeln!(
-                        body,
-                        "- 1 → {n}: deliveries/s hb-server / {} = {}× (target ≥ 0.5× — {})",
-                        other.name(),
-                        verdict::cell(&r, 2),
-                        judge(&r, Goal::AtLeast(0.5), min)
-                    );
+            };
+            let ended = col(rs, |r| r.stats.ended as f64);
+            let lost = col(rs, |r| r.stats.lost as f64);
+            let _ = writeln!(
+                body,
+                "- 1 → {n}: zero readers ended: {} — {}; zero messages lost: {} — {}",
+                verdict::cell(&ended, 0),
+                judge(&ended, Goal::AtMost(0.0), min),
+                verdict::cell(&lost, 0),
+                judge(&lost, Goal::AtMost(0.0), min)
+            );
+            for other in [Kind::Ncat, Kind::Redis] {
+                if !kinds.contains(&other) {
+                    continue;
                 }
-                None => {
-                    let why = skipped.get(&other).map_or("no run", String::as_str);
-                    let _ = writeln!(
-                        body,
-                        "- 1 → {n}: hb-server / {}: SKIPPED ({why}) (target ≥ 0.5× — not judged)",
-                        other.name()
-                    );
+                let goal = ratio_goal(engine, other);
+                match ratios(runs, (hb, n, false), (other, n, false)) {
+                    Some(r) => {
+                        let _ = writeln!(
+                            body,
+                            "- 1 → {n}: deliveries/s {} / {} = {}× (target ≥ {goal}× — {})",
+                            engine.label(),
+                            other.name(),
+                            verdict::cell(&r, 2),
+                            judge(&r, Goal::AtLeast(goal), min)
+                        );
+                    }
+                    None => {
+                        let why = skipped.get(&other).map_or("no run", String::as_str);
+                        let _ = writeln!(
+                            body,
+                            "- 1 → {n}: {} / {}: SKIPPED ({why}) (target ≥ {goal}× — not judged)",
+                            engine.label(),
+                            other.name()
+                        );
+                    }
                 }
             }
         }
@@ -1125,7 +1147,23 @@ fn stuck_table(body: &mut String, runs: &Runs, kinds: &[Kind], n: usize, min: us
             fates.join("<br>")
         );
     }
-    let Some(rs) = runs.get(&(Kind::Hb, n, true)) else {
+    for engine in Engine::ALL {
+        stuck_targets(body, runs, &pct, &ended_after, engine, n, min);
+    }
+}
+
+/// The stuck-reader targets of one engine (the same for both: flow control is the core's).
+fn stuck_targets(
+    body: &mut String,
+    runs: &Runs,
+    pct: &dyn Fn(Kind) -> Option<Vec<f64>>,
+    ended_after: &dyn Fn(&[OpenRun]) -> Vec<f64>,
+    engine: Engine,
+    n: usize,
+    min: usize,
+) {
+    let hb = Kind::Hb(engine);
+    let Some(rs) = runs.get(&(hb, n, true)) else {
         return;
     };
     let stall_ms = ms(STALL);
@@ -1142,13 +1180,14 @@ fn stuck_table(body: &mut String, runs: &Runs, kinds: &[Kind], n: usize, min: us
         .collect();
     let _ = writeln!(
         body,
-        "\nTargets (hb-server, `--stall` 500 ms):\n\n\
+        "\nTargets ({}, `--stall` 500 ms):\n\n\
          - the stuck reader is ended within --stall + 100 ms of holding the senders back (the \
          server's log line `held its senders back for MS ms`; the time before that is the \
          kernel's and the queue's buffers filling): {} ms — {}\n\
          - (for the record) ended after the publisher's start: {} ms\n\
          - the healthy receivers keep ≥ 90% of their 1 → {n} rate: {}% — {}\n\
          - longest pause of a healthy receiver ≤ --stall + 50 ms: {} ms — {}",
+        engine.label(),
         if held.iter().all(|x| x.is_infinite()) {
             "not in the log".to_string()
         } else {
@@ -1160,8 +1199,8 @@ fn stuck_table(body: &mut String, runs: &Runs, kinds: &[Kind], n: usize, min: us
         } else {
             verdict::cell(&after, 0)
         },
-        pct(Kind::Hb).map_or("-".into(), |p| verdict::cell(&p, 0)),
-        pct(Kind::Hb).map_or(verdict::Verdict::NotJudged("no 1 → 10 run".into()), |p| {
+        pct(hb).map_or("-".into(), |p| verdict::cell(&p, 0)),
+        pct(hb).map_or(verdict::Verdict::NotJudged("no 1 → 10 run".into()), |p| {
             judge(&p, Goal::AtLeast(90.0), min)
         }),
         verdict::cell(&pause, 0),
@@ -1183,7 +1222,7 @@ mod tests {
 
     #[test]
     fn frames_have_one_length_per_kind() {
-        for kind in [Kind::Hb, Kind::Ncat, Kind::Redis] {
+        for kind in KINDS {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             open_frame(kind, 1, &mut a);
             open_frame(kind, 123_456_789, &mut b);
@@ -1199,7 +1238,7 @@ mod tests {
         tally::payload(5, &mut want);
         assert_eq!(r, resp_command(&[b"PUBLISH", b"bench", &want]));
         let mut h = Vec::new();
-        open_frame(Kind::Hb, 5, &mut h);
+        open_frame(Kind::Hb(Engine::Threads), 5, &mut h);
         assert_eq!(h.len(), 4 + tally::PAYLOAD + 1);
     }
 
@@ -1213,7 +1252,11 @@ mod tests {
             srv.read_to_end(&mut all).unwrap();
             all
         });
-        let p = publish(&c, Kind::Hb, Instant::now() + Duration::from_millis(50));
+        let p = publish(
+            &c,
+            Kind::Hb(Engine::Events),
+            Instant::now() + Duration::from_millis(50),
+        );
         drop(c);
         let all = reader.join().unwrap();
         assert!(p.error.is_none());

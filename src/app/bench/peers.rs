@@ -60,6 +60,9 @@ pub fn refusal_kind(line: &str) -> Option<String> {
     Some(kind)
 }
 
+/// The shell script that lowers RLIMIT_NOFILE to `$1` and becomes the program after it.
+const LIMITED_EXEC: &str = "ulimit -n \"$1\" || exit 125; shift; exec \"$@\"";
+
 /// A child process under test, killed on drop.
 pub struct Peer {
     /// Short name for messages (`hb-server`, `ncat`, `redis-server`).
@@ -144,15 +147,36 @@ fn describe(bin: &Path, args: &[String]) -> String {
 impl Peer {
     /// Starts `hb-server` on 127.0.0.1, port 0, with `--defaults` and `extra` flags, in a
     /// scratch directory (so no stray configuration.json is read); waits for `listening on`.
-    pub fn hb_server(bin: &Path, extra: &[&str], scratch: &Path) -> Result<Self, BenchError> {
+    /// With `nofile`, its RLIMIT_NOFILE (soft and hard) is lowered to that first (a shell's
+    /// `ulimit -n`, then `exec`: the same process id, and no unsafe `pre_exec`).
+    pub fn hb_server_limited(
+        bin: &Path,
+        extra: &[&str],
+        scratch: &Path,
+        nofile: Option<u64>,
+    ) -> Result<Self, BenchError> {
         let mut args: Vec<String> = ["--defaults", "--host", "127.0.0.1", "--port", "0"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let command = describe(bin, &args);
-        let mut child = Command::new(bin)
-            .args(&args)
+        let mut command = describe(bin, &args);
+        let mut cmd = match nofile {
+            None => {
+                let mut c = Command::new(bin);
+                c.args(&args);
+                c
+            }
+            Some(n) => {
+                command = format!("ulimit -n {n}; {command}");
+                let mut c = Command::new("/bin/sh");
+                c.args(["-c", LIMITED_EXEC, "sh", &n.to_string()])
+                    .arg(bin)
+                    .args(&args);
+                c
+            }
+        };
+        let mut child = cmd
             .current_dir(scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -322,6 +346,24 @@ impl Peer {
         Self::external("redis-server", bin, args, port, false)
     }
 
+    /// Starts `nats-server` on loopback with `ping_interval` (the NATS term for its
+    /// heartbeat) from a configuration file written to `scratch`.
+    pub fn nats(bin: &Path, scratch: &Path, ping_interval: &str) -> Result<Self, BenchError> {
+        let port = free_port()?;
+        let conf = scratch.join(format!("nats-{port}.conf"));
+        std::fs::write(&conf, nats_config(port, ping_interval)).map_err(|e| BenchError::Io {
+            context: format!("writing {}", conf.display()),
+            source: e,
+        })?;
+        let args = vec!["-c".to_string(), conf.display().to_string()];
+        let mut peer = Self::external("nats-server", bin, args, port, true)?;
+        peer.command = format!(
+            "nats-server -c nats.conf (ping_interval: \"{}s\", port {port})",
+            ping_interval
+        );
+        Ok(peer)
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -381,6 +423,12 @@ impl Drop for Peer {
     }
 }
 
+/// nats-server's configuration: loopback, `port`, a server PING every `ping_interval`
+/// seconds (`ping_max` stays at its default, 2).
+pub fn nats_config(port: u16, ping_interval: &str) -> String {
+    format!("host: 127.0.0.1\nport: {port}\nping_interval: \"{ping_interval}s\"\n")
+}
+
 /// One Redis command in RESP: an array of bulk strings.
 pub fn resp_command(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", parts.len()).into_bytes();
@@ -415,6 +463,23 @@ mod tests {
             "cannot start a thread: Resource temporarily unavailable (os error #)"
         );
         assert_eq!(refusal_kind("t #1 connected"), None);
+    }
+
+    #[test]
+    fn the_limit_applies_to_the_program_itself() {
+        let out = Command::new("/bin/sh")
+            .args(["-c", LIMITED_EXEC, "sh", "77", "/bin/sh", "-c", "ulimit -n"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "77");
+    }
+
+    #[test]
+    fn nats_pings_at_the_interval_asked() {
+        assert_eq!(
+            nats_config(4222, "10"),
+            "host: 127.0.0.1\nport: 4222\nping_interval: \"10s\"\n"
+        );
     }
 
     #[test]
