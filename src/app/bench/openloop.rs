@@ -693,7 +693,12 @@ fn open_run(
 
 /// `... held its senders back for 503 ms ...` → 503.
 fn held_ms(line: &str) -> Option<f64> {
-    let rest = line.split("held its senders back for ").nth(1)?;
+    // The socket-stalled form is an upper bound on the hold: the senders were held only
+    // once the queue behind that full socket had filled too.
+    let rest = line
+        .split("held its senders back for ")
+        .nth(1)
+        .or_else(|| line.split("its socket accepted nothing for ").nth(1))?;
     rest.split(' ').next()?.parse().ok()
 }
 
@@ -1182,7 +1187,8 @@ fn stuck_targets(
         body,
         "\nTargets ({}, `--stall` 500 ms):\n\n\
          - the stuck reader is ended within --stall + 100 ms of holding the senders back (the \
-         server's log line `held its senders back for MS ms`; the time before that is the \
+         server's log line `held its senders back for MS ms`, or `its socket accepted nothing for MS \
+         ms`, an upper bound on the hold; the time before that is the \
          kernel's and the queue's buffers filling): {} ms — {}\n\
          - (for the record) ended after the publisher's start: {} ms\n\
          - the healthy receivers keep ≥ 90% of their 1 → {n} rate: {}% — {}\n\
@@ -1218,6 +1224,10 @@ mod tests {
                  for 503 ms without catching up";
         assert_eq!(held_ms(l), Some(503.0));
         assert_eq!(held_ms("#1 x closed"), None);
+        assert_eq!(
+            held_ms("#3 y slow consumer: its socket accepted nothing for 501 ms"),
+            Some(501.0)
+        );
     }
 
     #[test]

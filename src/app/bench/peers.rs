@@ -229,7 +229,7 @@ impl Peer {
                     }
                 } else if line.contains("END heartbeat-timeout") {
                     l.hb_timeouts += 1;
-                } else if line.contains("held its senders back for") {
+                } else if line.contains(" slow consumer: ") {
                     if l.held_back_lines.len() < MAX_SLOW_LINES {
                         l.held_back_lines
                             .push((line.trim_end().to_owned(), Instant::now()));
