@@ -621,6 +621,13 @@ impl Session {
         !self.is_open()
     }
 
+    /// True once nothing more can be queued: what the queue holds (ending with `END`) is the
+    /// last the connection sends, so an engine may hold it back to leave in one segment with
+    /// its FIN (`MSG_MORE`), sparing the client a second wake-up.
+    pub fn is_final_flush(&self) -> bool {
+        self.is_ending() && !self.give_up
+    }
+
     /// Why the session is ending, once it is.
     pub fn end_reason(&self) -> Option<EndReason> {
         match self.end {

@@ -21,7 +21,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +42,7 @@ use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Staged};
 use crate::net::server::{
-    is_fd_exhaustion, listen, write_refusal, ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
+    is_fd_exhaustion, listen, send_now, write_refusal, ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
 };
 
 /// Most bytes one wake-up reads from one client before its lines are handled.
@@ -396,7 +396,8 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
                 if a.is_empty() {
                     break;
                 }
-                match stream.try_write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+                let last = s.is_final_flush();
+                match stream.try_io(Interest::WRITABLE, || send_now(&stream, a, b, last)) {
                     Ok(n) => caught_up |= s.handle_written(now, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         s.handle_write_blocked(now);

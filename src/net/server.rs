@@ -769,17 +769,23 @@ fn input_waiting(conn: &Conn) {
 }
 
 /// Sends what the socket takes now of `a` then `b`, without blocking (one vectored send).
-fn send_now(stream: &TcpStream, a: &[u8], b: &[u8]) -> io::Result<usize> {
+/// `last`: these are the connection's last bytes, and its FIN follows at once
+/// ([`Session::is_final_flush`]); they are held (`MSG_MORE`) to leave in one segment with it.
+pub(crate) fn send_now(
+    stream: &impl std::os::fd::AsFd,
+    a: &[u8],
+    b: &[u8],
+    last: bool,
+) -> io::Result<usize> {
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
     let iov = [io::IoSlice::new(a), io::IoSlice::new(b)];
     let iov = if b.is_empty() { &iov[..1] } else { &iov[..] };
+    let mut flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    if last {
+        flags |= SendFlags::MORE;
+    }
     loop {
-        match sendmsg(
-            stream,
-            iov,
-            &mut SendAncillaryBuffer::default(),
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-        ) {
+        match sendmsg(stream, iov, &mut SendAncillaryBuffer::default(), flags) {
             Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -813,7 +819,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
         if s.poll_close().is_none() {
             let (a, b) = s.peek_transmit();
             if !a.is_empty() {
-                wrote = Some(send_now(conn.stream(), a, b));
+                wrote = Some(send_now(conn.stream(), a, b, s.is_final_flush()));
             }
         }
         let mut caught_up = false;
