@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::core::room::{MemberId, Room};
+use crate::core::room::{MemberId, Recipients, Room};
 use crate::core::session::{RoomOp, RoomOutcome, Session};
 use crate::core::wire::{EndReason, ServerMsg};
 
@@ -39,6 +39,22 @@ pub trait Mailboxes {
     fn push(&mut self, id: MemberId, now: Instant, line: &[u8]);
     /// True while `id`'s session is open (not ending).
     fn is_open(&mut self, id: MemberId) -> bool;
+    /// True when every member of `to` but `except` is open and has room for `len` more
+    /// bytes (one question for the whole room, so a mailbox can answer it from a summary).
+    fn all_have_room(&mut self, to: Recipients<'_>, except: MemberId, len: usize) -> bool {
+        to.ids
+            .iter()
+            .all(|&id| id == except || self.has_room(id, len))
+    }
+    /// Queues `line` for every member of `to` but `except` (after
+    /// [`Mailboxes::all_have_room`] said yes): a mailbox may keep the line once for all.
+    fn broadcast(&mut self, to: Recipients<'_>, except: MemberId, now: Instant, line: &[u8]) {
+        for &id in to.ids {
+            if id != except {
+                self.push(id, now, line);
+            }
+        }
+    }
 }
 
 impl Mailboxes for std::collections::HashMap<MemberId, Session> {
@@ -154,15 +170,13 @@ impl Hub {
                 // `MSG NAME TEXT\n`: checked before it is built, so a held text goes back
                 // to the sender untouched.
                 let len = "MSG ".len() + name.len() + 1 + text.len() + 1;
-                let members = self.room.members();
-                let mut all_fit = true;
-                for &to in members {
-                    if to != from && !mb.has_room(to, len) {
-                        mb.mark_lagging(to, now);
-                        all_fit = false;
+                let to = self.room.recipients();
+                if !mb.all_have_room(to, from, len) {
+                    for &id in to.ids {
+                        if id != from && !mb.has_room(id, len) {
+                            mb.mark_lagging(id, now);
+                        }
                     }
-                }
-                if !all_fit {
                     return RoomOutcome::Held(RoomOp::Msg(text));
                 }
                 // Built once in a reused buffer: no allocation per message.
@@ -171,11 +185,7 @@ impl Hub {
                     self.line.extend_from_slice(part);
                 }
                 debug_assert_eq!(self.line.len(), len);
-                for &to in members {
-                    if to != from {
-                        mb.push(to, now, &self.line);
-                    }
-                }
+                mb.broadcast(to, from, now, &self.line);
                 RoomOutcome::Done
             }
         }

@@ -7,6 +7,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod mode;
 pub mod node;
+pub mod outq;
 pub mod room;
 pub mod session;
 pub mod wire;

@@ -53,6 +53,18 @@ pub struct Room {
     by_name: BTreeMap<String, MemberId>,
     /// Members in name order, kept up to date so a delivery allocates nothing.
     order: Vec<MemberId>,
+    /// Changes whenever `order` does (see [`Recipients`]).
+    version: u64,
+}
+
+/// The members a room line goes to, and a number that changes whenever that list does, so a
+/// mailbox may keep facts about the list (each member's free budget) from line to line.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipients<'a> {
+    /// The members, in name order.
+    pub ids: &'a [MemberId],
+    /// The list's version.
+    pub version: u64,
 }
 
 /// Checks a chat name: 1 to [`MAX_NAME`] characters, no spaces or control characters.
@@ -122,6 +134,7 @@ impl Room {
         self.by_id.insert(id, name.to_owned());
         self.by_name.insert(name.to_owned(), id);
         self.order = self.by_name.values().copied().collect();
+        self.version += 1;
         Ok(Delivery {
             to: self.others(id),
             msg: ServerMsg::Joined(name.to_owned()),
@@ -148,6 +161,7 @@ impl Room {
         let name = self.by_id.remove(&id)?;
         self.by_name.remove(&name);
         self.order.retain(|&m| m != id);
+        self.version += 1;
         Some(Delivery {
             to: self.others(id),
             msg: ServerMsg::Left { name, reason },
@@ -164,11 +178,20 @@ impl Room {
         &self.order
     }
 
+    /// Every member, in name order, with the list's version.
+    pub fn recipients(&self) -> Recipients<'_> {
+        Recipients {
+            ids: &self.order,
+            version: self.version,
+        }
+    }
+
     /// Forgets every member at once (the room closes): no `LEFT` is produced.
     pub fn clear(&mut self) {
         self.by_id.clear();
         self.by_name.clear();
         self.order.clear();
+        self.version += 1;
     }
 }
 

@@ -27,10 +27,12 @@
 //! the `END` line still goes out.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use crate::config::Mode;
 use crate::core::heartbeat::{Action, Answered, Heartbeat, HeartbeatConfig};
+use crate::core::outq::{OutQueue, SharedBytes, MAX_SLICES};
 use crate::core::wire::{BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, ServerMsg};
 
 /// Most bytes [`Session::poll_transmit`] copies out at once (one write system call).
@@ -155,7 +157,7 @@ pub struct Session {
     decoder: LineDecoder,
     hb: Heartbeat,
     /// Lines waiting to be written; the socket may have taken part of the first one.
-    queue: VecDeque<u8>,
+    queue: OutQueue,
     /// The socket has taken part of the first queued line (not up to its `\n`).
     mid_line: bool,
     /// A room operation the hub could not complete yet (flow control).
@@ -179,7 +181,7 @@ impl Session {
             cfg,
             decoder: LineDecoder::new(cfg.max_line),
             hb: Heartbeat::new(cfg.heartbeat, now),
-            queue: VecDeque::new(),
+            queue: OutQueue::default(),
             mid_line: false,
             pending: None,
             lagging_since: None,
@@ -339,7 +341,15 @@ impl Session {
     /// one reply. Dropped once the end state began.
     pub fn push(&mut self, _now: Instant, line: &[u8]) {
         if self.is_open() {
-            self.queue.extend(line);
+            self.queue.push(line);
+        }
+    }
+
+    /// Queues whole lines shared with other sessions (the chat relay's batch), without a
+    /// copy; the same budget rules as [`Session::push`].
+    pub fn push_shared(&mut self, _now: Instant, lines: SharedBytes) {
+        if self.is_open() {
+            self.queue.push_shared(lines);
         }
     }
 
@@ -347,7 +357,7 @@ impl Session {
     fn push_parts(&mut self, parts: &[&[u8]]) {
         if self.is_open() {
             for p in parts {
-                self.queue.extend(*p);
+                self.queue.push(p);
             }
         }
     }
@@ -361,29 +371,20 @@ impl Session {
         if self.give_up {
             return 0;
         }
-        let n = self.queue.len().min(TRANSMIT_BATCH);
-        let (a, b) = self.queue.as_slices();
-        if n <= a.len() {
-            buf.extend_from_slice(&a[..n]);
-        } else {
-            buf.extend_from_slice(a);
-            buf.extend_from_slice(&b[..n - a.len()]);
-        }
-        n
+        self.queue.copy_to(buf, TRANSMIT_BATCH)
     }
 
-    /// The next bytes to write (at most [`TRANSMIT_BATCH`]), in place, as up to two slices
-    /// for one vectored write: the same bytes [`Session::poll_transmit`] would copy, without
-    /// the copy. Report what the socket took with [`Session::handle_written`].
+    /// The next bytes to write (at most [`TRANSMIT_BATCH`]), in place, as up to
+    /// [`MAX_SLICES`] slices for one vectored write: the same bytes
+    /// [`Session::poll_transmit`] would copy, without the copy. Returns how many slices of
+    /// `out` it filled (0: nothing to write). Report what the socket took with
+    /// [`Session::handle_written`].
     #[must_use]
-    pub fn peek_transmit(&self) -> (&[u8], &[u8]) {
+    pub fn peek_transmit<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
         if self.give_up {
-            return (&[], &[]);
+            return 0;
         }
-        let (a, b) = self.queue.as_slices();
-        let a = &a[..a.len().min(TRANSMIT_BATCH)];
-        let b = &b[..b.len().min(TRANSMIT_BATCH - a.len())];
-        (a, b)
+        self.queue.peek(out, TRANSMIT_BATCH)
     }
 
     /// The socket took the first `n` bytes [`Session::poll_transmit`] copied, at `now`. True
@@ -392,13 +393,8 @@ impl Session {
     pub fn handle_written(&mut self, now: Instant, n: usize) -> bool {
         let n = n.min(self.queue.len());
         if n > 0 {
-            self.mid_line = self.queue[n - 1] != b'\n';
-            self.queue.drain(..n);
+            self.mid_line = self.queue.consume(n) != Some(b'\n');
             self.blocked_since = None;
-            if self.queue.is_empty() && self.queue.capacity() > 2 * TRANSMIT_BATCH {
-                // Give a burst's memory back: an idle client should cost little.
-                self.queue = VecDeque::new();
-            }
         }
         if self.lagging_since.is_some() && self.queued() <= self.cfg.queue / 2 {
             self.lagging_since = None;
@@ -564,8 +560,7 @@ impl Session {
                 }
                 if reason != EndReason::Closed {
                     // Queued now, behind what may still go: nothing can be queued after it.
-                    self.queue
-                        .extend(ServerMsg::End(reason).encode().as_bytes());
+                    self.queue.push(ServerMsg::End(reason).encode().as_bytes());
                 }
                 self.events.push_back(SessionEvent::Ending(reason));
             }
@@ -585,12 +580,10 @@ impl Session {
                     self.drop_queue();
                     let line = ServerMsg::End(first).encode();
                     // The END queued earlier may be what the socket took part of.
-                    let rest_of_end = !self.queue.is_empty()
-                        && line
-                            .as_bytes()
-                            .ends_with(&self.queue.iter().copied().collect::<Vec<u8>>());
+                    let rest_of_end =
+                        !self.queue.is_empty() && line.as_bytes().ends_with(&self.queue.to_vec());
                     if first != EndReason::Closed && !rest_of_end {
-                        self.queue.extend(line.as_bytes());
+                        self.queue.push(line.as_bytes());
                     }
                 }
             }
@@ -601,14 +594,12 @@ impl Session {
     fn drop_queue(&mut self) {
         let keep = if self.mid_line {
             self.queue
-                .iter()
-                .position(|&b| b == b'\n')
+                .find_newline()
                 .map_or(self.queue.len(), |i| i + 1)
         } else {
             0
         };
         self.queue.truncate(keep);
-        self.queue.shrink_to(keep.max(256));
     }
 
     /// True while nothing ends the session.
@@ -960,8 +951,13 @@ mod tests {
             s.push(t, b"MSG a 0123456789012345678901234567890123456789\n");
         }
         let _ = s.handle_written(t, 1000);
-        let (a, b) = s.peek_transmit();
-        let peeked = [a, b].concat();
+        let shared = SharedBytes::new(b"MSG b shared\nMSG c shared\n".to_vec());
+        s.push_shared(t, shared.slice(0..13));
+        s.push(t, b"PING 1\n");
+        s.push_shared(t, shared);
+        let mut iov = [IoSlice::new(&[]); MAX_SLICES];
+        let n = s.peek_transmit(&mut iov);
+        let peeked: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
         let mut copied = Vec::new();
         let _ = s.poll_transmit(&mut copied);
         assert_eq!(peeked, copied);

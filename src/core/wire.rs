@@ -464,7 +464,7 @@ impl LineDecoder {
             self.start = 0;
         }
         let from = self.scanned.max(self.start);
-        match self.buf[from..].iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &self.buf[from..]) {
             Some(i) => {
                 let end = from + i;
                 let begin = self.start;

@@ -21,7 +21,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,19 +34,19 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::config::{Mode, ServerSettings};
-use crate::core::room::IdMap;
+use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, SessionConfig};
 use crate::core::wire::EndReason;
 use crate::net::conn::{Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
-use crate::net::relay::{self, log_session, Chat, Member, Pumped, Staged};
+use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
 use crate::net::server::{
     is_fd_exhaustion, listen, send_now, write_refusal, ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
 };
 
 /// Most bytes one wake-up reads from one client before its lines are handled.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 /// Reads (of up to [`READ_CHUNK`]) a connection's task makes in a row before it yields its
 /// worker: a client flooding at full speed must not delay everyone else's replies (tokio's
 /// own budget would let it run for 128 reads, 8 MB).
@@ -377,7 +377,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
     // Lines are handled only when bytes came in or a hold ended, not on every wake-up.
     let mut fresh = false;
     let mut reads = 0u32;
-    let mut staged = IdMap::default();
+    let mut stage = Stage::default();
     let close = loop {
         let now = Instant::now();
         let (caught_up, close, ending, deadline) = {
@@ -392,12 +392,13 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
             s.handle_timeout(now);
             let mut caught_up = false;
             while !blocked && s.poll_close().is_none() {
-                let (a, b) = s.peek_transmit();
-                if a.is_empty() {
+                let mut iov = [IoSlice::new(&[]); MAX_SLICES];
+                let n = s.peek_transmit(&mut iov);
+                if n == 0 {
                     break;
                 }
                 let last = s.is_final_flush();
-                match stream.try_io(Interest::WRITABLE, || send_now(&stream, a, b, last)) {
+                match stream.try_io(Interest::WRITABLE, || send_now(&stream, &iov[..n], last)) {
                     Ok(n) => caught_up |= s.handle_written(now, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         s.handle_write_blocked(now);
@@ -448,7 +449,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
         }
         if fresh && matches!(held, Held::No) {
             fresh = false;
-            held = pump(&sh, &conn, &mut staged);
+            held = pump(&sh, &conn, &mut stage);
             if !matches!(held, Held::No) {
                 continue;
             }
@@ -571,9 +572,9 @@ fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream) {
 
 /// Handles the complete lines the session holds (see [`relay::pump`]); returns what the
 /// input side must wait for.
-fn pump<'a>(sh: &'a Shared, conn: &EConn, staged: &mut IdMap<Staged>) -> Held<'a> {
+fn pump<'a>(sh: &'a Shared, conn: &EConn, stage: &mut Stage) -> Held<'a> {
     let mut chat = sh.chat();
-    match relay::pump(&sh.log, chat.as_deref_mut(), conn.id, conn, staged) {
+    match relay::pump(&sh.log, chat.as_deref_mut(), conn.id, conn, stage) {
         Pumped::NeedBytes => Held::No,
         Pumped::OwnHeld => Held::Own,
         Pumped::Stop => Held::Stop,

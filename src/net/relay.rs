@@ -7,7 +7,8 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use crate::core::hub::{Hub, HubEvent, Mailboxes};
-use crate::core::room::{IdMap, MemberId};
+use crate::core::outq::SharedBytes;
+use crate::core::room::{IdMap, MemberId, Recipients};
 use crate::core::session::{Input, RoomOutcome, Session, SessionEvent};
 use crate::core::wire::EndReason;
 use crate::net::events::{Event, EventLog};
@@ -43,65 +44,156 @@ impl<C> Default for Chat<C> {
 
 /// The hub's view of the members' queues, as a write-back cache over their sessions.
 ///
-/// Relaying one message to 100 members would otherwise lock 100 sessions twice per message.
-/// Instead each member's session is locked once per batch of lines to read its free budget,
-/// lines are staged here, and [`Members::flush`] hands each member its staged bytes with one
-/// more lock and wakes its companion once. The budget only grows meanwhile (companions only
-/// drain), so answering [`Mailboxes::has_room`] from the snapshot is never too generous. The
-/// hub still makes every decision; this only makes asking cheap.
+/// Relaying one message to 100 members would otherwise lock 100 sessions twice per message
+/// and copy the line 100 times. Instead the recipients' free budgets are read once per batch
+/// of lines (one lock each) into a [`Stage`], room messages are appended once to a shared
+/// batch, and [`Members::flush`] hands every recipient a reference to it (one more lock, one
+/// wake-up, no copy: [`SharedBytes`]). The budgets only grow meanwhile (writers only drain),
+/// so answering from the snapshot is never too generous. The hub still makes every decision;
+/// this only makes asking and delivering cheap.
 pub struct Members<'a, C> {
     conns: &'a IdMap<Arc<C>>,
-    staged: &'a mut IdMap<Staged>,
+    stage: &'a mut Stage,
 }
 
-/// What a batch has queued for one member so far.
+/// A batch of room lines under construction, kept by the caller from batch to batch so its
+/// memory is reused.
 #[derive(Debug, Default)]
-pub struct Staged {
-    /// Budget left: the session's free bytes when first asked, less what is staged.
-    room: usize,
-    /// The session was open when first asked.
-    open: bool,
-    bytes: Vec<u8>,
+pub struct Stage {
+    /// The recipients' budgets at the snapshot, for the recipient list of `version`.
+    snap: IdMap<Snap>,
+    version: Option<u64>,
+    /// The recipients, in delivery order.
+    ids: Vec<MemberId>,
+    /// The least free budget among them at the snapshot (0 when one is not open).
+    min_room: usize,
+    /// Room lines, each built once for every recipient.
+    batch: Vec<u8>,
+    /// Where each line of `batch` ends, and the one member it is not for (its sender).
+    lines: Vec<(usize, MemberId)>,
+    /// The instant of the batch's lines.
+    now: Option<Instant>,
 }
 
-/// Staged bytes per member after which a batch is flushed anyway (bounds memory and delay).
-const STAGE_LIMIT: usize = 64 * 1024;
+#[derive(Debug, Clone, Copy)]
+struct Snap {
+    /// Free budget at the snapshot.
+    room: usize,
+    /// Open at the snapshot.
+    open: bool,
+    /// Bytes of `batch` not for this member (its own lines).
+    own: usize,
+}
+
+/// Batch bytes after which a batch is flushed anyway (bounds memory and delay).
+const STAGE_LIMIT: usize = 256 * 1024;
 
 impl<'a, C: Member> Members<'a, C> {
-    /// A view of `conns` staging into `staged` (keep it across batches to reuse its memory).
-    pub fn new(conns: &'a IdMap<Arc<C>>, staged: &'a mut IdMap<Staged>) -> Self {
-        Self { conns, staged }
+    /// A view of `conns` staging into `stage` (keep it across batches to reuse its memory).
+    pub fn new(conns: &'a IdMap<Arc<C>>, stage: &'a mut Stage) -> Self {
+        Self { conns, stage }
     }
 
-    fn stage(&mut self, id: MemberId) -> Option<&mut Staged> {
-        let conn = self.conns.get(&id)?;
-        Some(self.staged.entry(id).or_insert_with(|| {
-            let s = conn.session();
-            Staged {
-                room: s.config().queue.saturating_sub(s.queued()),
-                open: s.is_open(),
-                bytes: Vec::new(),
-            }
-        }))
-    }
-
-    /// Hands every member its staged bytes and wakes its writer.
-    pub fn flush(&mut self, now: Instant) {
-        for (id, st) in self.staged.drain() {
-            if st.bytes.is_empty() {
-                continue;
-            }
-            if let Some(c) = self.conns.get(&id) {
-                c.session().push(now, &st.bytes);
-                c.wake();
-            }
+    /// Reads the budgets of `to` (one lock each).
+    fn snapshot(&mut self, to: Recipients<'_>) {
+        let st = &mut *self.stage;
+        st.snap.clear();
+        st.ids.clear();
+        st.ids.extend_from_slice(to.ids);
+        st.min_room = usize::MAX;
+        for &id in to.ids {
+            let snap = match self.conns.get(&id) {
+                Some(conn) => {
+                    let s = conn.session();
+                    Snap {
+                        room: s.config().queue.saturating_sub(s.queued()),
+                        open: s.is_open(),
+                        own: 0,
+                    }
+                }
+                None => Snap {
+                    room: 0,
+                    open: false,
+                    own: 0,
+                },
+            };
+            st.min_room = st.min_room.min(if snap.open { snap.room } else { 0 });
+            st.snap.insert(id, snap);
         }
+        st.version = Some(to.version);
+    }
+
+    /// Hands every recipient its lines of the batch (shared, not copied) and wakes its
+    /// writer. The snapshot is dropped: other senders may fill the queues before the next
+    /// batch.
+    pub fn flush(&mut self, now: Instant) {
+        let st = &mut *self.stage;
+        st.version = None;
+        if st.batch.is_empty() {
+            return;
+        }
+        let now = st.now.take().unwrap_or(now);
+        let total = st.batch.len();
+        let shared = SharedBytes::new(std::mem::replace(
+            &mut st.batch,
+            Vec::with_capacity(total.min(STAGE_LIMIT)),
+        ));
+        for &id in &st.ids {
+            let Some(snap) = st.snap.get(&id) else {
+                continue;
+            };
+            let Some(conn) = self.conns.get(&id).filter(|_| snap.open) else {
+                continue;
+            };
+            let mut s = conn.session();
+            if snap.own == 0 {
+                s.push_shared(now, shared.clone());
+            } else {
+                // Everything but its own lines, in runs.
+                let mut run = 0;
+                let mut line_start = 0;
+                for &(end, except) in &st.lines {
+                    if except == id {
+                        if line_start > run {
+                            s.push_shared(now, shared.slice(run..line_start));
+                        }
+                        run = end;
+                    }
+                    line_start = end;
+                }
+                if total > run {
+                    s.push_shared(now, shared.slice(run..total));
+                }
+            }
+            drop(s);
+            conn.wake();
+        }
+        st.lines.clear();
+    }
+
+    /// The exact check for one member against the snapshot.
+    fn fits(&self, id: MemberId, len: usize) -> bool {
+        let total = self.stage.batch.len();
+        self.stage
+            .snap
+            .get(&id)
+            .is_some_and(|s| s.open && s.room + s.own >= total + len)
+    }
+
+    /// The instant of the batch (for a flush the hub did not ask for).
+    fn now(&self) -> Instant {
+        self.stage.now.unwrap_or_else(Instant::now)
     }
 }
 
 impl<C: Member> Mailboxes for Members<'_, C> {
     fn has_room(&mut self, id: MemberId, len: usize) -> bool {
-        self.stage(id).is_some_and(|st| st.open && len <= st.room)
+        // One member at a time (JOINED, LEFT, the hub's slow path): the batch goes first.
+        let now = self.now();
+        self.flush(now);
+        self.conns
+            .get(&id)
+            .is_some_and(|c| c.session().has_room(len))
     }
     fn mark_lagging(&mut self, id: MemberId, now: Instant) {
         if let Some(c) = self.conns.get(&id) {
@@ -111,20 +203,44 @@ impl<C: Member> Mailboxes for Members<'_, C> {
         }
     }
     fn push(&mut self, id: MemberId, now: Instant, line: &[u8]) {
-        let full = match self.stage(id) {
-            Some(st) if st.open => {
-                st.bytes.extend_from_slice(line);
-                st.room = st.room.saturating_sub(line.len());
-                st.bytes.len() >= STAGE_LIMIT
-            }
-            _ => false,
-        };
-        if full {
-            self.flush(now);
+        // Keeps the order: what the batch holds was said first.
+        self.flush(now);
+        if let Some(c) = self.conns.get(&id) {
+            c.session().push(now, line);
+            c.wake();
         }
     }
     fn is_open(&mut self, id: MemberId) -> bool {
-        self.stage(id).is_some_and(|st| st.open)
+        self.conns.get(&id).is_some_and(|c| c.session().is_open())
+    }
+    fn all_have_room(&mut self, to: Recipients<'_>, except: MemberId, len: usize) -> bool {
+        if self.stage.version != Some(to.version) {
+            let now = self.now();
+            self.flush(now);
+            self.snapshot(to);
+        }
+        // Usually answered from the least budget alone; exactly, member by member, when
+        // that is too tight.
+        if self.stage.min_room >= self.stage.batch.len() + len {
+            return true;
+        }
+        to.ids.iter().all(|&id| id == except || self.fits(id, len))
+    }
+    fn broadcast(&mut self, to: Recipients<'_>, except: MemberId, now: Instant, line: &[u8]) {
+        if self.stage.version != Some(to.version) {
+            self.flush(now);
+            self.snapshot(to);
+        }
+        let st = &mut *self.stage;
+        st.now.get_or_insert(now);
+        st.batch.extend_from_slice(line);
+        st.lines.push((st.batch.len(), except));
+        if let Some(s) = st.snap.get_mut(&except) {
+            s.own += line.len();
+        }
+        if st.batch.len() >= STAGE_LIMIT {
+            self.flush(now);
+        }
     }
 }
 
@@ -189,8 +305,8 @@ pub enum Pumped {
 
 /// Handles the complete lines a session holds: echo-mode lines inside the session, chat lines
 /// through the hub (`chat`, locked by the caller, who keeps it locked while it prepares to
-/// wait after [`Pumped::RoomHeld`], so a laggard's catch-up cannot be missed). `staged` is
-/// the caller's reusable stage for [`Members`]. One clock reading serves the whole batch of
+/// wait after [`Pumped::RoomHeld`], so a laggard's catch-up cannot be missed). `stage` is
+/// the caller's reusable [`Stage`]. One clock reading serves the whole batch of
 /// lines a read brought: the flow-control clocks tolerate microseconds, and a relay at a
 /// million lines per second should not read the clock a million times.
 pub fn pump<C: Member>(
@@ -198,7 +314,7 @@ pub fn pump<C: Member>(
     mut chat: Option<&mut Chat<C>>,
     id: u64,
     conn: &C,
-    staged: &mut IdMap<Staged>,
+    stage: &mut Stage,
 ) -> Pumped {
     let now = Instant::now();
     let mut outcome = None;
@@ -214,7 +330,7 @@ pub fn pump<C: Member>(
             (Input::Room(op), Some(c)) => (op, c),
             (other, c) => {
                 if let Some(c) = c {
-                    Members::new(&c.conns, staged).flush(now);
+                    Members::new(&c.conns, stage).flush(now);
                 }
                 conn.wake();
                 return match other {
@@ -225,7 +341,7 @@ pub fn pump<C: Member>(
                 };
             }
         };
-        let mut mb = Members::new(&c.conns, staged);
+        let mut mb = Members::new(&c.conns, stage);
         let o = c.hub.handle_op(now, id, op, &mut mb);
         let held = matches!(o, RoomOutcome::Held(_));
         if !matches!(o, RoomOutcome::Done) {
@@ -248,10 +364,150 @@ impl<C: Member> Chat<C> {
     /// caller then wakes the senders held back for it.
     pub fn leave(&mut self, log: &EventLog, id: u64, reason: EndReason) {
         let now = Instant::now();
-        let mut staged = IdMap::default();
-        let mut mb = Members::new(&self.conns, &mut staged);
+        let mut stage = Stage::default();
+        let mut mb = Members::new(&self.conns, &mut stage);
         self.hub.handle_leave(now, id, reason, &mut mb);
         mb.flush(now);
         self.log_events(log);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+    use crate::core::heartbeat::HeartbeatConfig;
+    use crate::core::session::{RoomOp, SessionConfig};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    struct TestConn {
+        session: Mutex<Session>,
+        wakes: AtomicUsize,
+    }
+
+    impl Member for TestConn {
+        fn peer(&self) -> SocketAddr {
+            "127.0.0.1:1".parse().unwrap()
+        }
+        fn session(&self) -> MutexGuard<'_, Session> {
+            self.session.lock().unwrap()
+        }
+        fn wake(&self) {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A chat of `names` (ids 1..), every HELLO and JOINED already read.
+    fn chat(names: &[&str], queue: usize, t: Instant) -> Chat<TestConn> {
+        let mut c = Chat::<TestConn>::default();
+        let cfg = SessionConfig {
+            mode: Mode::Chat,
+            heartbeat: HeartbeatConfig::new(Duration::from_secs(30), Duration::from_secs(10), 3)
+                .unwrap(),
+            max_line: 1024,
+            queue,
+            stall: Duration::from_millis(500),
+        };
+        for (i, _) in names.iter().enumerate() {
+            let conn = TestConn {
+                session: Mutex::new(Session::new(cfg, t)),
+                wakes: AtomicUsize::new(0),
+            };
+            c.conns.insert(i as u64 + 1, Arc::new(conn));
+        }
+        let mut stage = Stage::default();
+        for (i, name) in names.iter().enumerate() {
+            let mut mb = Members::new(&c.conns, &mut stage);
+            let o = c
+                .hub
+                .handle_op(t, i as u64 + 1, RoomOp::Join(name.to_string()), &mut mb);
+            assert_eq!(o, RoomOutcome::Done);
+            mb.flush(t);
+        }
+        for id in 1..=names.len() as u64 {
+            let _ = written(&c, id);
+        }
+        c
+    }
+
+    /// Everything queued for `id`, as the socket would take it.
+    fn written(c: &Chat<TestConn>, id: u64) -> String {
+        let mut s = c.conns[&id].session();
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let n = s.poll_transmit(&mut buf);
+            if n == 0 {
+                break;
+            }
+            let _ = s.handle_written(Instant::now(), n);
+            out.extend(buf);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_shared_batch_reaches_everyone_but_each_line_s_sender_in_order() {
+        let t = Instant::now();
+        let mut c = chat(&["ann", "bob", "cat"], 1 << 20, t);
+        let mut stage = Stage::default();
+        let mut mb = Members::new(&c.conns, &mut stage);
+        for (from, text) in [(1, "a1"), (1, "a2"), (2, "b1"), (1, "a3")] {
+            let o = c.hub.handle_op(t, from, RoomOp::Msg(text.into()), &mut mb);
+            assert_eq!(o, RoomOutcome::Done);
+        }
+        // Nothing reaches a queue before the flush...
+        assert_eq!(written(&c, 3), "");
+        mb.flush(t);
+        // ...then one shared batch, cut around each member's own lines.
+        assert_eq!(written(&c, 1), "MSG bob b1\n");
+        assert_eq!(written(&c, 2), "MSG ann a1\nMSG ann a2\nMSG ann a3\n");
+        assert_eq!(
+            written(&c, 3),
+            "MSG ann a1\nMSG ann a2\nMSG bob b1\nMSG ann a3\n"
+        );
+    }
+
+    #[test]
+    fn a_control_line_keeps_its_place_after_the_batch() {
+        let t = Instant::now();
+        let mut c = chat(&["ann", "bob"], 1 << 20, t);
+        let mut stage = Stage::default();
+        let mut mb = Members::new(&c.conns, &mut stage);
+        let _ = c.hub.handle_op(t, 1, RoomOp::Msg("before".into()), &mut mb);
+        // A single push (JOINED, LEFT) flushes the batch first.
+        mb.push(2, t, b"LEFT cat quit\n");
+        let _ = c.hub.handle_op(t, 1, RoomOp::Msg("after".into()), &mut mb);
+        mb.flush(t);
+        assert_eq!(
+            written(&c, 2),
+            "MSG ann before\nLEFT cat quit\nMSG ann after\n"
+        );
+    }
+
+    #[test]
+    fn the_budget_counts_the_batch_and_holds_the_sender_exactly_at_the_limit() {
+        let t = Instant::now();
+        // "MSG ann xxxxxx\n" is 15 bytes: a 45-byte queue takes three, not four.
+        let mut c = chat(&["ann", "bob"], 45, t);
+        let mut stage = Stage::default();
+        let mut mb = Members::new(&c.conns, &mut stage);
+        for _ in 0..3 {
+            let o = c.hub.handle_op(t, 1, RoomOp::Msg("xxxxxx".into()), &mut mb);
+            assert_eq!(o, RoomOutcome::Done);
+        }
+        let o = c.hub.handle_op(t, 1, RoomOp::Msg("xxxxxx".into()), &mut mb);
+        assert_eq!(o, RoomOutcome::Held(RoomOp::Msg("xxxxxx".into())));
+        mb.flush(t);
+        assert_eq!(c.conns[&2].session().lagging_since(), Some(t));
+        assert_eq!(written(&c, 2), "MSG ann xxxxxx\n".repeat(3));
+        // Drained: the held line now goes.
+        let mut mb = Members::new(&c.conns, &mut stage);
+        let o = c.hub.handle_op(t, 1, RoomOp::Msg("xxxxxx".into()), &mut mb);
+        assert_eq!(o, RoomOutcome::Done);
+        mb.flush(t);
+        assert_eq!(written(&c, 2), "MSG ann xxxxxx\n");
     }
 }

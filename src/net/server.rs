@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::config::{Engine, Mode, ServerSettings, Wire};
-use crate::core::room::IdMap;
+use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, SessionConfig};
 use crate::core::wire::{EndReason, ServerMsg};
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
@@ -729,16 +729,16 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
 /// again each time the room changes, with the reader not reading meanwhile: that is the
 /// backpressure on a fast sender.
 fn pump(sh: &Shared, conn: &Arc<Conn>) -> Pump {
-    let mut staged = IdMap::default();
+    let mut stage = relay::Stage::default();
     let Some(mut chat) = sh.chat() else {
-        return match relay::pump::<Conn>(&sh.log, None, conn.id, conn, &mut staged) {
+        return match relay::pump::<Conn>(&sh.log, None, conn.id, conn, &mut stage) {
             Pumped::OwnHeld => Pump::Held,
             Pumped::Stop => Pump::Stop,
             Pumped::NeedBytes | Pumped::RoomHeld => Pump::NeedBytes,
         };
     };
     loop {
-        match relay::pump(&sh.log, Some(&mut *chat), conn.id, &**conn, &mut staged) {
+        match relay::pump(&sh.log, Some(&mut *chat), conn.id, &**conn, &mut stage) {
             Pumped::NeedBytes => return Pump::NeedBytes,
             Pumped::OwnHeld => return Pump::Held,
             Pumped::Stop => return Pump::Stop,
@@ -768,18 +768,15 @@ fn input_waiting(conn: &Conn) {
     }
 }
 
-/// Sends what the socket takes now of `a` then `b`, without blocking (one vectored send).
+/// Sends what the socket takes now of `iov`, without blocking (one vectored send).
 /// `last`: these are the connection's last bytes, and its FIN follows at once
 /// ([`Session::is_final_flush`]); they are held (`MSG_MORE`) to leave in one segment with it.
 pub(crate) fn send_now(
     stream: &impl std::os::fd::AsFd,
-    a: &[u8],
-    b: &[u8],
+    iov: &[io::IoSlice<'_>],
     last: bool,
 ) -> io::Result<usize> {
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
-    let iov = [io::IoSlice::new(a), io::IoSlice::new(b)];
-    let iov = if b.is_empty() { &iov[..1] } else { &iov[..] };
     let mut flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
     if last {
         flags |= SendFlags::MORE;
@@ -817,9 +814,10 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
         // under its lock (no copy, and one lock for the write and its accounting).
         let mut wrote = None;
         if s.poll_close().is_none() {
-            let (a, b) = s.peek_transmit();
-            if !a.is_empty() {
-                wrote = Some(send_now(conn.stream(), a, b, s.is_final_flush()));
+            let mut iov = [io::IoSlice::new(&[]); MAX_SLICES];
+            let n = s.peek_transmit(&mut iov);
+            if n > 0 {
+                wrote = Some(send_now(conn.stream(), &iov[..n], s.is_final_flush()));
             }
         }
         let mut caught_up = false;
