@@ -4,6 +4,7 @@ pub mod classic;
 pub mod client;
 pub mod display;
 pub mod heartbeat;
+pub mod history;
 pub mod hub;
 pub mod mode;
 pub mod node;
