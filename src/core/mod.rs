@@ -10,4 +10,5 @@ pub mod mode;
 pub mod node;
 pub mod room;
 pub mod session;
+pub mod token;
 pub mod wire;
