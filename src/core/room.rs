@@ -95,6 +95,11 @@ impl Room {
         self.by_id.get(&id).map(String::as_str)
     }
 
+    /// The member holding `name`, if any.
+    pub fn id_of(&self, name: &str) -> Option<MemberId> {
+        self.by_name.get(name).copied()
+    }
+
     /// Everyone but `id`, in name order (so deliveries are deterministic).
     fn others(&self, id: MemberId) -> Vec<MemberId> {
         self.by_name
@@ -152,6 +157,27 @@ impl Room {
             to: self.others(id),
             msg: ServerMsg::Left { name, reason },
         })
+    }
+
+    /// Connection `new` takes over the name `old` holds, keeping its place in the room: no
+    /// delivery (a resume is not a change of membership), and `old` is no member any more, so
+    /// its leaving later produces no `LEFT`. False (nothing changes) when `old` is not a
+    /// member or `new` already is one.
+    pub fn take_over(&mut self, old: MemberId, new: MemberId) -> bool {
+        if old == new || self.by_id.contains_key(&new) {
+            return false;
+        }
+        let Some(name) = self.by_id.remove(&old) else {
+            return false;
+        };
+        self.by_name.insert(name.clone(), new);
+        self.by_id.insert(new, name);
+        for m in &mut self.order {
+            if *m == old {
+                *m = new;
+            }
+        }
+        true
     }
 
     /// Every member's name, in name order (the `MEMBERS` answer to `WHO`).
@@ -261,5 +287,27 @@ mod tests {
             "never joined: nothing to announce"
         );
         assert!(r.handle_join(3, "ann").is_ok());
+    }
+
+    #[test]
+    fn a_takeover_moves_the_name_silently_and_the_old_id_leaves_without_left() {
+        let mut r = Room::new();
+        r.handle_join(1, "ann").unwrap();
+        r.handle_join(2, "bob").unwrap();
+        r.handle_join(3, "cy").unwrap();
+        assert!(!r.take_over(2, 1), "1 is a member already");
+        assert!(!r.take_over(9, 10), "9 is no member");
+        assert!(r.take_over(2, 7));
+        assert_eq!(r.id_of("bob"), Some(7));
+        assert_eq!(r.name_of(7), Some("bob"));
+        assert_eq!(r.name_of(2), None);
+        assert_eq!(r.members(), &[1, 7, 3], "same place in name order");
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r.handle_leave(2, EndReason::Replaced),
+            None,
+            "no LEFT for the old one"
+        );
+        assert_eq!(r.handle_msg(7, "hi").unwrap().to, vec![1, 3]);
     }
 }
