@@ -303,6 +303,18 @@ pub enum ClientMsg {
     Quit(Option<String>),
     /// `WHO`: asks for the member list (answered `MEMBERS ...` in chat mode).
     Who,
+    /// `JOIN NAME SINCE POS [TOKEN]` (chat): join, or resume, with positions on. `since` is
+    /// `None` for `-` (nothing seen yet); `token` takes over a name still held.
+    JoinSince {
+        /// The name to take.
+        name: String,
+        /// The last position the client saw (`None`: `-`).
+        since: Option<Pos>,
+        /// The name's resume token, from an earlier `WELCOME`.
+        token: Option<ResumeToken>,
+    },
+    /// `HISTORY N` (chat): the newest N kept room messages, N in 1..=[`MAX_HISTORY_REQUEST`].
+    History(u32),
 }
 
 /// Splits `VERB SP REST`; a line without a space is all verb.
@@ -342,7 +354,32 @@ impl ClientMsg {
             }),
         };
         Ok(match verb {
-            "JOIN" => Self::Join(need(rest)?),
+            "JOIN" => {
+                let rest = need(rest)?;
+                match rest.split_once(' ') {
+                    // Only a second word SINCE makes the new form, so every line a legacy
+                    // client sends parses (and is refused) exactly as before.
+                    Some((name, tail)) if tail.split(' ').next() == Some("SINCE") => {
+                        Self::parse_join_since(name, tail)?
+                    }
+                    _ => Self::Join(rest),
+                }
+            }
+            "HISTORY" => {
+                let n = need(rest)?;
+                match parse_u64(&n) {
+                    Some(k @ 1..) if k <= u64::from(MAX_HISTORY_REQUEST) => Self::History(k as u32),
+                    _ => {
+                        return Err(BadLine {
+                            code: ErrCode::BadArgument,
+                            detail: format!(
+                                "HISTORY needs a count from 1 to {MAX_HISTORY_REQUEST}, not '{}'",
+                                printable(n.as_bytes(), 32)
+                            ),
+                        })
+                    }
+                }
+            }
             "MSG" => Self::Msg(need(rest)?),
             "PING" => Self::Ping(need(rest)?),
             "PONG" => Self::Pong(need(rest)?),
@@ -361,10 +398,65 @@ impl ClientMsg {
         })
     }
 
+    /// `NAME SINCE POS [TOKEN]` after `JOIN `: `tail` starts with `SINCE`.
+    fn parse_join_since(name: &str, tail: &str) -> Result<Self, BadLine> {
+        let bad = |code, what: &str| BadLine {
+            code,
+            detail: format!("JOIN NAME SINCE POS [TOKEN]: {what}"),
+        };
+        if name.is_empty() {
+            return Err(bad(ErrCode::MissingArgument, "the name is empty"));
+        }
+        let mut words = tail.split(' ').skip(1);
+        let since = match words.next() {
+            None | Some("") => {
+                return Err(bad(
+                    ErrCode::MissingArgument,
+                    "POS is EPOCH:OFFSET or - (nothing seen yet)",
+                ))
+            }
+            Some("-") => None,
+            Some(p) => Some(Pos::parse(p).ok_or_else(|| {
+                bad(
+                    ErrCode::BadArgument,
+                    &format!(
+                        "'{}' is not EPOCH:OFFSET (EPOCH 1 to {MAX_EPOCH} of [0-9a-z], OFFSET a number) or -",
+                        printable(p.as_bytes(), 40)
+                    ),
+                )
+            })?),
+        };
+        let token = match words.next() {
+            None => None,
+            Some(t) => Some(ResumeToken::new(t).ok_or_else(|| {
+                bad(
+                    ErrCode::BadArgument,
+                    &format!("TOKEN is {TOKEN_LEN} of [0-9a-z], from WELCOME"),
+                )
+            })?),
+        };
+        if words.next().is_some() {
+            return Err(bad(ErrCode::BadArgument, "nothing may follow TOKEN"));
+        }
+        Ok(Self::JoinSince {
+            name: name.to_owned(),
+            since,
+            token,
+        })
+    }
+
     /// The line on the wire, `\n` included.
     pub fn encode(&self) -> String {
         match self {
             Self::Join(n) => format!("JOIN {n}\n"),
+            Self::JoinSince { name, since, token } => {
+                let since = since.as_ref().map_or("-".to_owned(), Pos::to_string);
+                match token {
+                    Some(t) => format!("JOIN {name} SINCE {since} {t}\n"),
+                    None => format!("JOIN {name} SINCE {since}\n"),
+                }
+            }
+            Self::History(n) => format!("HISTORY {n}\n"),
             Self::Msg(t) => format!("MSG {t}\n"),
             Self::Ping(t) => format!("PING {t}\n"),
             Self::Pong(t) => format!("PONG {t}\n"),
@@ -1069,6 +1161,111 @@ mod tests {
         for r in [GapReason::EpochChanged, GapReason::TooOld] {
             assert_eq!(GapReason::parse(r.as_str()), Some(r));
         }
+    }
+
+    #[test]
+    fn join_since_and_history_parse_and_round_trip() {
+        let all = [
+            ClientMsg::JoinSince {
+                name: "ann".into(),
+                since: None,
+                token: None,
+            },
+            ClientMsg::JoinSince {
+                name: "ann".into(),
+                since: Some(pos("k3", 17)),
+                token: None,
+            },
+            ClientMsg::JoinSince {
+                name: "ann".into(),
+                since: Some(pos("k3", 0)),
+                token: Some(tok()),
+            },
+            ClientMsg::History(1),
+            ClientMsg::History(10_000),
+        ];
+        for m in all {
+            let wire = m.encode();
+            assert_eq!(
+                ClientMsg::parse(wire.trim_end_matches('\n').as_bytes()),
+                Ok(m),
+                "{wire}"
+            );
+        }
+        assert_eq!(
+            ClientMsg::parse(b"JOIN bob SINCE - 0123456789abcdef"),
+            Ok(ClientMsg::JoinSince {
+                name: "bob".into(),
+                since: None,
+                token: Some(tok())
+            })
+        );
+        // Legacy lines parse as they always did (a second word other than SINCE is part of
+        // the name, which the room refuses).
+        assert_eq!(
+            ClientMsg::parse(b"JOIN a b"),
+            Ok(ClientMsg::Join("a b".into()))
+        );
+        assert_eq!(
+            ClientMsg::parse(b"JOIN a since -"),
+            Ok(ClientMsg::Join("a since -".into()))
+        );
+    }
+
+    #[test]
+    fn hostile_join_since_and_history_lines_are_refused() {
+        for (line, code) in [
+            (&b"JOIN ann SINCE"[..], ErrCode::MissingArgument),
+            (b"JOIN ann SINCE ", ErrCode::MissingArgument),
+            (b"JOIN  SINCE -", ErrCode::MissingArgument),
+            (b"JOIN ann SINCE 0", ErrCode::BadArgument),
+            (b"JOIN ann SINCE 0:", ErrCode::BadArgument),
+            (b"JOIN ann SINCE :5", ErrCode::BadArgument),
+            (b"JOIN ann SINCE 0:-5", ErrCode::BadArgument),
+            (
+                b"JOIN ann SINCE 0:99999999999999999999",
+                ErrCode::BadArgument,
+            ),
+            (b"JOIN ann SINCE ABC:1", ErrCode::BadArgument),
+            (b"JOIN ann SINCE aaaaaaaaaaaaaaaaa:1", ErrCode::BadArgument),
+            (
+                "JOIN ann SINCE \u{e9}t\u{e9}:1".as_bytes(),
+                ErrCode::BadArgument,
+            ),
+            (b"JOIN ann SINCE \x7f:1", ErrCode::BadArgument),
+            (b"JOIN ann SINCE 0:1 short", ErrCode::BadArgument),
+            (
+                b"JOIN ann SINCE 0:1 0123456789abcdef0",
+                ErrCode::BadArgument,
+            ),
+            (b"JOIN ann SINCE 0:1 0123456789ABCDEF", ErrCode::BadArgument),
+            (
+                b"JOIN ann SINCE 0:1 0123456789abcdef extra",
+                ErrCode::BadArgument,
+            ),
+            (b"JOIN ann SINCE 0:1 ", ErrCode::BadArgument),
+            (b"JOIN ann SINCE  0:1", ErrCode::MissingArgument),
+            (b"HISTORY", ErrCode::MissingArgument),
+            (b"HISTORY ", ErrCode::MissingArgument),
+            (b"HISTORY 0", ErrCode::BadArgument),
+            (b"HISTORY 10001", ErrCode::BadArgument),
+            (b"HISTORY 18446744073709551616", ErrCode::BadArgument),
+            (
+                b"HISTORY 99999999999999999999999999999",
+                ErrCode::BadArgument,
+            ),
+            (b"HISTORY -1", ErrCode::BadArgument),
+            (b"HISTORY +5", ErrCode::BadArgument),
+            (b"HISTORY 5 6", ErrCode::BadArgument),
+            (b"HISTORY five", ErrCode::BadArgument),
+        ] {
+            let e = ClientMsg::parse(line).unwrap_err();
+            assert_eq!(e.code, code, "{:?}", String::from_utf8_lossy(line));
+            assert!(!e.detail.contains('\n'));
+        }
+        let long = format!("JOIN ann SINCE {}:1", "x".repeat(100_000));
+        let e = ClientMsg::parse(long.as_bytes()).unwrap_err();
+        assert!(e.detail.len() < 200, "the detail quotes a bounded part");
     }
 
     #[test]

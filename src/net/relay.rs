@@ -126,6 +126,17 @@ impl<C: Member> Mailboxes for Members<'_, C> {
     fn is_open(&mut self, id: MemberId) -> bool {
         self.stage(id).is_some_and(|st| st.open)
     }
+    fn end(&mut self, id: MemberId, now: Instant, reason: EndReason) {
+        if let Some(c) = self.conns.get(&id) {
+            c.session().end(now, reason, true);
+            // Its engine must notice the end (write END, then leave the room).
+            c.wake();
+        }
+        if let Some(st) = self.staged.get_mut(&id) {
+            // Nothing more is staged for it (a push to an ending session is dropped anyway).
+            st.open = false;
+        }
+    }
 }
 
 impl<C: Member> Chat<C> {
