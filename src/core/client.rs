@@ -471,7 +471,12 @@ impl Chat {
     /// How a line from the server is shown, if at all.
     pub fn render(&self, msg: &ServerMsg) -> Option<String> {
         Some(match msg {
-            ServerMsg::Msg { from, text } => format!("{}: {}", safe(from), safe(text)),
+            ServerMsg::Msg { from, text } | ServerMsg::Pub { from, text, .. } => {
+                format!("{}: {}", safe(from), safe(text))
+            }
+            ServerMsg::Gap { reason, .. } => {
+                format!("* some messages could not be recovered ({reason})")
+            }
             ServerMsg::Joined(name) => format!("* {} joined", safe(name)),
             ServerMsg::Members(names) => {
                 let names: Vec<String> = names
@@ -492,7 +497,9 @@ impl Chat {
             ServerMsg::Hello { .. }
             | ServerMsg::Ping(_)
             | ServerMsg::Pong(_)
-            | ServerMsg::End(_) => return None,
+            | ServerMsg::End(_)
+            | ServerMsg::Welcome { .. }
+            | ServerMsg::Synced { .. } => return None,
         })
     }
 

@@ -53,18 +53,8 @@ pub struct Room {
     by_name: BTreeMap<String, MemberId>,
     /// Members in name order, kept up to date so a delivery allocates nothing.
     order: Vec<MemberId>,
-    /// Changes whenever `order` does (see [`Recipients`]).
+    /// Changes whenever `order` does (see [`Room::version`]).
     version: u64,
-}
-
-/// The members a room line goes to, and a number that changes whenever that list does, so a
-/// mailbox may keep facts about the list (each member's free budget) from line to line.
-#[derive(Debug, Clone, Copy)]
-pub struct Recipients<'a> {
-    /// The members, in name order.
-    pub ids: &'a [MemberId],
-    /// The list's version.
-    pub version: u64,
 }
 
 /// Checks a chat name: 1 to [`MAX_NAME`] characters, no spaces or control characters.
@@ -105,6 +95,11 @@ impl Room {
     /// The name of `id`, if it joined.
     pub fn name_of(&self, id: MemberId) -> Option<&str> {
         self.by_id.get(&id).map(String::as_str)
+    }
+
+    /// The member holding `name`, if any.
+    pub fn id_of(&self, name: &str) -> Option<MemberId> {
+        self.by_name.get(name).copied()
     }
 
     /// Everyone but `id`, in name order (so deliveries are deterministic).
@@ -168,6 +163,28 @@ impl Room {
         })
     }
 
+    /// Connection `new` takes over the name `old` holds, keeping its place in the room: no
+    /// delivery (a resume is not a change of membership), and `old` is no member any more, so
+    /// its leaving later produces no `LEFT`. False (nothing changes) when `old` is not a
+    /// member or `new` already is one.
+    pub fn take_over(&mut self, old: MemberId, new: MemberId) -> bool {
+        if old == new || self.by_id.contains_key(&new) {
+            return false;
+        }
+        let Some(name) = self.by_id.remove(&old) else {
+            return false;
+        };
+        self.by_name.insert(name.clone(), new);
+        self.by_id.insert(new, name);
+        for m in &mut self.order {
+            if *m == old {
+                *m = new;
+            }
+        }
+        self.version += 1;
+        true
+    }
+
     /// Every member's name, in name order (the `MEMBERS` answer to `WHO`).
     pub fn names(&self) -> Vec<String> {
         self.by_name.keys().cloned().collect()
@@ -178,12 +195,10 @@ impl Room {
         &self.order
     }
 
-    /// Every member, in name order, with the list's version.
-    pub fn recipients(&self) -> Recipients<'_> {
-        Recipients {
-            ids: &self.order,
-            version: self.version,
-        }
+    /// A number that changes whenever the member list does, so a caller may keep facts
+    /// about the list from one delivery to the next.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Forgets every member at once (the room closes): no `LEFT` is produced.
@@ -284,5 +299,27 @@ mod tests {
             "never joined: nothing to announce"
         );
         assert!(r.handle_join(3, "ann").is_ok());
+    }
+
+    #[test]
+    fn a_takeover_moves_the_name_silently_and_the_old_id_leaves_without_left() {
+        let mut r = Room::new();
+        r.handle_join(1, "ann").unwrap();
+        r.handle_join(2, "bob").unwrap();
+        r.handle_join(3, "cy").unwrap();
+        assert!(!r.take_over(2, 1), "1 is a member already");
+        assert!(!r.take_over(9, 10), "9 is no member");
+        assert!(r.take_over(2, 7));
+        assert_eq!(r.id_of("bob"), Some(7));
+        assert_eq!(r.name_of(7), Some("bob"));
+        assert_eq!(r.name_of(2), None);
+        assert_eq!(r.members(), &[1, 7, 3], "same place in name order");
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r.handle_leave(2, EndReason::Replaced),
+            None,
+            "no LEFT for the old one"
+        );
+        assert_eq!(r.handle_msg(7, "hi").unwrap().to, vec![1, 3]);
     }
 }

@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use crate::config::Mode;
 use crate::core::heartbeat::{Action, Answered, Heartbeat, HeartbeatConfig};
 use crate::core::outq::{OutQueue, SharedBytes, MAX_SLICES};
-use crate::core::wire::{BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, ServerMsg};
+use crate::core::wire::{
+    BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, Pos, ResumeToken, ServerMsg,
+};
 
 /// Most bytes [`Session::poll_transmit`] copies out at once (one write system call).
 pub const TRANSMIT_BATCH: usize = 64 * 1024;
@@ -67,6 +69,18 @@ pub enum RoomOp {
     Msg(String),
     /// `WHO`
     Who,
+    /// `JOIN NAME SINCE POS [TOKEN]`: join, or take over a name with its token, with
+    /// positions on (`PUB` instead of `MSG`), replaying what was missed since `since`.
+    JoinSince {
+        /// The name.
+        name: String,
+        /// The last position the client saw (`None`: nothing yet).
+        since: Option<Pos>,
+        /// The name's resume token, if the client has one.
+        token: Option<ResumeToken>,
+    },
+    /// `HISTORY N`: the newest `N` kept room messages.
+    History(u32),
 }
 
 /// What the engine must do with the session's input side.
@@ -278,7 +292,21 @@ impl Session {
                         code: ErrCode::UnknownVerb,
                         detail: "WHO works only on a chat server (this one is --mode echo)".into(),
                     })),
+                    (Mode::Echo, ClientMsg::JoinSince { .. }) => Some(self.bad_line(BadLine {
+                        code: ErrCode::UnknownVerb,
+                        detail: "JOIN ... SINCE works only on a chat server (this one is --mode echo)"
+                            .into(),
+                    })),
+                    (Mode::Echo, ClientMsg::History(_)) => Some(self.bad_line(BadLine {
+                        code: ErrCode::UnknownVerb,
+                        detail: "HISTORY works only on a chat server (this one is --mode echo)"
+                            .into(),
+                    })),
                     (Mode::Chat, ClientMsg::Join(name)) => return Input::Room(RoomOp::Join(name)),
+                    (Mode::Chat, ClientMsg::JoinSince { name, since, token }) => {
+                        return Input::Room(RoomOp::JoinSince { name, since, token })
+                    }
+                    (Mode::Chat, ClientMsg::History(n)) => return Input::Room(RoomOp::History(n)),
                     (Mode::Chat, ClientMsg::Msg(text)) => return Input::Room(RoomOp::Msg(text)),
                     (Mode::Chat, ClientMsg::Who) => return Input::Room(RoomOp::Who),
                 },
@@ -881,6 +909,34 @@ mod tests {
         s.handle_room(t, RoomOutcome::Held(op));
         s.end(t, EndReason::HeartbeatTimeout, true);
         assert_eq!(s.poll_input(t), Input::Stop);
+    }
+
+    #[test]
+    fn history_and_join_since_go_to_the_hub_in_chat_and_are_unknown_in_echo() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Chat), t);
+        s.handle_rx(t, b"HISTORY 5\nJOIN ann SINCE -\n");
+        assert_eq!(s.poll_input(t), Input::Room(RoomOp::History(5)));
+        s.handle_room(t, RoomOutcome::Done);
+        assert_eq!(
+            s.poll_input(t),
+            Input::Room(RoomOp::JoinSince {
+                name: "ann".into(),
+                since: None,
+                token: None
+            })
+        );
+        let mut s = Session::new(cfg(Mode::Echo), t);
+        let _ = drain(&mut s, t);
+        s.handle_rx(t, b"HISTORY 5\nJOIN ann SINCE -\nJOIN ann\n");
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        let out = drain(&mut s, t);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "plain JOIN is still ignored: {out}");
+        assert!(
+            lines.iter().all(|l| l.starts_with("ERR unknown-verb ")),
+            "{out}"
+        );
     }
 
     #[test]

@@ -26,11 +26,14 @@ pub enum EndReason {
     SlowConsumer,
     /// Only in `LEFT`: the client closed or reset the connection itself.
     Closed,
+    /// Only in `END`: another connection resumed this one's name with its token
+    /// (`JOIN NAME SINCE POS TOKEN`); the room sees no `LEFT` for it.
+    Replaced,
 }
 
 impl EndReason {
     /// Every reason, in contract order.
-    pub const ALL: [EndReason; 7] = [
+    pub const ALL: [EndReason; 8] = [
         Self::HeartbeatTimeout,
         Self::Quit,
         Self::ServerShutdown,
@@ -38,6 +41,7 @@ impl EndReason {
         Self::LineTooLong,
         Self::SlowConsumer,
         Self::Closed,
+        Self::Replaced,
     ];
 
     /// The word on the wire.
@@ -50,6 +54,7 @@ impl EndReason {
             Self::LineTooLong => "line-too-long",
             Self::SlowConsumer => "slow-consumer",
             Self::Closed => "closed",
+            Self::Replaced => "replaced",
         }
     }
 
@@ -80,6 +85,9 @@ pub enum ErrCode {
     NotJoined,
     /// Chat: a second `JOIN` on a connection that already joined.
     AlreadyJoined,
+    /// An argument is there but malformed or out of range (`HISTORY N`, the position or
+    /// token of `JOIN NAME SINCE POS TOKEN`).
+    BadArgument,
 }
 
 impl ErrCode {
@@ -92,6 +100,7 @@ impl ErrCode {
             Self::NameTaken => "name-taken",
             Self::NotJoined => "not-joined",
             Self::AlreadyJoined => "already-joined",
+            Self::BadArgument => "bad-argument",
         }
     }
 
@@ -104,6 +113,7 @@ impl ErrCode {
             Self::NameTaken,
             Self::NotJoined,
             Self::AlreadyJoined,
+            Self::BadArgument,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
@@ -133,6 +143,151 @@ impl fmt::Display for BadLine {
 
 impl std::error::Error for BadLine {}
 
+/// Longest epoch, in characters.
+pub const MAX_EPOCH: usize = 16;
+
+/// Length of a resume token, in characters.
+pub const TOKEN_LEN: usize = 16;
+
+/// Most messages one `HISTORY N` may ask for.
+pub const MAX_HISTORY_REQUEST: u32 = 10_000;
+
+/// True for a non-empty string of `[0-9a-z]` only.
+fn is_base36(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+}
+
+/// A decimal number of digits only (no sign, no spaces), as `u64`.
+fn parse_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// The epoch of the room's stream: 1 to [`MAX_EPOCH`] characters `[0-9a-z]`, chosen by the
+/// engine at server start. A new epoch means the stream before it is lost (the server
+/// restarted), so offsets of another epoch mean nothing any more.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(String);
+
+impl Epoch {
+    /// `s` as an epoch, if it is 1 to [`MAX_EPOCH`] characters `[0-9a-z]`.
+    pub fn new(s: &str) -> Option<Self> {
+        (s.len() <= MAX_EPOCH && is_base36(s)).then(|| Self(s.to_owned()))
+    }
+
+    /// The epoch as written on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Epoch {
+    /// `0`: the epoch of a hub nobody gave one (tests, and engines that do not resume).
+    fn default() -> Self {
+        Self("0".to_owned())
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A position in the room's stream, `EPOCH:OFFSET`: the offset of a room message (1 for the
+/// first one of the epoch), or of the newest one when a reply names where the stream stands
+/// (0 while there is none).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pos {
+    /// The stream's epoch.
+    pub epoch: Epoch,
+    /// The message's number in that epoch.
+    pub offset: u64,
+}
+
+impl Pos {
+    /// Parses `EPOCH:OFFSET` (the offset in decimal digits only).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (epoch, offset) = s.split_once(':')?;
+        Some(Self {
+            epoch: Epoch::new(epoch)?,
+            offset: parse_u64(offset)?,
+        })
+    }
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
+    }
+}
+
+/// A resume token: [`TOKEN_LEN`] characters `[0-9a-z]`, given to a member in `WELCOME`. A
+/// new connection that presents it may take the member's name over at once.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ResumeToken(String);
+
+impl ResumeToken {
+    /// `s` as a token, if it is exactly [`TOKEN_LEN`] characters `[0-9a-z]`.
+    pub fn new(s: &str) -> Option<Self> {
+        (s.len() == TOKEN_LEN && is_base36(s)).then(|| Self(s.to_owned()))
+    }
+
+    /// The token as written on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ResumeToken {
+    // A token is a credential: keep it out of debug output (and so out of logs and panics).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeToken(..)")
+    }
+}
+
+impl fmt::Display for ResumeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a resume cannot be filled (`GAP REASON EPOCH:LAST`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GapReason {
+    /// The position names another epoch: the server restarted and the stream was lost.
+    EpochChanged,
+    /// Messages after the position are no longer kept (or the position is in the future).
+    TooOld,
+}
+
+impl GapReason {
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EpochChanged => "epoch-changed",
+            Self::TooOld => "too-old",
+        }
+    }
+
+    /// Parses the word on the wire.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::EpochChanged, Self::TooOld]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for GapReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A line from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMsg {
@@ -148,6 +303,18 @@ pub enum ClientMsg {
     Quit(Option<String>),
     /// `WHO`: asks for the member list (answered `MEMBERS ...` in chat mode).
     Who,
+    /// `JOIN NAME SINCE POS [TOKEN]` (chat): join, or resume, with positions on. `since` is
+    /// `None` for `-` (nothing seen yet); `token` takes over a name still held.
+    JoinSince {
+        /// The name to take.
+        name: String,
+        /// The last position the client saw (`None`: `-`).
+        since: Option<Pos>,
+        /// The name's resume token, from an earlier `WELCOME`.
+        token: Option<ResumeToken>,
+    },
+    /// `HISTORY N` (chat): the newest N kept room messages, N in 1..=[`MAX_HISTORY_REQUEST`].
+    History(u32),
 }
 
 /// Splits `VERB SP REST`; a line without a space is all verb.
@@ -187,7 +354,32 @@ impl ClientMsg {
             }),
         };
         Ok(match verb {
-            "JOIN" => Self::Join(need(rest)?),
+            "JOIN" => {
+                let rest = need(rest)?;
+                match rest.split_once(' ') {
+                    // Only a second word SINCE makes the new form, so every line a legacy
+                    // client sends parses (and is refused) exactly as before.
+                    Some((name, tail)) if tail.split(' ').next() == Some("SINCE") => {
+                        Self::parse_join_since(name, tail)?
+                    }
+                    _ => Self::Join(rest),
+                }
+            }
+            "HISTORY" => {
+                let n = need(rest)?;
+                match parse_u64(&n) {
+                    Some(k @ 1..) if k <= u64::from(MAX_HISTORY_REQUEST) => Self::History(k as u32),
+                    _ => {
+                        return Err(BadLine {
+                            code: ErrCode::BadArgument,
+                            detail: format!(
+                                "HISTORY needs a count from 1 to {MAX_HISTORY_REQUEST}, not '{}'",
+                                printable(n.as_bytes(), 32)
+                            ),
+                        })
+                    }
+                }
+            }
             "MSG" => Self::Msg(need(rest)?),
             "PING" => Self::Ping(need(rest)?),
             "PONG" => Self::Pong(need(rest)?),
@@ -206,10 +398,65 @@ impl ClientMsg {
         })
     }
 
+    /// `NAME SINCE POS [TOKEN]` after `JOIN `: `tail` starts with `SINCE`.
+    fn parse_join_since(name: &str, tail: &str) -> Result<Self, BadLine> {
+        let bad = |code, what: &str| BadLine {
+            code,
+            detail: format!("JOIN NAME SINCE POS [TOKEN]: {what}"),
+        };
+        if name.is_empty() {
+            return Err(bad(ErrCode::MissingArgument, "the name is empty"));
+        }
+        let mut words = tail.split(' ').skip(1);
+        let since = match words.next() {
+            None | Some("") => {
+                return Err(bad(
+                    ErrCode::MissingArgument,
+                    "POS is EPOCH:OFFSET or - (nothing seen yet)",
+                ))
+            }
+            Some("-") => None,
+            Some(p) => Some(Pos::parse(p).ok_or_else(|| {
+                bad(
+                    ErrCode::BadArgument,
+                    &format!(
+                        "'{}' is not EPOCH:OFFSET (EPOCH 1 to {MAX_EPOCH} of [0-9a-z], OFFSET a number) or -",
+                        printable(p.as_bytes(), 40)
+                    ),
+                )
+            })?),
+        };
+        let token = match words.next() {
+            None => None,
+            Some(t) => Some(ResumeToken::new(t).ok_or_else(|| {
+                bad(
+                    ErrCode::BadArgument,
+                    &format!("TOKEN is {TOKEN_LEN} of [0-9a-z], from WELCOME"),
+                )
+            })?),
+        };
+        if words.next().is_some() {
+            return Err(bad(ErrCode::BadArgument, "nothing may follow TOKEN"));
+        }
+        Ok(Self::JoinSince {
+            name: name.to_owned(),
+            since,
+            token,
+        })
+    }
+
     /// The line on the wire, `\n` included.
     pub fn encode(&self) -> String {
         match self {
             Self::Join(n) => format!("JOIN {n}\n"),
+            Self::JoinSince { name, since, token } => {
+                let since = since.as_ref().map_or("-".to_owned(), Pos::to_string);
+                match token {
+                    Some(t) => format!("JOIN {name} SINCE {since} {t}\n"),
+                    None => format!("JOIN {name} SINCE {since}\n"),
+                }
+            }
+            Self::History(n) => format!("HISTORY {n}\n"),
             Self::Msg(t) => format!("MSG {t}\n"),
             Self::Ping(t) => format!("PING {t}\n"),
             Self::Pong(t) => format!("PONG {t}\n"),
@@ -263,6 +510,41 @@ pub enum ServerMsg {
     Err(BadLine),
     /// `END REASON`: the server closes after this line.
     End(EndReason),
+    /// `PUB EPOCH:OFFSET FROM TEXT` (chat): a room message with its position, to members
+    /// that joined with `SINCE` (instead of `MSG`), and in replays.
+    Pub {
+        /// The message's position in the room's stream.
+        pos: Pos,
+        /// Sender's name.
+        from: String,
+        /// The text.
+        text: String,
+    },
+    /// `WELCOME NAME EPOCH:LAST TOKEN` (chat): the answer to `JOIN NAME SINCE ...`, before
+    /// any replay or live line.
+    Welcome {
+        /// The name taken.
+        name: String,
+        /// Where the stream stands: the newest room message (offset 0 if none).
+        last: Pos,
+        /// The name's resume token.
+        token: ResumeToken,
+    },
+    /// `SYNCED EPOCH:LAST N` (chat): a replay is complete; `count` lines were replayed.
+    Synced {
+        /// Where the stream stood when the replay was made.
+        last: Pos,
+        /// How many `PUB` lines the replay had.
+        count: u64,
+    },
+    /// `GAP REASON EPOCH:LAST` (chat): the messages after the position asked for cannot be
+    /// replayed; live lines follow.
+    Gap {
+        /// Why.
+        reason: GapReason,
+        /// Where the stream stands.
+        last: Pos,
+    },
 }
 
 /// A server line the client could not understand.
@@ -308,6 +590,10 @@ impl ServerMsg {
             Self::Pong(t) => format!("PONG {t}\n"),
             Self::Err(b) => format!("ERR {} {}\n", b.code, b.detail),
             Self::End(r) => format!("END {r}\n"),
+            Self::Pub { pos, from, text } => format!("PUB {pos} {from} {text}\n"),
+            Self::Welcome { name, last, token } => format!("WELCOME {name} {last} {token}\n"),
+            Self::Synced { last, count } => format!("SYNCED {last} {count}\n"),
+            Self::Gap { reason, last } => format!("GAP {reason} {last}\n"),
         }
     }
 
@@ -383,6 +669,37 @@ impl ServerMsg {
                 })
             }
             "END" => Self::End(EndReason::parse(rest_s).ok_or_else(bad)?),
+            "PUB" => {
+                let (pos, msg) = rest_s.split_once(' ').ok_or_else(bad)?;
+                let (from, text) = msg.split_once(' ').ok_or_else(bad)?;
+                Self::Pub {
+                    pos: Pos::parse(pos).ok_or_else(bad)?,
+                    from: from.to_owned(),
+                    text: text.to_owned(),
+                }
+            }
+            "WELCOME" => match rest_s.split(' ').collect::<Vec<_>>()[..] {
+                [name, last, token] if !name.is_empty() => Self::Welcome {
+                    name: name.to_owned(),
+                    last: Pos::parse(last).ok_or_else(bad)?,
+                    token: ResumeToken::new(token).ok_or_else(bad)?,
+                },
+                _ => return Err(bad()),
+            },
+            "SYNCED" => {
+                let (last, count) = rest_s.split_once(' ').ok_or_else(bad)?;
+                Self::Synced {
+                    last: Pos::parse(last).ok_or_else(bad)?,
+                    count: parse_u64(count).ok_or_else(bad)?,
+                }
+            }
+            "GAP" => {
+                let (reason, last) = rest_s.split_once(' ').ok_or_else(bad)?;
+                Self::Gap {
+                    reason: GapReason::parse(reason).ok_or_else(bad)?,
+                    last: Pos::parse(last).ok_or_else(bad)?,
+                }
+            }
             _ => return Err(bad()),
         })
     }
@@ -778,6 +1095,7 @@ mod tests {
                 EndReason::LineTooLong => at::<4>(),
                 EndReason::SlowConsumer => at::<5>(),
                 EndReason::Closed => at::<6>(),
+                EndReason::Replaced => at::<7>(),
             }
         }
         for (i, r) in EndReason::ALL.into_iter().enumerate() {
@@ -786,6 +1104,238 @@ mod tests {
         let words: std::collections::HashSet<_> =
             EndReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(words.len(), EndReason::ALL.len(), "one word per reason");
+    }
+
+    fn pos(e: &str, o: u64) -> Pos {
+        Pos {
+            epoch: Epoch::new(e).unwrap(),
+            offset: o,
+        }
+    }
+
+    fn tok() -> ResumeToken {
+        ResumeToken::new("0123456789abcdef").unwrap()
+    }
+
+    #[test]
+    fn positions_tokens_and_epochs() {
+        assert_eq!(Pos::parse("k3x:42"), Some(pos("k3x", 42)));
+        assert_eq!(Pos::parse("0:0"), Some(pos("0", 0)));
+        let max = format!("{}:{}", "z".repeat(16), u64::MAX);
+        assert_eq!(Pos::parse(&max).unwrap().to_string(), max);
+        for bad in [
+            "",
+            ":",
+            "0:",
+            ":1",
+            "0:-1",
+            "0:+1",
+            "0: 1",
+            "0:1 ",
+            "A:1",
+            "a-b:1",
+            "a:b:1",
+            "é:1",
+            "0:1x",
+            "0:18446744073709551616",
+            "0:0x10",
+            "-",
+        ] {
+            assert_eq!(Pos::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            Pos::parse(&format!("{}:1", "a".repeat(17))),
+            None,
+            "epoch too long"
+        );
+        assert_eq!(Epoch::default().as_str(), "0");
+        assert!(Epoch::new("").is_none() && Epoch::new("\u{0663}").is_none());
+        assert!(ResumeToken::new("0123456789abcde").is_none(), "15 chars");
+        assert!(ResumeToken::new("0123456789abcdef0").is_none(), "17 chars");
+        assert!(ResumeToken::new("0123456789ABCDEF").is_none(), "upper case");
+        assert_eq!(
+            format!("{:?}", tok()),
+            "ResumeToken(..)",
+            "kept out of logs"
+        );
+        for r in [GapReason::EpochChanged, GapReason::TooOld] {
+            assert_eq!(GapReason::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn join_since_and_history_parse_and_round_trip() {
+        let all = [
+            ClientMsg::JoinSince {
+                name: "ann".into(),
+                since: None,
+                token: None,
+            },
+            ClientMsg::JoinSince {
+                name: "ann".into(),
+                since: Some(pos("k3", 17)),
+                token: None,
+            },
+            ClientMsg::JoinSince {
+                name: "ann".into(),
+                since: Some(pos("k3", 0)),
+                token: Some(tok()),
+            },
+            ClientMsg::History(1),
+            ClientMsg::History(10_000),
+        ];
+        for m in all {
+            let wire = m.encode();
+            assert_eq!(
+                ClientMsg::parse(wire.trim_end_matches('\n').as_bytes()),
+                Ok(m),
+                "{wire}"
+            );
+        }
+        assert_eq!(
+            ClientMsg::parse(b"JOIN bob SINCE - 0123456789abcdef"),
+            Ok(ClientMsg::JoinSince {
+                name: "bob".into(),
+                since: None,
+                token: Some(tok())
+            })
+        );
+        // Legacy lines parse as they always did (a second word other than SINCE is part of
+        // the name, which the room refuses).
+        assert_eq!(
+            ClientMsg::parse(b"JOIN a b"),
+            Ok(ClientMsg::Join("a b".into()))
+        );
+        assert_eq!(
+            ClientMsg::parse(b"JOIN a since -"),
+            Ok(ClientMsg::Join("a since -".into()))
+        );
+    }
+
+    #[test]
+    fn hostile_join_since_and_history_lines_are_refused() {
+        for (line, code) in [
+            (&b"JOIN ann SINCE"[..], ErrCode::MissingArgument),
+            (b"JOIN ann SINCE ", ErrCode::MissingArgument),
+            (b"JOIN  SINCE -", ErrCode::MissingArgument),
+            (b"JOIN ann SINCE 0", ErrCode::BadArgument),
+            (b"JOIN ann SINCE 0:", ErrCode::BadArgument),
+            (b"JOIN ann SINCE :5", ErrCode::BadArgument),
+            (b"JOIN ann SINCE 0:-5", ErrCode::BadArgument),
+            (
+                b"JOIN ann SINCE 0:99999999999999999999",
+                ErrCode::BadArgument,
+            ),
+            (b"JOIN ann SINCE ABC:1", ErrCode::BadArgument),
+            (b"JOIN ann SINCE aaaaaaaaaaaaaaaaa:1", ErrCode::BadArgument),
+            (
+                "JOIN ann SINCE \u{e9}t\u{e9}:1".as_bytes(),
+                ErrCode::BadArgument,
+            ),
+            (b"JOIN ann SINCE \x7f:1", ErrCode::BadArgument),
+            (b"JOIN ann SINCE 0:1 short", ErrCode::BadArgument),
+            (
+                b"JOIN ann SINCE 0:1 0123456789abcdef0",
+                ErrCode::BadArgument,
+            ),
+            (b"JOIN ann SINCE 0:1 0123456789ABCDEF", ErrCode::BadArgument),
+            (
+                b"JOIN ann SINCE 0:1 0123456789abcdef extra",
+                ErrCode::BadArgument,
+            ),
+            (b"JOIN ann SINCE 0:1 ", ErrCode::BadArgument),
+            (b"JOIN ann SINCE  0:1", ErrCode::MissingArgument),
+            (b"HISTORY", ErrCode::MissingArgument),
+            (b"HISTORY ", ErrCode::MissingArgument),
+            (b"HISTORY 0", ErrCode::BadArgument),
+            (b"HISTORY 10001", ErrCode::BadArgument),
+            (b"HISTORY 18446744073709551616", ErrCode::BadArgument),
+            (
+                b"HISTORY 99999999999999999999999999999",
+                ErrCode::BadArgument,
+            ),
+            (b"HISTORY -1", ErrCode::BadArgument),
+            (b"HISTORY +5", ErrCode::BadArgument),
+            (b"HISTORY 5 6", ErrCode::BadArgument),
+            (b"HISTORY five", ErrCode::BadArgument),
+        ] {
+            let e = ClientMsg::parse(line).unwrap_err();
+            assert_eq!(e.code, code, "{:?}", String::from_utf8_lossy(line));
+            assert!(!e.detail.contains('\n'));
+        }
+        let long = format!("JOIN ann SINCE {}:1", "x".repeat(100_000));
+        let e = ClientMsg::parse(long.as_bytes()).unwrap_err();
+        assert!(e.detail.len() < 200, "the detail quotes a bounded part");
+    }
+
+    #[test]
+    fn new_server_lines_round_trip_and_hostile_ones_are_refused() {
+        let all = [
+            ServerMsg::Pub {
+                pos: pos("k3", 7),
+                from: "bob".into(),
+                text: "hi  all ".into(),
+            },
+            ServerMsg::Pub {
+                pos: pos("0", 1),
+                from: "bob".into(),
+                text: String::new(),
+            },
+            ServerMsg::Welcome {
+                name: "ann".into(),
+                last: pos("k3", 0),
+                token: tok(),
+            },
+            ServerMsg::Synced {
+                last: pos("k3", 12),
+                count: 5,
+            },
+            ServerMsg::Gap {
+                reason: GapReason::TooOld,
+                last: pos("k3", 12),
+            },
+            ServerMsg::Gap {
+                reason: GapReason::EpochChanged,
+                last: pos("z", 0),
+            },
+            ServerMsg::End(EndReason::Replaced),
+        ];
+        for m in all {
+            let wire = m.encode();
+            assert!(wire.ends_with('\n') && wire.matches('\n').count() == 1);
+            assert_eq!(
+                ServerMsg::parse(wire.trim_end_matches('\n').as_bytes()),
+                Ok(m)
+            );
+        }
+        assert_eq!(
+            ServerMsg::parse(b"PUB k3:7 bob hi"),
+            Ok(ServerMsg::Pub {
+                pos: pos("k3", 7),
+                from: "bob".into(),
+                text: "hi".into()
+            })
+        );
+        for bad in [
+            &b"PUB"[..],
+            b"PUB k3:7",
+            b"PUB k3:7 bob",
+            b"PUB K3:7 bob hi",
+            b"PUB k3 bob hi",
+            b"WELCOME ann k3:0",
+            b"WELCOME ann k3:0 short",
+            b"WELCOME  k3:0 0123456789abcdef",
+            b"WELCOME ann k3:0 0123456789abcdef x",
+            b"SYNCED k3:1",
+            b"SYNCED k3:1 -1",
+            b"SYNCED k3:1 1 2",
+            b"GAP too-old",
+            b"GAP lost k3:1",
+            b"GAP too-old k3",
+            b"END nope",
+        ] {
+            assert!(ServerMsg::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
-use crate::core::hub::{Hub, HubEvent, Mailboxes};
+use crate::core::hub::{Fanout, Hub, HubEvent, Mailboxes};
 use crate::core::outq::SharedBytes;
-use crate::core::room::{IdMap, MemberId, Recipients};
+use crate::core::room::{IdMap, MemberId};
 use crate::core::session::{Input, RoomOutcome, Session, SessionEvent};
 use crate::core::wire::EndReason;
 use crate::net::events::{Event, EventLog};
@@ -60,19 +60,26 @@ pub struct Members<'a, C> {
 /// memory is reused.
 #[derive(Debug, Default)]
 pub struct Stage {
-    /// The recipients' budgets at the snapshot, for the recipient list of `version`.
+    /// The recipients' budgets at the snapshot, for the groups of `version`.
     snap: IdMap<Snap>,
     version: Option<u64>,
-    /// The recipients, in delivery order.
+    /// One per group of the [`Fanout`] (the members that get `MSG`, those that get `PUB`).
+    groups: Vec<Group>,
+    /// The instant of the batch's lines.
+    now: Option<Instant>,
+}
+
+/// The members of one group and the lines built for them.
+#[derive(Debug, Default)]
+struct Group {
+    /// The members, in delivery order.
     ids: Vec<MemberId>,
     /// The least free budget among them at the snapshot (0 when one is not open).
     min_room: usize,
-    /// Room lines, each built once for every recipient.
+    /// Room lines, each built once for every member of the group.
     batch: Vec<u8>,
     /// Where each line of `batch` ends, and the one member it is not for (its sender).
     lines: Vec<(usize, MemberId)>,
-    /// The instant of the batch's lines.
-    now: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,8 +88,10 @@ struct Snap {
     room: usize,
     /// Open at the snapshot.
     open: bool,
-    /// Bytes of `batch` not for this member (its own lines).
+    /// Bytes of its group's batch not for this member (its own lines).
     own: usize,
+    /// Its group.
+    group: usize,
 }
 
 /// Batch bytes after which a batch is flushed anyway (bounds memory and delay).
@@ -94,33 +103,37 @@ impl<'a, C: Member> Members<'a, C> {
         Self { conns, stage }
     }
 
-    /// Reads the budgets of `to` (one lock each).
-    fn snapshot(&mut self, to: Recipients<'_>) {
+    /// Reads the budgets of every recipient of `f` (one lock each).
+    fn snapshot(&mut self, f: Fanout<'_>) {
         let st = &mut *self.stage;
         st.snap.clear();
-        st.ids.clear();
-        st.ids.extend_from_slice(to.ids);
-        st.min_room = usize::MAX;
-        for &id in to.ids {
-            let snap = match self.conns.get(&id) {
-                Some(conn) => {
-                    let s = conn.session();
-                    Snap {
-                        room: s.config().queue.saturating_sub(s.queued()),
-                        open: s.is_open(),
-                        own: 0,
+        st.groups.resize_with(f.groups.len(), Group::default);
+        for (g, (ids, _)) in f.groups.iter().enumerate() {
+            let group = &mut st.groups[g];
+            group.ids.clear();
+            group.ids.extend_from_slice(ids);
+            group.min_room = usize::MAX;
+            for &id in ids.iter() {
+                let (room, open) = match self.conns.get(&id) {
+                    Some(conn) => {
+                        let s = conn.session();
+                        (s.config().queue.saturating_sub(s.queued()), s.is_open())
                     }
-                }
-                None => Snap {
-                    room: 0,
-                    open: false,
-                    own: 0,
-                },
-            };
-            st.min_room = st.min_room.min(if snap.open { snap.room } else { 0 });
-            st.snap.insert(id, snap);
+                    None => (0, false),
+                };
+                group.min_room = group.min_room.min(if open { room } else { 0 });
+                st.snap.insert(
+                    id,
+                    Snap {
+                        room,
+                        open,
+                        own: 0,
+                        group: g,
+                    },
+                );
+            }
         }
-        st.version = Some(to.version);
+        st.version = Some(f.version);
     }
 
     /// Hands every recipient its lines of the batch (shared, not copied) and wakes its
@@ -129,60 +142,70 @@ impl<'a, C: Member> Members<'a, C> {
     pub fn flush(&mut self, now: Instant) {
         let st = &mut *self.stage;
         st.version = None;
-        if st.batch.is_empty() {
-            return;
-        }
         let now = st.now.take().unwrap_or(now);
-        let total = st.batch.len();
-        let shared = SharedBytes::new(std::mem::replace(
-            &mut st.batch,
-            Vec::with_capacity(total.min(STAGE_LIMIT)),
-        ));
-        for &id in &st.ids {
-            let Some(snap) = st.snap.get(&id) else {
+        for group in &mut st.groups {
+            if group.batch.is_empty() {
                 continue;
-            };
-            let Some(conn) = self.conns.get(&id).filter(|_| snap.open) else {
-                continue;
-            };
-            let mut s = conn.session();
-            if snap.own == 0 {
-                s.push_shared(now, shared.clone());
-            } else {
-                // Everything but its own lines, in runs.
-                let mut run = 0;
-                let mut line_start = 0;
-                for &(end, except) in &st.lines {
-                    if except == id {
-                        if line_start > run {
-                            s.push_shared(now, shared.slice(run..line_start));
-                        }
-                        run = end;
-                    }
-                    line_start = end;
-                }
-                if total > run {
-                    s.push_shared(now, shared.slice(run..total));
-                }
             }
-            drop(s);
-            conn.wake();
+            let total = group.batch.len();
+            let shared = SharedBytes::new(std::mem::replace(
+                &mut group.batch,
+                Vec::with_capacity(total.min(STAGE_LIMIT)),
+            ));
+            for &id in &group.ids {
+                let Some(snap) = st.snap.get(&id) else {
+                    continue;
+                };
+                let Some(conn) = self.conns.get(&id).filter(|_| snap.open) else {
+                    continue;
+                };
+                let mut s = conn.session();
+                if snap.own == 0 {
+                    s.push_shared(now, shared.clone());
+                } else {
+                    // Everything but its own lines, in runs.
+                    let mut run = 0;
+                    let mut line_start = 0;
+                    for &(end, except) in &group.lines {
+                        if except == id {
+                            if line_start > run {
+                                s.push_shared(now, shared.slice(run..line_start));
+                            }
+                            run = end;
+                        }
+                        line_start = end;
+                    }
+                    if total > run {
+                        s.push_shared(now, shared.slice(run..total));
+                    }
+                }
+                drop(s);
+                conn.wake();
+            }
+            group.lines.clear();
         }
-        st.lines.clear();
     }
 
     /// The exact check for one member against the snapshot.
     fn fits(&self, id: MemberId, len: usize) -> bool {
-        let total = self.stage.batch.len();
-        self.stage
-            .snap
-            .get(&id)
-            .is_some_and(|s| s.open && s.room + s.own >= total + len)
+        self.stage.snap.get(&id).is_some_and(|s| {
+            let total = self.stage.groups[s.group].batch.len();
+            s.open && s.room + s.own >= total + len
+        })
     }
 
     /// The instant of the batch (for a flush the hub did not ask for).
     fn now(&self) -> Instant {
         self.stage.now.unwrap_or_else(Instant::now)
+    }
+
+    /// Makes the snapshot match `f`'s groups (flushing what was staged for older ones).
+    fn track(&mut self, f: Fanout<'_>) {
+        if self.stage.version != Some(f.version) {
+            let now = self.now();
+            self.flush(now);
+            self.snapshot(f);
+        }
     }
 }
 
@@ -213,32 +236,45 @@ impl<C: Member> Mailboxes for Members<'_, C> {
     fn is_open(&mut self, id: MemberId) -> bool {
         self.conns.get(&id).is_some_and(|c| c.session().is_open())
     }
-    fn all_have_room(&mut self, to: Recipients<'_>, except: MemberId, len: usize) -> bool {
-        if self.stage.version != Some(to.version) {
-            let now = self.now();
-            self.flush(now);
-            self.snapshot(to);
+    fn end(&mut self, id: MemberId, now: Instant, reason: EndReason) {
+        // What was staged for it goes first (and is then dropped by the urgent end).
+        self.flush(now);
+        if let Some(c) = self.conns.get(&id) {
+            c.session().end(now, reason, true);
+            // Its engine must notice the end (write END, then leave the room).
+            c.wake();
         }
-        // Usually answered from the least budget alone; exactly, member by member, when
-        // that is too tight.
-        if self.stage.min_room >= self.stage.batch.len() + len {
-            return true;
-        }
-        to.ids.iter().all(|&id| id == except || self.fits(id, len))
     }
-    fn broadcast(&mut self, to: Recipients<'_>, except: MemberId, now: Instant, line: &[u8]) {
-        if self.stage.version != Some(to.version) {
-            self.flush(now);
-            self.snapshot(to);
-        }
+    fn all_have_room(&mut self, f: Fanout<'_>, except: MemberId) -> bool {
+        self.track(f);
+        // Usually answered from each group's least budget alone; exactly, member by
+        // member, when that is too tight.
+        f.groups.iter().enumerate().all(|(g, (ids, line))| {
+            let group = &self.stage.groups[g];
+            group.min_room >= group.batch.len() + line.len()
+                || ids
+                    .iter()
+                    .all(|&id| id == except || self.fits(id, line.len()))
+        })
+    }
+    fn broadcast(&mut self, f: Fanout<'_>, except: MemberId, now: Instant) {
+        self.track(f);
         let st = &mut *self.stage;
         st.now.get_or_insert(now);
-        st.batch.extend_from_slice(line);
-        st.lines.push((st.batch.len(), except));
-        if let Some(s) = st.snap.get_mut(&except) {
-            s.own += line.len();
+        let mut full = false;
+        for (g, (ids, line)) in f.groups.iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            let group = &mut st.groups[g];
+            group.batch.extend_from_slice(line);
+            group.lines.push((group.batch.len(), except));
+            full |= group.batch.len() >= STAGE_LIMIT;
         }
-        if st.batch.len() >= STAGE_LIMIT {
+        if let Some(s) = st.snap.get_mut(&except) {
+            s.own += f.groups[s.group].1.len();
+        }
+        if full {
             self.flush(now);
         }
     }
@@ -509,5 +545,44 @@ mod tests {
         assert_eq!(o, RoomOutcome::Done);
         mb.flush(t);
         assert_eq!(written(&c, 2), "MSG ann xxxxxx\n");
+    }
+
+    #[test]
+    fn positioned_and_legacy_members_get_their_own_form_of_each_line() {
+        let t = Instant::now();
+        let mut c = chat(&["ann", "cat"], 1 << 20, t);
+        let bob = Arc::new(TestConn {
+            session: Mutex::new(Session::new(*c.conns[&1].session().config(), t)),
+            wakes: AtomicUsize::new(0),
+        });
+        c.conns.insert(9, bob);
+        let mut stage = Stage::default();
+        let mut mb = Members::new(&c.conns, &mut stage);
+        let join = RoomOp::JoinSince {
+            name: "bob".into(),
+            since: None,
+            token: None,
+        };
+        assert_eq!(c.hub.handle_op(t, 9, join, &mut mb), RoomOutcome::Done);
+        for text in ["one", "two"] {
+            let o = c.hub.handle_op(t, 1, RoomOp::Msg(text.into()), &mut mb);
+            assert_eq!(o, RoomOutcome::Done);
+        }
+        let o = c.hub.handle_op(t, 9, RoomOp::Msg("three".into()), &mut mb);
+        assert_eq!(o, RoomOutcome::Done);
+        mb.flush(t);
+        let bob_saw = written(&c, 9);
+        let lines: Vec<&str> = bob_saw.lines().collect();
+        assert!(lines[0].starts_with("HELLO "), "{bob_saw}");
+        assert!(lines[1].starts_with("WELCOME bob 0:0 "), "{bob_saw}");
+        assert_eq!(
+            &lines[2..],
+            ["SYNCED 0:0 0", "PUB 0:1 ann one", "PUB 0:2 ann two"]
+        );
+        assert_eq!(written(&c, 1), "JOINED bob\nMSG bob three\n");
+        assert_eq!(
+            written(&c, 2),
+            "JOINED bob\nMSG ann one\nMSG ann two\nMSG bob three\n"
+        );
     }
 }

@@ -1,0 +1,292 @@
+//! The room's stream: every room message's offset, and the newest messages kept for replay.
+//!
+//! Each room message gets the next offset of the stream (1 for the first); [`History::last`]
+//! is the newest one's (0 before any). The newest messages are kept in a ring bounded twice:
+//! at most `max_count` messages (0 keeps none: history off) and at most `max_bytes` bytes,
+//! counting each message's name and text plus one separator byte (what a replay line carries
+//! besides its position); the oldest go first when either bound is passed. The ring's own
+//! memory on top of that is one 24-byte slot per kept message plus the allocator's rounding
+//! of each stored line ([`History::heap_bytes`] estimates the whole).
+//!
+//! The kept messages are always a gapless run ending at the newest message, so a replay from
+//! any position inside it misses nothing. That is why a single message larger than
+//! `max_bytes` is not kept *and the older ones are dropped with it*: keeping them would leave
+//! a hole, and a client resuming from before the big message must be told its gap cannot be
+//! filled rather than be given the messages around it.
+
+use std::collections::VecDeque;
+
+/// One kept message.
+#[derive(Debug, Clone)]
+struct Entry {
+    offset: u64,
+    /// `NAME TEXT` (a name has no spaces, so the first space splits them).
+    line: Box<str>,
+}
+
+/// A kept message, as a replay reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept<'a> {
+    /// Its offset in the stream.
+    pub offset: u64,
+    /// Its sender.
+    pub from: &'a str,
+    /// Its text.
+    pub text: &'a str,
+}
+
+impl Entry {
+    fn kept(&self) -> Kept<'_> {
+        let (from, text) = self.line.split_once(' ').unwrap_or((&self.line, ""));
+        Kept {
+            offset: self.offset,
+            from,
+            text,
+        }
+    }
+}
+
+/// Messages after an offset cannot be replayed: some are no longer kept, or the offset is
+/// beyond the newest message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooOld;
+
+/// The stream's offsets and its bounded history. See the module docs.
+#[derive(Debug, Clone)]
+pub struct History {
+    max_count: usize,
+    max_bytes: usize,
+    entries: VecDeque<Entry>,
+    /// Sum of the kept lines' lengths.
+    bytes: usize,
+    /// Offset of the newest message, kept or not (0: none yet).
+    last: u64,
+}
+
+impl History {
+    /// An empty stream keeping at most `max_count` messages and `max_bytes` bytes of them.
+    pub fn new(max_count: usize, max_bytes: usize) -> Self {
+        Self {
+            max_count,
+            max_bytes,
+            entries: VecDeque::new(),
+            bytes: 0,
+            last: 0,
+        }
+    }
+
+    /// Offset of the newest room message (0 while there is none).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The offset the next room message will get.
+    pub fn next_offset(&self) -> u64 {
+        self.last + 1
+    }
+
+    /// Offset of the oldest kept message, if any is kept.
+    pub fn oldest(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.offset)
+    }
+
+    /// Messages kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no message is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes counted against `max_bytes` (each kept message's name, text and one separator).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// About the heap memory the kept messages take: ring slots plus stored lines.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>() + self.bytes
+    }
+
+    /// A room message from `from` with `text` was delivered: it takes the next offset
+    /// (returned) and is kept if the bounds allow.
+    pub fn record(&mut self, from: &str, text: &str) -> u64 {
+        self.last += 1;
+        let len = from.len() + 1 + text.len();
+        if self.max_count == 0 || len > self.max_bytes {
+            // Not kept, so nothing older can be replayed past it either (module docs).
+            self.entries.clear();
+            self.bytes = 0;
+            return self.last;
+        }
+        while self.entries.len() >= self.max_count || self.bytes + len > self.max_bytes {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= old.line.len();
+        }
+        let mut line = String::with_capacity(len);
+        line.push_str(from);
+        line.push(' ');
+        line.push_str(text);
+        self.entries.push_back(Entry {
+            offset: self.last,
+            line: line.into_boxed_str(),
+        });
+        self.bytes += len;
+        self.last
+    }
+
+    /// Every message after `offset`, oldest first: empty when `offset` is the newest;
+    /// [`TooOld`] when one of them is no longer kept or `offset` is beyond the newest.
+    pub fn after(&self, offset: u64) -> Result<impl Iterator<Item = Kept<'_>>, TooOld> {
+        if offset > self.last {
+            return Err(TooOld);
+        }
+        let skip = if offset == self.last {
+            self.entries.len()
+        } else {
+            // The kept run ends at `last`, so it covers offset+1.. iff it starts there or
+            // earlier.
+            match self.oldest() {
+                Some(oldest) if oldest <= offset + 1 => (offset + 1 - oldest) as usize,
+                _ => return Err(TooOld),
+            }
+        };
+        Ok(self.entries.range(skip..).map(Entry::kept))
+    }
+
+    /// The newest `n` kept messages (fewer if fewer are kept), oldest first.
+    pub fn newest(&self, n: usize) -> impl Iterator<Item = Kept<'_>> {
+        let skip = self.entries.len().saturating_sub(n);
+        self.entries.range(skip..).map(Entry::kept)
+    }
+
+    /// Forgets the kept messages (offsets go on).
+    pub fn clear(&mut self) {
+        self.entries = VecDeque::new();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets<'a>(it: impl Iterator<Item = Kept<'a>>) -> Vec<u64> {
+        it.map(|k| k.offset).collect()
+    }
+
+    fn filled(max_count: usize, max_bytes: usize, n: u64) -> History {
+        let mut h = History::new(max_count, max_bytes);
+        for i in 1..=n {
+            assert_eq!(h.record("ann", &format!("m{i}")), i);
+        }
+        h
+    }
+
+    #[test]
+    fn offsets_start_at_one_and_replay_from_anywhere_kept() {
+        let mut h = History::new(10, 1 << 20);
+        assert_eq!((h.last(), h.next_offset(), h.oldest()), (0, 1, None));
+        assert_eq!(offsets(h.after(0).unwrap()), Vec::<u64>::new());
+        assert_eq!(h.after(1).err(), Some(TooOld), "beyond the newest");
+        for i in 1..=5 {
+            h.record("ann", &format!("m {i}"));
+        }
+        assert_eq!(offsets(h.after(0).unwrap()), vec![1, 2, 3, 4, 5]);
+        assert_eq!(offsets(h.after(3).unwrap()), vec![4, 5]);
+        assert_eq!(offsets(h.after(5).unwrap()), Vec::<u64>::new());
+        assert_eq!(h.after(6).err(), Some(TooOld));
+        let k = h.after(4).unwrap().next().unwrap();
+        assert_eq!(
+            k,
+            Kept {
+                offset: 5,
+                from: "ann",
+                text: "m 5"
+            },
+            "text keeps its spaces"
+        );
+        assert_eq!(offsets(h.newest(2)), vec![4, 5]);
+        assert_eq!(offsets(h.newest(100)), vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_count_bound_drops_the_oldest() {
+        let h = filled(3, 1 << 20, 10);
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.oldest(), Some(8));
+        assert_eq!(
+            offsets(h.after(7).unwrap()),
+            vec![8, 9, 10],
+            "oldest = offset + 1"
+        );
+        assert_eq!(h.after(6).err(), Some(TooOld));
+        assert_eq!(h.after(0).err(), Some(TooOld));
+        assert_eq!(offsets(h.after(10).unwrap()), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_byte_bound_drops_the_oldest_until_the_new_one_fits() {
+        // "ann mN" is 6 bytes for N < 10: 20 bytes hold 3 of them.
+        let mut h = filled(1000, 20, 5);
+        assert_eq!((h.len(), h.bytes(), h.oldest()), (3, 18, Some(3)));
+        // 12 bytes: two of the old ones go.
+        h.record("ann", "12345678");
+        assert_eq!((h.len(), h.bytes(), h.oldest()), (2, 18, Some(5)));
+        // Exactly the bound fits.
+        h.record("ann", &"x".repeat(16));
+        assert_eq!((h.len(), h.bytes(), h.oldest()), (1, 20, Some(7)));
+        assert!(h.bytes() <= 20);
+    }
+
+    #[test]
+    fn a_message_over_the_byte_bound_is_not_kept_and_takes_the_older_ones_with_it() {
+        let mut h = filled(1000, 20, 3);
+        assert_eq!(
+            h.record("ann", &"x".repeat(17)),
+            4,
+            "it still gets its offset"
+        );
+        assert!(h.is_empty());
+        assert_eq!(h.bytes(), 0);
+        assert_eq!(h.after(2).err(), Some(TooOld), "no replay across the hole");
+        assert_eq!(h.after(3).err(), Some(TooOld));
+        assert_eq!(
+            offsets(h.after(4).unwrap()),
+            Vec::<u64>::new(),
+            "nothing missed"
+        );
+        h.record("ann", "m5");
+        assert_eq!(offsets(h.after(4).unwrap()), vec![5]);
+    }
+
+    #[test]
+    fn history_off_keeps_nothing_but_counts() {
+        let h = filled(0, 1 << 20, 4);
+        assert_eq!((h.len(), h.last(), h.heap_bytes()), (0, 4, 0));
+        assert_eq!(h.after(3).err(), Some(TooOld));
+        assert_eq!(offsets(h.after(4).unwrap()), Vec::<u64>::new());
+        assert_eq!(offsets(h.newest(10)), Vec::<u64>::new());
+        let h = filled(10, 0, 2);
+        assert!(h.is_empty(), "a zero byte bound keeps nothing either");
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_long_stream() {
+        let mut h = History::new(1000, 64 * 1024);
+        let text = "y".repeat(100);
+        for _ in 0..100_000 {
+            h.record("someone", &text);
+        }
+        assert!(h.bytes() <= 64 * 1024);
+        assert_eq!(h.len(), 64 * 1024 / 108);
+        assert!(h.heap_bytes() < 64 * 1024 + 1024 * 24 + 1);
+        assert_eq!(h.after(h.last() - h.len() as u64).unwrap().count(), h.len());
+        h.clear();
+        assert_eq!((h.len(), h.last()), (0, 100_000));
+    }
+}
