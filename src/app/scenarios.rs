@@ -261,6 +261,8 @@ impl Harness {
             max_line: crate::config::defaults::MAX_LINE,
             queue: crate::config::defaults::QUEUE,
             stall: crate::config::defaults::STALL,
+            history: crate::config::defaults::HISTORY,
+            history_bytes: crate::config::defaults::HISTORY_BYTES,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();

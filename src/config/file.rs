@@ -187,6 +187,11 @@ fn positive_usize(v: &Value) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("{n} is too large"))
 }
 
+fn whole_usize(v: &Value) -> Result<usize, String> {
+    let n = whole(v).ok_or_else(|| format!("expected a whole number, got {v}"))?;
+    usize::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
 fn count_value(v: &Value) -> Result<u32, String> {
     let n = positive(v)?;
     u32::try_from(n).map_err(|_| format!("{n} is too large"))
@@ -239,6 +244,8 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "max_line" => s.max_line = p.take(key, positive_usize(v)),
             "queue" => s.queue = p.take(key, positive_usize(v)),
             "stall" => s.stall = p.take(key, duration(v, false)),
+            "history" => s.history = p.take(key, whole_usize(v)),
+            "history_bytes" => s.history_bytes = p.take(key, positive_usize(v)),
             _ => p.add(key, unknown(&server_keys())),
         }
     }
@@ -302,7 +309,7 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, engine, max_conns, max_line, queue, stall)"
+             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),

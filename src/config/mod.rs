@@ -152,6 +152,10 @@ pub mod defaults {
     /// `--stall`: how long a recipient may hold its senders back (or accept nothing) before
     /// it is ended as a slow consumer.
     pub const STALL: Duration = Duration::from_millis(500);
+    /// `--history`: chat messages kept for `HISTORY` and resume.
+    pub const HISTORY: usize = crate::core::hub::DEFAULT_HISTORY;
+    /// `--history-bytes`
+    pub const HISTORY_BYTES: usize = crate::core::hub::DEFAULT_HISTORY_BYTES;
     /// `--max-conns`. The server lowers it further to what `vm.max_map_count` allows (two
     /// threads per connection at four memory maps each: about 8,000 on stock limits).
     pub const MAX_CONNS: usize = 16384;

@@ -65,6 +65,14 @@ pub struct ServerOptions {
     /// [default: 500ms]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub stall: Option<Duration>,
+    /// Room messages the server keeps for `HISTORY N` and for members who reconnect and
+    /// resume (a number; 0 turns history and resume off). Chat mode only [default: 1000]
+    #[arg(long, value_name = "N", value_parser = parse_whole)]
+    pub history: Option<usize>,
+    /// Most bytes of names and texts the history keeps; the oldest messages go first, and a
+    /// single message larger than this is not kept. Chat mode only [default: 1048576]
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
+    pub history_bytes: Option<usize>,
 }
 
 impl ServerOptions {
@@ -83,6 +91,8 @@ impl ServerOptions {
             max_line: self.max_line.or(fallback.max_line),
             queue: self.queue.or(fallback.queue),
             stall: self.stall.or(fallback.stall),
+            history: self.history.or(fallback.history),
+            history_bytes: self.history_bytes.or(fallback.history_bytes),
         }
     }
 }
@@ -94,6 +104,12 @@ pub fn parse_count(s: &str) -> Result<u32, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!("'{s}' is not a whole number above zero")),
     }
+}
+
+/// Parses a whole number, zero included (for `--history`).
+pub fn parse_whole(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .map_err(|_| format!("'{s}' is not a whole number"))
 }
 
 /// Parses a whole number above zero (for byte and connection limits).
@@ -109,7 +125,8 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
-    /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall; with --wire
+    /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall,
+    /// history, history_bytes; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -148,6 +165,10 @@ pub struct ServerSettings {
     /// How long a recipient that cannot catch up may hold its senders back, or its socket
     /// accept nothing, before it is ended with `END slow-consumer` (never zero).
     pub stall: Duration,
+    /// Chat room messages kept for `HISTORY` and resume (0: off).
+    pub history: usize,
+    /// Bytes of names and texts the history keeps at most.
+    pub history_bytes: usize,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
@@ -217,6 +238,8 @@ impl ServerSettings {
             max_line,
             queue,
             stall: o.stall.unwrap_or(defaults::STALL),
+            history: o.history.unwrap_or(defaults::HISTORY),
+            history_bytes: o.history_bytes.unwrap_or(defaults::HISTORY_BYTES),
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
@@ -229,6 +252,18 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
     let wire = f.wire.or(file.server.wire).unwrap_or_default();
     let mode = f.mode.or(file.server.mode).unwrap_or_default();
     let engine = f.engine.or(file.server.engine).unwrap_or_default();
+    if mode != Mode::Chat {
+        for (flag, given) in [
+            ("--history", f.history.is_some()),
+            ("--history-bytes", f.history_bytes.is_some()),
+        ] {
+            if given {
+                return Err(ConfigError::Usage(format!(
+                    "{flag} does nothing without --mode chat: only a chat room has a history"
+                )));
+            }
+        }
+    }
     if wire != Wire::Classic {
         return Ok(());
     }

@@ -29,48 +29,14 @@ pub fn derive(seed: u128, counter: u64) -> ResumeToken {
     ResumeToken::new(&s).unwrap_or_else(|| unreachable!("16 base-36 digits"))
 }
 
-/// SipHash-2-4 of `msg` under the key `(k0, k1)` (Aumasson and Bernstein, 2012).
+/// SipHash-2-4 of `msg` under the key `(k0, k1)`: std's implementation (deprecated only
+/// because it is not the algorithm `HashMap` uses; it is kept and stable), rather than a copy.
+#[allow(deprecated)]
 fn siphash24(k0: u64, k1: u64, msg: &[u8]) -> u64 {
-    let mut v = [
-        k0 ^ 0x736f_6d65_7073_6575,
-        k1 ^ 0x646f_7261_6e64_6f6d,
-        k0 ^ 0x6c79_6765_6e65_7261,
-        k1 ^ 0x7465_6462_7974_6573,
-    ];
-    fn round(v: &mut [u64; 4]) {
-        v[0] = v[0].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(13) ^ v[0];
-        v[0] = v[0].rotate_left(32);
-        v[2] = v[2].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(16) ^ v[2];
-        v[0] = v[0].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(21) ^ v[0];
-        v[2] = v[2].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(17) ^ v[2];
-        v[2] = v[2].rotate_left(32);
-    }
-    let compress = |v: &mut [u64; 4], m: u64| {
-        v[3] ^= m;
-        round(v);
-        round(v);
-        v[0] ^= m;
-    };
-    let mut words = msg.chunks_exact(8);
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        compress(&mut v, u64::from_le_bytes(b));
-    }
-    let mut last = (msg.len() as u64 & 0xff) << 56;
-    for (i, &b) in words.remainder().iter().enumerate() {
-        last |= u64::from(b) << (8 * i);
-    }
-    compress(&mut v, last);
-    v[2] ^= 0xff;
-    for _ in 0..4 {
-        round(&mut v);
-    }
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+    use std::hash::Hasher;
+    let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+    h.write(msg);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -86,14 +52,6 @@ mod tests {
         assert_eq!(siphash24(k0, k1, &msg[..1]), 0x74f8_39c5_93dc_67fd);
         assert_eq!(siphash24(k0, k1, &msg[..8]), 0x93f5_f579_9a93_2462);
         assert_eq!(siphash24(k0, k1, &msg[..15]), 0xa129_ca61_49be_45e5);
-        // And std's own SipHash-2-4 for every length up to 63.
-        #[allow(deprecated)]
-        for n in 0..64 {
-            use std::hash::Hasher;
-            let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
-            h.write(&msg[..n]);
-            assert_eq!(siphash24(k0, k1, &msg[..n]), h.finish(), "length {n}");
-        }
     }
 
     #[test]

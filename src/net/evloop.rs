@@ -156,7 +156,8 @@ impl EventServer {
             .enable_time()
             .build()
             .map_err(bind_err)?;
-        let chat = (settings.mode == Mode::Chat).then(|| Mutex::new(Chat::default()));
+        let chat = (settings.mode == Mode::Chat)
+            .then(|| Mutex::new(Chat::starting(settings.history, settings.history_bytes)));
         let shared = Arc::new(Shared {
             settings,
             log,

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
-use crate::core::hub::{Fanout, Hub, HubEvent, Mailboxes};
+use crate::core::hub::{Fanout, Hub, HubConfig, HubEvent, Mailboxes};
 use crate::core::outq::SharedBytes;
 use crate::core::room::{IdMap, MemberId};
 use crate::core::session::{Input, RoomOutcome, Session, SessionEvent};
-use crate::core::wire::EndReason;
+use crate::core::wire::{EndReason, Epoch};
 use crate::net::events::{Event, EventLog};
 
 /// A connection as the relay sees it, whatever the engine.
@@ -40,6 +40,45 @@ impl<C> Default for Chat<C> {
             conns: IdMap::default(),
         }
     }
+}
+
+impl<C> Chat<C> {
+    /// The room of a server starting now: history as `--history`/`--history-bytes` say, a
+    /// new epoch (the previous run's stream is gone, so resumes against it must hear
+    /// `GAP epoch-changed`) and a secret seed for resume tokens, both drawn from the OS.
+    pub fn starting(history: usize, history_bytes: usize) -> Self {
+        let epoch = Epoch::new(&base36(os_random(), 8)).unwrap_or_default();
+        let token_seed = (u128::from(os_random()) << 64) | u128::from(os_random());
+        Self {
+            hub: Hub::with_config(HubConfig {
+                history,
+                history_bytes,
+                epoch,
+                token_seed,
+            }),
+            conns: IdMap::default(),
+        }
+    }
+}
+
+/// 64 bits from the OS's randomness: std's hasher keys are drawn from it (getrandom) the
+/// first time a thread asks, and every `RandomState` after that differs.
+fn os_random() -> u64 {
+    use std::hash::BuildHasher;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::collections::hash_map::RandomState::new().hash_one((at, std::process::id()))
+}
+
+/// The last `digits` base-36 digits of `v`, most significant first.
+fn base36(mut v: u64, digits: usize) -> String {
+    let mut out = vec![b'0'; digits];
+    for d in out.iter_mut().rev() {
+        *d = char::from_digit((v % 36) as u32, 36).map_or(b'0', |c| c as u8);
+        v /= 36;
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The hub's view of the members' queues, as a write-back cache over their sessions.

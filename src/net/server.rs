@@ -319,7 +319,8 @@ impl ThreadServer {
         let listener =
             crate::net::try_each_addr(&settings.host, settings.port, listen).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
-        let chat = (settings.mode == Mode::Chat).then(|| Mutex::new(Chat::default()));
+        let chat = (settings.mode == Mode::Chat)
+            .then(|| Mutex::new(Chat::starting(settings.history, settings.history_bytes)));
         let mut settings = settings;
         let lowered = match map_capacity() {
             Some((allowed, max_maps)) if allowed < settings.max_conns => {
