@@ -503,3 +503,98 @@ fn dirty_disconnects_mid_write_are_announced_and_leak_nothing(engine: Engine) {
         srv.proc.stderr.text()
     );
 }
+
+/// Joins `name` with positions on (`JOIN NAME SINCE POS [TOKEN]`); returns the peer, the
+/// epoch and the token of its `WELCOME` (the lines up to `SYNCED`/`GAP` are left unread).
+fn join_since(port: u16, name: &str, since: &str, token: Option<&str>) -> (Peer, String, String) {
+    let mut p = Peer::connect(port);
+    let (_, hello) = p.line(PROMPT);
+    assert!(hello.ends_with(" mode=chat"), "{hello}");
+    let tok = token.map(|t| format!(" {t}")).unwrap_or_default();
+    p.send(format!("JOIN {name} SINCE {since}{tok}\n").as_bytes());
+    let (_, w) = p.line(PROMPT);
+    let f: Vec<&str> = w.split(' ').collect();
+    assert!(f.len() == 4 && f[0] == "WELCOME" && f[1] == name, "{w}");
+    let epoch = f[2].split(':').next().unwrap().to_owned();
+    (p, epoch, f[3].to_owned())
+}
+
+engine_tests!(a_member_who_reconnects_gets_what_it_missed_once_in_order);
+fn a_member_who_reconnects_gets_what_it_missed_once_in_order(engine: Engine) {
+    let _w = Watchdog::new("chat-resume", ms(15_000));
+    let srv = chat_server(engine, &[]);
+    let (mut ann, epoch, _) = join_since(srv.port, "ann", "-", None);
+    ann.expect(&format!("SYNCED {epoch}:0 0"), PROMPT);
+    let mut bob = join(srv.port, "bob");
+    ann.expect("JOINED bob", PROMPT);
+    for i in 1..=5 {
+        bob.send(format!("MSG m{i}\n").as_bytes());
+        ann.expect(&format!("PUB {epoch}:{i} bob m{i}"), PROMPT);
+    }
+    // Ann's connection goes; five more are said while she is away.
+    drop(ann);
+    bob.expect("LEFT ann closed", PROMPT);
+    for i in 6..=10 {
+        bob.send(format!("MSG m{i}\n").as_bytes());
+    }
+    bob.send(b"PING sent\n");
+    bob.expect("PONG sent", PROMPT);
+    // Back from position 5: exactly 6..10, then the marker, then live lines.
+    let (mut ann, e2, _) = join_since(srv.port, "ann", &format!("{epoch}:5"), None);
+    assert_eq!(e2, epoch);
+    for i in 6..=10 {
+        ann.expect(&format!("PUB {epoch}:{i} bob m{i}"), PROMPT);
+    }
+    ann.expect(&format!("SYNCED {epoch}:10 5"), PROMPT);
+    bob.expect("JOINED ann", PROMPT);
+    bob.send(b"MSG live\n");
+    ann.expect(&format!("PUB {epoch}:11 bob live"), PROMPT);
+    // A legacy member never sees a position.
+    let mut cy = join(srv.port, "cy");
+    bob.send(b"MSG plain\n");
+    cy.expect("MSG bob plain", PROMPT);
+    // A position from another run (epoch) cannot be filled, and says so.
+    let (mut dan, _, _) = join_since(srv.port, "dan", "zzzz:3", None);
+    dan.expect(&format!("GAP epoch-changed {epoch}:12"), PROMPT);
+    // HISTORY works before joining, oldest first.
+    let mut eve = Peer::connect(srv.port);
+    eve.line(PROMPT);
+    eve.send(b"HISTORY 2\n");
+    eve.expect(&format!("PUB {epoch}:11 bob live"), PROMPT);
+    eve.expect(&format!("PUB {epoch}:12 bob plain"), PROMPT);
+    eve.expect(&format!("SYNCED {epoch}:12 2"), PROMPT);
+}
+
+engine_tests!(a_resume_token_takes_a_ghost_s_name_over_without_a_word_to_the_room);
+fn a_resume_token_takes_a_ghost_s_name_over_without_a_word_to_the_room(engine: Engine) {
+    let _w = Watchdog::new("chat-takeover", ms(15_000));
+    let srv = chat_server(engine, &[]);
+    let (mut old, epoch, token) = join_since(srv.port, "ann", "-", None);
+    old.expect(&format!("SYNCED {epoch}:0 0"), PROMPT);
+    let mut bob = join(srv.port, "bob");
+    bob.send(b"MSG while-away\n");
+    bob.send(b"PING sent\n");
+    bob.expect("PONG sent", PROMPT);
+    // The old connection is still open (a ghost the heartbeat has not reaped yet): a wrong
+    // token is refused, the right one takes the name at once.
+    let mut thief = Peer::connect(srv.port);
+    thief.line(PROMPT);
+    thief.send(format!("JOIN ann SINCE {epoch}:0 0000000000000000\n").as_bytes());
+    let (_, l) = thief.line(PROMPT);
+    assert!(l.starts_with("ERR name-taken"), "{l}");
+    let (mut new, _, t2) = join_since(srv.port, "ann", &format!("{epoch}:0"), Some(&token));
+    assert_eq!(t2, token, "the name keeps its token");
+    new.expect(&format!("PUB {epoch}:1 bob while-away"), PROMPT);
+    new.expect(&format!("SYNCED {epoch}:1 1"), PROMPT);
+    old.expect("JOINED bob", PROMPT);
+    old.expect(&format!("PUB {epoch}:1 bob while-away"), PROMPT);
+    old.expect("END replaced", PROMPT);
+    old.expect_closed(PROMPT);
+    // The room heard nothing: bob's next line is the answer to his own PING.
+    bob.send(b"PING quiet\n");
+    bob.expect("PONG quiet", PROMPT);
+    bob.send(b"WHO\n");
+    bob.expect("MEMBERS ann bob", PROMPT);
+    bob.send(b"MSG welcome back\n");
+    new.expect(&format!("PUB {epoch}:2 bob welcome back"), PROMPT);
+}
