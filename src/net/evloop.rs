@@ -379,6 +379,13 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
     let mut fresh = false;
     let mut reads = 0u32;
     let mut stage = Stage::default();
+    // One timer for the session's deadlines, moved only when a deadline comes *earlier*: the
+    // heartbeat deadline moves later with every line received, and re-arming a timer per
+    // line (a wheel removal and insertion under the driver's lock) would cost more than the
+    // occasional early wake-up, after which it is armed for the real deadline.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     let close = loop {
         let now = Instant::now();
         let (caught_up, close, ending, deadline) = {
@@ -462,7 +469,12 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
         if blocked {
             interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
         }
-        let sleep = deadline.map(|at| tokio::time::sleep_until(at.into()));
+        if let Some(at) = deadline {
+            if armed.is_none_or(|a| at < a) {
+                timer.as_mut().reset(at.into());
+                armed = Some(at);
+            }
+        }
         let room_held = matches!(held, Held::Room(_));
         let any_held = matches!(held, Held::Room(_) | Held::Own);
         let room_wait = match &mut held {
@@ -487,7 +499,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
                 }
             }
             _ = conn.wake.notified() => {}
-            _ = async { sleep.expect("checked").await }, if deadline.is_some() => {}
+            _ = &mut timer, if armed.is_some() => armed = None,
             _ = async { room_wait.expect("checked").await }, if room_held => release = true,
             // A held line is offered again at least every slice (a safety net).
             _ = tokio::time::sleep(HOLD_SLICE), if any_held => release = true,
