@@ -667,6 +667,23 @@ impl Session {
         self.queue.is_empty().then_some(Close::AfterEnd(reason))
     }
 
+    /// Everything queued, as text, reported written at `now` (as a socket that takes it all
+    /// would): the tests' view of what the client reads.
+    #[cfg(test)]
+    pub(crate) fn drain_written(&mut self, now: Instant) -> String {
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.poll_transmit(&mut buf);
+            if n == 0 {
+                break;
+            }
+            let _ = self.handle_written(now, n);
+            out.extend(buf);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
     /// The next thing to log.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
         self.events.pop_front()
@@ -688,19 +705,8 @@ mod tests {
         }
     }
 
-    /// Everything the session wants written now, as text, reported written at `now`.
     fn drain(s: &mut Session, now: Instant) -> String {
-        let mut out = Vec::new();
-        loop {
-            let mut buf = Vec::new();
-            let n = s.poll_transmit(&mut buf);
-            if n == 0 {
-                break;
-            }
-            let _ = s.handle_written(now, n);
-            out.extend(buf);
-        }
-        String::from_utf8(out).unwrap()
+        s.drain_written(now)
     }
 
     fn ms(n: u64) -> Duration {

@@ -509,18 +509,7 @@ mod tests {
 
     /// Everything queued for `id`, as the socket would take it.
     fn written(c: &Chat<TestConn>, id: u64) -> String {
-        let mut s = c.conns[&id].session();
-        let mut out = Vec::new();
-        loop {
-            let mut buf = Vec::new();
-            let n = s.poll_transmit(&mut buf);
-            if n == 0 {
-                break;
-            }
-            let _ = s.handle_written(Instant::now(), n);
-            out.extend(buf);
-        }
-        String::from_utf8(out).unwrap()
+        c.conns[&id].session().drain_written(Instant::now())
     }
 
     #[test]
