@@ -74,7 +74,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         status.success(),
         "hb-bench failed ({status}):\n{stdout}\n{stderr}"
     );
-    for n in 1..=6 {
+    for n in 1..=7 {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("[{n}] ")))
@@ -89,6 +89,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         "## 4. Echo round trip",
         "## 5. Relay throughput",
         "## 6. Relay open-loop",
+        "## 7. History and resume",
     ] {
         assert!(report.contains(title), "report lacks {title}:\n{report}");
     }
@@ -149,6 +150,19 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         "no nats-server row:\n{report}"
     );
     assert!(report.contains("| trivial blocking echo (in hb-bench) | 1 | "));
+    // Issue 13: 1,000 missed messages replayed to a resuming member, checked (hb-bench fails
+    // the run otherwise), on both engines when the build has the event engine.
+    assert!(
+        report.contains("| hb-server (threads) | 1000 | "),
+        "no resume row:
+{report}"
+    );
+    assert_eq!(
+        report.matches(" | passed in 1 of 1 |").count(),
+        if events_skipped { 1 } else { 2 },
+        "the replay check did not pass on every engine:
+{report}"
+    );
     assert!(report.contains("| hb-server --mode chat (threads) | 10 | fixed 2,000 msg/s | "));
     assert!(
         !report.contains("| ncat --chat | 1 | "),
@@ -161,6 +175,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         "echo",
         "relay",
         "relay-open",
+        "resume",
     ] {
         let p = dir.path().join("bench").join(format!("{svg}.svg"));
         assert!(p.is_file(), "{} missing", p.display());

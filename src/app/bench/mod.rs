@@ -11,7 +11,9 @@
 //! PING/PONG), ghost detection latency, echo round trip (against a trivial blocking echo
 //! server), chat relay closed loop (a bounded window in flight: latency) and at a fixed rate,
 //! and open loop (a publisher as fast as the server accepts: throughput, readers ended, a
-//! stuck reader), against ncat and Redis. Both of hb-server's engines run side by side with
+//! stuck reader), against ncat and Redis, and history and resume (the time to replay 1,000
+//! missed messages to a member who reconnects, checked; the server's memory per 1,000 kept
+//! messages). Both of hb-server's engines run side by side with
 //! the peers; a binary without `--engine` (see `engines`) has its events rows SKIPPED with
 //! the reason. Each runs `--repeats`
 //! times (3 by default, fresh servers each time), prints its numbers, appends a section to
@@ -26,6 +28,7 @@ mod openloop;
 mod peers;
 mod plot;
 mod procinfo;
+mod resume;
 mod stats;
 mod tally;
 mod trivial;
@@ -75,8 +78,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub server: Option<PathBuf>,
     /// Run only these measurements (1 connections, 2 heartbeat overhead, 3 detection,
-    /// 4 echo, 5 relay closed loop and fixed rate, 6 relay open loop), comma-separated
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
+    /// 4 echo, 5 relay closed loop and fixed rate, 6 relay open loop, 7 history and resume),
+    /// comma-separated
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=7))]
     pub only: Vec<u8>,
     /// Repeat every measurement N times; verdicts come from the median and say
     /// `inconclusive` when the repeats straddle a target. Fewer than 3 repeats are reported
@@ -204,9 +208,13 @@ pub struct Plan {
     pub open_drain: Duration,
     /// Run ncat and Redis beside hb-server (false: hb-server only).
     pub open_peers: bool,
-    /// The only measurement the event engine runs in (None: every one). `--smoke` adds one
-    /// tiny events run instead of doubling every measurement.
-    pub events_only_in: Option<u8>,
+    /// History and resume: messages a member misses and gets replayed on resuming.
+    pub resume_missed: u64,
+    /// History memory: messages sent into the room between the two RSS readings.
+    pub history_fill: u64,
+    /// The only measurements the event engine runs in (None: every one). `--smoke` adds a
+    /// few tiny events runs instead of doubling every measurement.
+    pub events_only_in: Option<&'static [u8]>,
 }
 
 impl Plan {
@@ -245,7 +253,11 @@ impl Plan {
                 open_stuck_peer_window: ms(300),
                 open_drain: s(1),
                 open_peers: false,
-                events_only_in: Some(4),
+                resume_missed: 1000,
+                history_fill: 10_000,
+                // Measurement 7 takes well under a second per engine, and the resume path
+                // is engine code worth a smoke check on both.
+                events_only_in: Some(&[4, 7]),
             }
         } else if args.quick {
             Self {
@@ -282,6 +294,8 @@ impl Plan {
                 open_stuck_peer_window: s(2),
                 open_drain: s(2),
                 open_peers: true,
+                resume_missed: 1000,
+                history_fill: 10_000,
                 events_only_in: None,
             }
         } else {
@@ -314,6 +328,8 @@ impl Plan {
                 open_stuck_peer_window: s(5),
                 open_drain: s(2),
                 open_peers: true,
+                resume_missed: 1000,
+                history_fill: 10_000,
                 events_only_in: None,
             }
         }
@@ -331,7 +347,8 @@ impl Plan {
              (steps {}; {} past the ceiling), heartbeat overhead {} at interval {} s, ghost \
              detection interval {} s × count {}, echo {} per client count, relay closed loop \
              {} per run ({} with a stuck reader), fixed rate {} per run, relay open loop {} \
-             per run ({} with a stuck reader, {} for the peers' stuck-reader runs){}",
+             per run ({} with a stuck reader, {} for the peers' stuck-reader runs), history \
+             and resume {} missed messages and {} messages of history{}",
             self.repeats,
             if self.repeats < verdict::MIN_REPEATS {
                 format!(
@@ -355,6 +372,8 @@ impl Plan {
             secs(self.open_window),
             self.open_stuck_window.map_or("no run".into(), secs),
             secs(self.open_stuck_peer_window),
+            self.resume_missed,
+            self.history_fill,
             if self.name == "quick" {
                 " (quick: windows shortened so three repeats fit in about five minutes)"
             } else {
@@ -569,8 +588,13 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let scratch = std::env::temp_dir().join(format!("hb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .map_err(BenchError::io(format!("creating {}", scratch.display())))?;
-    let smoke_engines = plan.events_only_in.map(|n| {
-        engines.leaving_out_events(format!("{} runs it in measurement {n} only", plan.name))
+    let smoke_engines = plan.events_only_in.map(|only| {
+        let list: Vec<String> = only.iter().map(u8::to_string).collect();
+        engines.leaving_out_events(format!(
+            "{} runs it in measurement(s) {} only",
+            plan.name,
+            list.join(", ")
+        ))
     });
     let ctx_for = |n: u8| measure::Ctx {
         plan: &plan,
@@ -579,18 +603,19 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         report: &report,
         machine: &machine,
         engines: match (&smoke_engines, plan.events_only_in) {
-            (Some(e), Some(only)) if only != n => e,
+            (Some(e), Some(only)) if !only.contains(&n) => e,
             _ => &engines,
         },
     };
     let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
-    let all: [(u8, Measurement); 6] = [
+    let all: [(u8, Measurement); 7] = [
         (1, measure::connections),
         (2, measure::heartbeat_overhead),
         (3, measure::detection),
         (4, measure::echo),
         (5, measure::relay),
         (6, openloop::relay_open),
+        (7, resume::history_resume),
     ];
     let mut failures = Vec::new();
     for (n, f) in all {
