@@ -128,7 +128,7 @@ fn a_taken_name_ends_the_client_with_nothing_sent_after() {
         ann.stderr.text(),
         "hb-client: name 'ann' is taken on this server; pick another --name\n"
     );
-    assert_eq!(fake.join().unwrap(), "JOIN ann\nWHO\n");
+    assert_eq!(fake.join().unwrap(), "JOIN ann SINCE -\nWHO\n");
 }
 
 engine_tests!(terminal_escapes_in_chat_text_are_shown_inert);
