@@ -322,7 +322,9 @@ engine_tests!(a_receiver_cut_off_by_the_network_gets_all_2000_messages_once);
 /// notice. Without network namespaces the test is skipped (a failure under CI).
 fn a_receiver_cut_off_by_the_network_gets_all_2000_messages_once(engine: Engine) {
     const N: usize = 2000;
-    const PACE: Duration = Duration::from_micros(3000);
+    // 250 messages a second: even a slow reconnect (the backoff's fourth wait may reach
+    // 0.8 s) misses far fewer than the 1,000 the server keeps, so nothing is too old.
+    const PACE: Duration = Duration::from_millis(4);
     let _x = exclusive();
     let _w = Watchdog::new("chat-client-netns-resume", ms(60_000));
     let Some(ns) = Netns::create("a_receiver_cut_off_by_the_network_gets_all_2000_messages_once")
@@ -380,11 +382,13 @@ fn a_receiver_cut_off_by_the_network_gets_all_2000_messages_once(engine: Engine)
     rx.stdout.wait_for("tx: 300", PROMPT);
     ns.cut();
     let cut = Instant::now();
-    // The server gives up on the receiver 0.5 s after its last byte; leave the link down
-    // well past that (and past the client's own 0.5 s silence limit).
+    // The server gives up on the receiver 0.5 s after its last byte (a PONG, which may be
+    // from before the cut); the client gives up on the server 0.5 s after the last line it
+    // read. The link stays down past both: at least 1 s, and 200 ms past the server's END.
     srv.log().wait_for("END heartbeat-timeout", PROMPT);
-    std::thread::sleep(ms(1000).saturating_sub(cut.elapsed()));
+    std::thread::sleep(ms(1000).saturating_sub(cut.elapsed()).max(ms(200)));
     ns.restore();
+    let down = cut.elapsed();
     let (_, notice) = rx.stdout.wait_for("-- reconnected", ms(10_000));
     let mut tx = sender.join().unwrap();
     rx.stdout.wait_for(&format!("tx: {N}"), ms(10_000));
@@ -395,7 +399,8 @@ fn a_receiver_cut_off_by_the_network_gets_all_2000_messages_once(engine: Engine)
     if got != want {
         let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
         panic!(
-            "{} lines from tx, first difference at index {first_bad:?}; notice: {notice}\n{}",
+            "{} lines from tx, first difference at index {first_bad:?}; notice: {notice}\n\
+             stderr:\n{}",
             got.len(),
             rx.stderr.text()
         );
@@ -406,7 +411,7 @@ fn a_receiver_cut_off_by_the_network_gets_all_2000_messages_once(engine: Engine)
         .and_then(|(_, n)| n.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("{notice}"));
     assert!(recovered > 0, "{notice}");
-    eprintln!("measured: {notice}");
+    eprintln!("measured: link down {down:?}; {notice}");
     tx.send(b"QUIT\n");
     rx.close_stdin();
     assert_eq!(rx.wait(PROMPT).code(), Some(0), "{}", rx.stderr.text());
