@@ -316,6 +316,7 @@ impl Harness {
             wire: self.wire,
             chat_name: None,
             messages: None,
+            reconnect_for: Duration::ZERO,
             listen_host: "127.0.0.1".into(),
             listen_port: 0,
         }

@@ -49,6 +49,11 @@ fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), Conf
                 "--name does nothing without --chat (it is the chat name)".into(),
             ));
         }
+        if flags.reconnect_for.is_some() {
+            return Err(ConfigError::Usage(
+                "--reconnect-for does nothing without --chat (only the chat client resumes)".into(),
+            ));
+        }
         return Ok(());
     }
     for (flag, given) in [
@@ -127,6 +132,12 @@ pub struct ClientFlags {
     /// Send this many messages (a number), then leave with QUIT (exit 0). Not with --chat
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
+    /// With --chat: after a lost connection (reset, closed, server silent, END
+    /// heartbeat-timeout or slow-consumer) reconnect and resume for up to this long (DUR:
+    /// 250ms, 5s, 2m; a plain number is seconds), retrying after 0-100 ms, then up to twice
+    /// as long each time (at most 5 s); then exit 4. 0 never reconnects [default: 60s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration_allow_zero)]
+    pub reconnect_for: Option<Duration>,
     /// Never prompt: use defaults for whatever flags and the file leave unset
     #[arg(long)]
     pub defaults: bool,
@@ -151,6 +162,8 @@ pub struct ClientSettings {
     pub chat_name: Option<String>,
     /// Leave after this many data messages.
     pub messages: Option<u64>,
+    /// Chat: how long to keep reconnecting after a lost connection (zero: never).
+    pub reconnect_for: Duration,
     /// Where the classic-wire client listens for the heartbeat socket.
     pub listen_host: String,
     /// Port of the classic-wire heartbeat listener.
@@ -216,6 +229,7 @@ impl ClientSettings {
             wire: flags.wire.or(file.server.wire).unwrap_or_default(),
             chat_name,
             messages: flags.messages,
+            reconnect_for: flags.reconnect_for.unwrap_or(defaults::RECONNECT_FOR),
             listen_host: f.host.clone().unwrap_or_else(|| defaults::HOST.into()),
             listen_port: f.port.unwrap_or(defaults::CLIENT_PORT),
         })
@@ -352,6 +366,17 @@ mod tests {
                 )
             );
         }
+        assert_eq!(
+            plain(|f| f.reconnect_for = Some(ms(5))).unwrap_err(),
+            "--reconnect-for does nothing without --chat (only the chat client resumes)"
+        );
+        assert_eq!(
+            chatting(|f| f.reconnect_for = Some(Duration::ZERO))
+                .unwrap()
+                .reconnect_for,
+            Duration::ZERO
+        );
+        assert_eq!(chatting(|_| {}).unwrap().reconnect_for, ms(60_000));
         // --block delays the chat client's PONG too, so it does something there.
         assert_eq!(chatting(|f| f.block = Some(ms(5))).unwrap().block, ms(5));
         assert_eq!(

@@ -163,6 +163,8 @@ pub mod defaults {
     pub const EVERY: Duration = Duration::from_secs(30);
     /// `--block`
     pub const BLOCK: Duration = Duration::ZERO;
+    /// `--reconnect-for` (chat client)
+    pub const RECONNECT_FOR: Duration = Duration::from_secs(60);
     /// `--message`
     pub const MESSAGE: &str = "Hello, there";
     /// Host when neither flag nor file sets one.

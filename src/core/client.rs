@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::display::{safe, safe_bytes};
 use crate::core::mode::Mode;
-use crate::core::wire::{ClientMsg, EndReason, ErrCode, ServerMsg};
+use crate::core::wire::{ClientMsg, EndReason, ErrCode, GapReason, Pos, ResumeToken, ServerMsg};
 
 /// A line-wire server sends `HELLO` as soon as it accepts. Without it after this long the
 /// client sends [`PROBE_TOKEN`] in a `PING`: a line server answers `PONG` (after its `HELLO`),
@@ -131,6 +131,9 @@ pub enum Outcome {
     ServerLost(Duration),
     /// The server closed or reset the connection without `END` (exit 4).
     ServerClosed(CloseKind),
+    /// The chat client lost its connection and could not resume within `--reconnect-for`
+    /// (this long) (exit 4, like the loss itself).
+    Unreachable(Duration),
     /// Client and server do not fit together (exit 2).
     Mismatch(Mismatch),
 }
@@ -141,7 +144,7 @@ impl Outcome {
         match self {
             Self::UserEnded => 0,
             Self::ServerEnded(_) => 3,
-            Self::ServerLost(_) | Self::ServerClosed(_) => 4,
+            Self::ServerLost(_) | Self::ServerClosed(_) | Self::Unreachable(_) => 4,
             Self::Mismatch(_) => 2,
         }
     }
@@ -163,8 +166,170 @@ impl fmt::Display for Outcome {
             Self::ServerClosed(CloseKind::Reset) => {
                 f.write_str("the server reset the connection (without END)")
             }
+            Self::Unreachable(tried) => write!(
+                f,
+                "the connection was lost and the server could not be reached again within {}",
+                crate::config::fmt_duration(*tried)
+            ),
             Self::Mismatch(m) => m.fmt(f),
         }
+    }
+}
+
+/// True when the chat client should reconnect (and resume) after a session ended with
+/// `outcome`: the connection was *lost* rather than *ended on purpose*.
+///
+/// * A loss: EOF or reset without `END`, the server's silence, `END heartbeat-timeout` (the
+///   server took our silence for death: the path between us failed, not the client), and
+///   `END slow-consumer` (we fell behind, e.g. a suspended terminal; the resume recovers
+///   what was dropped).
+/// * On purpose, never retried: the user's own end, `END quit`, `END server-shutdown` (the
+///   operator stopped the server), `END replaced` (another connection resumed our name with
+///   our token: reconnecting would take it back and the two would fight), the refusals
+///   `END server-full` and `END line-too-long`, and a client/server mismatch. A refused
+///   name (`ERR` on joining) never reaches here: it ends the client at once (exit 2).
+pub fn should_reconnect(outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::ServerLost(_) | Outcome::ServerClosed(_) => true,
+        Outcome::ServerEnded(reason) => match reason {
+            EndReason::HeartbeatTimeout | EndReason::SlowConsumer | EndReason::Closed => true,
+            EndReason::Quit
+            | EndReason::ServerShutdown
+            | EndReason::ServerFull
+            | EndReason::LineTooLong
+            | EndReason::Replaced => false,
+        },
+        Outcome::UserEnded | Outcome::Unreachable(_) | Outcome::Mismatch(_) => false,
+    }
+}
+
+/// First ceiling of the reconnect delay.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Largest reconnect delay.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Exponential backoff with full jitter: the n-th delay (from 0) is drawn uniformly from
+/// `[0, min(cap, base * 2^n)]`. Full jitter spreads the clients of a restarted server over
+/// the whole window instead of letting them reconnect in lock-step waves.
+///
+/// Sans-IO: the caller supplies the random draws (any `u64`, uniformly distributed), so
+/// tests choose them and the driver takes them from wherever it likes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Delays starting at `base` (ceiling of the first), doubling up to `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The ceiling of the next delay: `min(cap, base * 2^attempt)`.
+    pub fn ceiling(&self) -> Duration {
+        // 2^31 * base overflows long before the cap matters; saturate instead.
+        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
+        self.base
+            .checked_mul(factor)
+            .unwrap_or(Duration::MAX)
+            .min(self.cap)
+    }
+
+    /// The next delay, with `random` (uniform over `u64`) picking where in
+    /// `[0, ceiling]` it falls.
+    pub fn next_delay(&mut self, random: u64) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        // (random + 1) / 2^64 of the ceiling, in nanoseconds (u128: no overflow, no float):
+        // 0 for the smallest draw, the ceiling itself for the largest.
+        let nanos = (ceiling.as_nanos() * (u128::from(random) + 1)) >> 64;
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// Starts over from `base` (after a success).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// When a lost chat client tries again, and when it gives up: [`Backoff`] between attempts,
+/// all of them within `budget` (`--reconnect-for`) of the loss. The last attempt is moved
+/// forward to the end of the budget rather than dropped, so the budget is used in full.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    backoff: Backoff,
+    lost_at: Instant,
+    give_up_at: Instant,
+    attempts: u32,
+}
+
+impl Reconnect {
+    /// The connection was found lost at `lost_at`; retry for `budget`.
+    pub fn new(lost_at: Instant, budget: Duration) -> Self {
+        Self {
+            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
+            lost_at,
+            give_up_at: lost_at.checked_add(budget).unwrap_or(lost_at),
+            attempts: 0,
+        }
+    }
+
+    /// When the connection was found lost.
+    pub fn lost_at(&self) -> Instant {
+        self.lost_at
+    }
+
+    /// Attempts planned so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// At `now` (right after the loss, or after a failed attempt): when to try next, or
+    /// `None` when the budget is spent (give up: exit 4).
+    pub fn next_attempt(&mut self, now: Instant, random: u64) -> Option<Instant> {
+        if now >= self.give_up_at {
+            return None;
+        }
+        self.attempts += 1;
+        let delay = self.backoff.next_delay(random);
+        Some(
+            now.checked_add(delay)
+                .unwrap_or(self.give_up_at)
+                .min(self.give_up_at),
+        )
+    }
+}
+
+/// The seed-driven random source the chat driver feeds [`Reconnect`] with: xorshift64*,
+/// enough to spread retries, not for secrets. The seed comes from the driver (which may
+/// read the clock or the OS); tests pass a fixed one.
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    /// A source seeded with `seed` (0 is replaced: xorshift would stay at 0).
+    pub fn new(seed: u64) -> Self {
+        Self(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
+    }
+
+    /// The next draw, uniform over `u64`.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
 
@@ -387,17 +552,47 @@ pub enum ClientAction {
     Finish(Outcome),
 }
 
-/// The chat client's view: joining, the user's commands, and how room lines are shown.
+/// The chat client's view: joining, resuming, the user's commands, and how room lines are
+/// shown.
 ///
-/// Joining sends `JOIN NAME` then `WHO`; the first reply decides: `ERR` (the name is taken
-/// or invalid) refuses, `MEMBERS` (the answer to `WHO`, sent only after the `JOIN` was
-/// handled) confirms. Lines to show come back without a timestamp: the driver, which owns
-/// the clock, prefixes them (see [`clock`]). Everything that came from the network is shown
-/// through [`safe`].
+/// Joining sends `JOIN NAME SINCE POS [TOKEN]` then `WHO`; the first reply decides: `ERR`
+/// (the name is taken or invalid) refuses, `MEMBERS` (the answer to `WHO`, sent only after
+/// the `JOIN` was handled, so after `WELCOME` and the replay) confirms. Lines to show come
+/// back without a timestamp: the driver, which owns the clock, prefixes them (see [`clock`]).
+/// Everything that came from the network is shown through [`safe`].
+///
+/// ## Positions and resume
+/// The first join names no position (`SINCE -`): what was said before it is not ours, so
+/// the `WELCOME`'s position becomes the last one seen. Every `PUB` moves it on. After a
+/// loss ([`Chat::connection_lost`]) the next [`Chat::join`] names it with the `WELCOME`'s
+/// token, so the server replays exactly what came after it (or says `GAP`), and the
+/// replay's end (`SYNCED` or `GAP`) becomes one notice line.
+///
+/// Each room message is shown at most once: a `PUB` at or before the last position seen
+/// (same epoch) is dropped, so a replay overlapping what arrived before the loss shows
+/// nothing twice. The member's own messages are never shown (the user saw them as typed,
+/// as in a plain chat session) though a replay carries them, since the server never sends
+/// a sender its own line live; they still move the position on and are not counted as
+/// recovered.
 #[derive(Debug, Clone)]
 pub struct Chat {
     name: String,
     joined: bool,
+    /// The last room position received (`None` until the first `WELCOME`).
+    last: Option<Pos>,
+    /// The latest `WELCOME`'s token.
+    token: Option<ResumeToken>,
+    /// A resume under way.
+    resume: Option<Resume>,
+}
+
+/// A resume under way: from the loss until the replay's end.
+#[derive(Debug, Clone)]
+struct Resume {
+    /// When the loss was found.
+    lost_at: Instant,
+    /// Others' messages replayed so far (over every attempt of this resume).
+    recovered: u64,
 }
 
 /// What the chat driver does with one event.
@@ -426,22 +621,53 @@ impl Chat {
         Self {
             name: name.to_owned(),
             joined: false,
+            last: None,
+            token: None,
+            resume: None,
         }
     }
 
-    /// The lines to send on connecting.
+    /// The lines to send on connecting: the join (naming the last position seen and the
+    /// token, when resuming) and `WHO`.
     pub fn join(&self) -> [ClientMsg; 2] {
-        [ClientMsg::Join(self.name.clone()), ClientMsg::Who]
+        [
+            ClientMsg::JoinSince {
+                name: self.name.clone(),
+                since: self.last.clone(),
+                token: self.token.clone(),
+            },
+            ClientMsg::Who,
+        ]
     }
 
     /// True once the server confirmed the name; the driver reads the user's lines only then,
-    /// so nothing is sent under a refused name.
+    /// so nothing is sent under a refused name (nor into a lost connection).
     pub fn is_joined(&self) -> bool {
         self.joined
     }
 
-    /// A line from the server.
-    pub fn handle_server(&mut self, msg: &ServerMsg) -> ChatStep {
+    /// The last room position received.
+    pub fn last_pos(&self) -> Option<&Pos> {
+        self.last.as_ref()
+    }
+
+    /// The connection was found lost at `at`: the next [`Chat::join`] resumes. A loss during
+    /// a resume keeps the first loss's time (the notice tells the whole outage).
+    pub fn connection_lost(&mut self, at: Instant) {
+        self.joined = false;
+        self.resume.get_or_insert(Resume {
+            lost_at: at,
+            recovered: 0,
+        });
+    }
+
+    /// True from [`Chat::connection_lost`] until the replay's end was received.
+    pub fn is_resuming(&self) -> bool {
+        self.resume.is_some()
+    }
+
+    /// A line from the server, received at `now`.
+    pub fn handle_server(&mut self, now: Instant, msg: &ServerMsg) -> ChatStep {
         if !self.joined {
             match msg {
                 ServerMsg::Err(bad) if bad.code == ErrCode::NameTaken => {
@@ -461,6 +687,66 @@ impl Chat {
                 ServerMsg::Members(_) => self.joined = true,
                 _ => {}
             }
+        }
+        match msg {
+            ServerMsg::Welcome { last, token, .. } => {
+                self.token = Some(token.clone());
+                // A first join: the stream so far was said before we came.
+                self.last.get_or_insert_with(|| last.clone());
+                return ChatStep::Nothing;
+            }
+            ServerMsg::Pub { pos, from, .. } => {
+                let seen = self
+                    .last
+                    .as_ref()
+                    .is_some_and(|l| l.epoch == pos.epoch && pos.offset <= l.offset);
+                if seen {
+                    return ChatStep::Nothing;
+                }
+                self.last = Some(pos.clone());
+                if *from == self.name {
+                    return ChatStep::Nothing;
+                }
+                if let Some(r) = &mut self.resume {
+                    r.recovered += 1;
+                }
+            }
+            ServerMsg::Synced { .. } => {
+                return match self.resume.take() {
+                    Some(r) => ChatStep::Show(format!(
+                        "-- reconnected after {}; recovered {} message{}",
+                        secs(now.saturating_duration_since(r.lost_at)),
+                        r.recovered,
+                        if r.recovered == 1 { "" } else { "s" }
+                    )),
+                    None => ChatStep::Nothing,
+                };
+            }
+            ServerMsg::Gap { reason, last } => {
+                let Some(r) = self.resume.take() else {
+                    return ChatStep::Show(self.render(msg).unwrap_or_default());
+                };
+                let missed = match (reason, &self.last) {
+                    (GapReason::TooOld, Some(l))
+                        if l.epoch == last.epoch && last.offset > l.offset =>
+                    {
+                        let n = last.offset - l.offset;
+                        format!("{n} message{}", if n == 1 { "" } else { "s" })
+                    }
+                    _ => "messages".to_owned(),
+                };
+                let why = match reason {
+                    GapReason::TooOld => "too-old",
+                    GapReason::EpochChanged => "epoch-changed: the server restarted",
+                };
+                // Nothing is replayed after a GAP: live lines follow from the stream's end.
+                self.last = Some(last.clone());
+                return ChatStep::Show(format!(
+                    "-- reconnected after {}; {missed} could not be recovered ({why})",
+                    secs(now.saturating_duration_since(r.lost_at)),
+                ));
+            }
+            _ => {}
         }
         match self.render(msg) {
             Some(line) => ChatStep::Show(line),
@@ -524,6 +810,11 @@ impl Chat {
             )),
         }
     }
+}
+
+/// `3.2 s`: a duration for the user, to a tenth of a second.
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
 }
 
 /// `HH:MM:SS ` for a wall-clock time given as seconds since the Unix epoch plus the local
@@ -853,10 +1144,23 @@ mod tests {
     #[test]
     fn joining_sends_join_then_who_and_members_confirms() {
         let mut chat = Chat::new("ann");
-        assert_eq!(chat.join(), [ClientMsg::Join("ann".into()), ClientMsg::Who]);
+        assert_eq!(
+            chat.join(),
+            [
+                ClientMsg::JoinSince {
+                    name: "ann".into(),
+                    since: None,
+                    token: None
+                },
+                ClientMsg::Who
+            ]
+        );
         assert!(!chat.is_joined());
         assert_eq!(
-            chat.handle_server(&ServerMsg::Members(vec!["ann".into(), "bob".into()])),
+            chat.handle_server(
+                Instant::now(),
+                &ServerMsg::Members(vec!["ann".into(), "bob".into()])
+            ),
             ChatStep::Show("* in the room: ann (you), bob".into())
         );
         assert!(chat.is_joined());
@@ -870,7 +1174,7 @@ mod tests {
             detail: "ann is in use".into(),
         });
         assert_eq!(
-            chat.handle_server(&taken),
+            chat.handle_server(Instant::now(), &taken),
             ChatStep::Refused("name 'ann' is taken on this server; pick another --name".into())
         );
         let mut chat = Chat::new("a\x1bb");
@@ -879,16 +1183,16 @@ mod tests {
             detail: "bad\rname".into(),
         });
         assert_eq!(
-            chat.handle_server(&other),
+            chat.handle_server(Instant::now(), &other),
             ChatStep::Refused(
                 "the server refused to join as 'a\\eb': missing-argument bad\\rname".into()
             )
         );
         // Once joined, an ERR is shown, not a refusal.
         let mut chat = Chat::new("ann");
-        let _ = chat.handle_server(&ServerMsg::Members(vec!["ann".into()]));
+        let _ = chat.handle_server(Instant::now(), &ServerMsg::Members(vec!["ann".into()]));
         assert_eq!(
-            chat.handle_server(&taken),
+            chat.handle_server(Instant::now(), &taken),
             ChatStep::Show("! name-taken ann is in use".into())
         );
     }
@@ -958,5 +1262,272 @@ mod tests {
         assert_eq!(clock(t, 3600), "23:00:46 ");
         assert_eq!(clock(t, 2 * 3600), "00:00:46 ");
         assert_eq!(clock(t, -5 * 3600 - 1800), "16:30:46 ");
+    }
+
+    fn pos(epoch: &str, offset: u64) -> Pos {
+        Pos {
+            epoch: crate::core::wire::Epoch::new(epoch).unwrap(),
+            offset,
+        }
+    }
+
+    fn token() -> ResumeToken {
+        ResumeToken::new("0123456789abcdef").unwrap()
+    }
+
+    fn publ(epoch: &str, offset: u64, from: &str, text: &str) -> ServerMsg {
+        ServerMsg::Pub {
+            pos: pos(epoch, offset),
+            from: from.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_its_ceiling_up_to_the_cap_and_stays_within_it() {
+        let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        let ceilings: Vec<u64> = (0..10)
+            .map(|_| {
+                let c = b.ceiling().as_millis() as u64;
+                // The largest draw lands on the ceiling (to the nanosecond), the smallest on 0.
+                let d = b.clone().next_delay(u64::MAX);
+                assert!(d <= b.ceiling() && b.ceiling() - d < Duration::from_nanos(2));
+                assert_eq!(b.clone().next_delay(0), Duration::ZERO);
+                let _ = b.next_delay(1 << 63);
+                c
+            })
+            .collect();
+        assert_eq!(
+            ceilings,
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
+        );
+        // Half the range for a draw of half of u64.
+        let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        assert_eq!(b.next_delay(1 << 63), ms(50));
+        // Thousands of attempts neither overflow nor pass the cap.
+        for _ in 0..10_000 {
+            assert!(b.next_delay(u64::MAX) <= BACKOFF_CAP);
+        }
+        b.reset();
+        assert_eq!(b.ceiling(), BACKOFF_BASE);
+    }
+
+    #[test]
+    fn jittered_delays_are_spread_over_the_whole_window() {
+        let mut j = Jitter::new(42);
+        let mut b = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        for _ in 0..6 {
+            b.next_delay(0);
+        }
+        // At the cap: 1,000 draws fall in [0, 5 s] and fill each of its ten slices.
+        let mut slices = [0u32; 10];
+        for _ in 0..1000 {
+            let d = b.next_delay(j.next_u64());
+            assert!(d <= BACKOFF_CAP);
+            slices[(d.as_millis() as usize / 500).min(9)] += 1;
+        }
+        assert!(
+            slices.iter().all(|&n| (50..=150).contains(&n)),
+            "{slices:?}"
+        );
+        // Seeded: the same seed gives the same draws; seed 0 does not get stuck at 0.
+        assert_eq!(Jitter::new(7).next_u64(), Jitter::new(7).next_u64());
+        assert_ne!(Jitter::new(0).next_u64(), 0);
+    }
+
+    #[test]
+    fn reconnect_attempts_stay_within_the_budget_then_give_up() {
+        let t0 = Instant::now();
+        let mut r = Reconnect::new(t0, ms(1000));
+        let mut now = t0;
+        let mut plan = Vec::new();
+        while let Some(at) = r.next_attempt(now, u64::MAX) {
+            assert!(at >= now && at <= t0 + ms(1000));
+            plan.push((at - t0).as_millis());
+            now = at; // the attempt failed at once
+        }
+        // Ceilings 100, 200, 400, then 800 cut to the budget's end; then no more.
+        assert_eq!(plan, [100, 300, 700, 1000]);
+        assert_eq!(r.attempts(), 4);
+        assert_eq!(r.lost_at(), t0);
+        // A zero budget never tries.
+        assert_eq!(Reconnect::new(t0, Duration::ZERO).next_attempt(t0, 0), None);
+    }
+
+    #[test]
+    fn losses_reconnect_and_deliberate_ends_do_not() {
+        for o in [
+            Outcome::ServerLost(ms(500)),
+            Outcome::ServerClosed(CloseKind::Closed),
+            Outcome::ServerClosed(CloseKind::Reset),
+            Outcome::ServerEnded(EndReason::HeartbeatTimeout),
+            Outcome::ServerEnded(EndReason::SlowConsumer),
+        ] {
+            assert!(should_reconnect(o), "{o:?}");
+        }
+        for o in [
+            Outcome::UserEnded,
+            Outcome::ServerEnded(EndReason::Quit),
+            Outcome::ServerEnded(EndReason::ServerShutdown),
+            Outcome::ServerEnded(EndReason::Replaced),
+            Outcome::ServerEnded(EndReason::ServerFull),
+            Outcome::ServerEnded(EndReason::LineTooLong),
+            Outcome::Mismatch(Mismatch::ServerMode(Mode::Echo)),
+            Outcome::Unreachable(ms(60_000)),
+        ] {
+            assert!(!should_reconnect(o), "{o:?}");
+        }
+        let gave_up = Outcome::Unreachable(ms(60_000));
+        assert_eq!(gave_up.exit_code(), 4);
+        assert_eq!(
+            gave_up.to_string(),
+            "the connection was lost and the server could not be reached again within 60s"
+        );
+    }
+
+    #[test]
+    fn a_resume_names_the_last_position_and_token_and_shows_each_message_once() {
+        let t0 = Instant::now();
+        let mut c = Chat::new("ann");
+        let welcome = |last| ServerMsg::Welcome {
+            name: "ann".into(),
+            last,
+            token: token(),
+        };
+        // First join: what was said before is not replayed; WELCOME's position is ours.
+        assert_eq!(
+            c.handle_server(t0, &welcome(pos("e1", 5))),
+            ChatStep::Nothing
+        );
+        let synced0 = ServerMsg::Synced {
+            last: pos("e1", 5),
+            count: 0,
+        };
+        assert_eq!(c.handle_server(t0, &synced0), ChatStep::Nothing);
+        let _ = c.handle_server(t0, &ServerMsg::Members(vec!["ann".into()]));
+        assert!(c.is_joined());
+        let show = |t: &str| ChatStep::Show(format!("bob: {t}"));
+        assert_eq!(
+            c.handle_server(t0, &publ("e1", 6, "bob", "six")),
+            show("six")
+        );
+        assert_eq!(
+            c.handle_server(t0, &publ("e1", 7, "bob", "seven")),
+            show("seven")
+        );
+        c.connection_lost(t0 + ms(100));
+        c.connection_lost(t0 + ms(900)); // a failed attempt keeps the first loss time
+        assert!(!c.is_joined() && c.is_resuming());
+        assert_eq!(
+            c.join()[0],
+            ClientMsg::JoinSince {
+                name: "ann".into(),
+                since: Some(pos("e1", 7)),
+                token: Some(token()),
+            }
+        );
+        assert_eq!(
+            c.join()[0].encode(),
+            "JOIN ann SINCE e1:7 0123456789abcdef\n"
+        );
+        // The replay overlaps what was seen (7), carries ann's own line (8), then news.
+        let t1 = t0 + ms(3300);
+        assert_eq!(
+            c.handle_server(t1, &welcome(pos("e1", 10))),
+            ChatStep::Nothing
+        );
+        let steps: Vec<ChatStep> = [
+            publ("e1", 6, "bob", "six"),
+            publ("e1", 7, "bob", "seven"),
+            publ("e1", 8, "ann", "mine"),
+            publ("e1", 9, "bob", "nine"),
+            publ("e1", 10, "cy", "ten"),
+            publ("e1", 9, "bob", "nine"),
+        ]
+        .iter()
+        .map(|m| c.handle_server(t1, m))
+        .collect();
+        assert_eq!(
+            steps,
+            [
+                ChatStep::Nothing,
+                ChatStep::Nothing,
+                ChatStep::Nothing,
+                show("nine"),
+                ChatStep::Show("cy: ten".into()),
+                ChatStep::Nothing,
+            ]
+        );
+        assert_eq!(c.last_pos(), Some(&pos("e1", 10)));
+        let synced = ServerMsg::Synced {
+            last: pos("e1", 10),
+            count: 5,
+        };
+        assert_eq!(
+            c.handle_server(t1, &synced),
+            ChatStep::Show("-- reconnected after 3.2 s; recovered 2 messages".into())
+        );
+        assert!(!c.is_resuming());
+        let _ = c.handle_server(t1, &ServerMsg::Members(vec!["ann".into()]));
+        assert!(c.is_joined());
+        // A later SYNCED (an answer to HISTORY) is no notice.
+        assert_eq!(c.handle_server(t1, &synced), ChatStep::Nothing);
+        assert_eq!(
+            c.handle_server(t1, &publ("e1", 11, "cy", "live")),
+            ChatStep::Show("cy: live".into())
+        );
+    }
+
+    #[test]
+    fn a_gap_is_one_notice_and_live_lines_go_on_from_the_streams_end() {
+        let t0 = Instant::now();
+        let mut c = Chat::new("ann");
+        let _ = c.handle_server(
+            t0,
+            &ServerMsg::Welcome {
+                name: "ann".into(),
+                last: pos("e1", 0),
+                token: token(),
+            },
+        );
+        let _ = c.handle_server(t0, &publ("e1", 1, "bob", "one"));
+        c.connection_lost(t0);
+        let gap = ServerMsg::Gap {
+            reason: GapReason::TooOld,
+            last: pos("e1", 1500),
+        };
+        assert_eq!(
+            c.handle_server(t0 + ms(2000), &gap),
+            ChatStep::Show(
+                "-- reconnected after 2.0 s; 1499 messages could not be recovered (too-old)".into()
+            )
+        );
+        assert_eq!(c.last_pos(), Some(&pos("e1", 1500)));
+        assert_eq!(
+            c.handle_server(t0, &publ("e1", 1501, "bob", "new")),
+            ChatStep::Show("bob: new".into())
+        );
+        c.connection_lost(t0);
+        let restarted = ServerMsg::Gap {
+            reason: GapReason::EpochChanged,
+            last: pos("e2", 3),
+        };
+        assert_eq!(
+            c.handle_server(t0 + ms(60), &restarted),
+            ChatStep::Show(
+                "-- reconnected after 0.1 s; messages could not be recovered \
+                 (epoch-changed: the server restarted)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            c.handle_server(t0, &publ("e2", 4, "bob", "after")),
+            ChatStep::Show("bob: after".into())
+        );
+        // A GAP outside a resume is shown as before.
+        assert_eq!(
+            c.handle_server(t0, &gap),
+            ChatStep::Show("* some messages could not be recovered (too-old)".into())
+        );
     }
 }

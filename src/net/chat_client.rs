@@ -2,8 +2,17 @@
 //! at once, answers heartbeats by itself, and prints the room as it changes, each line
 //! prefixed with the local time.
 //!
-//! Joining, commands and rendering are decided by the pure [`Chat`] core; this file owns the
-//! socket, the user's input and the clock.
+//! Joining, resuming, commands and rendering are decided by the pure [`Chat`] core, and
+//! when to retry a lost connection by the pure [`Reconnect`] policy; this file owns the
+//! socket, the user's input, the clock, the sleeps and the random draws.
+//!
+//! ## Reconnecting
+//! A session that ends in a *loss* ([`should_reconnect`]) is not the end: the client
+//! reconnects with backoff for up to `--reconnect-for`, resumes from the last position it
+//! received (the server replays what it missed, or says it cannot), and goes on. What the
+//! user types meanwhile waits in the input channel and is sent once the room took the client
+//! back. A line written into the dying connection before the loss was noticed may be lost:
+//! the client cannot tell whether the server got it.
 
 use std::io::{self, BufRead, Write};
 use std::net::{Shutdown, TcpStream};
@@ -12,9 +21,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{select, Receiver};
 
-use crate::config::{ClientSettings, Mode};
+use crate::config::{fmt_duration, ClientSettings, Mode};
 use crate::core::client::{
-    clock, Chat, ChatStep, Client, ClientAction, ClientConfig, CloseKind, Outcome,
+    clock, should_reconnect, Chat, ChatStep, Client, ClientAction, ClientConfig, CloseKind, Jitter,
+    Outcome, Reconnect,
 };
 use crate::core::wire::{ClientMsg, ServerMsg};
 use crate::net::client::{connect, ClientError, Received, ServerReader, QUIT_WAIT};
@@ -27,8 +37,10 @@ enum Input {
 
 /// Runs a chat session as `name`: lines from `input` are sent, the room is printed on `out`.
 /// Ends when the user types `/quit` or the input ends (0), the server ends it (3) or the
-/// server is lost (4); `stop` (Ctrl-C) leaves like `/quit`. A refused name is
-/// [`ClientError::NameRefused`] (exit 2), and nothing the user typed is sent.
+/// server is lost for longer than `settings.reconnect_for` (4); `stop` (Ctrl-C) leaves like
+/// `/quit`. A refused name is [`ClientError::NameRefused`] (exit 2), and nothing the user
+/// typed is sent. Losses and reconnection attempts are reported on stderr; `out` gets one
+/// notice line per resume.
 pub fn run(
     settings: &ClientSettings,
     name: &str,
@@ -36,10 +48,9 @@ pub fn run(
     out: &mut dyn Write,
     stop: &Receiver<()>,
 ) -> Result<Outcome, ClientError> {
-    let stream = connect(&settings.host, settings.port)?;
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut reader = ServerReader::start(&stream).map_err(ClientError::Io)?;
+    // The first connection must work: a server that is not there at all is an error (exit
+    // 1), not something to wait for.
+    let mut conn = Some(open(settings)?);
     let (in_tx, in_rx) = crossbeam_channel::bounded(1024);
     // Reading stdin cannot be interrupted; this thread simply ends with the process.
     thread::Builder::new()
@@ -69,18 +80,95 @@ pub fn run(
         let _ = writeln!(out, "{}{line}", clock(secs, offset));
         let _ = out.flush();
     };
-    let result = session(
-        &stream,
-        Chat::new(name),
-        Client::new(cfg, Instant::now()),
-        &mut reader,
-        &in_rx,
-        stop,
-        &mut say,
+    let mut chat = Chat::new(name);
+    let mut jitter = Jitter::new(jitter_seed());
+    // The outage under way: kept across attempts that fail before the room took us back.
+    let mut outage: Option<Reconnect> = None;
+    loop {
+        if let Some((stream, mut reader)) = conn.take() {
+            let result = session(
+                &stream,
+                &mut chat,
+                Client::new(cfg.clone(), Instant::now()),
+                &mut reader,
+                &in_rx,
+                stop,
+                &mut say,
+            );
+            let _ = stream.shutdown(Shutdown::Both);
+            drop(reader);
+            let outcome = result?;
+            if settings.reconnect_for.is_zero() || !should_reconnect(outcome) {
+                return Ok(outcome);
+            }
+            let now = Instant::now();
+            if !chat.is_resuming() {
+                // The last session got through (or it was the first): a new outage.
+                eprintln!(
+                    "hb-client: {outcome}; reconnecting (for up to {})",
+                    fmt_duration(settings.reconnect_for)
+                );
+                outage = Some(Reconnect::new(now, settings.reconnect_for));
+            }
+            chat.connection_lost(now);
+        }
+        let plan =
+            outage.get_or_insert_with(|| Reconnect::new(Instant::now(), settings.reconnect_for));
+        let Some(at) = plan.next_attempt(Instant::now(), jitter.next_u64()) else {
+            return Ok(Outcome::Unreachable(settings.reconnect_for));
+        };
+        // Sleep until the attempt; Ctrl-C leaves at once (there is nothing to QUIT).
+        if wait_until(at, stop) {
+            return Ok(Outcome::UserEnded);
+        }
+        match open(settings) {
+            Ok(c) => conn = Some(c),
+            Err(e) => eprintln!("hb-client: reconnect attempt {}: {e}", plan.attempts()),
+        }
+    }
+}
+
+/// Connects and starts the socket's reader.
+fn open(settings: &ClientSettings) -> Result<(TcpStream, ServerReader), ClientError> {
+    let stream = connect(&settings.host, settings.port)?;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let reader = ServerReader::start(&stream).map_err(ClientError::Io)?;
+    Ok((stream, reader))
+}
+
+/// Sleeps until `at`; true when `stop` fired meanwhile. A `stop` whose sender is gone never
+/// fires (it would otherwise end every wait at once).
+fn wait_until(at: Instant, stop: &Receiver<()>) -> bool {
+    loop {
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        select! {
+            recv(stop) -> got => {
+                if got.is_ok() {
+                    return true;
+                }
+                thread::sleep(left);
+            }
+            default(left) => {}
+        }
+    }
+}
+
+/// A seed for the retry jitter that differs between processes and runs (so clients of a
+/// restarted server spread out): std's per-process random hash keys over the time and pid.
+fn jitter_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
     );
-    let _ = stream.shutdown(Shutdown::Both);
-    drop(reader);
-    result
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Why the chat loop stops feeding.
@@ -111,7 +199,7 @@ fn feed(
                     ));
                     continue;
                 };
-                match chat.handle_server(&msg) {
+                match chat.handle_server(at, &msg) {
                     ChatStep::Refused(why) => return Some(Stop::Refused(why)),
                     ChatStep::Show(line) => say(&line),
                     _ => {}
@@ -130,9 +218,10 @@ fn feed(
     None
 }
 
+/// One connection's session, from the join to its end.
 fn session(
     stream: &TcpStream,
-    mut chat: Chat,
+    chat: &mut Chat,
     mut client: Client,
     reader: &mut ServerReader,
     input: &Receiver<Input>,
@@ -148,7 +237,7 @@ fn session(
     for msg in chat.join() {
         if !send(&msg) {
             return finish(
-                feed(&mut chat, &mut client, reader, say)
+                feed(chat, &mut client, reader, say)
                     .unwrap_or(Stop::Over(client.handle_closed(CloseKind::Reset))),
             );
         }
@@ -158,7 +247,7 @@ fn session(
     let mut leaving = false;
     loop {
         // Everything already received comes first: silence is judged only on an empty socket.
-        if let Some(s) = feed(&mut chat, &mut client, reader, say) {
+        if let Some(s) = feed(chat, &mut client, reader, say) {
             return finish(s);
         }
         reader.rearm();
@@ -168,7 +257,7 @@ fn session(
                 ClientAction::Send(msg) => {
                     if !send(&msg) {
                         return finish(
-                            feed(&mut chat, &mut client, reader, say)
+                            feed(chat, &mut client, reader, say)
                                 .unwrap_or(Stop::Over(client.handle_closed(CloseKind::Reset))),
                         );
                     }
@@ -195,7 +284,7 @@ fn session(
                     ChatStep::Send(msg) => {
                         if !send(&msg) {
                             return finish(
-                                feed(&mut chat, &mut client, reader, say)
+                                feed(chat, &mut client, reader, say)
                                     .unwrap_or(Stop::Over(client.handle_closed(CloseKind::Reset))),
                             );
                         }

@@ -14,7 +14,9 @@ fn client(port: u16, extra: &[&str]) -> Proc {
 }
 
 const LINE: &[&str] = &["--every", "60s", "--block", "0"];
-const CHAT: &[&str] = &["--chat", "--name", "ann"];
+/// `--reconnect-for 0`: these tests are about how a session ends, so the chat client must
+/// not reconnect (it would resume; see `chat_client_gives_up_after_reconnect_for`).
+const CHAT: &[&str] = &["--chat", "--name", "ann", "--reconnect-for", "0"];
 
 /// SIGKILL leaves no time for END: the kernel closes the socket, and the client says so at
 /// once instead of waiting out the heartbeat window and calling the server silent.
@@ -93,7 +95,7 @@ fn stopped_client_reads_the_end_waiting_for_it(engine: Engine, mode: &str, flags
         .map(|name| {
             let mut f = flags.to_vec();
             if mode == "chat" {
-                f = vec!["--chat", "--name", name];
+                f = vec!["--chat", "--name", name, "--reconnect-for", "0"];
             }
             client(srv.port, &f)
         })

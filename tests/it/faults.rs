@@ -17,7 +17,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,135 +38,6 @@ const HELLO: &str = "HELLO hb/1 idle=300 interval=100 count=3 mode=echo";
 const HELLO_CHAT: &str = "HELLO hb/1 idle=300 interval=100 count=3 mode=chat";
 /// A well-behaved client's round trip must stay under this during every fault.
 const RTT_LIMIT: Duration = Duration::from_millis(50);
-
-// ---------------------------------------------------------------------------------------------
-// Network namespaces
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A network namespace with a veth pair to the test's own namespace; removed on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-    ns_if: String,
-    host_ip: Ipv4Addr,
-    ns_ip: Ipv4Addr,
-}
-
-impl Netns {
-    /// Makes the namespace, or skips the test ([`skip`]: a failure under CI) and returns `None`.
-    fn create(test: &str) -> Option<Self> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        // Interface names are at most 15 bytes.
-        let tag = format!("{}x{n}", pid % 1_000_000);
-        // A /30 of 198.18.0.0/15 chosen from pid and counter, so parallel runs do not clash.
-        let block = (pid.wrapping_mul(97).wrapping_add(n) % 32_768) * 4;
-        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + block;
-        let ns = Self {
-            name: format!("hbf-{tag}"),
-            host_if: format!("hbh{tag}"),
-            ns_if: format!("hbn{tag}"),
-            host_ip: Ipv4Addr::from(base + 1),
-            ns_ip: Ipv4Addr::from(base + 2),
-        };
-        match ns.setup() {
-            Ok(()) => Some(ns),
-            Err(e) => {
-                skip(test, &format!("needs root and network namespaces ({e})"));
-                None
-            }
-        }
-    }
-
-    fn setup(&self) -> Result<(), String> {
-        let host_cidr = format!("{}/30", self.host_ip);
-        let ns_cidr = format!("{}/30", self.ns_ip);
-        ip(&["netns", "add", &self.name])?;
-        ip(&[
-            "link",
-            "add",
-            &self.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.ns_if,
-        ])?;
-        ip(&["link", "set", &self.ns_if, "netns", &self.name])?;
-        ip(&["addr", "add", &host_cidr, "dev", &self.host_if])?;
-        ip(&["link", "set", &self.host_if, "up"])?;
-        ip(&[
-            "-n",
-            &self.name,
-            "addr",
-            "add",
-            &ns_cidr,
-            "dev",
-            &self.ns_if,
-        ])?;
-        ip(&["-n", &self.name, "link", "set", &self.ns_if, "up"])?;
-        ip(&["-n", &self.name, "link", "set", "lo", "up"])?;
-        Ok(())
-    }
-
-    /// Connects to `addr` from inside the namespace (the socket stays in it).
-    fn connect(&self, addr: SocketAddr) -> TcpStream {
-        let path = format!("/var/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("open netns");
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&f),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .expect("setns");
-            let deadline = Instant::now() + PROMPT;
-            // The link may take a moment to carry traffic after it comes up.
-            loop {
-                match TcpStream::connect_timeout(&addr, ms(500)) {
-                    Ok(s) => return s,
-                    Err(e) if Instant::now() < deadline => {
-                        eprintln!("connect from netns: {e}; retrying");
-                        thread::sleep(ms(20));
-                    }
-                    Err(e) => panic!("connect from netns to {addr}: {e}"),
-                }
-            }
-        })
-        .join()
-        .expect("connect thread")
-    }
-
-    /// Pulls the cable: the namespace's end goes down, so packets both ways are dropped
-    /// silently (no FIN, no RST, no ICMP).
-    fn cut(&self) {
-        ip(&["-n", &self.name, "link", "set", &self.ns_if, "down"]).expect("cut the link");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting one end of a veth pair deletes both; the namespace goes with its last user.
-        let _ = ip(&["link", "del", &self.host_if]);
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Accounting, timing and well-behaved clients
@@ -704,7 +575,17 @@ fn frozen_chat_client_is_announced_and_exits_3_or_4_after_sigcont(engine: Engine
     let port = srv.port.to_string();
     let mut client = Proc::spawn_in_temp(
         "hb-client",
-        &["--defaults", "--chat", "--name", "frozen", "--port", &port],
+        &[
+            "--defaults",
+            "--chat",
+            "--name",
+            "frozen",
+            "--port",
+            &port,
+            // How the session ends is the point here, not the resume after it.
+            "--reconnect-for",
+            "0",
+        ],
         Some(""),
     );
     assert_eq!(next_non_ping(&mut watcher, PROMPT).1, "JOINED frozen");

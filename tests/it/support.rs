@@ -5,10 +5,10 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -707,4 +707,159 @@ pub fn ensure_fd_limit(n: u64) {
     );
     lim.current = Some(n);
     setrlimit(Resource::Nofile, lim).unwrap_or_else(|e| panic!("setrlimit NOFILE {n}: {e}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces
+
+/// Runs `ip ARGS...`; its stderr on failure.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A network namespace with a veth pair to the test's own namespace; removed on drop.
+///
+/// A "cable pull" ([`Netns::cut`]) is real: the namespace's end of the link goes down, so
+/// packets both ways are dropped silently (no FIN, no RST, no ICMP). Addresses are link pairs
+/// in the benchmarking range 198.18.0.0/15; a test that cannot make a namespace calls
+/// [`skip`] (a failure under CI, a visible `SKIPPED` line elsewhere).
+pub struct Netns {
+    /// The namespace's name (`ip netns exec NAME ...`).
+    pub name: String,
+    host_if: String,
+    ns_if: String,
+    /// The test's (host) end of the link: servers listen here.
+    pub host_ip: Ipv4Addr,
+    /// The namespace's end of the link.
+    pub ns_ip: Ipv4Addr,
+}
+
+impl Netns {
+    /// Makes the namespace, or skips the test ([`skip`]: a failure under CI) and returns `None`.
+    pub fn create(test: &str) -> Option<Self> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Interface names are at most 15 bytes.
+        let tag = format!("{}x{n}", pid % 1_000_000);
+        // A /30 of 198.18.0.0/15 chosen from pid and counter, so parallel runs do not clash.
+        let block = (pid.wrapping_mul(97).wrapping_add(n) % 32_768) * 4;
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + block;
+        let ns = Self {
+            name: format!("hbf-{tag}"),
+            host_if: format!("hbh{tag}"),
+            ns_if: format!("hbn{tag}"),
+            host_ip: Ipv4Addr::from(base + 1),
+            ns_ip: Ipv4Addr::from(base + 2),
+        };
+        match ns.setup() {
+            Ok(()) => Some(ns),
+            Err(e) => {
+                skip(test, &format!("needs root and network namespaces ({e})"));
+                None
+            }
+        }
+    }
+
+    fn setup(&self) -> Result<(), String> {
+        let host_cidr = format!("{}/30", self.host_ip);
+        let ns_cidr = format!("{}/30", self.ns_ip);
+        ip(&["netns", "add", &self.name])?;
+        ip(&[
+            "link",
+            "add",
+            &self.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.ns_if,
+        ])?;
+        ip(&["link", "set", &self.ns_if, "netns", &self.name])?;
+        ip(&["addr", "add", &host_cidr, "dev", &self.host_if])?;
+        ip(&["link", "set", &self.host_if, "up"])?;
+        ip(&[
+            "-n",
+            &self.name,
+            "addr",
+            "add",
+            &ns_cidr,
+            "dev",
+            &self.ns_if,
+        ])?;
+        ip(&["-n", &self.name, "link", "set", &self.ns_if, "up"])?;
+        ip(&["-n", &self.name, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Connects to `addr` from inside the namespace (the socket stays in it).
+    pub fn connect(&self, addr: SocketAddr) -> TcpStream {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("open netns");
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&f),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns");
+            let deadline = Instant::now() + PROMPT;
+            // The link may take a moment to carry traffic after it comes up.
+            loop {
+                match TcpStream::connect_timeout(&addr, ms(500)) {
+                    Ok(s) => return s,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("connect from netns: {e}; retrying");
+                        thread::sleep(ms(20));
+                    }
+                    Err(e) => panic!("connect from netns to {addr}: {e}"),
+                }
+            }
+        })
+        .join()
+        .expect("connect thread")
+    }
+
+    /// Pulls the cable: the namespace's end goes down, so packets both ways are dropped
+    /// silently (no FIN, no RST, no ICMP).
+    pub fn cut(&self) {
+        ip(&["-n", &self.name, "link", "set", &self.ns_if, "down"]).expect("cut the link");
+    }
+
+    /// Plugs the cable back in: the link comes up and the kernel restores its address's
+    /// route (connections that were not ended meanwhile carry on).
+    pub fn restore(&self) {
+        ip(&["-n", &self.name, "link", "set", &self.ns_if, "up"]).expect("restore the link");
+    }
+
+    /// Runs one of the project's binaries inside the namespace (`ip netns exec`, which
+    /// execs it: the child is the binary itself), in a fresh [`temp_dir`].
+    pub fn spawn(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
+            .arg(bin(name))
+            .args(args);
+        let dir = temp_dir();
+        Proc::from_command(cmd, &dir, stdin).keep_dir(dir)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes both; the namespace goes with its last user.
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
 }
