@@ -4,9 +4,10 @@
 //! is the newest one's (0 before any). The newest messages are kept in a ring bounded twice:
 //! at most `max_count` messages (0 keeps none: history off) and at most `max_bytes` bytes,
 //! counting each message's name and text plus one separator byte (what a replay line carries
-//! besides its position); the oldest go first when either bound is passed. The ring's own
-//! memory on top of that is one 24-byte slot per kept message plus the allocator's rounding
-//! of each stored line ([`History::heap_bytes`] estimates the whole).
+//! besides its position); the oldest go first when either bound is passed. The memory on top
+//! of that is one 8-byte slot per kept message and the log's slack: dropped messages at its
+//! front until it is compacted, so at most about twice `max_bytes` in all
+//! ([`History::heap_bytes`] counts the whole).
 //!
 //! The kept messages are always a gapless run ending at the newest message, so a replay from
 //! any position inside it misses nothing. That is why a single message larger than
@@ -16,13 +17,9 @@
 
 use std::collections::VecDeque;
 
-/// One kept message.
-#[derive(Debug, Clone)]
-struct Entry {
-    offset: u64,
-    /// `NAME TEXT` (a name has no spaces, so the first space splits them).
-    line: Box<str>,
-}
+/// A log shorter than this is compacted only when it would otherwise grow (moving a few
+/// bytes often is not worth it).
+const COMPACT_AFTER: usize = 8 * 1024;
 
 /// A kept message, as a replay reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,30 +32,27 @@ pub struct Kept<'a> {
     pub text: &'a str,
 }
 
-impl Entry {
-    fn kept(&self) -> Kept<'_> {
-        let (from, text) = self.line.split_once(' ').unwrap_or((&self.line, ""));
-        Kept {
-            offset: self.offset,
-            from,
-            text,
-        }
-    }
-}
-
 /// Messages after an offset cannot be replayed: some are no longer kept, or the offset is
 /// beyond the newest message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooOld;
 
 /// The stream's offsets and its bounded history. See the module docs.
+///
+/// The kept messages are stored back to back in one byte log (`NAME TEXT`, a name has no
+/// spaces), so recording a message allocates nothing once the log has grown: a relay at a
+/// million messages a second must not pay a heap allocation and a free for each.
 #[derive(Debug, Clone)]
 pub struct History {
     max_count: usize,
     max_bytes: usize,
-    entries: VecDeque<Entry>,
-    /// Sum of the kept lines' lengths.
-    bytes: usize,
+    /// The kept messages' bytes, from `head` on.
+    log: Vec<u8>,
+    /// Bytes at the front of `log` that belong to dropped messages.
+    head: usize,
+    /// Where each kept message ends in `log`, oldest first (it starts where the previous one
+    /// ends, or at `head`).
+    ends: VecDeque<usize>,
     /// Offset of the newest message, kept or not (0: none yet).
     last: u64,
 }
@@ -69,8 +63,9 @@ impl History {
         Self {
             max_count,
             max_bytes,
-            entries: VecDeque::new(),
-            bytes: 0,
+            log: Vec::new(),
+            head: 0,
+            ends: VecDeque::new(),
             last: 0,
         }
     }
@@ -87,27 +82,27 @@ impl History {
 
     /// Offset of the oldest kept message, if any is kept.
     pub fn oldest(&self) -> Option<u64> {
-        self.entries.front().map(|e| e.offset)
+        (!self.ends.is_empty()).then(|| self.last + 1 - self.ends.len() as u64)
     }
 
     /// Messages kept.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.ends.len()
     }
 
     /// True when no message is kept.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.ends.is_empty()
     }
 
     /// Bytes counted against `max_bytes` (each kept message's name, text and one separator).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.log.len() - self.head
     }
 
-    /// About the heap memory the kept messages take: ring slots plus stored lines.
+    /// About the heap memory the kept messages take: the log and one slot per message.
     pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>() + self.bytes
+        self.log.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
     }
 
     /// A room message from `from` with `text` was delivered: it takes the next offset
@@ -117,26 +112,48 @@ impl History {
         let len = from.len() + 1 + text.len();
         if self.max_count == 0 || len > self.max_bytes {
             // Not kept, so nothing older can be replayed past it either (module docs).
-            self.entries.clear();
-            self.bytes = 0;
+            self.clear();
             return self.last;
         }
-        while self.entries.len() >= self.max_count || self.bytes + len > self.max_bytes {
-            let Some(old) = self.entries.pop_front() else {
+        while self.ends.len() >= self.max_count || self.bytes() + len > self.max_bytes {
+            let Some(end) = self.ends.pop_front() else {
                 break;
             };
-            self.bytes -= old.line.len();
+            self.head = end;
         }
-        let mut line = String::with_capacity(len);
-        line.push_str(from);
-        line.push(' ');
-        line.push_str(text);
-        self.entries.push_back(Entry {
-            offset: self.last,
-            line: line.into_boxed_str(),
-        });
-        self.bytes += len;
+        if self.ends.is_empty() {
+            self.log.clear();
+            self.head = 0;
+        } else if self.head > 0
+            && (self.head * 2 >= self.log.len().max(COMPACT_AFTER)
+                || self.log.len() + len > self.log.capacity())
+        {
+            // Dropped messages make up half the log, or the log would have to grow: move
+            // the kept ones to the front instead (each byte moves about once on average).
+            self.log.drain(..self.head);
+            for end in &mut self.ends {
+                *end -= self.head;
+            }
+            self.head = 0;
+        }
+        self.log.extend_from_slice(from.as_bytes());
+        self.log.push(b' ');
+        self.log.extend_from_slice(text.as_bytes());
+        self.ends.push_back(self.log.len());
         self.last
+    }
+
+    /// The kept message at index `i` (0: the oldest).
+    fn kept(&self, i: usize) -> Kept<'_> {
+        let start = if i == 0 { self.head } else { self.ends[i - 1] };
+        // Stored from `&str`s, so always UTF-8; a replay pays the check, a record does not.
+        let line = std::str::from_utf8(&self.log[start..self.ends[i]]).unwrap_or_default();
+        let (from, text) = line.split_once(' ').unwrap_or((line, ""));
+        Kept {
+            offset: self.last + 1 - (self.ends.len() - i) as u64,
+            from,
+            text,
+        }
     }
 
     /// Every message after `offset`, oldest first: empty when `offset` is the newest;
@@ -146,7 +163,7 @@ impl History {
             return Err(TooOld);
         }
         let skip = if offset == self.last {
-            self.entries.len()
+            self.ends.len()
         } else {
             // The kept run ends at `last`, so it covers offset+1.. iff it starts there or
             // earlier.
@@ -155,19 +172,20 @@ impl History {
                 _ => return Err(TooOld),
             }
         };
-        Ok(self.entries.range(skip..).map(Entry::kept))
+        Ok((skip..self.ends.len()).map(|i| self.kept(i)))
     }
 
     /// The newest `n` kept messages (fewer if fewer are kept), oldest first.
     pub fn newest(&self, n: usize) -> impl Iterator<Item = Kept<'_>> {
-        let skip = self.entries.len().saturating_sub(n);
-        self.entries.range(skip..).map(Entry::kept)
+        let skip = self.ends.len().saturating_sub(n);
+        (skip..self.ends.len()).map(|i| self.kept(i))
     }
 
     /// Forgets the kept messages (offsets go on).
     pub fn clear(&mut self) {
-        self.entries = VecDeque::new();
-        self.bytes = 0;
+        self.log = Vec::new();
+        self.head = 0;
+        self.ends = VecDeque::new();
     }
 }
 
@@ -284,7 +302,13 @@ mod tests {
         }
         assert!(h.bytes() <= 64 * 1024);
         assert_eq!(h.len(), 64 * 1024 / 108);
-        assert!(h.heap_bytes() < 64 * 1024 + 1024 * 24 + 1);
+        // The log never grows while dropped messages could make room: at most about twice
+        // the bound, plus a slot per message.
+        assert!(
+            h.heap_bytes() <= 2 * 64 * 1024 + 1024 * 8,
+            "{}",
+            h.heap_bytes()
+        );
         assert_eq!(h.after(h.last() - h.len() as u64).unwrap().count(), h.len());
         h.clear();
         assert_eq!((h.len(), h.last()), (0, 100_000));

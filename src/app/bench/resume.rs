@@ -32,9 +32,9 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const SENDER: &str = "bob";
 /// The resuming member's name.
 const MEMBER: &str = "ann";
-/// Bytes of the ring's own slot per kept message (an offset and a boxed line: see
+/// Bytes of the history's own slot per kept message (where its line ends in the log: see
 /// `core::history`), on top of the line's bytes.
-const SLOT_BYTES: u64 = 24;
+const SLOT_BYTES: u64 = 8;
 /// The history settings of the run that keeps every message of the memory runs: 4 MiB holds
 /// 10,000 lines of ~104 bytes with room to spare, so the count is the bound that applies.
 const BIG_HISTORY_BYTES: &str = "4194304";
@@ -799,8 +799,8 @@ mod tests {
 
     #[test]
     fn theory_counts_lines_and_slots() {
-        // 3 + 1 + 100 + 24 bytes a message.
-        assert_eq!(theoretical_bytes(1000, "bob"), 128_000);
+        // 3 + 1 + 100 + 8 bytes a message.
+        assert_eq!(theoretical_bytes(1000, "bob"), 112_000);
         assert_eq!(theoretical_bytes(0, "bob"), 0);
     }
 }
