@@ -322,9 +322,10 @@ engine_tests!(a_receiver_cut_off_by_the_network_gets_all_2000_messages_once);
 /// notice. Without network namespaces the test is skipped (a failure under CI).
 fn a_receiver_cut_off_by_the_network_gets_all_2000_messages_once(engine: Engine) {
     const N: usize = 2000;
-    // 250 messages a second: even a slow reconnect (the backoff's fourth wait may reach
-    // 0.8 s) misses far fewer than the 1,000 the server keeps, so nothing is too old.
-    const PACE: Duration = Duration::from_millis(4);
+    // 500 messages a second, so messages keep arriving across the outage and the resume's
+    // seam; the server keeps all 2,000 (`--history`), so however slow the reconnect, nothing
+    // is too old and every message must come through.
+    const PACE: Duration = Duration::from_millis(2);
     let _x = exclusive();
     let _w = Watchdog::new("chat-client-netns-resume", ms(60_000));
     let Some(ns) = Netns::create("a_receiver_cut_off_by_the_network_gets_all_2000_messages_once")
@@ -345,6 +346,8 @@ fn a_receiver_cut_off_by_the_network_gets_all_2000_messages_once(engine: Engine)
             "0.1",
             "--count",
             "2",
+            "--history",
+            "10000",
         ],
     );
     let port = srv.port.to_string();
