@@ -554,6 +554,9 @@ pub enum ClusterEvent {
         /// How many.
         count: u64,
     },
+    /// Another node announced this one lost while its link was up (its refreshes were late):
+    /// the engine should report the link down and up again, so the node takes a fresh id.
+    Evicted,
     /// This node took a new id (its old key may have expired while it was cut off, so the
     /// others may have announced its members lost).
     Renewed {
@@ -620,6 +623,8 @@ pub struct ClusterNode {
     past_ids: Vec<NodeId>,
     /// The roster goes out once every re-claim after a link up is answered.
     roster_due: bool,
+    /// The others announced this node lost: take the fresh id at the next link up.
+    renew_due: bool,
     /// Last stream seq seen from each sender (its room messages are delivered by offset
     /// whatever its liveness: the stream is the room's order).
     stream_seqs: HashMap<NodeId, u64>,
@@ -665,6 +670,7 @@ impl ClusterNode {
             presence_seq: 0,
             past_ids: Vec::new(),
             roster_due: false,
+            renew_due: false,
             stream_seqs: HashMap::new(),
             epoch: None,
             next_offset: None,
@@ -909,9 +915,11 @@ impl ClusterNode {
         }
         // Our key lives `node_timeout` from its last refresh: past that the others may have
         // announced our members lost, and a lost id is never accepted again.
-        let expired = self
-            .last_refresh
-            .is_some_and(|t| now >= t + self.cfg.node_timeout);
+        let expired = self.renew_due
+            || self
+                .last_refresh
+                .is_some_and(|t| now >= t + self.cfg.node_timeout);
+        self.renew_due = false;
         if expired && fresh_id != self.id {
             let old = std::mem::replace(&mut self.id, fresh_id);
             self.stream_seq = 0;
@@ -1039,12 +1047,18 @@ impl ClusterNode {
         }
     }
 
-    /// The link saw node `node`'s heartbeat (or the node's liveness key) at `now`.
-    pub fn handle_node_seen(&mut self, now: Instant, node: &NodeId) {
-        if *node == self.id || self.lost.contains_key(node) {
+    /// Node `node` was alive at `at`: the link's poll found its heartbeat `age` old by
+    /// Redis's clock and reports `at = now - age` (so no two machines' clocks are compared,
+    /// and the death deadline counts from the node's last refresh, not from the poll).
+    /// A sighting older than one already known changes nothing.
+    pub fn handle_node_seen(&mut self, at: Instant, node: &NodeId) {
+        if *node == self.id || self.past_ids.contains(node) || self.lost.contains_key(node) {
             return;
         }
-        self.peers.entry(node.clone()).or_default().last_seen = Some(now);
+        let seen = &mut self.peers.entry(node.clone()).or_default().last_seen;
+        if seen.is_none_or(|t| t < at) {
+            *seen = Some(at);
+        }
     }
 
     /// A message arrived from the bus (live from the subscription, or read from the stream).
@@ -1252,9 +1266,12 @@ impl ClusterNode {
     /// Member `name` of lost node `of` is gone: one `Left` here, if not announced already.
     fn announce_lost(&mut self, now: Instant, of: &NodeId, name: &str) {
         if *of == self.id {
-            // We were declared lost while alive (cut off): our id is dead; the next link up
-            // takes a fresh one and re-announces our members.
-            self.last_refresh = Some(now - self.cfg.node_timeout);
+            // We were declared lost while alive (our refreshes were late): our id is dead.
+            // The engine bounces the link; the link up takes a fresh id and re-announces.
+            if !self.renew_due {
+                self.renew_due = true;
+                self.events.push_back(ClusterEvent::Evicted);
+            }
             return;
         }
         if let Some(peer) = self.peers.remove(of) {
@@ -1632,6 +1649,8 @@ mod tests {
         s.bus(presence("c", 1, join("cy")));
         assert_eq!(s.n.names(), vec!["bea", "bob", "cy"]);
         s.events();
+        // An older sighting does not move b's deadline back.
+        s.n.handle_node_seen(t0 - ms(500), &id("b"));
         // c keeps beating, b is silent from t0.
         for _ in 0..5 {
             s.at(ms(599));
@@ -2051,6 +2070,24 @@ mod tests {
         assert!(s.commands().iter().all(|c| match c {
             BusCommand::Publish(m) => m.node == id("a2"),
             _ => true,
+        }));
+    }
+
+    #[test]
+    fn a_node_announced_lost_while_up_renews_at_the_next_link_up() {
+        let mut s = Sim::new(ClusterConfig::default());
+        let lost_a = Body::Lost {
+            of: id("a"),
+            name: "ann".into(),
+        };
+        s.bus(presence("c", 1, lost_a.clone()));
+        s.bus(presence("c", 2, lost_a));
+        assert_eq!(s.events(), vec![ClusterEvent::Evicted], "once");
+        s.n.handle_link_down(s.t);
+        s.n.handle_link_up(s.t, pos("e", 0), id("a3"));
+        assert!(s.events().contains(&ClusterEvent::Renewed {
+            old: id("a"),
+            new: id("a3")
         }));
     }
 
