@@ -192,12 +192,19 @@ pub fn should_reconnect(outcome: Outcome) -> bool {
     match outcome {
         Outcome::ServerLost(_) | Outcome::ServerClosed(_) => true,
         Outcome::ServerEnded(reason) => match reason {
-            EndReason::HeartbeatTimeout | EndReason::SlowConsumer | EndReason::Closed => true,
+            // `node-lost` is a LEFT reason; should a server ever end with it, the client's
+            // server vanished, so reconnecting (to another node) is right.
+            EndReason::HeartbeatTimeout
+            | EndReason::SlowConsumer
+            | EndReason::Closed
+            | EndReason::NodeLost => true,
             EndReason::Quit
             | EndReason::ServerShutdown
             | EndReason::ServerFull
             | EndReason::LineTooLong
-            | EndReason::Replaced => false,
+            | EndReason::Replaced
+            // Another member holds the name cluster-wide: rejoining would be refused.
+            | EndReason::NameTaken => false,
         },
         Outcome::UserEnded | Outcome::Unreachable(_) | Outcome::Mismatch(_) => false,
     }

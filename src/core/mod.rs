@@ -2,6 +2,7 @@
 
 pub mod classic;
 pub mod client;
+pub mod cluster;
 pub mod display;
 pub mod heartbeat;
 pub mod history;

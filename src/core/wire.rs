@@ -29,11 +29,19 @@ pub enum EndReason {
     /// Only in `END`: another connection resumed this one's name with its token
     /// (`JOIN NAME SINCE POS TOKEN`); the room sees no `LEFT` for it.
     Replaced,
+    /// Only in `LEFT` (cluster, CONTRACT section 8): the member's server stopped refreshing
+    /// its liveness key in Redis for `--node-timeout` (killed, or cut off), and another
+    /// server announces its members gone.
+    NodeLost,
+    /// Only in `END` (cluster; proposed in docs/CLUSTER.md, not in the contract yet): while
+    /// this server was cut off from Redis its member took a name that a member on another
+    /// server holds in Redis; the claim in Redis wins, so this connection is ended.
+    NameTaken,
 }
 
 impl EndReason {
     /// Every reason, in contract order.
-    pub const ALL: [EndReason; 8] = [
+    pub const ALL: [EndReason; 10] = [
         Self::HeartbeatTimeout,
         Self::Quit,
         Self::ServerShutdown,
@@ -42,6 +50,8 @@ impl EndReason {
         Self::SlowConsumer,
         Self::Closed,
         Self::Replaced,
+        Self::NodeLost,
+        Self::NameTaken,
     ];
 
     /// The word on the wire.
@@ -55,6 +65,8 @@ impl EndReason {
             Self::SlowConsumer => "slow-consumer",
             Self::Closed => "closed",
             Self::Replaced => "replaced",
+            Self::NodeLost => "node-lost",
+            Self::NameTaken => "name-taken",
         }
     }
 
@@ -1096,6 +1108,8 @@ mod tests {
                 EndReason::SlowConsumer => at::<5>(),
                 EndReason::Closed => at::<6>(),
                 EndReason::Replaced => at::<7>(),
+                EndReason::NodeLost => at::<8>(),
+                EndReason::NameTaken => at::<9>(),
             }
         }
         for (i, r) in EndReason::ALL.into_iter().enumerate() {
