@@ -1303,6 +1303,22 @@ fn detection_run(
     })
 }
 
+/// Writes the report row of an engine that did not run (`| LABEL | **SKIPPED**: why | - |
+/// ...` with `dashes` empty cells after it) and returns why it did not.
+pub fn skipped_engine_row(body: &mut String, ctx: &Ctx, engine: Engine, dashes: usize) -> String {
+    let why = ctx
+        .engines
+        .skip_reason(engine)
+        .unwrap_or_else(|| "no run".into());
+    let _ = writeln!(
+        body,
+        "| {} | **SKIPPED**: {why} |{}",
+        engine.label(),
+        " - |".repeat(dashes)
+    );
+    why
+}
+
 /// Ghost-detection targets (p99, max ms after the deadline) of an engine: issue 10's for
 /// the thread engine, issue 12's for the event engine.
 fn detection_goals(engine: Engine) -> (f64, f64) {
@@ -1382,15 +1398,7 @@ pub fn detection(ctx: &Ctx) -> Result<Outcome, BenchError> {
     for engine in Engine::ALL {
         let (p99_goal, max_goal) = detection_goals(engine);
         let Some(rs) = runs.get(&engine) else {
-            let why = ctx
-                .engines
-                .skip_reason(engine)
-                .unwrap_or_else(|| "no run".into());
-            let _ = writeln!(
-                body,
-                "| {} | **SKIPPED**: {why} | - | - | - | - | - | - | - |",
-                engine.label()
-            );
+            skipped_engine_row(&mut body, ctx, engine, 7);
             let _ = writeln!(
                 targets,
                 "- {}: SKIPPED (p99 ≤ {p99_goal} ms, max ≤ {max_goal} ms — not judged)",

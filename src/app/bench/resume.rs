@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::engines::Engine;
-use super::measure::{parse_mark, Ctx};
+use super::measure::{parse_mark, skipped_engine_row, Ctx};
 use super::peers::Peer;
 use super::plot;
 use super::procinfo;
@@ -580,15 +580,7 @@ pub fn history_resume(ctx: &Ctx) -> Result<Outcome, BenchError> {
     let mut bars = Vec::new();
     for engine in Engine::ALL {
         let Some((_, r)) = runs.iter().find(|(e, _)| *e == engine) else {
-            let why = ctx
-                .engines
-                .skip_reason(engine)
-                .unwrap_or_else(|| "no run".into());
-            let _ = writeln!(
-                body,
-                "| {} | **SKIPPED**: {why} | - | - | - |",
-                engine.label()
-            );
+            skipped_engine_row(&mut body, ctx, engine, 3);
             continue;
         };
         let ms: Vec<f64> = r.resume.iter().map(|x| x.ms).collect();
@@ -653,15 +645,7 @@ pub fn history_resume(ctx: &Ctx) -> Result<Outcome, BenchError> {
     );
     for engine in Engine::ALL {
         let Some((_, r)) = runs.iter().find(|(e, _)| *e == engine) else {
-            let why = ctx
-                .engines
-                .skip_reason(engine)
-                .unwrap_or_else(|| "no run".into());
-            let _ = writeln!(
-                body,
-                "| {} | **SKIPPED**: {why} | - | - | - | - | - | - | - |",
-                engine.label()
-            );
+            skipped_engine_row(&mut body, ctx, engine, 7);
             continue;
         };
         for conf in HistoryConf::ALL {
