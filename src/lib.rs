@@ -28,16 +28,17 @@
 //!                   core (no socket, no thread, no clock)
 //!      ┌──────────────────────────────────────────────────────────────┐
 //!      │ Session ×N: handle_rx / poll_input / handle_room             │
-//!      │             poll_transmit / handle_written / handle_write_blocked
+//!      │             peek_transmit / handle_written / handle_write_blocked
 //!      │             handle_heartbeat / handle_flow_timeout / poll_close
-//!      │ Hub ×1:     handle_op (JOIN, MSG, WHO) / handle_leave /      │
-//!      │             handle_shutdown, through Mailboxes (the sessions)│
+//!      │ Hub ×1:     handle_op (JOIN, MSG, WHO, HISTORY, JOIN … SINCE) │
+//!      │             / handle_leave / handle_shutdown, through        │
+//!      │             Mailboxes (the sessions); History: the stream    │
 //!      └───────────────▲──────────────────────────────▲───────────────┘
 //!                      │ lock session (chat: room lock first)
 //!  data-exchange thread (reads, never writes)   companion heartbeat thread (the only writer)
 //!    poll(2) until bytes or the idle deadline    switch on → handle_heartbeat → PING k / END
 //!    bytes → handle_rx → switch off              handle_flow_timeout (lag / write stall)
-//!    poll_input → chat line → Hub::handle_op     poll_transmit → send(MSG_DONTWAIT)
+//!    poll_input → chat line → Hub::handle_op     peek_transmit → sendmsg(MSG_DONTWAIT)
 //!      held (a recipient lags, or own queue      blocked → poll(POLLOUT) in 20 ms slices
 //!      over half full): stop reading, wait       handle_written → caught up → wake held
 //!      until woken, offer the line again         ended → Hub::handle_leave (LEFT)
@@ -50,13 +51,15 @@
 //! runtime of at most one worker per core, one task per connection:
 //! ```text
 //!   accept task ──spawn──▶ connection task (the only reader and writer of its socket)
-//!                            Session::handle_timeout (tokio timer wheel: sleep_until)
-//!                            poll_transmit → try_write_vectored until the socket is full
+//!                            Session::handle_timeout (one tokio timer, moved when earlier)
+//!                            peek_transmit → sendmsg of up to 16 slices until it is full
 //!                            readable → handle_rx → poll_input → Hub::handle_op
 //!                            held → wait for the room (Notify) or its own queue to drain
 //!                            poll_close → END written: FIN, linger; ended → Hub::handle_leave
 //! ```
-//! [`net::relay`] (the room, the write-back `Mailboxes` cache, log mapping) serves both.
+//! [`net::relay`] (the room, the write-back `Mailboxes` cache, log mapping) serves both: a
+//! room message is built once per batch into a buffer every recipient's queue shares
+//! ([`core::outq`]), so relaying to 100 members copies nothing per member.
 //! The linger exists because closing a socket with unread input makes the kernel send a
 //! reset, which can destroy the `END` line before the client reads it.
 //! A client that stops reading holds its senders back for at most `--stall` and is then
