@@ -187,10 +187,14 @@ impl<'a, C: Member> Members<'a, C> {
                 continue;
             }
             let total = group.batch.len();
-            let shared = SharedBytes::new(std::mem::replace(
-                &mut group.batch,
-                Vec::with_capacity(total.min(STAGE_LIMIT)),
-            ));
+            let mut batch =
+                std::mem::replace(&mut group.batch, Vec::with_capacity(total.min(STAGE_LIMIT)));
+            // A queue holding a slice keeps the whole buffer alive: no slack beyond a
+            // quarter, so what a slow reader pins stays near what its budget counts.
+            if batch.capacity() > total + total / 4 {
+                batch.shrink_to_fit();
+            }
+            let shared = SharedBytes::new(batch);
             for &id in &group.ids {
                 let Some(snap) = st.snap.get(&id) else {
                     continue;
@@ -202,20 +206,31 @@ impl<'a, C: Member> Members<'a, C> {
                 if snap.own == 0 {
                     s.push_shared(now, shared.clone());
                 } else {
-                    // Everything but its own lines, in runs.
+                    // Everything but its own lines, in runs. A member that wrote most of the
+                    // batch gets copies of the rest instead of slices: small slices would pin
+                    // the whole buffer (a chatty member that reads slowly could hold many times
+                    // its --queue in memory); so a shared buffer is always at least half used.
+                    let copy = snap.own * 2 > total;
+                    let queue_run = |s: &mut Session, r: std::ops::Range<usize>| {
+                        if copy {
+                            s.push(now, &shared.as_slice()[r]);
+                        } else {
+                            s.push_shared(now, shared.slice(r));
+                        }
+                    };
                     let mut run = 0;
                     let mut line_start = 0;
                     for &(end, except) in &group.lines {
                         if except == id {
                             if line_start > run {
-                                s.push_shared(now, shared.slice(run..line_start));
+                                queue_run(&mut s, run..line_start);
                             }
                             run = end;
                         }
                         line_start = end;
                     }
                     if total > run {
-                        s.push_shared(now, shared.slice(run..total));
+                        queue_run(&mut s, run..total);
                     }
                 }
                 drop(s);
