@@ -189,9 +189,11 @@ impl<'a, C: Member> Members<'a, C> {
             let total = group.batch.len();
             let mut batch =
                 std::mem::replace(&mut group.batch, Vec::with_capacity(total.min(STAGE_LIMIT)));
-            // A queue holding a slice keeps the whole buffer alive: no slack beyond a
-            // quarter, so what a slow reader pins stays near what its budget counts.
-            if batch.capacity() > total + total / 4 {
+            // A queue holding a slice keeps the whole buffer alive: at most as much slack as
+            // bytes, so what a slow reader pins stays near what its budget counts. (The next
+            // batch is sized like this one and a batch never grows past STAGE_LIMIT, so in a
+            // steady stream this never copies.)
+            if batch.capacity() > 2 * total {
                 batch.shrink_to_fit();
             }
             let shared = SharedBytes::new(batch);
@@ -313,9 +315,18 @@ impl<C: Member> Mailboxes for Members<'_, C> {
     }
     fn broadcast(&mut self, f: Fanout<'_>, except: MemberId, now: Instant) {
         self.track(f);
+        let over = f.groups.iter().enumerate().any(|(g, (ids, line))| {
+            let batch = &self.stage.groups[g].batch;
+            !ids.is_empty() && !batch.is_empty() && batch.len() + line.len() > STAGE_LIMIT
+        });
+        if over {
+            // The batch goes before it would outgrow its buffer (see `flush`); the line was
+            // admitted against this snapshot and still fits the new one's budgets.
+            self.flush(now);
+            self.snapshot(f);
+        }
         let st = &mut *self.stage;
         st.now.get_or_insert(now);
-        let mut full = false;
         for (g, (ids, line)) in f.groups.iter().enumerate() {
             if ids.is_empty() {
                 continue;
@@ -323,13 +334,9 @@ impl<C: Member> Mailboxes for Members<'_, C> {
             let group = &mut st.groups[g];
             group.batch.extend_from_slice(line);
             group.lines.push((group.batch.len(), except));
-            full |= group.batch.len() >= STAGE_LIMIT;
         }
         if let Some(s) = st.snap.get_mut(&except) {
             s.own += f.groups[s.group].1.len();
-        }
-        if full {
-            self.flush(now);
         }
     }
 }
