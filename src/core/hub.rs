@@ -44,7 +44,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-use crate::core::history::History;
+use crate::core::history::{History, Kept};
 use crate::core::room::{IdHasher, MemberId, Room};
 use crate::core::session::{RoomOp, RoomOutcome, Session};
 use crate::core::token;
@@ -486,14 +486,7 @@ impl Hub {
             Some(p) => match self.history.after(p.offset) {
                 Err(_) => Some(GapReason::TooOld),
                 Ok(kept) => {
-                    let mut count = 0;
-                    for k in kept {
-                        put_pub(&mut self.line, &self.epoch, k.offset, k.from, k.text);
-                        push_control(mb, from, now, &self.line);
-                        count += 1;
-                    }
-                    let synced = ServerMsg::Synced { last, count };
-                    push_control(mb, from, now, synced.encode().as_bytes());
+                    replay(&mut self.line, &self.epoch, kept, last, mb, from, now);
                     return RoomOutcome::Done;
                 }
             },
@@ -518,17 +511,9 @@ impl Hub {
         if !mb.is_open(from) {
             return RoomOutcome::Done;
         }
-        let mut count = 0;
-        for k in self.history.newest(n as usize) {
-            put_pub(&mut self.line, &self.epoch, k.offset, k.from, k.text);
-            push_control(mb, from, now, &self.line);
-            count += 1;
-        }
-        let synced = ServerMsg::Synced {
-            last: self.last_pos(),
-            count,
-        };
-        push_control(mb, from, now, synced.encode().as_bytes());
+        let last = self.last_pos();
+        let kept = self.history.newest(n as usize);
+        replay(&mut self.line, &self.epoch, kept, last, mb, from, now);
         RoomOutcome::Done
     }
 
@@ -544,6 +529,28 @@ fn put_pub(buf: &mut Vec<u8>, epoch: &Epoch, offset: u64, from: &str, text: &str
     use std::io::Write;
     buf.clear();
     let _ = writeln!(buf, "PUB {epoch}:{offset} {from} {text}");
+}
+
+/// Queues `kept` for `to` as `PUB` lines (built in `buf`), then `SYNCED LAST COUNT`: a
+/// resume's replay or a `HISTORY` answer, queued even over the budget like a room change
+/// (history is bounded in bytes).
+fn replay<'a>(
+    buf: &mut Vec<u8>,
+    epoch: &Epoch,
+    kept: impl Iterator<Item = Kept<'a>>,
+    last: Pos,
+    mb: &mut impl Mailboxes,
+    to: MemberId,
+    now: Instant,
+) {
+    let mut count = 0;
+    for k in kept {
+        put_pub(buf, epoch, k.offset, k.from, k.text);
+        push_control(mb, to, now, buf);
+        count += 1;
+    }
+    let synced = ServerMsg::Synced { last, count };
+    push_control(mb, to, now, synced.encode().as_bytes());
 }
 
 /// Queues a room change even over the budget (it is small and happens once per member),

@@ -81,7 +81,7 @@ pub fn run(
         let _ = out.flush();
     };
     let mut chat = Chat::new(name);
-    let mut jitter = Jitter::new(jitter_seed());
+    let mut jitter = Jitter::new(crate::net::os_random());
     // The outage under way: kept across attempts that fail before the room took us back.
     let mut outage: Option<Reconnect> = None;
     loop {
@@ -155,20 +155,6 @@ fn wait_until(at: Instant, stop: &Receiver<()>) -> bool {
             default(left) => {}
         }
     }
-}
-
-/// A seed for the retry jitter that differs between processes and runs (so clients of a
-/// restarted server spread out): std's per-process random hash keys over the time and pid.
-fn jitter_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// Why the chat loop stops feeding.

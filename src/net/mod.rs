@@ -40,3 +40,16 @@ pub fn is_retryable_read(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
     matches!(e.kind(), WouldBlock | TimedOut | Interrupted)
 }
+
+/// 64 bits that differ between processes and calls, from the OS's randomness: std's hasher
+/// keys are drawn from it (getrandom) once per thread, and every `RandomState` after that
+/// differs; hashing the time and the pid with one adds the rest. For a chat room's epoch and
+/// resume-token seed and the client's retry jitter: an output (the epoch is public) reveals
+/// nothing of the keys, so it says nothing of the others.
+pub(crate) fn os_random() -> u64 {
+    use std::hash::BuildHasher;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::collections::hash_map::RandomState::new().hash_one((at, std::process::id()))
+}

@@ -47,8 +47,9 @@ impl<C> Chat<C> {
     /// new epoch (the previous run's stream is gone, so resumes against it must hear
     /// `GAP epoch-changed`) and a secret seed for resume tokens, both drawn from the OS.
     pub fn starting(history: usize, history_bytes: usize) -> Self {
-        let epoch = Epoch::new(&base36(os_random(), 8)).unwrap_or_default();
-        let token_seed = (u128::from(os_random()) << 64) | u128::from(os_random());
+        let epoch = Epoch::new(&base36(crate::net::os_random(), 8)).unwrap_or_default();
+        let token_seed =
+            (u128::from(crate::net::os_random()) << 64) | u128::from(crate::net::os_random());
         Self {
             hub: Hub::with_config(HubConfig {
                 history,
@@ -59,16 +60,6 @@ impl<C> Chat<C> {
             conns: IdMap::default(),
         }
     }
-}
-
-/// 64 bits from the OS's randomness: std's hasher keys are drawn from it (getrandom) the
-/// first time a thread asks, and every `RandomState` after that differs.
-fn os_random() -> u64 {
-    use std::hash::BuildHasher;
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    std::collections::hash_map::RandomState::new().hash_one((at, std::process::id()))
 }
 
 /// The last `digits` base-36 digits of `v`, most significant first.
