@@ -556,7 +556,22 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
 fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream) {
     READ_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        let closed = match stream.try_read(&mut buf) {
+        // A read that leaves part of the buffer empty drained the socket: clear the cached
+        // readiness (WouldBlock out of `try_io`) so the next turn waits for the next edge
+        // instead of paying a read that can only say EAGAIN, as tokio's own `poll_read`
+        // does. A pending FIN stays visible: tokio never clears the read-closed state.
+        let len = buf.len();
+        let mut partial = 0;
+        let read = stream.try_io(Interest::READABLE, || {
+            let n = rustix::io::read(stream, &mut buf[..])?;
+            if n > 0 && n < len {
+                partial = n;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let read = if partial > 0 { Ok(partial) } else { read };
+        let closed = match read {
             Ok(0) => Some(None),
             Ok(n) => {
                 let mut s = conn.session();

@@ -79,6 +79,9 @@ pub struct Conn {
     pub hup_at: Option<Instant>,
     /// Still in the epoll set (a hung-up stuck reader is taken out so it cannot spin).
     registered: bool,
+    /// After `END`, stop reading and leave the epoll set, but keep the socket open until
+    /// [`LoadGen::close_all`] (see [`LoadGen::set_park_on_end`]).
+    park_on_end: bool,
 }
 
 /// A line the load generator does not handle itself, for the caller.
@@ -238,6 +241,7 @@ impl LoadGen {
             rx_bytes: 0,
             hup_at: None,
             registered: true,
+            park_on_end: false,
         });
         Ok(id)
     }
@@ -379,6 +383,14 @@ impl LoadGen {
         self.conns[id].answer_pings = on;
     }
 
+    /// After its `END`, `id` stops reading and leaves the epoll set but stays open until
+    /// [`LoadGen::close_all`], like a real ghost that never closes. The ghost measurement
+    /// uses it so that reading the `FIN` and closing 1,000 sockets (a loopback transmit
+    /// each) do not compete for the cores with the server it is timing.
+    pub fn set_park_on_end(&mut self, id: usize, on: bool) {
+        self.conns[id].park_on_end = on;
+    }
+
     /// Stops (false) or resumes (true) reading `id`.
     pub fn set_reading(&mut self, id: usize, on: bool) {
         self.conns[id].reading = on;
@@ -405,11 +417,11 @@ impl LoadGen {
         c.state = State::Closed;
         c.closed_at = Some(Instant::now());
         c.error = error;
-        if let Some(s) = c.stream.take() {
-            if c.registered {
-                let _ = epoll::delete(&self.epoll, &s);
-            }
-        }
+        // Closing the only descriptor of the socket takes it out of the epoll set: no
+        // `epoll_ctl` (a system call per closed connection, during a burst of ENDs it would
+        // compete for the cores with the server being measured).
+        c.stream = None;
+        c.registered = false;
         c.tx = Vec::new();
         c.rx = Vec::new();
     }
@@ -545,6 +557,9 @@ impl LoadGen {
                     c.rx_bytes += n as u64;
                     c.rx.extend_from_slice(&self.scratch[..n]);
                     self.lines(id, out);
+                    if !self.conns[id].reading {
+                        return;
+                    }
                     if self.conns[id].rx.len() > MAX_PENDING {
                         self.mark_closed(id, Some("line too long".into()));
                         return;
@@ -588,6 +603,13 @@ impl LoadGen {
             } else if let Some(reason) = line.strip_prefix(b"END ") {
                 c.end
                     .get_or_insert((String::from_utf8_lossy(reason).into_owned(), now));
+                if c.park_on_end {
+                    c.reading = false;
+                    if let (Some(s), true) = (&c.stream, c.registered) {
+                        let _ = epoll::delete(&self.epoll, s);
+                        c.registered = false;
+                    }
+                }
             } else {
                 out.push(Incoming { id, at: now, line });
             }

@@ -1255,6 +1255,7 @@ fn detection_run(
             continue;
         }
         lg.set_answering(id, false);
+        lg.set_park_on_end(id, true);
         lg.send(id, b"MSG last words\n");
         expected.insert(id, Instant::now() + budget);
     }
@@ -1371,7 +1372,9 @@ pub fn detection(ctx: &Ctx) -> Result<Outcome, BenchError> {
     )?;
     let mut body = format!(
         "{} ghost clients each send one line at t and then stop answering (they keep \
-         reading, so the `END` is seen); they connect together, so their deadlines fall \
+         reading until their `END`; then, like real ghosts, they never close: hb-bench stops \
+         reading them and closes them after the measurement, so their closes do not compete \
+         with the server for the cores); they connect together, so their deadlines fall \
          within the connect phase of each other. Server: interval {} s, count {}, idle {} s, \
          so the deadline is t + idle + count × interval = t + {:.2} s. Latency is when \
          hb-bench read `END heartbeat-timeout` minus that deadline (it includes the one-way \
