@@ -60,6 +60,21 @@
 //! [`net::relay`] (the room, the write-back `Mailboxes` cache, log mapping) serves both: a
 //! room message is built once per batch into a buffer every recipient's queue shares
 //! ([`core::outq`]), so relaying to 100 members copies nothing per member.
+//!
+//! With `--broker redis://…` ([`net::cluster_driver`], docs/CLUSTER.md) several servers form
+//! one room. The hub then holds a [`core::cluster::ClusterNode`] (sans-IO like the rest: who
+//! publishes what, message order by the Redis stream's offsets, name claims, node liveness,
+//! outages), and two threads of plumbing sit beside either engine:
+//! ```text
+//!  connection threads/tasks ── Hub::handle_op ──▶ Hub + ClusterNode ◀── hb-cluster (driver)
+//!    (MSG → published, JOIN → claim; then ring       │ poll_command      ▲ LinkReport →
+//!     the driver's bell)                             ▼                   │ handle_* (under
+//!                                      hb-broker (net::broker::Link) ────┘ the room lock),
+//!                                      2 Redis connections: commands +    then deliveries
+//!                                      Lua scripts, SUBSCRIBE              through Mailboxes
+//! ```
+//! Neither thread decides anything; neither blocks a connection on Redis (bounded queues,
+//! `try_send`, timeouts on every Redis call).
 //! The linger exists because closing a socket with unread input makes the kernel send a
 //! reset, which can destroy the `END` line before the client reads it.
 //! A client that stops reading holds its senders back for at most `--stall` and is then

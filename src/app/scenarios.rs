@@ -263,6 +263,8 @@ impl Harness {
             stall: crate::config::defaults::STALL,
             history: crate::config::defaults::HISTORY,
             history_bytes: crate::config::defaults::HISTORY_BYTES,
+            broker: crate::config::server::Broker::Memory,
+            node_timeout: crate::config::defaults::NODE_TIMEOUT,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();

@@ -26,7 +26,9 @@ impl RunError {
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Server(ServerError::Unsupported(_)) => 2,
+            Self::Config(_)
+            | Self::Server(ServerError::Unsupported(_))
+            | Self::Server(ServerError::Broker(crate::net::broker::BrokerError::BadUrl(_))) => 2,
             Self::Server(_) | Self::Thread(_) | Self::Signal(_) => 1,
         }
     }

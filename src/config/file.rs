@@ -246,6 +246,10 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "stall" => s.stall = p.take(key, duration(v, false)),
             "history" => s.history = p.take(key, whole_usize(v)),
             "history_bytes" => s.history_bytes = p.take(key, positive_usize(v)),
+            "broker" => {
+                s.broker = p.take(key, string(v).and_then(|b| super::server::parse_broker(&b)))
+            }
+            "node_timeout" => s.node_timeout = p.take(key, duration(v, false)),
             _ => p.add(key, unknown(&server_keys())),
         }
     }
@@ -309,7 +313,7 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes)"
+             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),

@@ -156,6 +156,8 @@ pub mod defaults {
     pub const HISTORY: usize = crate::core::hub::DEFAULT_HISTORY;
     /// `--history-bytes`
     pub const HISTORY_BYTES: usize = crate::core::hub::DEFAULT_HISTORY_BYTES;
+    /// `--node-timeout`: a silent server's members leave the other servers' rooms after this.
+    pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
     /// `--max-conns`. The server lowers it further to what `vm.max_map_count` allows (two
     /// threads per connection at four memory maps each: about 8,000 on stock limits).
     pub const MAX_CONNS: usize = 16384;

@@ -73,6 +73,43 @@ pub struct ServerOptions {
     /// single message larger than this is not kept. Chat mode only [default: 1048576]
     #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
     pub history_bytes: Option<usize>,
+    /// Where the room lives: `memory` (this process alone) or a Redis server shared by
+    /// several hb-servers that then form one room: `redis://HOST:PORT[/DB]` or
+    /// `redis+unix:///PATH`. Chat mode only [default: memory]
+    #[arg(long, value_name = "URL", value_parser = parse_broker)]
+    pub broker: Option<Broker>,
+    /// With a Redis broker: a server not heard from this long is declared dead and its
+    /// members leave the room (`LEFT NAME node-lost`) on the others (DUR) [default: 3s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub node_timeout: Option<Duration>,
+}
+
+/// Where the chat room lives (`--broker`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Broker {
+    /// In this process only.
+    #[default]
+    Memory,
+    /// In the Redis server at this URL, shared with other hb-servers.
+    Redis(String),
+}
+
+/// Parses `--broker`: `memory`, `redis://...` or `redis+unix://...` (the link checks the
+/// rest of the URL when it starts).
+pub fn parse_broker(s: &str) -> Result<Broker, String> {
+    let s = s.trim();
+    if s == "memory" {
+        Ok(Broker::Memory)
+    } else if ["redis://", "redis+unix://"]
+        .iter()
+        .any(|p| s.starts_with(p) && s.len() > p.len())
+    {
+        Ok(Broker::Redis(s.to_owned()))
+    } else {
+        Err(format!(
+            "'{s}' is not a broker: use memory, redis://HOST:PORT[/DB] or redis+unix:///PATH"
+        ))
+    }
 }
 
 impl ServerOptions {
@@ -93,6 +130,8 @@ impl ServerOptions {
             stall: self.stall.or(fallback.stall),
             history: self.history.or(fallback.history),
             history_bytes: self.history_bytes.or(fallback.history_bytes),
+            broker: self.broker.clone().or_else(|| fallback.broker.clone()),
+            node_timeout: self.node_timeout.or(fallback.node_timeout),
         }
     }
 }
@@ -126,7 +165,7 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
 pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
     /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall,
-    /// history, history_bytes; with --wire
+    /// history, history_bytes, broker, node_timeout; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -169,6 +208,10 @@ pub struct ServerSettings {
     pub history: usize,
     /// Bytes of names and texts the history keeps at most.
     pub history_bytes: usize,
+    /// Where the chat room lives.
+    pub broker: Broker,
+    /// With a Redis broker: how long a silent server lives on in the others' rooms.
+    pub node_timeout: Duration,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
@@ -240,6 +283,8 @@ impl ServerSettings {
             stall: o.stall.unwrap_or(defaults::STALL),
             history: o.history.unwrap_or(defaults::HISTORY),
             history_bytes: o.history_bytes.unwrap_or(defaults::HISTORY_BYTES),
+            broker: o.broker.unwrap_or_default(),
+            node_timeout: o.node_timeout.unwrap_or(defaults::NODE_TIMEOUT),
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
@@ -262,6 +307,26 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
                     "{flag} does nothing without --mode chat: only a chat room has a history"
                 )));
             }
+        }
+        if f.broker.is_some() {
+            return Err(ConfigError::Usage(
+                "--broker does nothing without --mode chat: only a chat room is shared".into(),
+            ));
+        }
+    }
+    let broker = f.broker.clone().or_else(|| file.server.broker.clone());
+    if f.node_timeout.is_some() && !matches!(broker, Some(Broker::Redis(_))) {
+        return Err(ConfigError::Usage(
+            "--node-timeout does nothing without --broker redis://...: one server has no other nodes"
+                .into(),
+        ));
+    }
+    if let Some(t) = f.node_timeout.or(file.server.node_timeout) {
+        if t < Duration::from_millis(300) {
+            return Err(bad(
+                "--node-timeout",
+                "must be at least 300ms (the node refreshes its key every third of it)".into(),
+            ));
         }
     }
     if wire != Wire::Classic {

@@ -696,6 +696,12 @@ impl ClusterNode {
         &self.id
     }
 
+    /// True when `node` is this node under its current id or one it had before (its own
+    /// messages come back from the bus under either).
+    pub fn is_own(&self, node: &NodeId) -> bool {
+        *node == self.id || self.past_ids.contains(node)
+    }
+
     /// True while the link is up.
     pub fn is_up(&self) -> bool {
         self.up

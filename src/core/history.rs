@@ -181,6 +181,29 @@ impl History {
         (skip..self.ends.len()).map(|i| self.kept(i))
     }
 
+    /// Records a room message that has offset `offset` in a stream kept elsewhere (the
+    /// cluster's Redis stream: this history is then its mirror). The next offset is the
+    /// usual case; after a hole (messages nobody could read) the kept run starts over there,
+    /// so a replay never skips a message silently. An offset not after the newest one changes
+    /// nothing.
+    pub fn record_at(&mut self, offset: u64, from: &str, text: &str) {
+        if offset <= self.last {
+            return;
+        }
+        if offset != self.last + 1 {
+            self.clear();
+            self.last = offset - 1;
+        }
+        self.record(from, text);
+    }
+
+    /// Forgets everything and makes `last` the newest offset (a new stream, or a mirror
+    /// that starts where its stream stands).
+    pub fn restart(&mut self, last: u64) {
+        self.clear();
+        self.last = last;
+    }
+
     /// Forgets the kept messages (offsets go on).
     pub fn clear(&mut self) {
         self.log = Vec::new();
@@ -192,6 +215,21 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_records_at_given_offsets_and_restarts_after_a_hole() {
+        let mut h = History::new(10, 1000);
+        h.restart(41);
+        h.record_at(42, "a", "x");
+        h.record_at(43, "b", "y");
+        h.record_at(43, "b", "dup");
+        assert_eq!(offsets(h.after(41).unwrap()), vec![42, 43]);
+        // A hole: 44 and 45 never came, so nothing before 46 can be replayed.
+        h.record_at(46, "c", "z");
+        assert_eq!(h.last(), 46);
+        assert_eq!(offsets(h.after(45).unwrap()), vec![46]);
+        assert!(h.after(43).is_err());
+    }
 
     fn offsets<'a>(it: impl Iterator<Item = Kept<'a>>) -> Vec<u64> {
         it.map(|k| k.offset).collect()

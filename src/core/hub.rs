@@ -44,11 +44,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
+use crate::core::cluster::{BusCommand, ClusterEvent, ClusterNode, JoinRoute, Route};
 use crate::core::history::{History, Kept};
 use crate::core::room::{IdHasher, MemberId, Room};
 use crate::core::session::{RoomOp, RoomOutcome, Session};
 use crate::core::token;
-use crate::core::wire::{EndReason, Epoch, GapReason, Pos, ResumeToken, ServerMsg};
+use crate::core::wire::{
+    BadLine, EndReason, Epoch, ErrCode, GapReason, Pos, ResumeToken, ServerMsg,
+};
 
 /// Access to the members' outbound queues (each member's [`Session`]).
 pub trait Mailboxes {
@@ -166,6 +169,9 @@ pub enum HubEvent {
         /// Why.
         reason: EndReason,
     },
+    /// Something the cluster reports for the log (link down and up, a node lost, messages
+    /// lost, ...); the room's own consequences were handled already.
+    Cluster(ClusterEvent),
 }
 
 /// The chat room. See the module docs for the policy.
@@ -196,6 +202,15 @@ pub struct Hub {
     pub_ids: Vec<MemberId>,
     groups_key: Option<(u64, u64)>,
     groups_version: u64,
+    /// One room across several servers (`--broker`): see [`Hub::with_cluster`].
+    cluster: Option<ClusterNode>,
+    /// Local joins waiting for their name claim: `None` while pending, then whether it won.
+    claims: HashMap<MemberId, Option<bool>>,
+    /// A cluster event not applied yet because a local member lacked room for it.
+    held_event: Option<ClusterEvent>,
+    /// The newest offset given under the node's own epoch during outages, so a later outage
+    /// goes on from there and no position is ever given twice.
+    local_last: u64,
 }
 
 /// A room line to fan out: each group of recipients with the bytes it gets (`MSG` for
@@ -240,6 +255,247 @@ impl Hub {
             pub_ids: Vec::new(),
             groups_key: None,
             groups_version: 0,
+            cluster: None,
+            claims: HashMap::new(),
+            held_event: None,
+            local_last: 0,
+        }
+    }
+
+    /// This room as one node of a room spread over several servers (docs/CLUSTER.md).
+    ///
+    /// While `node`'s link is up, a local member's `MSG` is handed to the node (published;
+    /// delivered here too when it comes back from the bus, in the room's one order), a `JOIN`
+    /// waits for the name's claim, `WHO` lists every node's members, and the history is a
+    /// mirror of the cluster stream (positions are the stream's). While it is down, the room
+    /// serves its local members alone, with positions under the node's own epoch.
+    pub fn with_cluster(mut self, node: ClusterNode) -> Self {
+        self.epoch = node.id().local_epoch();
+        self.history.restart(0);
+        self.cluster = Some(node);
+        self
+    }
+
+    /// The cluster node, if this room is one ([`Hub::with_cluster`]): the engine feeds it
+    /// what the link reports.
+    pub fn cluster_mut(&mut self) -> Option<&mut ClusterNode> {
+        self.cluster.as_mut()
+    }
+
+    /// The next command for the link.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<BusCommand> {
+        self.cluster.as_mut()?.poll_command()
+    }
+
+    /// When [`Hub::handle_timeout`] has something to do.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.cluster.as_ref()?.poll_timeout()
+    }
+
+    /// Time passed: the cluster's refreshes, polls and liveness checks.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.handle_timeout(now);
+        }
+    }
+
+    /// Applies what the cluster decided (deliveries, remote joins and leaves, answers to
+    /// claims) to the local room, in order. Returns false when a delivery waits for a local
+    /// member's room (it is marked lagging, as for a local `MSG`): call again once woken.
+    pub fn handle_cluster(&mut self, now: Instant, mb: &mut impl Mailboxes) -> bool {
+        loop {
+            let ev = match self.held_event.take() {
+                Some(ev) => ev,
+                None => match self.cluster.as_mut().and_then(ClusterNode::poll_event) {
+                    Some(ev) => ev,
+                    None => return true,
+                },
+            };
+            if self.closed {
+                continue;
+            }
+            if let Some(ev) = self.apply_cluster(now, ev, mb) {
+                self.held_event = Some(ev);
+                return false;
+            }
+        }
+    }
+
+    /// Applies one cluster event; gives it back when it must wait for room.
+    fn apply_cluster(
+        &mut self,
+        now: Instant,
+        ev: ClusterEvent,
+        mb: &mut impl Mailboxes,
+    ) -> Option<ClusterEvent> {
+        match ev {
+            ClusterEvent::Deliver {
+                node,
+                name,
+                text,
+                offset,
+                deliver,
+            } => {
+                let own = self.cluster.as_ref().is_some_and(|c| c.is_own(&node));
+                if !deliver {
+                    self.record_cluster(offset, &name, &text);
+                    return None;
+                }
+                // The sender does not get its own line back, as on one node.
+                let except = if own { self.room.id_of(&name) } else { None };
+                let except = except.unwrap_or(MemberId::MAX);
+                self.refresh_groups();
+                self.line.clear();
+                for part in [b"MSG ", name.as_bytes(), b" ", text.as_bytes(), b"\n"] {
+                    self.line.extend_from_slice(part);
+                }
+                self.pub_line.clear();
+                let pos = match offset {
+                    Some(o) if self.is_cluster_epoch() => o,
+                    _ => self.history.next_offset(),
+                };
+                if !self.pub_ids.is_empty() {
+                    put_pub(&mut self.pub_line, &self.epoch, pos, &name, &text);
+                }
+                let f = Fanout {
+                    version: self.groups_version,
+                    groups: [
+                        (&self.legacy_ids, &self.line),
+                        (&self.pub_ids, &self.pub_line),
+                    ],
+                };
+                if !mb.all_have_room(f, except) {
+                    for (ids, line) in f.groups {
+                        for &id in ids {
+                            if id != except && !mb.has_room(id, line.len()) {
+                                mb.mark_lagging(id, now);
+                            }
+                        }
+                    }
+                    return Some(ClusterEvent::Deliver {
+                        node,
+                        name,
+                        text,
+                        offset,
+                        deliver,
+                    });
+                }
+                mb.broadcast(f, except, now);
+                self.record_cluster(offset, &name, &text);
+            }
+            ClusterEvent::Joined { name } => {
+                let line = ServerMsg::Joined(name).encode();
+                for &to in self.room.members() {
+                    push_control(mb, to, now, line.as_bytes());
+                }
+            }
+            ClusterEvent::Left { name, reason } => {
+                let line = ServerMsg::Left { name, reason }.encode();
+                for &to in self.room.members() {
+                    push_control(mb, to, now, line.as_bytes());
+                }
+            }
+            ClusterEvent::JoinAnswer { conn, ok, .. } => {
+                if let Some(answer) = self.claims.get_mut(&conn) {
+                    *answer = Some(ok);
+                }
+            }
+            ClusterEvent::NameLost { conn, name } => {
+                // The claim in Redis is older than this member's (made while we were cut
+                // off): the member goes, and only this node's room ever knew it.
+                mb.end(conn, now, EndReason::NameTaken);
+                self.handle_leave(now, conn, EndReason::NameTaken, mb);
+                self.events
+                    .push_back(HubEvent::Cluster(ClusterEvent::NameLost { conn, name }));
+            }
+            other => {
+                if matches!(
+                    other,
+                    ClusterEvent::LinkUp
+                        | ClusterEvent::LinkDown
+                        | ClusterEvent::EpochChanged { .. }
+                ) {
+                    self.sync_epoch();
+                }
+                self.events.push_back(HubEvent::Cluster(other));
+            }
+        }
+        None
+    }
+
+    /// True while the history mirrors the cluster stream (the link is up).
+    fn is_cluster_epoch(&self) -> bool {
+        self.cluster.as_ref().is_some_and(ClusterNode::is_up)
+    }
+
+    /// Records a delivered cluster message: at its stream offset while mirroring the stream,
+    /// else (delivered locally during an outage) at the next local position.
+    fn record_cluster(&mut self, offset: Option<u64>, name: &str, text: &str) {
+        match offset {
+            Some(o) if self.is_cluster_epoch() => self.history.record_at(o, name, text),
+            Some(_) => {}
+            None => {
+                self.history.record(name, text);
+            }
+        }
+    }
+
+    /// Follows the cluster: the stream's epoch and offsets while the link is up, the node's
+    /// own epoch (going on from its last outage) while it is down. Switching forgets the
+    /// kept messages: a resume across the switch hears `GAP epoch-changed`.
+    fn sync_epoch(&mut self) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let (epoch, last) = match c.stream_pos().filter(|_| c.is_up()) {
+            Some(p) => (p.epoch, p.offset),
+            None => (c.id().local_epoch(), self.local_last),
+        };
+        if epoch == self.epoch {
+            return;
+        }
+        if !self.is_cluster_epoch() || self.epoch == c.id().local_epoch() {
+            self.local_last = self.local_last.max(self.history.last());
+        }
+        self.epoch = epoch;
+        self.history.restart(last);
+    }
+
+    /// A local join in a cluster: `None` to go on with the join here (the name is ours, or
+    /// the link is down and nobody known holds it), else what to answer now.
+    fn cluster_join(
+        &mut self,
+        now: Instant,
+        from: MemberId,
+        name: &str,
+        op: &RoomOp,
+    ) -> Option<RoomOutcome> {
+        let c = self.cluster.as_mut()?;
+        match self.claims.get(&from) {
+            Some(None) => return Some(RoomOutcome::Held(op.clone())),
+            Some(Some(true)) => {
+                self.claims.remove(&from);
+                return None;
+            }
+            Some(Some(false)) => {
+                self.claims.remove(&from);
+                return Some(RoomOutcome::Refused(name_taken(name)));
+            }
+            None => {}
+        }
+        // The same refusals as on one node first (bad name, already joined, taken here).
+        if let Err(bad) = self.room.check_join(from, name) {
+            return Some(RoomOutcome::Refused(bad));
+        }
+        match c.request_join(now, from, name) {
+            JoinRoute::Joined => None,
+            JoinRoute::Taken => Some(RoomOutcome::Refused(name_taken(name))),
+            JoinRoute::Claiming => {
+                self.claims.insert(from, None);
+                Some(RoomOutcome::Held(op.clone()))
+            }
         }
     }
 
@@ -291,65 +547,105 @@ impl Hub {
             // Nothing is handled for a connection whose end state began: above all, it must
             // not take a name after its LEFT (that name would stay taken for good).
             RoomOp::Join(_) if !mb.is_open(from) => RoomOutcome::Done,
-            RoomOp::Join(name) => match self.room.handle_join(from, &name) {
-                Err(bad) => RoomOutcome::Refused(bad),
-                Ok(joined) => {
-                    let line = joined.msg.encode();
-                    for &to in &joined.to {
-                        push_control(mb, to, now, line.as_bytes());
-                    }
-                    self.events.push_back(HubEvent::Joined { id: from, name });
-                    RoomOutcome::Done
+            RoomOp::Join(name) => {
+                if let Some(o) = self.cluster_join(now, from, &name, &RoomOp::Join(name.clone())) {
+                    return o;
                 }
-            },
-            RoomOp::Who => RoomOutcome::Reply(ServerMsg::Members(self.room.names())),
+                self.join_here(now, from, name, mb)
+            }
+            RoomOp::Who => RoomOutcome::Reply(ServerMsg::Members(match &self.cluster {
+                Some(c) => c.names(),
+                None => self.room.names(),
+            })),
             RoomOp::JoinSince { name, since, token } => {
                 self.handle_join_since(now, from, name, since, token, mb)
             }
             RoomOp::History(n) => self.handle_history(now, from, n, mb),
             RoomOp::Msg(text) => {
-                self.refresh_groups();
-                let Some(name) = self.room.name_of(from) else {
-                    return match self.room.handle_msg(from, &text) {
-                        Err(bad) => RoomOutcome::Refused(bad),
-                        Ok(_) => RoomOutcome::Done,
-                    };
-                };
-                // `MSG NAME TEXT\n` for legacy members, `PUB EPOCH:OFFSET NAME TEXT\n` for
-                // positioned ones: built once each in reused buffers (no allocation per
-                // message), and only offered; a held text goes back to the sender untouched.
-                self.line.clear();
-                for part in [b"MSG ", name.as_bytes(), b" ", text.as_bytes(), b"\n"] {
-                    self.line.extend_from_slice(part);
-                }
-                self.pub_line.clear();
-                let offset = self.history.next_offset();
-                if !self.pub_ids.is_empty() {
-                    put_pub(&mut self.pub_line, &self.epoch, offset, name, &text);
-                }
-                let f = Fanout {
-                    version: self.groups_version,
-                    groups: [
-                        (&self.legacy_ids, &self.line),
-                        (&self.pub_ids, &self.pub_line),
-                    ],
-                };
-                if !mb.all_have_room(f, from) {
-                    for (ids, line) in f.groups {
-                        for &id in ids {
-                            if id != from && !mb.has_room(id, line.len()) {
-                                mb.mark_lagging(id, now);
-                            }
-                        }
+                if let (Some(c), true) = (self.cluster.as_mut(), self.room.name_of(from).is_some())
+                {
+                    match c.handle_local_msg(now, from, &text) {
+                        // Delivered here too when it comes back from the bus.
+                        Route::Bus => return RoomOutcome::Done,
+                        Route::Wait => return RoomOutcome::Held(RoomOp::Msg(text)),
+                        Route::Local | Route::NotMember => {}
                     }
-                    return RoomOutcome::Held(RoomOp::Msg(text));
                 }
-                mb.broadcast(f, from, now);
-                // Delivered: only now does it take its position in the stream.
-                self.history.record(name, &text);
+                self.deliver_here(now, from, text, mb)
+            }
+        }
+    }
+
+    /// A plain `JOIN` taking effect in this room.
+    fn join_here(
+        &mut self,
+        now: Instant,
+        from: MemberId,
+        name: String,
+        mb: &mut impl Mailboxes,
+    ) -> RoomOutcome {
+        match self.room.handle_join(from, &name) {
+            Err(bad) => RoomOutcome::Refused(bad),
+            Ok(joined) => {
+                let line = joined.msg.encode();
+                for &to in &joined.to {
+                    push_control(mb, to, now, line.as_bytes());
+                }
+                self.events.push_back(HubEvent::Joined { id: from, name });
                 RoomOutcome::Done
             }
         }
+    }
+
+    /// A room message from `from` delivered by this room itself (one node, or a cluster
+    /// node whose link is down).
+    fn deliver_here(
+        &mut self,
+        now: Instant,
+        from: MemberId,
+        text: String,
+        mb: &mut impl Mailboxes,
+    ) -> RoomOutcome {
+        self.refresh_groups();
+        let Some(name) = self.room.name_of(from) else {
+            return match self.room.handle_msg(from, &text) {
+                Err(bad) => RoomOutcome::Refused(bad),
+                Ok(_) => RoomOutcome::Done,
+            };
+        };
+        // `MSG NAME TEXT\n` for legacy members, `PUB EPOCH:OFFSET NAME TEXT\n` for
+        // positioned ones: built once each in reused buffers (no allocation per
+        // message), and only offered; a held text goes back to the sender untouched.
+        self.line.clear();
+        for part in [b"MSG ", name.as_bytes(), b" ", text.as_bytes(), b"\n"] {
+            self.line.extend_from_slice(part);
+        }
+        self.pub_line.clear();
+        let offset = self.history.next_offset();
+        if !self.pub_ids.is_empty() {
+            put_pub(&mut self.pub_line, &self.epoch, offset, name, &text);
+        }
+        let f = Fanout {
+            version: self.groups_version,
+            groups: [
+                (&self.legacy_ids, &self.line),
+                (&self.pub_ids, &self.pub_line),
+            ],
+        };
+        if !mb.all_have_room(f, from) {
+            for (ids, line) in f.groups {
+                for &id in ids {
+                    if id != from && !mb.has_room(id, line.len()) {
+                        mb.mark_lagging(id, now);
+                    }
+                }
+            }
+            return RoomOutcome::Held(RoomOp::Msg(text));
+        }
+        mb.broadcast(f, from, now);
+        // Delivered: only now does it take its position in the stream.
+        self.history.record(name, &text);
+        RoomOutcome::Done
     }
 
     /// Splits the members into the legacy and the positioned group of a [`Fanout`] when
@@ -382,6 +678,10 @@ impl Hub {
         mb: &mut impl Mailboxes,
     ) {
         self.positioned_version += self.positioned.remove(&id) as u64;
+        self.claims.remove(&id);
+        if let Some(c) = self.cluster.as_mut() {
+            c.handle_local_leave(now, id, reason);
+        }
         let Some(left) = self.room.handle_leave(id, reason) else {
             return;
         };
@@ -399,9 +699,16 @@ impl Hub {
 
     /// The server shuts down: the room closes at once, without `LEFT` lines (each member
     /// reads `END server-shutdown` instead). Returns how many members it had.
-    pub fn handle_shutdown(&mut self) -> usize {
+    pub fn handle_shutdown(&mut self, now: Instant) -> usize {
         self.closed = true;
         let n = self.room.len();
+        // The other nodes hear each member leave (`LEFT NAME server-shutdown`) now, rather
+        // than `node-lost` after the node timeout.
+        if let Some(c) = self.cluster.as_mut() {
+            for &id in self.room.members() {
+                c.handle_local_leave(now, id, EndReason::ServerShutdown);
+            }
+        }
         self.room.clear();
         self.positioned.clear();
         self.positioned_version += 1;
@@ -426,6 +733,22 @@ impl Hub {
             return RoomOutcome::Done;
         }
         let holder = self.room.id_of(&name);
+        let local_takeover = match (holder, &token) {
+            (Some(old), Some(t)) => old != from && self.tokens.get(&name) == Some(t),
+            _ => false,
+        };
+        // In a cluster a join needs the name's claim; a takeover on this node keeps the
+        // claim it has (the name stays this node's).
+        if !local_takeover {
+            let op = RoomOp::JoinSince {
+                name: name.clone(),
+                since: since.clone(),
+                token: token.clone(),
+            };
+            if let Some(o) = self.cluster_join(now, from, &name, &op) {
+                return o;
+            }
+        }
         let takeover = match (holder, &token) {
             (Some(old), Some(t)) => {
                 old != from
@@ -555,6 +878,14 @@ fn replay<'a>(
 
 /// Queues a room change even over the budget (it is small and happens once per member),
 /// marking a recipient pushed over the budget as lagging.
+/// The refusal of a name another node's member holds (or won the claim for).
+fn name_taken(name: &str) -> BadLine {
+    BadLine {
+        code: ErrCode::NameTaken,
+        detail: format!("{name} is taken"),
+    }
+}
+
 fn push_control(mb: &mut impl Mailboxes, to: MemberId, now: Instant, line: &[u8]) {
     if !mb.has_room(to, line.len()) {
         mb.mark_lagging(to, now);
@@ -813,7 +1144,7 @@ mod tests {
     #[test]
     fn shutdown_closes_the_room_without_left_lines() {
         let mut sim = Sim::new(&["ann", "bob", "cy"]);
-        assert_eq!(sim.hub.handle_shutdown(), 3);
+        assert_eq!(sim.hub.handle_shutdown(Instant::now()), 3);
         for id in 1..=3 {
             sim.s
                 .get_mut(&id)
@@ -1363,5 +1694,216 @@ mod tests {
         assert_eq!(got[1], format!("PUB h1:{} cy from cy", held + 1));
         tr.see(got);
         assert_eq!(tr.last, held + 1);
+    }
+
+    // ---- cluster mode (docs/CLUSTER.md): two nodes over a fake broker ----
+
+    use crate::core::cluster::{Body, ClusterConfig, NodeId};
+
+    /// What Redis does for the cluster, in memory: offsets, claims, fan-out.
+    struct FakeBroker {
+        epoch: Epoch,
+        off: u64,
+        names: HashMap<String, String>,
+        up: bool,
+    }
+
+    impl FakeBroker {
+        fn new() -> Self {
+            Self {
+                epoch: Epoch::new("redis1").unwrap(),
+                off: 0,
+                names: HashMap::new(),
+                up: true,
+            }
+        }
+
+        /// Runs every command of every node and feeds the answers back, then lets each
+        /// hub apply the results and offers held lines again, until nothing moves.
+        fn exchange(&mut self, nodes: &mut [&mut Sim]) {
+            for _ in 0..50 {
+                let mut moved = false;
+                for i in 0..nodes.len() {
+                    while let Some(cmd) = nodes[i].hub.poll_command() {
+                        moved = true;
+                        if !self.up {
+                            continue;
+                        }
+                        let t = nodes[i].t;
+                        match cmd {
+                            BusCommand::Publish(mut msg) => {
+                                if msg.body.is_stream() {
+                                    self.off += 1;
+                                    msg.offset = Some(self.off);
+                                }
+                                for n in nodes.iter_mut() {
+                                    n.hub.cluster_mut().unwrap().handle_bus(t, msg.clone());
+                                }
+                            }
+                            BusCommand::ClaimName {
+                                name, conn, node, ..
+                            } => {
+                                let holder =
+                                    self.names.entry(name.clone()).or_insert(node.to_string());
+                                let won = *holder == node.to_string();
+                                nodes[i]
+                                    .hub
+                                    .cluster_mut()
+                                    .unwrap()
+                                    .handle_claim(t, conn, &name, won);
+                            }
+                            BusCommand::ReleaseName { name, owner }
+                                if self.names.get(&name) == Some(&owner.to_string()) =>
+                            {
+                                self.names.remove(&name);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                for n in nodes.iter_mut() {
+                    let t = n.t;
+                    moved |= !n.hub.handle_cluster(t, &mut n.s);
+                    let ids: Vec<MemberId> = n.s.keys().copied().collect();
+                    for id in ids {
+                        let _ = n.pump(id);
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("the fake broker never settled");
+        }
+
+        fn link_up(&self, n: &mut Sim, fresh: &str) {
+            let pos = Pos {
+                epoch: self.epoch.clone(),
+                offset: self.off,
+            };
+            let t = n.t;
+            n.hub
+                .cluster_mut()
+                .unwrap()
+                .handle_link_up(t, pos, NodeId::new(fresh).unwrap());
+        }
+    }
+
+    /// A cluster node `id` with its link up, and connections 1..=`conns` (not joined).
+    fn node(broker: &mut FakeBroker, id: &str, conns: u64) -> Sim {
+        let mut sim = Sim::new(&[]);
+        let hub = std::mem::take(&mut sim.hub);
+        let c = ClusterNode::new(NodeId::new(id).unwrap(), ClusterConfig::default(), sim.t);
+        sim.hub = hub.with_cluster(c);
+        broker.link_up(&mut sim, &format!("{id}x"));
+        for conn in 1..=conns {
+            sim.connect(conn);
+        }
+        sim
+    }
+
+    #[test]
+    fn two_nodes_make_one_room_with_one_order_and_unique_names() {
+        let mut bus = FakeBroker::new();
+        let mut a = node(&mut bus, "nodea", 2);
+        let mut b = node(&mut bus, "nodeb", 2);
+        // Joins wait for their claim in the broker.
+        assert_eq!(a.rx(1, "JOIN ann\n"), Input::Held);
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert_eq!(b.rx(1, "JOIN bob\n"), Input::Held);
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert_eq!(a.take(1), vec!["JOINED bob"]);
+        assert_eq!(b.take(1), Vec::<String>::new());
+        // A name held on the other node is refused: at once when its presence is known...
+        assert_eq!(b.rx(2, "JOIN ann\n"), Input::NeedBytes);
+        assert_eq!(b.take(2), vec!["ERR name-taken ann is taken"]);
+        // ... and by the broker's claim when it is not (a claim made behind B's back).
+        bus.names.insert("dee".into(), "nodec".into());
+        assert_eq!(b.rx(2, "JOIN dee\n"), Input::Held);
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert_eq!(b.take(2), vec!["ERR name-taken dee is taken"]);
+        // WHO lists both nodes' members.
+        let _ = a.rx(1, "WHO\n");
+        assert_eq!(a.take(1), vec!["MEMBERS ann bob"]);
+        // Messages from both sides interleave in one order, none echoed to its sender, and
+        // positioned joiners see the stream's offsets.
+        assert_eq!(a.rx(2, "JOIN cy SINCE -\n"), Input::Held);
+        bus.exchange(&mut [&mut a, &mut b]);
+        let welcome = a.take(2);
+        assert_eq!(
+            welcome[0].split(' ').take(2).collect::<Vec<_>>(),
+            ["WELCOME", "cy"]
+        );
+        assert!(welcome[0].contains(" redis1:0 "), "{welcome:?}");
+        assert_eq!(a.take(1), vec!["JOINED cy"]);
+        assert_eq!(b.take(1), vec!["JOINED cy"]);
+        for k in 0..5 {
+            a.say(1, &format!("a{k}"));
+            b.say(1, &format!("b{k}"));
+        }
+        bus.exchange(&mut [&mut a, &mut b]);
+        let from_a: Vec<String> = (0..5).map(|k| format!("MSG ann a{k}")).collect();
+        let from_b: Vec<String> = (0..5).map(|k| format!("MSG bob b{k}")).collect();
+        let got_b = b.take(1);
+        assert_eq!(
+            got_b
+                .iter()
+                .filter(|l| l.starts_with("MSG ann"))
+                .cloned()
+                .collect::<Vec<_>>(),
+            from_a
+        );
+        assert!(!got_b.iter().any(|l| l.starts_with("MSG bob")));
+        let got_a = a.take(1);
+        assert_eq!(got_a, from_b.clone());
+        let got_cy = a.take(2);
+        assert_eq!(got_cy.len(), 10);
+        for (i, line) in got_cy.iter().enumerate() {
+            assert!(
+                line.starts_with(&format!("PUB redis1:{} ", i + 1)),
+                "{got_cy:?}"
+            );
+        }
+        // The mirror answers HISTORY with the stream's positions.
+        let _ = b.rx(2, "HISTORY 2\n");
+        let h = b.take(2);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert!(h[0].starts_with("PUB redis1:9 "), "{h:?}");
+        assert_eq!(h[2], "SYNCED redis1:10 2");
+        // Leaving is heard on the other node.
+        a.cut(1);
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert_eq!(b.take(1), vec!["LEFT ann closed"]);
+        let _ = b.rx(1, "WHO\n");
+        assert_eq!(b.take(1), vec!["MEMBERS bob cy"]);
+    }
+
+    #[test]
+    fn a_node_whose_link_is_down_serves_its_members_under_its_own_epoch() {
+        let mut bus = FakeBroker::new();
+        let mut a = node(&mut bus, "nodea", 2);
+        let _ = a.rx(1, "JOIN ann\n");
+        bus.exchange(&mut [&mut a]);
+        let _ = a.rx(2, "JOIN bo SINCE -\n");
+        bus.exchange(&mut [&mut a]);
+        let _ = a.take(1);
+        let _ = a.take(2);
+        let t = a.t;
+        a.hub.cluster_mut().unwrap().handle_link_down(t);
+        bus.up = false;
+        bus.exchange(&mut [&mut a]);
+        a.say(1, "alone");
+        assert_eq!(a.take(2), vec!["PUB nodea:1 ann alone"]);
+        // Back: the node's message reaches the stream; nobody gets it twice.
+        bus.up = true;
+        bus.link_up(&mut a, "nodeaa");
+        bus.exchange(&mut [&mut a]);
+        assert_eq!(bus.off, 1);
+        assert_eq!(a.take(2), Vec::<String>::new());
+        let _ = a.take(1);
+        a.say(1, "again");
+        bus.exchange(&mut [&mut a]);
+        assert_eq!(a.take(2), vec!["PUB redis1:2 ann again"]);
+        let _ = Body::Hello;
     }
 }

@@ -111,6 +111,25 @@ impl Room {
             .collect()
     }
 
+    /// Whether `JOIN name` from `id` would succeed, without joining: the refusal
+    /// [`Room::handle_join`] would give.
+    pub fn check_join(&self, id: MemberId, name: &str) -> Result<(), BadLine> {
+        validate_name(name)?;
+        if let Some(current) = self.by_id.get(&id) {
+            return Err(BadLine {
+                code: ErrCode::AlreadyJoined,
+                detail: format!("already joined as {current}"),
+            });
+        }
+        if self.by_name.contains_key(name) {
+            return Err(BadLine {
+                code: ErrCode::NameTaken,
+                detail: format!("{name} is taken"),
+            });
+        }
+        Ok(())
+    }
+
     /// `JOIN name` from `id`: on success, `JOINED name` for everyone else.
     pub fn handle_join(&mut self, id: MemberId, name: &str) -> Result<Delivery, BadLine> {
         validate_name(name)?;

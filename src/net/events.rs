@@ -208,11 +208,71 @@ pub enum Event {
         /// Why.
         why: ClassicEnd,
     },
+    /// The broker link (`--broker`) went down: the room serves its local members alone.
+    BrokerDown {
+        /// What failed.
+        error: String,
+    },
+    /// Something the cluster reports (docs/CLUSTER.md).
+    Cluster(crate::core::cluster::ClusterEvent),
+    /// A payload on the broker's bus that is not a message of ours (refused as a whole).
+    BrokerBadMessage {
+        /// Why it was refused.
+        why: String,
+    },
+}
+
+/// The log line of a cluster event.
+fn fmt_cluster(f: &mut fmt::Formatter<'_>, ev: &crate::core::cluster::ClusterEvent) -> fmt::Result {
+    use crate::core::cluster::ClusterEvent as C;
+    match ev {
+        C::LinkUp => write!(f, "broker connected"),
+        C::LinkDown => write!(f, "broker link down"),
+        C::NodeLost { node } => write!(f, "node {node} lost: its members leave (node-lost)"),
+        C::EpochChanged { epoch } => write!(
+            f,
+            "room stream has a new epoch {epoch} (the broker lost it): older positions hear GAP epoch-changed"
+        ),
+        C::MessagesLost { from, to } => write!(
+            f,
+            "room messages {from}..={to} lost (trimmed from the stream before this node read them)"
+        ),
+        C::SenderGap {
+            node,
+            missing,
+            stream,
+        } => write!(
+            f,
+            "node {node} skipped {missing} {}",
+            if *stream {
+                "room messages (dropped on its side)"
+            } else {
+                "presence lines (rosters asked for again)"
+            }
+        ),
+        C::PendingDropped { count } => write!(
+            f,
+            "{count} local messages did not reach the other nodes (the oldest, dropped while the broker was unreachable)"
+        ),
+        C::Evicted => write!(f, "the other nodes declared this node lost: reconnecting under a new id"),
+        C::Renewed { old, new } => write!(f, "node id {old} renewed as {new}"),
+        C::NameLost { name, .. } => write!(
+            f,
+            "name {name} was claimed on another node during the outage: its local holder leaves (name-taken)"
+        ),
+        C::Deliver { .. } | C::Joined { .. } | C::Left { .. } | C::JoinAnswer { .. } => Ok(()),
+    }
 }
 
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::BrokerDown { error } => write!(
+                f,
+                "broker unreachable: {error}; serving local members only, reconnecting"
+            ),
+            Self::Cluster(ev) => fmt_cluster(f, ev),
+            Self::BrokerBadMessage { why } => write!(f, "broker: bad bus message refused: {why}"),
             // `ADDR:PORT` stays last on the line: scripts take the port from the line's end.
             Self::Listening { addr, mode, wire } => {
                 let mode = match mode {

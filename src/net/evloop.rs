@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::config::{Mode, ServerSettings};
+use crate::config::ServerSettings;
 use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, SessionConfig};
 use crate::core::wire::EndReason;
@@ -92,6 +92,21 @@ struct Shared {
     /// Wakes the accept task at shutdown.
     stop: Notify,
     lingerer: Option<Lingerer>,
+    /// With `--broker redis://…`: the cluster driver (prepared at bind, running from `run`).
+    cluster: Mutex<Option<crate::net::cluster_driver::ClusterState>>,
+}
+
+impl crate::net::cluster_driver::ChatHost for Shared {
+    type Conn = EConn;
+    fn chat(&self) -> Option<MutexGuard<'_, Chat<EConn>>> {
+        Shared::chat(self)
+    }
+    fn caught_up(&self) {
+        Shared::caught_up(self);
+    }
+    fn log(&self) -> &EventLog {
+        &self.log
+    }
 }
 
 impl Shared {
@@ -156,8 +171,7 @@ impl EventServer {
             .enable_time()
             .build()
             .map_err(bind_err)?;
-        let chat = (settings.mode == Mode::Chat)
-            .then(|| Mutex::new(Chat::starting(settings.history, settings.history_bytes)));
+        let (chat, cluster) = crate::net::cluster_driver::chat_for(&settings)?;
         let shared = Arc::new(Shared {
             settings,
             log,
@@ -167,6 +181,9 @@ impl EventServer {
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             lingerer: Lingerer::start().ok(),
+            cluster: Mutex::new(
+                cluster.map(|p| crate::net::cluster_driver::ClusterState::Prepared(Box::new(p))),
+            ),
         });
         Ok(Self {
             rt,
@@ -203,6 +220,7 @@ impl EventServer {
             addr,
             shared,
         } = self;
+        crate::net::cluster_driver::start(&shared.cluster, &shared)?;
         shared.log.emit(Event::Listening {
             addr,
             mode: shared.settings.mode,
@@ -249,9 +267,11 @@ impl EventHandle {
         let conns = sh.conns.all();
         if let Some(mut chat) = sh.chat() {
             // The room closes without LEFT lines (see core::hub).
-            chat.hub.handle_shutdown();
+            chat.hub.handle_shutdown(Instant::now());
             sh.room_changed.notify_waiters();
         }
+        // The other nodes hear this one's members leave; then the link closes.
+        crate::net::cluster_driver::stop(&sh.cluster);
         sh.log.emit(Event::ShuttingDown {
             clients: conns.len(),
         });

@@ -1,9 +1,11 @@
 //! Everything that owns a socket, a thread or the clock.
 
+pub mod broker;
 pub mod chat_client;
 pub mod classic;
 pub mod client;
 pub mod client_common;
+pub mod cluster_driver;
 pub mod conn;
 pub mod events;
 pub mod evloop;

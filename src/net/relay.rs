@@ -31,6 +31,8 @@ pub struct Chat<C> {
     pub hub: Hub,
     /// Every chat connection by number (members and not yet joined).
     pub conns: IdMap<Arc<C>>,
+    /// With a cluster: wakes its driver after a room operation (commands for the broker).
+    pub cluster_bell: Option<crate::net::cluster_driver::Bell>,
 }
 
 impl<C> Default for Chat<C> {
@@ -38,6 +40,7 @@ impl<C> Default for Chat<C> {
         Self {
             hub: Hub::default(),
             conns: IdMap::default(),
+            cluster_bell: None,
         }
     }
 }
@@ -58,6 +61,7 @@ impl<C> Chat<C> {
                 token_seed,
             }),
             conns: IdMap::default(),
+            cluster_bell: None,
         }
     }
 }
@@ -353,6 +357,9 @@ impl<C: Member> Chat<C> {
                         });
                     }
                 }
+                // The link's own `broker unreachable: WHY` line says it, with the reason.
+                HubEvent::Cluster(crate::core::cluster::ClusterEvent::LinkDown) => {}
+                HubEvent::Cluster(ev) => log.emit(Event::Cluster(ev)),
             }
         }
     }
@@ -431,6 +438,9 @@ pub fn pump<C: Member>(
         };
         let mut mb = Members::new(&c.conns, stage);
         let o = c.hub.handle_op(now, id, op, &mut mb);
+        if let Some(bell) = &c.cluster_bell {
+            bell.ring();
+        }
         let held = matches!(o, RoomOutcome::Held(_));
         if !matches!(o, RoomOutcome::Done) {
             // The laggards must have what was staged for them before anyone waits; and a
@@ -456,6 +466,9 @@ impl<C: Member> Chat<C> {
         let mut mb = Members::new(&self.conns, &mut stage);
         self.hub.handle_leave(now, id, reason, &mut mb);
         mb.flush(now);
+        if let Some(bell) = &self.cluster_bell {
+            bell.ring();
+        }
         self.log_events(log);
     }
 }

@@ -41,6 +41,7 @@ use crate::config::{Engine, Mode, ServerSettings, Wire};
 use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, SessionConfig};
 use crate::core::wire::{EndReason, ServerMsg};
+use crate::net::cluster_driver::ClusterState;
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
@@ -77,6 +78,8 @@ pub enum ServerError {
     },
     /// The settings ask for something this build does not do yet.
     Unsupported(String),
+    /// The broker link could not be started (a bad `--broker` URL: exit 2; no thread: 1).
+    Broker(crate::net::broker::BrokerError),
 }
 
 impl fmt::Display for ServerError {
@@ -84,6 +87,7 @@ impl fmt::Display for ServerError {
         match self {
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Unsupported(what) => f.write_str(what),
+            Self::Broker(e) => e.fmt(f),
         }
     }
 }
@@ -93,6 +97,7 @@ impl std::error::Error for ServerError {
         match self {
             Self::Bind { source, .. } => Some(source),
             Self::Unsupported(_) => None,
+            Self::Broker(e) => Some(e),
         }
     }
 }
@@ -203,6 +208,8 @@ struct Shared {
     classic: Arc<crate::net::classic::Registry>,
     /// The chat room, in chat mode.
     chat: Option<Mutex<Chat<Conn>>>,
+    /// With `--broker redis://…`: the cluster driver (prepared at bind, running from `run`).
+    cluster: Mutex<Option<ClusterState>>,
     /// Signalled under the chat lock when a lagging member caught up or left: senders held
     /// back for it offer their line again.
     room_changed: Condvar,
@@ -303,6 +310,19 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
+impl crate::net::cluster_driver::ChatHost for Shared {
+    type Conn = Conn;
+    fn chat(&self) -> Option<MutexGuard<'_, Chat<Conn>>> {
+        Shared::chat(self)
+    }
+    fn caught_up(&self) {
+        Shared::caught_up(self);
+    }
+    fn log(&self) -> &EventLog {
+        &self.log
+    }
+}
+
 impl ThreadServer {
     /// Binds the listening socket; with port 0 the OS picks a free port.
     pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
@@ -319,8 +339,7 @@ impl ThreadServer {
         let listener =
             crate::net::try_each_addr(&settings.host, settings.port, listen).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
-        let chat = (settings.mode == Mode::Chat)
-            .then(|| Mutex::new(Chat::starting(settings.history, settings.history_bytes)));
+        let (chat, cluster) = crate::net::cluster_driver::chat_for(&settings)?;
         let mut settings = settings;
         let lowered = match map_capacity() {
             Some((allowed, max_maps)) if allowed < settings.max_conns => {
@@ -339,6 +358,7 @@ impl ThreadServer {
             chat,
             room_changed: Condvar::new(),
             lingerer: Lingerer::start().ok(),
+            cluster: Mutex::new(cluster.map(|p| ClusterState::Prepared(Box::new(p)))),
         });
         Ok(Self {
             listener,
@@ -369,6 +389,7 @@ impl ThreadServer {
     /// Accepts connections until [`ServerHandle::shutdown`]. Never panics on resource
     /// exhaustion: newcomers that cannot be served get `END server-full`.
     pub fn run(self) -> Result<(), ServerError> {
+        crate::net::cluster_driver::start(&self.shared.cluster, &self.shared)?;
         self.shared.log.emit(Event::Listening {
             addr: self.addr,
             mode: self.shared.settings.mode,
@@ -585,9 +606,11 @@ impl ThreadHandle {
         // The room closes first and without LEFT lines: everyone reads END server-shutdown
         // itself, and a LEFT per member to every member would cost members² lines.
         if let Some(mut chat) = sh.chat() {
-            chat.hub.handle_shutdown();
+            chat.hub.handle_shutdown(Instant::now());
             sh.room_changed.notify_all();
         }
+        // The other nodes hear this one's members leave; then the link closes.
+        crate::net::cluster_driver::stop(&sh.cluster);
         sh.log.emit(Event::ShuttingDown {
             clients: conns.len(),
         });

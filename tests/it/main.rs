@@ -5,6 +5,7 @@ mod chat;
 mod chat_client;
 mod classic;
 mod client_exit;
+mod cluster;
 mod faults;
 mod flow;
 mod hostile;

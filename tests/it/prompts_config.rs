@@ -340,6 +340,21 @@ fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
             "hb-server: --queue does nothing with --wire classic",
         ),
         (
+            "hb-server",
+            &["--broker", "redis://127.0.0.1:1"],
+            "hb-server: --broker does nothing without --mode chat",
+        ),
+        (
+            "hb-server",
+            &["--mode", "chat", "--node-timeout", "2s"],
+            "hb-server: --node-timeout does nothing without --broker redis://",
+        ),
+        (
+            "hb-server",
+            &["--mode", "chat", "--broker", "nats://x"],
+            "hb-server: error: invalid value 'nats://x' for '--broker <URL>'",
+        ),
+        (
             "hb-client",
             &["--name", "ann"],
             "hb-client: --name does nothing without --chat",

@@ -863,3 +863,102 @@ impl Drop for Netns {
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
+
+/// A `redis-server` of our own on a free port, in a temp dir, killed on drop (the cluster
+/// tests' broker).
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    /// Starts one, or skips the test (`None`; a failure under CI) when `redis-server` is
+    /// not installed.
+    pub fn start(test: &str) -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut r = Self {
+            child: None,
+            port,
+            dir: temp_dir(),
+        };
+        match r.restart() {
+            Ok(()) => Some(r),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                skip(
+                    test,
+                    "redis-server is not installed (apt-get install redis-server)",
+                );
+                None
+            }
+            Err(e) => panic!("redis-server: {e}"),
+        }
+    }
+
+    /// Starts the server (again, on the same port, empty: nothing is saved) and waits until
+    /// it answers PING.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            let pong: Option<String> = self
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .and_then(|mut c| redis::cmd("PING").query(&mut c))
+                .ok();
+            if pong.as_deref() == Some("PONG") {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never answered PING"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the links see their connections drop.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("url")
+    }
+
+    /// A connection for the test's own checks.
+    pub fn con(&self) -> redis::Connection {
+        let c = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .expect("connect to redis");
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

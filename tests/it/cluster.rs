@@ -1,0 +1,237 @@
+//! One room across several hb-server processes through a real `redis-server`
+//! (`--broker redis://…`, CONTRACT section 8, docs/CLUSTER.md), on both engines: messages and
+//! names across nodes, a node killed with members, Redis killed and restarted mid-run,
+//! resume on another node, a clean shutdown. Skipped when `redis-server` is missing (a
+//! failure under CI).
+
+use std::time::Duration;
+
+use crate::support::{engine_tests, ms, Engine, Peer, Redis, Server, Watchdog, PROMPT};
+
+const HELLO_CHAT: &str = "HELLO hb/1 idle=30000 interval=10000 count=3 mode=chat";
+
+/// A chat node on `redis` with `--node-timeout 1s`.
+fn node(engine: Engine, redis: &Redis) -> Server {
+    let url = redis.url();
+    let mut srv = Server::start(
+        engine,
+        &["--mode", "chat", "--broker", &url, "--node-timeout", "1s"],
+    );
+    srv.log().wait_for("broker connected", PROMPT);
+    srv
+}
+
+/// A member of `srv` joined as `name` (plain `JOIN`).
+fn member(srv: &Server, name: &str) -> Peer {
+    let mut p = Peer::connect(srv.port);
+    p.expect(HELLO_CHAT, PROMPT);
+    p.send(format!("JOIN {name}\n").as_bytes());
+    p
+}
+
+/// [`member`], once the join took effect (its claim answered): `WHO` lists it.
+fn joined(srv: &Server, name: &str) -> Peer {
+    let mut p = member(srv, name);
+    p.send(b"WHO\n");
+    loop {
+        let (_, l) = p.line(PROMPT);
+        if l.starts_with("MEMBERS ") {
+            assert!(l.split(' ').any(|n| n == name), "{l}");
+            return p;
+        }
+    }
+}
+
+/// Reads lines until one equals `want`, returning those before it (skipping presence lines
+/// that may interleave).
+fn until(p: &mut Peer, want: &str, within: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut before = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let (_, line) = p.line(left.max(ms(1)));
+        if line == want {
+            return before;
+        }
+        before.push(line);
+    }
+}
+
+engine_tests!(messages_names_and_who_cross_nodes_once_in_order);
+fn messages_names_and_who_cross_nodes_once_in_order(engine: Engine) {
+    let _w = Watchdog::new("cluster-messages", ms(60_000));
+    let Some(redis) = Redis::start("cluster::messages_names_and_who_cross_nodes_once_in_order")
+    else {
+        return;
+    };
+    let a = node(engine, &redis);
+    let b = node(engine, &redis);
+    let mut ann = joined(&a, "ann");
+    let mut bob = member(&b, "bob");
+    until(&mut ann, "JOINED bob", PROMPT);
+    // A name held on the other node is refused there.
+    let mut imp = Peer::connect(b.port);
+    imp.expect(HELLO_CHAT, PROMPT);
+    imp.send(b"JOIN ann\n");
+    imp.expect("ERR name-taken ann is taken", PROMPT);
+    imp.send(b"WHO\n");
+    imp.expect("MEMBERS ann bob", PROMPT);
+    // 200 messages from each side, interleaved: each side gets the other's, once, in order,
+    // and never its own.
+    for k in 0..200 {
+        ann.send(format!("MSG a{k}\n").as_bytes());
+        bob.send(format!("MSG b{k}\n").as_bytes());
+    }
+    for k in 0..200 {
+        ann.expect(&format!("MSG bob b{k}"), PROMPT);
+        bob.expect(&format!("MSG ann a{k}"), PROMPT);
+    }
+    ann.send(b"WHO\n");
+    ann.expect("MEMBERS ann bob", PROMPT);
+    bob.expect_silence(ms(200));
+    // A leave is heard on the other node, and the name is free there afterwards.
+    drop(ann);
+    bob.expect("LEFT ann closed", PROMPT);
+    imp.send(b"JOIN ann\n");
+    bob.expect("JOINED ann", PROMPT);
+}
+
+engine_tests!(a_killed_node_s_members_leave_the_others_within_node_timeout);
+fn a_killed_node_s_members_leave_the_others_within_node_timeout(engine: Engine) {
+    let _w = Watchdog::new("cluster-node-lost", ms(60_000));
+    let Some(redis) =
+        Redis::start("cluster::a_killed_node_s_members_leave_the_others_within_node_timeout")
+    else {
+        return;
+    };
+    let mut a = node(engine, &redis);
+    let b = node(engine, &redis);
+    let mut bob = joined(&b, "bob");
+    let _ann = member(&a, "ann");
+    until(&mut bob, "JOINED ann", PROMPT);
+    a.proc.signal("KILL");
+    let t = std::time::Instant::now();
+    bob.expect("LEFT ann node-lost", ms(5_000));
+    // --node-timeout 1s after its last refresh (every third of it), plus a poll period.
+    assert!(t.elapsed() < ms(1_800), "node-lost after {:?}", t.elapsed());
+    let _ = a.proc.wait(PROMPT);
+    // Its name is free again, and a restarted node is a new node.
+    let c = node(engine, &redis);
+    let _ann2 = member(&c, "ann");
+    bob.expect("JOINED ann", PROMPT);
+}
+
+engine_tests!(redis_killed_and_restarted_mid_conversation);
+fn redis_killed_and_restarted_mid_conversation(engine: Engine) {
+    let _w = Watchdog::new("cluster-redis-restart", ms(60_000));
+    let Some(mut redis) = Redis::start("cluster::redis_killed_and_restarted_mid_conversation")
+    else {
+        return;
+    };
+    let mut a = node(engine, &redis);
+    let mut b = node(engine, &redis);
+    let mut ann = member(&a, "ann");
+    let mut bob = member(&b, "bob");
+    let mut cy = member(&b, "cy");
+    until(&mut ann, "JOINED cy", PROMPT);
+    until(&mut bob, "JOINED cy", PROMPT);
+    redis.kill();
+    b.log().wait_for("broker unreachable", PROMPT);
+    // Local service goes on: bob and cy, on the same node, still talk.
+    bob.send(b"MSG while down\n");
+    cy.expect("MSG bob while down", PROMPT);
+    redis.restart().expect("redis-server again");
+    b.log().wait_for("broker connected", ms(10_000));
+    a.log().wait_for("broker connected", ms(10_000));
+    // Across nodes again.
+    let deadline = std::time::Instant::now() + ms(10_000);
+    loop {
+        ann.send(b"MSG ping\n");
+        match bob.next(ms(300)) {
+            crate::support::Next::Line(_, l) if l == "MSG ann ping" => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "messages never crossed again"
+            ),
+        }
+    }
+    // The outage was logged once, not per message.
+    let text = b.log().text();
+    assert_eq!(text.matches("broker unreachable").count(), 1, "{text}");
+}
+
+engine_tests!(a_member_resumes_on_another_node);
+fn a_member_resumes_on_another_node(engine: Engine) {
+    let _w = Watchdog::new("cluster-resume", ms(60_000));
+    let Some(redis) = Redis::start("cluster::a_member_resumes_on_another_node") else {
+        return;
+    };
+    let a = node(engine, &redis);
+    let b = node(engine, &redis);
+    let mut ann = Peer::connect(a.port);
+    ann.expect(HELLO_CHAT, PROMPT);
+    ann.send(b"JOIN ann SINCE -\n");
+    let (_, welcome) = ann.line(PROMPT);
+    let pos = welcome.split(' ').nth(2).unwrap().to_owned();
+    let mut bob = joined(&b, "bob");
+    bob.send(b"MSG one\n");
+    let one = loop {
+        let (_, l) = ann.line(PROMPT);
+        if l.starts_with("PUB ") {
+            break l;
+        }
+    };
+    assert!(one.ends_with(" bob one"), "{one}");
+    let seen = one.split(' ').nth(1).unwrap().to_owned();
+    drop(ann);
+    bob.expect("LEFT ann closed", PROMPT);
+    bob.send(b"MSG two\n");
+    bob.send(b"MSG three\n");
+    // Back on the other node, from the last position seen: exactly what was missed.
+    let mut ann = Peer::connect(b.port);
+    ann.expect(HELLO_CHAT, PROMPT);
+    ann.send(format!("JOIN ann SINCE {seen}\n").as_bytes());
+    let (_, w) = ann.line(PROMPT);
+    assert!(w.starts_with("WELCOME ann "), "{w}");
+    // The replay, then SYNCED, then live lines: "three" may still be on its way through
+    // Redis when ann joins, and then comes live after SYNCED; either way once, in order.
+    let mut pubs = Vec::new();
+    let mut synced = 0;
+    while pubs.len() < 2 {
+        let (_, l) = ann.line(PROMPT);
+        if l.starts_with("SYNCED ") {
+            synced += 1;
+        } else {
+            assert!(l.starts_with("PUB "), "{l}");
+            pubs.push(l.split(' ').skip(2).collect::<Vec<_>>().join(" "));
+        }
+    }
+    assert_eq!(pubs, ["bob two", "bob three"]);
+    if synced == 0 {
+        let (_, l) = ann.line(PROMPT);
+        assert!(l.starts_with("SYNCED "), "{l}");
+    }
+    ann.expect_silence(ms(200));
+    assert_ne!(pos, "", "the first WELCOME carried a position");
+}
+
+engine_tests!(a_node_shutting_down_says_goodbye_for_its_members);
+fn a_node_shutting_down_says_goodbye_for_its_members(engine: Engine) {
+    let _w = Watchdog::new("cluster-shutdown", ms(60_000));
+    let Some(redis) = Redis::start("cluster::a_node_shutting_down_says_goodbye_for_its_members")
+    else {
+        return;
+    };
+    let mut a = node(engine, &redis);
+    let b = node(engine, &redis);
+    let mut ann = joined(&a, "ann");
+    let mut bob = member(&b, "bob");
+    until(&mut ann, "JOINED bob", PROMPT);
+    bob.send(b"WHO\n");
+    bob.expect("MEMBERS ann bob", PROMPT);
+    a.proc.signal("TERM");
+    until(&mut ann, "END server-shutdown", PROMPT);
+    // At once, not after --node-timeout.
+    bob.expect("LEFT ann server-shutdown", ms(800));
+    assert_eq!(a.proc.wait(PROMPT).code(), Some(0));
+}
