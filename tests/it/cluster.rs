@@ -235,3 +235,48 @@ fn a_node_shutting_down_says_goodbye_for_its_members(engine: Engine) {
     bob.expect("LEFT ann server-shutdown", ms(800));
     assert_eq!(a.proc.wait(PROMPT).code(), Some(0));
 }
+
+engine_tests!(redis_down_at_start_serves_locally_then_joins_the_room);
+fn redis_down_at_start_serves_locally_then_joins_the_room(engine: Engine) {
+    let _w = Watchdog::new("cluster-redis-late", ms(60_000));
+    let Some(mut redis) =
+        Redis::start("cluster::redis_down_at_start_serves_locally_then_joins_the_room")
+    else {
+        return;
+    };
+    let a = node(engine, &redis);
+    redis.kill();
+    let url = redis.url();
+    // Starts and serves although Redis is away, and says so once.
+    let mut b = Server::start(
+        engine,
+        &["--mode", "chat", "--broker", &url, "--node-timeout", "1s"],
+    );
+    b.log().wait_for("broker unreachable", PROMPT);
+    let mut bob = joined(&b, "bob");
+    let mut cy = joined(&b, "cy");
+    until(&mut bob, "JOINED cy", PROMPT);
+    cy.send(b"MSG local\n");
+    bob.expect("MSG cy local", PROMPT);
+    // Redis appears: both nodes join it, and the room spans them.
+    redis.restart().expect("redis-server again");
+    b.log().wait_for("broker connected", ms(10_000));
+    let mut ann = joined(&a, "ann");
+    cy.send(b"WHO\n");
+    let deadline = std::time::Instant::now() + ms(10_000);
+    loop {
+        let (_, l) = cy.line(PROMPT);
+        if l == "MEMBERS ann bob cy" {
+            break;
+        }
+        if l.starts_with("MEMBERS ") {
+            assert!(std::time::Instant::now() < deadline, "{l}");
+            std::thread::sleep(ms(50));
+            cy.send(b"WHO\n");
+        }
+    }
+    ann.send(b"MSG hello\n");
+    until(&mut bob, "MSG ann hello", PROMPT);
+    let text = b.log().text();
+    assert_eq!(text.matches("broker unreachable").count(), 1, "{text}");
+}
