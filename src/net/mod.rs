@@ -1,5 +1,6 @@
 //! Everything that owns a socket, a thread or the clock.
 
+pub mod broker;
 pub mod chat_client;
 pub mod classic;
 pub mod client;

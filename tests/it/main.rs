@@ -5,6 +5,7 @@ mod chat;
 mod chat_client;
 mod classic;
 mod client_exit;
+mod cluster_link;
 mod faults;
 mod flow;
 mod hostile;
