@@ -22,6 +22,9 @@
 //! the node hears `Up` (with the stream's last offset) before any bus message, and no
 //! message published after that offset is missed.
 //!
+//! [`Link::bounce`] ends a session on purpose (the engine's answer to
+//! `ClusterEvent::Evicted`: the node must come back under a fresh id).
+//!
 //! Both channels are bounded. When the report channel is full the subscriber stops reading
 //! its socket (backpressure into Redis; if Redis drops the subscriber for it, that is a
 //! Down/Up and the node reads the hole from the stream), and the command thread waits too.
@@ -331,6 +334,8 @@ impl Scripts {
 /// A connection to the bus in another thread: see the module docs.
 pub struct Link {
     commands: Sender<BusCommand>,
+    /// Asks the command thread to end the session and reconnect.
+    bounce: Sender<()>,
     reports: Receiver<LinkReport>,
     /// Dropped to stop the threads (a closed channel wakes every `select!` at once).
     stop: Option<Sender<()>>,
@@ -372,6 +377,7 @@ impl Link {
         let (rep_tx, rep_rx) = bounded(REPORT_QUEUE);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<()>(0);
+        let (bounce_tx, bounce_rx) = bounded::<()>(1);
         let op_timeout = (node_timeout / 3).max(Duration::from_millis(10));
         let worker = Worker {
             client,
@@ -382,6 +388,7 @@ impl Link {
                 .max(Duration::from_millis(1)),
             history,
             commands: cmd_rx,
+            bounce: bounce_rx,
             out: Out {
                 reports: rep_tx,
                 wake,
@@ -399,6 +406,7 @@ impl Link {
             .map_err(BrokerError::Spawn)?;
         Ok(Link {
             commands: cmd_tx,
+            bounce: bounce_tx,
             reports: rep_rx,
             stop: Some(stop_tx),
             done: done_rx,
@@ -411,6 +419,14 @@ impl Link {
         self.commands
             .try_send(cmd)
             .map_err(|e| LinkFull(e.into_inner()))
+    }
+
+    /// Ends the current session as if it failed: `Down`, then `Up` again after the backoff
+    /// delay (with a fresh id). For `ClusterEvent::Evicted`: the others declared this node
+    /// lost, so it must come back under a new id. Never blocks; a bounce already asked for
+    /// and not yet done counts for this one.
+    pub fn bounce(&self) {
+        let _ = self.bounce.try_send(());
     }
 
     /// The next report, if any; never blocks.
@@ -496,6 +512,7 @@ struct Worker {
     seq_ttl: Duration,
     history: usize,
     commands: Receiver<BusCommand>,
+    bounce: Receiver<()>,
     out: Out,
     scripts: Scripts,
     /// This node's id as last seen in a command (the reaper lock's value says who holds it).
@@ -633,6 +650,9 @@ impl Worker {
             return Err(End::Failed("bad random node id".into()));
         };
         s.epoch = epoch.as_str().to_owned();
+        // Commands sent before the engine heard the last Down belong to the old session
+        // (the node drops its queue at link down and re-syncs at link up): drop them.
+        while self.commands.try_recv().is_ok() {}
         // Outside a session's end: Up must be in the channel before any bus message.
         let up = LinkReport::Up {
             stream: Pos { epoch, offset },
@@ -650,6 +670,7 @@ impl Worker {
         loop {
             select! {
                 recv(self.out.stop) -> _ => return End::Stop,
+                recv(self.bounce) -> _ => return End::Failed("evicted: reconnecting".into()),
                 recv(s.sub_err) -> e => {
                     return End::Failed(e.unwrap_or_else(|_| "subscriber ended".into()));
                 }

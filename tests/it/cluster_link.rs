@@ -346,6 +346,12 @@ fn a_name_claimed_on_one_node_is_refused_on_the_other() {
         .unwrap();
     assert_eq!(gone, None, "released");
     b.join(4, "cy");
+    // A bounce (what the engine does on `Evicted`) is one Down and one Up.
+    b.link.as_ref().expect("link").bounce();
+    until(&mut [&mut a, &mut b], "B bounced", |n| {
+        n[1].ups == 2 && n[1].n.is_up()
+    });
+    assert_eq!((b.downs, a.downs), (1, 0));
 }
 
 #[test]
@@ -469,4 +475,74 @@ fn a_redis_outage_keeps_local_service_and_publishes_what_waited() {
         n[1].delivered.iter().any(|d| d.2 == "after" && d.4)
     });
     assert_eq!((a.downs, b.downs), (1, 1));
+}
+
+#[test]
+fn a_node_back_on_the_same_epoch_reads_what_it_missed_from_the_stream() {
+    let _w = Watchdog::new("cluster_link catch-up", Duration::from_secs(30));
+    let Some(redis) = Redis::start("cluster_link::a_node_back_on_the_same_epoch") else {
+        return;
+    };
+    let room = "hb:{t-catchup}";
+    let mut a = Node::start(&redis, room, "a1");
+    let mut b = Node::start(&redis, room, "b1");
+    both_up(&mut a, &mut b);
+    a.join(1, "ann");
+    // B's link goes away (as if its connections dropped) while A talks.
+    b.link.take().expect("link").shutdown();
+    b.n.handle_link_down(Instant::now());
+    for i in 0..5 {
+        assert_eq!(
+            a.n.handle_local_msg(Instant::now(), 1, &format!("m{i}")),
+            Route::Bus
+        );
+    }
+    until(&mut [&mut a], "A's messages back", |n| {
+        n[0].delivered.len() == 5
+    });
+    b.link = Some(Link::start(&redis.url(), room, NODE_TIMEOUT, 1000, Arc::new(|| {})).unwrap());
+    until(
+        &mut [&mut a, &mut b],
+        "B reads the 5 from the stream",
+        |n| n[1].delivered.len() == 5,
+    );
+    let texts: Vec<(&str, Option<u64>)> = b.delivered.iter().map(|d| (d.2.as_str(), d.3)).collect();
+    assert_eq!(
+        texts,
+        vec![
+            ("m0", Some(1)),
+            ("m1", Some(2)),
+            ("m2", Some(3)),
+            ("m3", Some(4)),
+            ("m4", Some(5))
+        ]
+    );
+    // Same again, but the stream lost them meanwhile: the hole is skipped and logged.
+    b.link.take().expect("link").shutdown();
+    b.n.handle_link_down(Instant::now());
+    for i in 5..8 {
+        assert_eq!(
+            a.n.handle_local_msg(Instant::now(), 1, &format!("m{i}")),
+            Route::Bus
+        );
+    }
+    until(&mut [&mut a], "A's messages back", |n| {
+        n[0].delivered.len() == 8
+    });
+    let mut con = redis.con();
+    let _: u64 = redis::cmd("DEL")
+        .arg(format!("{room}:stream"))
+        .query(&mut con)
+        .unwrap();
+    b.link = Some(Link::start(&redis.url(), room, NODE_TIMEOUT, 1000, Arc::new(|| {})).unwrap());
+    let lost = ClusterEvent::MessagesLost { from: 6, to: 8 };
+    until(&mut [&mut a, &mut b], "B skips the trimmed hole", |n| {
+        n[1].has(&lost)
+    });
+    assert_eq!(a.n.handle_local_msg(Instant::now(), 1, "m8"), Route::Bus);
+    until(&mut [&mut a, &mut b], "B gets the next one", |n| {
+        n[1].delivered
+            .last()
+            .is_some_and(|d| d.2 == "m8" && d.3 == Some(9))
+    });
 }
