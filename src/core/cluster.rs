@@ -962,15 +962,29 @@ impl ClusterNode {
                 }
             }
             (old, _) => {
-                if old.is_some() {
+                let had_one = old.is_some();
+                self.reorder.clear();
+                self.filling_upto = 0;
+                self.epoch = Some(stream.epoch.clone());
+                if had_one {
+                    // A new stream (Redis lost the old one): what other nodes stored in it
+                    // before this link came up is room history this node has not delivered
+                    // (their outage queues, say). Read it from the start.
                     self.events.push_back(ClusterEvent::EpochChanged {
                         epoch: stream.epoch.clone(),
                     });
+                    self.next_offset = Some(1);
+                    if stream.offset >= 1 {
+                        self.filling_upto = stream.offset;
+                        self.commands.push_back(BusCommand::ReadStream {
+                            after: 0,
+                            upto: stream.offset,
+                        });
+                    }
+                } else {
+                    // First contact: the room's past is history (HISTORY, resumes), not news.
+                    self.next_offset = Some(stream.offset + 1);
                 }
-                self.epoch = Some(stream.epoch.clone());
-                self.next_offset = Some(stream.offset + 1);
-                self.reorder.clear();
-                self.filling_upto = 0;
             }
         }
         // What waited for the link goes out in order (a seq already stored is refused by
@@ -2114,6 +2128,19 @@ mod tests {
         assert!(s
             .commands()
             .contains(&BusCommand::ReadStream { after: 1, upto: 4 }));
+        // A new epoch that others already wrote to (their outage queues): read from its
+        // start, so nothing stored before this link came up is skipped.
+        s.n.handle_link_down(s.t);
+        let _ = s.commands();
+        s.n.handle_link_up(s.t, pos("g", 3), id("a2"));
+        assert!(s
+            .commands()
+            .contains(&BusCommand::ReadStream { after: 0, upto: 3 }));
+        s.bus(msg("c", 1, 1, "c1"));
+        s.bus(msg("c", 2, 2, "c2"));
+        s.bus(msg("c", 3, 3, "c3"));
+        let d = s.delivered();
+        assert!(d.ends_with(&texts(&["c1", "c2", "c3"])), "{d:?}");
     }
 
     #[test]

@@ -211,6 +211,9 @@ pub struct Hub {
     /// The newest offset given under the node's own epoch during outages, so a later outage
     /// goes on from there and no position is ever given twice.
     local_last: u64,
+    /// The other nodes declared this one lost while its link was up: the engine should
+    /// reconnect the link (see [`Hub::take_evicted`]).
+    evicted: bool,
 }
 
 /// A room line to fan out: each group of recipients with the bytes it gets (`MSG` for
@@ -259,6 +262,7 @@ impl Hub {
             claims: HashMap::new(),
             held_event: None,
             local_last: 0,
+            evicted: false,
         }
     }
 
@@ -411,6 +415,7 @@ impl Hub {
                     .push_back(HubEvent::Cluster(ClusterEvent::NameLost { conn, name }));
             }
             other => {
+                self.evicted |= matches!(other, ClusterEvent::Evicted);
                 if matches!(
                     other,
                     ClusterEvent::LinkUp
@@ -423,6 +428,12 @@ impl Hub {
             }
         }
         None
+    }
+
+    /// True once after the other nodes declared this one lost while its link was up: the
+    /// engine reconnects the link (down, then up), so the node takes a fresh id.
+    pub fn take_evicted(&mut self) -> bool {
+        std::mem::take(&mut self.evicted)
     }
 
     /// True while the history mirrors the cluster stream (the link is up).

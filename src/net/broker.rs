@@ -22,6 +22,9 @@
 //! the node hears `Up` (with the stream's last offset) before any bus message, and no
 //! message published after that offset is missed.
 //!
+//! [`Link::bounce`] ends a session on purpose (the engine's answer to
+//! `ClusterEvent::Evicted`: the node must come back under a fresh id).
+//!
 //! Both channels are bounded. When the report channel is full the subscriber stops reading
 //! its socket (backpressure into Redis; if Redis drops the subscriber for it, that is a
 //! Down/Up and the node reads the hole from the stream), and the command thread waits too.
@@ -331,6 +334,8 @@ impl Scripts {
 /// A connection to the bus in another thread: see the module docs.
 pub struct Link {
     commands: Sender<BusCommand>,
+    /// Asks the command thread to end the session and reconnect.
+    bounce: Sender<()>,
     reports: Receiver<LinkReport>,
     /// Dropped to stop the threads (a closed channel wakes every `select!` at once).
     stop: Option<Sender<()>>,
@@ -372,6 +377,7 @@ impl Link {
         let (rep_tx, rep_rx) = bounded(REPORT_QUEUE);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<()>(0);
+        let (bounce_tx, bounce_rx) = bounded::<()>(1);
         let op_timeout = (node_timeout / 3).max(Duration::from_millis(10));
         let worker = Worker {
             client,
@@ -382,6 +388,7 @@ impl Link {
                 .max(Duration::from_millis(1)),
             history,
             commands: cmd_rx,
+            bounce: bounce_rx,
             out: Out {
                 reports: rep_tx,
                 wake,
@@ -399,6 +406,7 @@ impl Link {
             .map_err(BrokerError::Spawn)?;
         Ok(Link {
             commands: cmd_tx,
+            bounce: bounce_tx,
             reports: rep_rx,
             stop: Some(stop_tx),
             done: done_rx,
@@ -411,6 +419,14 @@ impl Link {
         self.commands
             .try_send(cmd)
             .map_err(|e| LinkFull(e.into_inner()))
+    }
+
+    /// Ends the current session as if it failed: `Down`, then `Up` again after the backoff
+    /// delay (with a fresh id). For `ClusterEvent::Evicted`: the others declared this node
+    /// lost, so it must come back under a new id. Never blocks; a bounce already asked for
+    /// and not yet done counts for this one.
+    pub fn bounce(&self) {
+        let _ = self.bounce.try_send(());
     }
 
     /// The next report, if any; never blocks.
@@ -496,6 +512,7 @@ struct Worker {
     seq_ttl: Duration,
     history: usize,
     commands: Receiver<BusCommand>,
+    bounce: Receiver<()>,
     out: Out,
     scripts: Scripts,
     /// This node's id as last seen in a command (the reaper lock's value says who holds it).
@@ -575,17 +592,17 @@ impl Worker {
             })
             .map_err(|e| End::Failed(format!("cannot start the subscriber: {e}")))?;
         // From here on a failure must end the subscriber too.
-        let session = Session {
+        let mut session = Session {
             con,
             epoch: String::new(),
             ended,
             sub_err: err_rx,
             sub_done: done_rx,
         };
-        match self.come_up(session, &ready_rx, go_tx) {
-            Ok(s) => Ok(s),
-            Err((s, end)) => {
-                self.close(s);
+        match self.come_up(&mut session, &ready_rx, go_tx) {
+            Ok(()) => Ok(session),
+            Err(end) => {
+                self.close(session);
                 Err(end)
             }
         }
@@ -595,19 +612,19 @@ impl Worker {
     /// creates) the epoch and the last offset, reports `Up` and lets the subscriber forward.
     fn come_up(
         &mut self,
-        mut s: Session,
+        s: &mut Session,
         ready: &Receiver<Result<(), String>>,
         go: Sender<()>,
-    ) -> Result<Session, (Session, End)> {
+    ) -> Result<(), End> {
         let wait = self.op_timeout + CONNECT_TIMEOUT;
         select! {
-            recv(self.out.stop) -> _ => return Err((s, End::Stop)),
+            recv(self.out.stop) -> _ => return Err(End::Stop),
             recv(ready) -> r => match r {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err((s, End::Failed(e))),
-                Err(_) => return Err((s, End::Failed("subscriber ended".into()))),
+                Ok(Err(e)) => return Err(End::Failed(e)),
+                Err(_) => return Err(End::Failed("subscriber ended".into())),
             },
-            default(wait) => return Err((s, End::Failed("subscribe timed out".into()))),
+            default(wait) => return Err(End::Failed("subscribe timed out".into())),
         }
         let got: Result<(Option<String>, Option<String>), _> = redis::pipe()
             .cmd("SET")
@@ -620,32 +637,32 @@ impl Worker {
             .cmd("GET")
             .arg(&self.keys.off)
             .query(&mut s.con);
-        let (epoch, off) = match got {
-            Ok(v) => v,
-            Err(e) => return Err((s, e.into())),
-        };
+        let (epoch, off) = got?;
         let Some(epoch) = epoch.as_deref().and_then(Epoch::new) else {
-            return Err((s, End::Failed(format!("bad epoch in Redis: {epoch:?}"))));
+            return Err(End::Failed(format!("bad epoch in Redis: {epoch:?}")));
         };
         let offset = match off.as_deref().map(str::parse::<u64>) {
             None => 0,
             Some(Ok(o)) => o,
-            Some(Err(_)) => return Err((s, End::Failed(format!("bad offset in Redis: {off:?}")))),
+            Some(Err(_)) => return Err(End::Failed(format!("bad offset in Redis: {off:?}"))),
         };
         let Some(fresh_id) = NodeId::new(&random_base36(16)) else {
-            return Err((s, End::Failed("bad random node id".into())));
+            return Err(End::Failed("bad random node id".into()));
         };
         s.epoch = epoch.as_str().to_owned();
+        // Commands sent before the engine heard the last Down belong to the old session
+        // (the node drops its queue at link down and re-syncs at link up): drop them.
+        while self.commands.try_recv().is_ok() {}
         // Outside a session's end: Up must be in the channel before any bus message.
         let up = LinkReport::Up {
             stream: Pos { epoch, offset },
             fresh_id,
         };
         if !self.out.push(up, &AtomicBool::new(false)) {
-            return Err((s, End::Stop));
+            return Err(End::Stop);
         }
         let _ = go.send(());
-        Ok(s)
+        Ok(())
     }
 
     /// Runs commands until the session fails or the link stops.
@@ -653,6 +670,7 @@ impl Worker {
         loop {
             select! {
                 recv(self.out.stop) -> _ => return End::Stop,
+                recv(self.bounce) -> _ => return End::Failed("evicted: reconnecting".into()),
                 recv(s.sub_err) -> e => {
                     return End::Failed(e.unwrap_or_else(|_| "subscriber ended".into()));
                 }

@@ -241,6 +241,9 @@ fn run<H: ChatHost>(host: &H, link: Link, bell: &Receiver<()>, stop: &AtomicBool
         };
         retry = (!done).then_some(now + RETRY);
         chat.log_events(host.log());
+        if chat.hub.take_evicted() {
+            link.bounce();
+        }
         while let Some(cmd) = chat.hub.poll_command() {
             backlog.push_back(cmd);
         }

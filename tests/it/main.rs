@@ -6,6 +6,7 @@ mod chat_client;
 mod classic;
 mod client_exit;
 mod cluster;
+mod cluster_link;
 mod faults;
 mod flow;
 mod hostile;
