@@ -616,6 +616,12 @@ pub enum ChatStep {
     Quit,
     /// The server refused the name: end at once (exit 2) with this message.
     Refused(String),
+    /// The server refused the name while this client was resuming: it is still held, by
+    /// the client's own old connection (not found gone yet) or, with several servers, on
+    /// the server that held it. Show this, drop the connection and reconnect as after a loss
+    /// (within `--reconnect-for`): the old holder is ended by its heartbeat, or its server
+    /// is declared lost, and the name is free again.
+    Retry(String),
 }
 
 /// The help text, one line.
@@ -677,6 +683,12 @@ impl Chat {
     pub fn handle_server(&mut self, now: Instant, msg: &ServerMsg) -> ChatStep {
         if !self.joined {
             match msg {
+                ServerMsg::Err(bad) if bad.code == ErrCode::NameTaken && self.resume.is_some() => {
+                    return ChatStep::Retry(format!(
+                        "-- name '{}' is still held (the old connection is not gone yet); retrying",
+                        safe(&self.name)
+                    ));
+                }
                 ServerMsg::Err(bad) if bad.code == ErrCode::NameTaken => {
                     return ChatStep::Refused(format!(
                         "name '{}' is taken on this server; pick another --name",
@@ -1201,6 +1213,24 @@ mod tests {
         assert_eq!(
             chat.handle_server(Instant::now(), &taken),
             ChatStep::Show("! name-taken ann is in use".into())
+        );
+    }
+
+    #[test]
+    fn a_taken_name_while_resuming_is_retried_not_fatal() {
+        let mut chat = Chat::new("ann");
+        let t = Instant::now();
+        let _ = chat.handle_server(t, &ServerMsg::Members(vec!["ann".into()]));
+        chat.connection_lost(t);
+        let taken = ServerMsg::Err(BadLine {
+            code: ErrCode::NameTaken,
+            detail: "ann is taken".into(),
+        });
+        assert_eq!(
+            chat.handle_server(t, &taken),
+            ChatStep::Retry(
+                "-- name 'ann' is still held (the old connection is not gone yet); retrying".into()
+            )
         );
     }
 

@@ -187,6 +187,11 @@ fn feed(
                 };
                 match chat.handle_server(at, &msg) {
                     ChatStep::Refused(why) => return Some(Stop::Refused(why)),
+                    ChatStep::Retry(why) => {
+                        say(&why);
+                        // As a loss: the reconnect loop waits its backoff and joins again.
+                        return Some(Stop::Over(Outcome::ServerClosed(CloseKind::Closed)));
+                    }
                     ChatStep::Show(line) => say(&line),
                     _ => {}
                 }
@@ -277,7 +282,7 @@ fn session(
                     }
                     ChatStep::Show(text) => say(&text),
                     ChatStep::Quit => leave = true,
-                    ChatStep::Nothing | ChatStep::Refused(_) => {}
+                    ChatStep::Nothing | ChatStep::Refused(_) | ChatStep::Retry(_) => {}
                 },
                 Ok(Input::End) | Err(_) => leave = true,
             },

@@ -280,3 +280,52 @@ fn redis_down_at_start_serves_locally_then_joins_the_room(engine: Engine) {
     let text = b.log().text();
     assert_eq!(text.matches("broker unreachable").count(), 1, "{text}");
 }
+
+engine_tests!(a_chat_client_fails_over_to_another_node_behind_a_balancer);
+/// The failover story end to end: `hb-client --chat` reaches node A through a balancer; A is
+/// killed and the balancer sends new connections to B. The client reconnects, finds its name
+/// still held (A is not declared lost yet), retries, and once B frees the name resumes there
+/// with what it missed, once.
+fn a_chat_client_fails_over_to_another_node_behind_a_balancer(engine: Engine) {
+    let _w = Watchdog::new("cluster-failover", ms(60_000));
+    let Some(redis) =
+        Redis::start("cluster::a_chat_client_fails_over_to_another_node_behind_a_balancer")
+    else {
+        return;
+    };
+    let mut a = node(engine, &redis);
+    let b = node(engine, &redis);
+    let lb = crate::support::Proxy::start(a.port);
+    let mut bob = joined(&b, "bob");
+    let port = lb.port.to_string();
+    let mut ann = crate::support::Proc::spawn_in_temp(
+        "hb-client",
+        &[
+            "--defaults",
+            "--chat",
+            "--name",
+            "ann",
+            "--port",
+            &port,
+            "--reconnect-for",
+            "20s",
+        ],
+        Some(""),
+    );
+    ann.stdout.wait_for("* in the room:", PROMPT);
+    bob.expect("JOINED ann", PROMPT);
+    bob.send(b"MSG one\n");
+    ann.stdout.wait_for("bob: one", PROMPT);
+    a.proc.signal("KILL");
+    lb.retarget(b.port);
+    bob.send(b"MSG two\n");
+    bob.expect("LEFT ann node-lost", ms(5_000));
+    bob.expect("JOINED ann", ms(10_000));
+    let (_, notice) = ann.stdout.wait_for("-- reconnected after", ms(10_000));
+    assert!(notice.contains("recovered 1 message"), "{notice}");
+    let text = ann.stdout.text();
+    assert_eq!(text.matches("bob: two").count(), 1, "{text}");
+    assert_eq!(text.matches("bob: one").count(), 1, "{text}");
+    bob.send(b"MSG three\n");
+    ann.stdout.wait_for("bob: three", PROMPT);
+}

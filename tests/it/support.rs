@@ -962,3 +962,61 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A TCP forwarder standing in for a load balancer: every connection to [`Proxy::port`] is
+/// relayed to the target port of the moment ([`Proxy::retarget`]); when either side closes,
+/// the other is shut down too.
+pub struct Proxy {
+    pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU16};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = Arc::new(AtomicU16::new(target));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, s) = (target.clone(), stop.clone());
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", t.load(Ordering::Relaxed)))
+                else {
+                    continue;
+                };
+                for (mut from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    thread::spawn(move || {
+                        let mut to_w = to.try_clone().unwrap();
+                        let _ = std::io::copy(&mut from, &mut to_w);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, target, stop }
+    }
+
+    /// Where new connections go from now on.
+    pub fn retarget(&self, port: u16) {
+        self.target.store(port, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
