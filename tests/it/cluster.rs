@@ -293,7 +293,7 @@ fn a_chat_client_fails_over_to_another_node_behind_a_balancer(engine: Engine) {
     else {
         return;
     };
-    let mut a = node(engine, &redis);
+    let a = node(engine, &redis);
     let b = node(engine, &redis);
     let lb = crate::support::Proxy::start(a.port);
     let mut bob = joined(&b, "bob");
