@@ -346,6 +346,11 @@ pub struct ClusterConfig {
     pub max_in_flight: usize,
     /// Room messages buffered behind a hole in the offsets while the link fills it.
     pub max_reorder: usize,
+    /// Room messages read from the stream at the first link up, recorded in the room's
+    /// mirror but not delivered (the room's past, for `HISTORY` and resumes on a node that
+    /// started after they were sent); the engine passes `--history`. At most half of
+    /// `max_reorder`.
+    pub backfill: usize,
 }
 
 impl Default for ClusterConfig {
@@ -355,6 +360,7 @@ impl Default for ClusterConfig {
             max_pending: 1000,
             max_in_flight: 256,
             max_reorder: 10_000,
+            backfill: 0,
         }
     }
 }
@@ -636,6 +642,9 @@ pub struct ClusterNode {
     reorder: BTreeMap<u64, BusMsg>,
     /// The hole being filled from the stream: offsets up to this one were asked for.
     filling_upto: u64,
+    /// Offsets up to this one are the room's past read at the first link up: recorded, not
+    /// delivered (see [`ClusterConfig::backfill`]).
+    quiet_upto: u64,
     /// Published and not yet back, oldest first.
     in_flight: VecDeque<Outgoing>,
     /// Waiting for the link, oldest first.
@@ -676,6 +685,7 @@ impl ClusterNode {
             next_offset: None,
             reorder: BTreeMap::new(),
             filling_upto: 0,
+            quiet_upto: 0,
             in_flight: VecDeque::new(),
             pending: VecDeque::new(),
             dropped_this_outage: 0,
@@ -837,14 +847,13 @@ impl ClusterNode {
         self.by_name.remove(&name);
         self.resyncing.remove(&conn);
         if self.up {
-            self.publish_presence(Body::Leave {
-                name: name.clone(),
-                reason,
-            });
+            // The name is released before the others hear the leave (the link runs commands
+            // in order), so whoever reacts to `LEFT` by taking the name finds it free.
             self.commands.push_back(BusCommand::ReleaseName {
-                name,
+                name: name.clone(),
                 owner: self.id.clone(),
             });
+            self.publish_presence(Body::Leave { name, reason });
         }
         // While down: nothing to do now; the re-sync's roster tells the others, and the
         // claim in Redis expires unrefreshed.
@@ -967,6 +976,7 @@ impl ClusterNode {
                 self.filling_upto = 0;
                 self.epoch = Some(stream.epoch.clone());
                 if had_one {
+                    self.quiet_upto = 0;
                     // A new stream (Redis lost the old one): what other nodes stored in it
                     // before this link came up is room history this node has not delivered
                     // (their outage queues, say). Read it from the start.
@@ -983,7 +993,18 @@ impl ClusterNode {
                     }
                 } else {
                     // First contact: the room's past is history (HISTORY, resumes), not news.
-                    self.next_offset = Some(stream.offset + 1);
+                    // The newest `backfill` messages are read to fill the mirror, quietly.
+                    let back =
+                        (self.cfg.backfill.min(self.cfg.max_reorder / 2) as u64).min(stream.offset);
+                    self.next_offset = Some(stream.offset + 1 - back);
+                    self.quiet_upto = stream.offset;
+                    if back > 0 {
+                        self.filling_upto = stream.offset;
+                        self.commands.push_back(BusCommand::ReadStream {
+                            after: stream.offset - back,
+                            upto: stream.offset,
+                        });
+                    }
                 }
             }
         }
@@ -1170,6 +1191,7 @@ impl ClusterNode {
     /// Delivers the room message at the next offset (the caller checked the offset).
     fn deliver_stream(&mut self, msg: BusMsg) {
         self.next_offset = self.next_offset.map(|n| n + 1);
+        let news = msg.offset.is_some_and(|o| o > self.quiet_upto);
         let Body::Msg { name, text } = msg.body else {
             return;
         };
@@ -1188,7 +1210,7 @@ impl ClusterNode {
                 name,
                 text,
                 offset: msg.offset,
-                deliver: !delivered,
+                deliver: !delivered && news,
             });
             return;
         }
@@ -1212,7 +1234,7 @@ impl ClusterNode {
             name,
             text,
             offset: msg.offset,
-            deliver: true,
+            deliver: news,
         });
     }
 
@@ -1327,13 +1349,14 @@ impl ClusterNode {
         }
         let names: Vec<String> = std::mem::take(&mut l.names).into_iter().collect();
         for name in names {
-            self.publish_presence(Body::Lost {
-                of: node.clone(),
-                name: name.clone(),
-            });
+            // Released first, as for a leave: `LEFT` means the name is free.
             self.commands.push_back(BusCommand::ReleaseName {
                 name: name.clone(),
                 owner: node.clone(),
+            });
+            self.publish_presence(Body::Lost {
+                of: node.clone(),
+                name: name.clone(),
             });
             self.events.push_back(ClusterEvent::Left {
                 name,
@@ -2109,6 +2132,37 @@ mod tests {
             old: id("a"),
             new: id("a3")
         }));
+    }
+
+    #[test]
+    fn the_first_contact_reads_the_room_s_past_quietly() {
+        let t = Instant::now();
+        let cfg = ClusterConfig {
+            backfill: 3,
+            ..ClusterConfig::default()
+        };
+        let mut n = ClusterNode::new(id("a"), cfg, t);
+        n.handle_link_up(t, pos("e", 5), id("a2"));
+        let cmds: Vec<BusCommand> = std::iter::from_fn(|| n.poll_command()).collect();
+        assert!(
+            cmds.contains(&BusCommand::ReadStream { after: 2, upto: 5 }),
+            "{cmds:?}"
+        );
+        assert_eq!(n.stream_pos(), Some(pos("e", 2)));
+        // A live one first (it waits for the hole), then the past.
+        n.handle_bus(t, msg("b", 9, 6, "live"));
+        for (seq, off) in [(6, 3), (7, 4), (8, 5)] {
+            n.handle_bus(t, msg("b", seq, off, &format!("old{off}")));
+        }
+        let got: Vec<(u64, bool)> = std::iter::from_fn(|| n.poll_event())
+            .filter_map(|e| match e {
+                ClusterEvent::Deliver {
+                    offset, deliver, ..
+                } => Some((offset.unwrap(), deliver)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![(3, false), (4, false), (5, false), (6, true)]);
     }
 
     #[test]

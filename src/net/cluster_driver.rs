@@ -95,6 +95,7 @@ pub fn prepare(url: &str, node_timeout: Duration, history: usize) -> Result<Prep
         id,
         ClusterConfig {
             node_timeout,
+            backfill: history,
             ..ClusterConfig::default()
         },
         Instant::now(),

@@ -89,6 +89,40 @@ fn messages_names_and_who_cross_nodes_once_in_order(engine: Engine) {
     ann.send(b"WHO\n");
     ann.expect("MEMBERS ann bob", PROMPT);
     bob.expect_silence(ms(200));
+    // A node started after all that knows the room's past: HISTORY there gives the newest
+    // messages at the room's positions.
+    let c = node(engine, &redis);
+    let mut dee = joined(&c, "dee");
+    bob.expect("JOINED dee", PROMPT);
+    let deadline = std::time::Instant::now() + PROMPT;
+    let h = loop {
+        dee.send(b"HISTORY 2\n");
+        let mut h = Vec::new();
+        loop {
+            let (_, l) = dee.line(PROMPT);
+            let end = l.starts_with("SYNCED ");
+            h.push(l);
+            if end {
+                break;
+            }
+        }
+        if h.len() == 3 || std::time::Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(ms(20));
+    };
+    assert_eq!(h.len(), 3, "{h:?}");
+    let epoch = h[2]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h[2], format!("SYNCED {epoch}:400 2"));
+    assert!(h[0].starts_with(&format!("PUB {epoch}:399 ")), "{h:?}");
+    assert!(h[1].starts_with(&format!("PUB {epoch}:400 ")), "{h:?}");
     // A leave is heard on the other node, and the name is free there afterwards.
     drop(ann);
     bob.expect("LEFT ann closed", PROMPT);
@@ -130,8 +164,8 @@ fn redis_killed_and_restarted_mid_conversation(engine: Engine) {
     };
     let mut a = node(engine, &redis);
     let mut b = node(engine, &redis);
-    let mut ann = member(&a, "ann");
-    let mut bob = member(&b, "bob");
+    let mut ann = joined(&a, "ann");
+    let mut bob = joined(&b, "bob");
     let mut cy = member(&b, "cy");
     until(&mut ann, "JOINED cy", PROMPT);
     until(&mut bob, "JOINED cy", PROMPT);
