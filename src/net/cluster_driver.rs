@@ -156,7 +156,14 @@ pub fn start<H: ChatHost>(
     Ok(())
 }
 
-/// Stops the driver in `slot`, if any (bounded: see [`Driver::shutdown`]).
+/// Asks the driver in `slot`, if any, to say the room's goodbyes and stop; [`stop`] waits.
+pub fn begin_stop(slot: &Mutex<Option<ClusterState>>) {
+    if let Some(ClusterState::Running(d)) = &*slot.lock().unwrap_or_else(|p| p.into_inner()) {
+        d.begin_shutdown();
+    }
+}
+
+/// Stops the driver in `slot`, if any, and waits for it (bounded: see [`Driver::shutdown`]).
 pub fn stop(slot: &Mutex<Option<ClusterState>>) {
     let state = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
     match state {
@@ -204,11 +211,17 @@ impl Driver {
         })
     }
 
-    /// Stops the driver after one last turn (the room's goodbyes go to the link), then the
-    /// link; bounded (about 250 ms at worst).
-    pub fn shutdown(mut self) {
+    /// Asks the driver to stop after one last turn (the room's goodbyes go to the link,
+    /// then the link closes), without waiting: the engine tells its clients meanwhile.
+    pub fn begin_shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         self.bell.ring();
+    }
+
+    /// Stops the driver ([`Driver::begin_shutdown`]) and waits for it; bounded (about 300 ms
+    /// at worst after the request).
+    pub fn shutdown(mut self) {
+        self.begin_shutdown();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -271,7 +271,7 @@ impl EventHandle {
             sh.room_changed.notify_waiters();
         }
         // The other nodes hear this one's members leave; then the link closes.
-        crate::net::cluster_driver::stop(&sh.cluster);
+        crate::net::cluster_driver::begin_stop(&sh.cluster);
         sh.log.emit(Event::ShuttingDown {
             clients: conns.len(),
         });
@@ -284,6 +284,7 @@ impl EventHandle {
             c.close_now.store(true, Ordering::Release);
             c.wake();
         }
+        crate::net::cluster_driver::stop(&sh.cluster);
     }
 }
 

@@ -609,8 +609,9 @@ impl ThreadHandle {
             chat.hub.handle_shutdown(Instant::now());
             sh.room_changed.notify_all();
         }
-        // The other nodes hear this one's members leave; then the link closes.
-        crate::net::cluster_driver::stop(&sh.cluster);
+        // The other nodes hear this one's members leave (while the clients are told), then
+        // the link closes.
+        crate::net::cluster_driver::begin_stop(&sh.cluster);
         sh.log.emit(Event::ShuttingDown {
             clients: conns.len(),
         });
@@ -628,6 +629,7 @@ impl ThreadHandle {
         for c in &stuck {
             c.shutdown();
         }
+        crate::net::cluster_driver::stop(&sh.cluster);
     }
 }
 

@@ -263,11 +263,14 @@ fn a_node_shutting_down_says_goodbye_for_its_members(engine: Engine) {
     until(&mut ann, "JOINED bob", PROMPT);
     bob.send(b"WHO\n");
     bob.expect("MEMBERS ann bob", PROMPT);
+    let t = std::time::Instant::now();
     a.proc.signal("TERM");
     until(&mut ann, "END server-shutdown", PROMPT);
     // At once, not after --node-timeout.
     bob.expect("LEFT ann server-shutdown", ms(800));
     assert_eq!(a.proc.wait(PROMPT).code(), Some(0));
+    // The one-second shutdown rule holds with the broker's goodbyes.
+    assert!(t.elapsed() < ms(1_000), "shutdown took {:?}", t.elapsed());
 }
 
 engine_tests!(redis_down_at_start_serves_locally_then_joins_the_room);
