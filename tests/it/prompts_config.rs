@@ -352,7 +352,7 @@ fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
         (
             "hb-server",
             &["--mode", "chat", "--broker", "nats://x"],
-            "hb-server: error: invalid value 'nats://x' for '--broker <URL>'",
+            "error: invalid value 'nats://x' for '--broker <URL>': 'nats://x' is not a broker",
         ),
         (
             "hb-client",
