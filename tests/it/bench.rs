@@ -74,7 +74,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         status.success(),
         "hb-bench failed ({status}):\n{stdout}\n{stderr}"
     );
-    for n in 1..=7 {
+    for n in 1..=8 {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("[{n}] ")))
@@ -90,6 +90,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         "## 5. Relay throughput",
         "## 6. Relay open-loop",
         "## 7. History and resume",
+        "## 8. The cluster through Redis",
     ] {
         assert!(report.contains(title), "report lacks {title}:\n{report}");
     }
@@ -168,6 +169,25 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         !report.contains("| ncat --chat | 1 | "),
         "smoke runs hb-server only"
     );
+    // Issue 14: one node against the same through Redis and two nodes on one Redis; at the
+    // fixed rate nothing is lost, duplicated or reordered (hb-bench fails the run otherwise).
+    let cluster_rows: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| hb-server (threads) | ("))
+        .collect();
+    assert!(
+        cluster_rows
+            .iter()
+            .any(|l| l.contains("| (a) one node, memory broker | ")),
+        "no cluster baseline row:\n{report}"
+    );
+    let with_redis = report.contains("| hb-server (threads) | (c) two nodes, one Redis | ");
+    let redis_skipped =
+        report.contains("| hb-server (threads) | (c) two nodes, one Redis | **SKIPPED**");
+    assert!(
+        with_redis || redis_skipped,
+        "no two-node row, measured or SKIPPED:\n{report}"
+    );
     for svg in [
         "connections",
         "heartbeat",
@@ -176,6 +196,8 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         "relay",
         "relay-open",
         "resume",
+        "cluster-latency",
+        "cluster-throughput",
     ] {
         let p = dir.path().join("bench").join(format!("{svg}.svg"));
         assert!(p.is_file(), "{} missing", p.display());

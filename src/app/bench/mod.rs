@@ -13,7 +13,8 @@
 //! and open loop (a publisher as fast as the server accepts: throughput, readers ended, a
 //! stuck reader), against ncat and Redis, and history and resume (the time to replay 1,000
 //! missed messages to a member who reconnects, checked; the server's memory per 1,000 kept
-//! messages). Both of hb-server's engines run side by side with
+//! messages), and the cluster through Redis (one node against one node and two nodes on a
+//! Redis broker: latency at a fixed rate, open-loop throughput, Redis's CPU per message). Both of hb-server's engines run side by side with
 //! the peers; a binary without `--engine` (see `engines`) has its events rows SKIPPED with
 //! the reason. Each runs `--repeats`
 //! times (3 by default, fresh servers each time), prints its numbers, appends a section to
@@ -22,6 +23,7 @@
 //! five minutes with 3 repeats, `--smoke` runs tiny versions once and only checks that every
 //! measurement produced numbers (its verdicts say "not judged").
 
+mod cluster;
 mod engines;
 mod measure;
 mod openloop;
@@ -78,9 +80,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub server: Option<PathBuf>,
     /// Run only these measurements (1 connections, 2 heartbeat overhead, 3 detection,
-    /// 4 echo, 5 relay closed loop and fixed rate, 6 relay open loop, 7 history and resume),
-    /// comma-separated
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=7))]
+    /// 4 echo, 5 relay closed loop and fixed rate, 6 relay open loop, 7 history and resume,
+    /// 8 cluster through Redis), comma-separated
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=8))]
     pub only: Vec<u8>,
     /// Repeat every measurement N times; verdicts come from the median and say
     /// `inconclusive` when the repeats straddle a target. Fewer than 3 repeats are reported
@@ -212,6 +214,12 @@ pub struct Plan {
     pub resume_missed: u64,
     /// History memory: messages sent into the room between the two RSS readings.
     pub history_fill: u64,
+    /// The cluster measurement (8): the fixed rate, messages per second.
+    pub cluster_rate: f64,
+    /// Its fixed-rate window.
+    pub cluster_fixed_window: Duration,
+    /// Its open-loop window (the drain is `open_drain`).
+    pub cluster_open_window: Duration,
     /// The only measurements the event engine runs in (None: every one). `--smoke` adds a
     /// few tiny events runs instead of doubling every measurement.
     pub events_only_in: Option<&'static [u8]>,
@@ -255,6 +263,9 @@ impl Plan {
                 open_peers: false,
                 resume_missed: 1000,
                 history_fill: 10_000,
+                cluster_rate: 2000.0,
+                cluster_fixed_window: ms(300),
+                cluster_open_window: ms(300),
                 // Measurement 7 takes well under a second per engine, and the resume path
                 // is engine code worth a smoke check on both.
                 events_only_in: Some(&[4, 7]),
@@ -296,6 +307,11 @@ impl Plan {
                 open_peers: true,
                 resume_missed: 1000,
                 history_fill: 10_000,
+                // 18 setups (2 engines × 3 setups × 3 repeats) each start Redis and one or
+                // two servers: half-second windows keep the whole under about 40 s.
+                cluster_rate: 2000.0,
+                cluster_fixed_window: ms(500),
+                cluster_open_window: ms(500),
                 events_only_in: None,
             }
         } else {
@@ -330,6 +346,9 @@ impl Plan {
                 open_peers: true,
                 resume_missed: 1000,
                 history_fill: 10_000,
+                cluster_rate: 2000.0,
+                cluster_fixed_window: s(2),
+                cluster_open_window: s(2),
                 events_only_in: None,
             }
         }
@@ -348,7 +367,8 @@ impl Plan {
              detection interval {} s × count {}, echo {} per client count, relay closed loop \
              {} per run ({} with a stuck reader), fixed rate {} per run, relay open loop {} \
              per run ({} with a stuck reader, {} for the peers' stuck-reader runs), history \
-             and resume {} missed messages and {} messages of history{}",
+             and resume {} missed messages and {} messages of history, cluster through Redis \
+             {} at {} msg/s and {} open loop per setup{}",
             self.repeats,
             if self.repeats < verdict::MIN_REPEATS {
                 format!(
@@ -374,6 +394,9 @@ impl Plan {
             secs(self.open_stuck_peer_window),
             self.resume_missed,
             self.history_fill,
+            secs(self.cluster_fixed_window),
+            self.cluster_rate,
+            secs(self.cluster_open_window),
             if self.name == "quick" {
                 " (quick: windows shortened so three repeats fit in about five minutes)"
             } else {
@@ -608,7 +631,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         },
     };
     let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
-    let all: [(u8, Measurement); 7] = [
+    let all: [(u8, Measurement); 8] = [
         (1, measure::connections),
         (2, measure::heartbeat_overhead),
         (3, measure::detection),
@@ -616,6 +639,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         (5, measure::relay),
         (6, openloop::relay_open),
         (7, resume::history_resume),
+        (8, cluster::through_redis),
     ];
     let mut failures = Vec::new();
     for (n, f) in all {

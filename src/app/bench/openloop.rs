@@ -50,11 +50,11 @@ const READS_PER_EVENT: usize = 4;
 /// Receive buffer of the stuck reader: small, so its backlog reaches the server sooner.
 const STUCK_RCVBUF: usize = 4096;
 /// How long a connection may take to be greeted or subscribed.
-const SETUP_WAIT: Duration = Duration::from_secs(5);
+pub(super) const SETUP_WAIT: Duration = Duration::from_secs(5);
 /// How often the Redis watcher asks `CLIENT LIST`.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 /// The drain ends early when no receiver got a byte for this long.
-const DRAIN_IDLE: Duration = Duration::from_millis(500);
+pub(super) const DRAIN_IDLE: Duration = Duration::from_millis(500);
 /// hb-server's default `--stall` (CONTRACT section 2), the base of the stuck-reader targets.
 const STALL: Duration = Duration::from_millis(500);
 
@@ -99,7 +99,7 @@ fn join(kind: Kind, name: &str) -> Vec<u8> {
 /// Connects to `addr` with an optional small receive buffer, sends `hello` and waits for the
 /// peer's first bytes (HELLO, ncat's greeting, the subscription's confirmation), which are
 /// returned for the receiver's tally. Blocking; the caller makes it non-blocking after.
-fn connect_greeted(
+pub(super) fn connect_greeted(
     addr: SocketAddr,
     rcvbuf: Option<usize>,
     hello: &[u8],
@@ -136,10 +136,12 @@ fn connect_greeted(
 }
 
 /// One receiver on the main thread's epoll set.
-struct Rx {
+pub(super) struct Rx {
     stream: TcpStream,
-    tally: Tally,
-    gap: GapMeter,
+    /// What it received.
+    pub(super) tally: Tally,
+    /// Its longest pause.
+    pub(super) gap: GapMeter,
     /// Read (false: the stuck reader, until it resumes after the window).
     reading: bool,
     in_set: bool,
@@ -147,25 +149,29 @@ struct Rx {
     hup_at: Option<Instant>,
     /// When reading hit EOF or an error, and which.
     closed: Option<(Instant, String)>,
-    bytes: u64,
+    /// Bytes read.
+    pub(super) bytes: u64,
 }
 
 impl Rx {
-    fn ended(&self) -> bool {
+    /// Ended by the server (`END`, EOF or an error).
+    pub(super) fn ended(&self) -> bool {
         self.closed.is_some() || self.tally.end().is_some()
     }
 }
 
 /// The receivers' epoll loop.
-struct Receivers {
+pub(super) struct Receivers {
     epoll: OwnedFd,
-    rxs: Vec<Rx>,
+    /// The receivers, in the order added.
+    pub(super) rxs: Vec<Rx>,
     buf: Vec<u8>,
     events: Vec<epoll::Event>,
 }
 
 impl Receivers {
-    fn new() -> Result<Self, BenchError> {
+    /// An empty set.
+    pub(super) fn new() -> Result<Self, BenchError> {
         Ok(Self {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)
                 .map_err(|e| BenchError::io("creating an epoll set")(e.into()))?,
@@ -175,7 +181,13 @@ impl Receivers {
         })
     }
 
-    fn add(&mut self, stream: TcpStream, first: &[u8], reading: bool) -> Result<(), BenchError> {
+    /// Adds a connected receiver; `first` is what it already read.
+    pub(super) fn add(
+        &mut self,
+        stream: TcpStream,
+        first: &[u8],
+        reading: bool,
+    ) -> Result<(), BenchError> {
         stream
             .set_nonblocking(true)
             .map_err(io_err("making a receiver non-blocking"))?;
@@ -215,7 +227,8 @@ impl Receivers {
         }
     }
 
-    fn set_counting(&mut self, on: bool, now: Instant) {
+    /// Starts or stops counting messages towards the window's rate.
+    pub(super) fn set_counting(&mut self, on: bool, now: Instant) {
         for r in &mut self.rxs {
             r.tally.set_counting(on);
             if r.reading && !r.ended() {
@@ -227,7 +240,7 @@ impl Receivers {
     }
 
     /// Waits at most `timeout` and reads what is ready.
-    fn pump(&mut self, timeout: Duration, counting: bool) -> Result<(), BenchError> {
+    pub(super) fn pump(&mut self, timeout: Duration, counting: bool) -> Result<(), BenchError> {
         self.events.clear();
         let ts = Timespec {
             tv_sec: timeout.as_secs() as _,
@@ -292,16 +305,16 @@ impl Receivers {
 }
 
 /// What the publisher thread did.
-struct Published {
+pub(super) struct Published {
     /// Whole messages the socket accepted.
-    sent: u64,
+    pub(super) sent: u64,
     /// Why it stopped before the window ended, if it did.
-    error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
 /// Writes numbered messages as fast as the socket takes them until `end`, then completes
 /// the message cut in half (bounded), so the server never sees half a line.
-fn publish(mut s: &TcpStream, kind: Kind, end: Instant) -> Published {
+pub(super) fn publish(mut s: &TcpStream, kind: Kind, end: Instant) -> Published {
     let mut one = Vec::new();
     open_frame(kind, 1, &mut one);
     let frame_len = one.len() as u64;
@@ -368,7 +381,7 @@ fn publish(mut s: &TcpStream, kind: Kind, end: Instant) -> Published {
 
 /// Reads and discards what the server sends the publisher (Redis `:N` replies, chat
 /// `JOINED`/`LEFT`), until EOF or `stop`; returns the lines read and the Redis errors.
-fn drain_replies(mut s: TcpStream, stop: Arc<AtomicBool>) -> (u64, u64) {
+pub(super) fn drain_replies(mut s: TcpStream, stop: Arc<AtomicBool>) -> (u64, u64) {
     let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
     let mut buf = vec![0u8; 64 * 1024];
     let (mut lines, mut errors) = (0u64, 0u64);
