@@ -180,10 +180,8 @@ pub struct Hub {
     room: Room,
     closed: bool,
     events: VecDeque<HubEvent>,
-    /// The line being delivered (reused, so relaying allocates nothing per message).
-    line: Vec<u8>,
-    /// The `PUB` form of the line being delivered, for positioned members (reused too).
-    pub_line: Vec<u8>,
+    /// The room's recipients in their two groups and the lines being delivered.
+    fan: Fan,
     /// The room's stream: offsets and the kept messages.
     history: History,
     epoch: Epoch,
@@ -196,12 +194,8 @@ pub struct Hub {
     positioned: IdSet,
     /// Changes whenever `positioned` does.
     positioned_version: u64,
-    /// The members in name order, split into those that get `MSG` and those that get `PUB`
-    /// (see [`Fanout`]), as of `groups_key` (the room's and `positioned`'s versions).
-    legacy_ids: Vec<MemberId>,
-    pub_ids: Vec<MemberId>,
+    /// The room's and `positioned`'s versions `fan`'s groups were made from.
     groups_key: Option<(u64, u64)>,
-    groups_version: u64,
     /// One room across several servers (`--broker`): see [`Hub::with_cluster`].
     cluster: Option<ClusterNode>,
     /// Local joins waiting for their name claim: `None` while pending, then whether it won.
@@ -227,6 +221,63 @@ pub struct Fanout<'a> {
     pub groups: [(&'a [MemberId], &'a [u8]); 2],
 }
 
+/// The room's recipients split into the group that gets `MSG` (legacy members) and the one
+/// that gets `PUB` (positioned members), in name order, and the lines being delivered, in
+/// buffers reused from one message to the next (relaying allocates nothing per message).
+#[derive(Debug, Default)]
+struct Fan {
+    line: Vec<u8>,
+    pub_line: Vec<u8>,
+    legacy_ids: Vec<MemberId>,
+    pub_ids: Vec<MemberId>,
+    /// Changes whenever a group does (see [`Fanout::version`]).
+    version: u64,
+}
+
+impl Fan {
+    /// Offers a room message from `name` at position `pos` to every member but `except`:
+    /// `MSG NAME TEXT` and `PUB EPOCH:OFFSET NAME TEXT` are built once each, then queued
+    /// for everyone (true) or, when someone lacks room, for nobody, and those lacking room
+    /// are marked lagging (false).
+    fn offer(
+        &mut self,
+        pos: (&Epoch, u64),
+        name: &str,
+        text: &str,
+        except: MemberId,
+        now: Instant,
+        mb: &mut impl Mailboxes,
+    ) -> bool {
+        self.line.clear();
+        for part in [b"MSG ", name.as_bytes(), b" ", text.as_bytes(), b"\n"] {
+            self.line.extend_from_slice(part);
+        }
+        self.pub_line.clear();
+        if !self.pub_ids.is_empty() {
+            put_pub(&mut self.pub_line, pos.0, pos.1, name, text);
+        }
+        let f = Fanout {
+            version: self.version,
+            groups: [
+                (&self.legacy_ids, &self.line),
+                (&self.pub_ids, &self.pub_line),
+            ],
+        };
+        if !mb.all_have_room(f, except) {
+            for (ids, line) in f.groups {
+                for &id in ids {
+                    if id != except && !mb.has_room(id, line.len()) {
+                        mb.mark_lagging(id, now);
+                    }
+                }
+            }
+            return false;
+        }
+        mb.broadcast(f, except, now);
+        true
+    }
+}
+
 impl Default for Hub {
     fn default() -> Self {
         Self::with_config(HubConfig::default())
@@ -245,8 +296,7 @@ impl Hub {
             room: Room::new(),
             closed: false,
             events: VecDeque::new(),
-            line: Vec::new(),
-            pub_line: Vec::new(),
+            fan: Fan::default(),
             history: History::new(cfg.history, cfg.history_bytes),
             epoch: cfg.epoch,
             token_seed: cfg.token_seed,
@@ -254,10 +304,7 @@ impl Hub {
             tokens: HashMap::new(),
             positioned: IdSet::default(),
             positioned_version: 0,
-            legacy_ids: Vec::new(),
-            pub_ids: Vec::new(),
             groups_key: None,
-            groups_version: 0,
             cluster: None,
             claims: HashMap::new(),
             held_event: None,
@@ -351,33 +398,14 @@ impl Hub {
                 let except = if own { self.room.id_of(&name) } else { None };
                 let except = except.unwrap_or(MemberId::MAX);
                 self.refresh_groups();
-                self.line.clear();
-                for part in [b"MSG ", name.as_bytes(), b" ", text.as_bytes(), b"\n"] {
-                    self.line.extend_from_slice(part);
-                }
-                self.pub_line.clear();
                 let pos = match offset {
                     Some(o) if self.is_cluster_epoch() => o,
                     _ => self.history.next_offset(),
                 };
-                if !self.pub_ids.is_empty() {
-                    put_pub(&mut self.pub_line, &self.epoch, pos, &name, &text);
-                }
-                let f = Fanout {
-                    version: self.groups_version,
-                    groups: [
-                        (&self.legacy_ids, &self.line),
-                        (&self.pub_ids, &self.pub_line),
-                    ],
-                };
-                if !mb.all_have_room(f, except) {
-                    for (ids, line) in f.groups {
-                        for &id in ids {
-                            if id != except && !mb.has_room(id, line.len()) {
-                                mb.mark_lagging(id, now);
-                            }
-                        }
-                    }
+                if !self
+                    .fan
+                    .offer((&self.epoch, pos), &name, &text, except, now, mb)
+                {
                     return Some(ClusterEvent::Deliver {
                         node,
                         name,
@@ -386,7 +414,6 @@ impl Hub {
                         deliver,
                     });
                 }
-                mb.broadcast(f, except, now);
                 self.record_cluster(offset, &name, &text);
             }
             ClusterEvent::Joined { name } => {
@@ -626,36 +653,11 @@ impl Hub {
                 Ok(_) => RoomOutcome::Done,
             };
         };
-        // `MSG NAME TEXT\n` for legacy members, `PUB EPOCH:OFFSET NAME TEXT\n` for
-        // positioned ones: built once each in reused buffers (no allocation per
-        // message), and only offered; a held text goes back to the sender untouched.
-        self.line.clear();
-        for part in [b"MSG ", name.as_bytes(), b" ", text.as_bytes(), b"\n"] {
-            self.line.extend_from_slice(part);
-        }
-        self.pub_line.clear();
-        let offset = self.history.next_offset();
-        if !self.pub_ids.is_empty() {
-            put_pub(&mut self.pub_line, &self.epoch, offset, name, &text);
-        }
-        let f = Fanout {
-            version: self.groups_version,
-            groups: [
-                (&self.legacy_ids, &self.line),
-                (&self.pub_ids, &self.pub_line),
-            ],
-        };
-        if !mb.all_have_room(f, from) {
-            for (ids, line) in f.groups {
-                for &id in ids {
-                    if id != from && !mb.has_room(id, line.len()) {
-                        mb.mark_lagging(id, now);
-                    }
-                }
-            }
+        // Only offered: a held text goes back to the sender untouched.
+        let pos = (&self.epoch, self.history.next_offset());
+        if !self.fan.offer(pos, name, &text, from, now, mb) {
             return RoomOutcome::Held(RoomOp::Msg(text));
         }
-        mb.broadcast(f, from, now);
         // Delivered: only now does it take its position in the stream.
         self.history.record(name, &text);
         RoomOutcome::Done
@@ -669,14 +671,15 @@ impl Hub {
             return;
         }
         self.groups_key = Some(key);
-        self.groups_version += 1;
-        self.legacy_ids.clear();
-        self.pub_ids.clear();
+        let fan = &mut self.fan;
+        fan.version += 1;
+        fan.legacy_ids.clear();
+        fan.pub_ids.clear();
         for &id in self.room.members() {
             if self.positioned.contains(&id) {
-                self.pub_ids.push(id);
+                fan.pub_ids.push(id);
             } else {
-                self.legacy_ids.push(id);
+                fan.legacy_ids.push(id);
             }
         }
     }
@@ -822,7 +825,7 @@ impl Hub {
             Some(p) => match self.history.after(p.offset) {
                 Err(_) => Some(GapReason::TooOld),
                 Ok(kept) => {
-                    replay(&mut self.line, &self.epoch, kept, last, mb, from, now);
+                    replay(&mut self.fan.line, &self.epoch, kept, last, mb, from, now);
                     return RoomOutcome::Done;
                 }
             },
@@ -849,7 +852,7 @@ impl Hub {
         }
         let last = self.last_pos();
         let kept = self.history.newest(n as usize);
-        replay(&mut self.line, &self.epoch, kept, last, mb, from, now);
+        replay(&mut self.fan.line, &self.epoch, kept, last, mb, from, now);
         RoomOutcome::Done
     }
 

@@ -132,19 +132,7 @@ impl Room {
 
     /// `JOIN name` from `id`: on success, `JOINED name` for everyone else.
     pub fn handle_join(&mut self, id: MemberId, name: &str) -> Result<Delivery, BadLine> {
-        validate_name(name)?;
-        if let Some(current) = self.by_id.get(&id) {
-            return Err(BadLine {
-                code: ErrCode::AlreadyJoined,
-                detail: format!("already joined as {current}"),
-            });
-        }
-        if self.by_name.contains_key(name) {
-            return Err(BadLine {
-                code: ErrCode::NameTaken,
-                detail: format!("{name} is taken"),
-            });
-        }
+        self.check_join(id, name)?;
         self.by_id.insert(id, name.to_owned());
         self.by_name.insert(name.to_owned(), id);
         self.order = self.by_name.values().copied().collect();

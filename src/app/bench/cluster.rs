@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::engines::Engine;
 use super::measure::{due_by, mark, parse_mark, skipped_engine_row, Ctx, Kind};
 use super::openloop::{
-    connect_greeted, drain_replies, open_frame, publish, Receivers, DRAIN_IDLE, SETUP_WAIT,
+    connect_greeted, drain_replies, open_frame, publish, Receivers, Rx, DRAIN_IDLE, SETUP_WAIT,
 };
 use super::peers::{on_path, Peer};
 use super::plot;
@@ -423,23 +423,7 @@ fn open_run(
     let _ = replies.join();
     srv.check_alive("the open-loop run")?;
     let secs = (t1 - t0).as_secs_f64();
-    let outcomes: Vec<ReceiverOutcome> = rxs
-        .rxs
-        .iter()
-        .map(|r| {
-            let s = r.tally.seqs();
-            ReceiverOutcome {
-                counted: r.tally.counted(),
-                received: r.tally.received(),
-                highest: s.highest(),
-                gaps: s.gaps(),
-                reordered: s.reordered(),
-                duplicates: s.duplicates(),
-                ended: r.ended(),
-                max_gap: r.gap.max(),
-            }
-        })
-        .collect();
+    let outcomes: Vec<ReceiverOutcome> = rxs.rxs.iter().map(Rx::outcome).collect();
     let cpu = cpu1.zip(cpu0).map(|(b, a)| b.saturating_sub(a));
     // Messages that went through Redis by the end of the drain: the most any receiver got
     // (a node may still hold many of those its socket accepted, not yet sent to Redis).

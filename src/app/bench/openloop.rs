@@ -158,6 +158,21 @@ impl Rx {
     pub(super) fn ended(&self) -> bool {
         self.closed.is_some() || self.tally.end().is_some()
     }
+
+    /// What it got, for the verdicts.
+    pub(super) fn outcome(&self) -> ReceiverOutcome {
+        let s = self.tally.seqs();
+        ReceiverOutcome {
+            counted: self.tally.counted(),
+            received: self.tally.received(),
+            highest: s.highest(),
+            gaps: s.gaps(),
+            reordered: s.reordered(),
+            duplicates: s.duplicates(),
+            ended: self.ended(),
+            max_gap: self.gap.max(),
+        }
+    }
 }
 
 /// The receivers' epoll loop.
@@ -629,22 +644,7 @@ fn open_run(
     let _ = replies.join();
     let secs = (t1 - t0).as_secs_f64();
     let since = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
-    let outcomes: Vec<ReceiverOutcome> = rxs.rxs[..receivers]
-        .iter()
-        .map(|r| {
-            let s = r.tally.seqs();
-            ReceiverOutcome {
-                counted: r.tally.counted(),
-                received: r.tally.received(),
-                highest: s.highest(),
-                gaps: s.gaps(),
-                reordered: s.reordered(),
-                duplicates: s.duplicates(),
-                ended: r.ended(),
-                max_gap: r.gap.max(),
-            }
-        })
-        .collect();
+    let outcomes: Vec<ReceiverOutcome> = rxs.rxs[..receivers].iter().map(Rx::outcome).collect();
     let stuck = stuck_id.map(|id| {
         // Let the resumed stuck reader read what reached it (its END, if one was sent).
         let until = Instant::now() + Duration::from_millis(300);
