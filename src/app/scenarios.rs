@@ -265,6 +265,7 @@ impl Harness {
             history_bytes: crate::config::defaults::HISTORY_BYTES,
             broker: crate::config::server::Broker::Memory,
             node_timeout: crate::config::defaults::NODE_TIMEOUT,
+            rate: None,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();

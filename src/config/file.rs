@@ -250,6 +250,8 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
                 s.broker = p.take(key, string(v).and_then(|b| super::server::parse_broker(&b)))
             }
             "node_timeout" => s.node_timeout = p.take(key, duration(v, false)),
+            "rate" => s.rate = p.take(key, count_value(v)),
+            "burst" => s.burst = p.take(key, count_value(v)),
             _ => p.add(key, unknown(&server_keys())),
         }
     }
@@ -313,7 +315,7 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout)"
+             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),
@@ -413,7 +415,7 @@ mod tests {
     #[test]
     fn every_server_setting_is_a_file_key() {
         let keys = server_keys();
-        assert_eq!(keys.len(), 16, "{keys:?}");
+        assert_eq!(keys.len(), 18, "{keys:?}");
         for key in keys {
             let e = parse(&format!(r#"{{"server": {{"{key}": [1]}}}}"#)).unwrap_err();
             let m = e.to_string();

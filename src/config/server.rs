@@ -82,6 +82,15 @@ pub struct ServerOptions {
     /// members leave the room (`LEFT NAME node-lost`) on the others (DUR) [default: 3s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub node_timeout: Option<Duration>,
+    /// Lines per second one client may send, on average (a number); a line over the limit
+    /// is dropped and answered `ERR rate-limited`, and a client that keeps sending over it
+    /// for a second (about twice the limit) is ended `END flood`. Heartbeat answers are
+    /// never limited. Line wire only [default: no limit]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub rate: Option<u32>,
+    /// Lines one client may send at once under --rate (a number) [default: the --rate]
+    #[arg(long, value_name = "M", value_parser = parse_count)]
+    pub burst: Option<u32>,
 }
 
 /// Where the chat room lives (`--broker`).
@@ -132,6 +141,8 @@ impl ServerOptions {
             history_bytes: self.history_bytes.or(fallback.history_bytes),
             broker: self.broker.clone().or_else(|| fallback.broker.clone()),
             node_timeout: self.node_timeout.or(fallback.node_timeout),
+            rate: self.rate.or(fallback.rate),
+            burst: self.burst.or(fallback.burst),
         }
     }
 }
@@ -165,7 +176,7 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
 pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
     /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall,
-    /// history, history_bytes, broker, node_timeout; with --wire
+    /// history, history_bytes, broker, node_timeout, rate, burst; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -212,6 +223,8 @@ pub struct ServerSettings {
     pub broker: Broker,
     /// With a Redis broker: how long a silent server lives on in the others' rooms.
     pub node_timeout: Duration,
+    /// Each client's rate limit (`--rate`, `--burst`), if any.
+    pub rate: Option<crate::core::rate::RateLimit>,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
@@ -285,6 +298,10 @@ impl ServerSettings {
             history_bytes: o.history_bytes.unwrap_or(defaults::HISTORY_BYTES),
             broker: o.broker.unwrap_or_default(),
             node_timeout: o.node_timeout.unwrap_or(defaults::NODE_TIMEOUT),
+            rate: o.rate.map(|per_sec| crate::core::rate::RateLimit {
+                per_sec,
+                burst: o.burst.unwrap_or(per_sec),
+            }),
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
@@ -313,6 +330,11 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
                 "--broker does nothing without --mode chat: only a chat room is shared".into(),
             ));
         }
+    }
+    if f.burst.is_some() && f.rate.or(file.server.rate).is_none() {
+        return Err(ConfigError::Usage(
+            "--burst does nothing without --rate: there is no limit to burst over".into(),
+        ));
     }
     let broker = f.broker.clone().or_else(|| file.server.broker.clone());
     if f.node_timeout.is_some() && !matches!(broker, Some(Broker::Redis(_))) {
@@ -368,6 +390,8 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
         ("--max-line", f.max_line.is_some()),
         ("--queue", f.queue.is_some()),
         ("--stall", f.stall.is_some()),
+        ("--rate", f.rate.is_some()),
+        ("--burst", f.burst.is_some()),
     ] {
         if given {
             return Err(ConfigError::Usage(format!(

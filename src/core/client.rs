@@ -204,7 +204,9 @@ pub fn should_reconnect(outcome: Outcome) -> bool {
             | EndReason::LineTooLong
             | EndReason::Replaced
             // Another member holds the name cluster-wide: rejoining would be refused.
-            | EndReason::NameTaken => false,
+            | EndReason::NameTaken
+            // Over --rate: the user's script sends too fast; coming back would flood again.
+            | EndReason::Flood => false,
         },
         Outcome::UserEnded | Outcome::Unreachable(_) | Outcome::Mismatch(_) => false,
     }

@@ -930,6 +930,7 @@ mod tests {
             max_line: 1024,
             queue: 4096,
             stall: ms(500),
+            rate: None,
         }
     }
 

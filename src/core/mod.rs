@@ -10,6 +10,7 @@ pub mod hub;
 pub mod mode;
 pub mod node;
 pub mod outq;
+pub mod rate;
 pub mod room;
 pub mod session;
 pub mod token;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use crate::config::Mode;
 use crate::core::heartbeat::{Action, Answered, Heartbeat, HeartbeatConfig};
 use crate::core::outq::{OutQueue, SharedBytes, MAX_SLICES};
+use crate::core::rate::{Bucket, RateLimit, Verdict};
 use crate::core::wire::{
     BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, Pos, ResumeToken, ServerMsg,
 };
@@ -58,6 +59,8 @@ pub struct SessionConfig {
     pub queue: usize,
     /// How long a client may lag or accept nothing before it is ended (`--stall`).
     pub stall: Duration,
+    /// Lines per second the client may send (`--rate`, `--burst`; `None`: no limit).
+    pub rate: Option<RateLimit>,
 }
 
 /// A line the chat hub must handle for this session (chat mode only).
@@ -176,6 +179,8 @@ pub struct Session {
     mid_line: bool,
     /// A room operation the hub could not complete yet (flow control).
     pending: Option<RoomOp>,
+    /// The client's rate limit, if any (see [`crate::core::rate`]).
+    bucket: Option<Bucket>,
     /// Since when a line for this client did not fit (the flow-control clock).
     lagging_since: Option<Instant>,
     /// Since when the socket has refused bytes (the write-stall clock); any progress stops it.
@@ -198,6 +203,7 @@ impl Session {
             queue: OutQueue::default(),
             mid_line: false,
             pending: None,
+            bucket: cfg.rate.map(|r| Bucket::new(r, now)),
             lagging_since: None,
             blocked_since: None,
             ended_at: None,
@@ -273,7 +279,39 @@ impl Session {
                 // A bare newline is a keep-alive (someone pressing Enter in nc).
                 continue;
             }
-            let reply = match ClientMsg::parse(line) {
+            let parsed = ClientMsg::parse(line);
+            // The rate limit counts every line but a heartbeat answer (core::rate).
+            if let (Some(b), false) = (&mut self.bucket, matches!(parsed, Ok(ClientMsg::Pong(_)))) {
+                match b.check(now) {
+                    Verdict::Pass => {}
+                    Verdict::Drop { first } => {
+                        let limit = self.cfg.rate.unwrap_or(RateLimit {
+                            per_sec: 1,
+                            burst: 1,
+                        });
+                        let bad = BadLine {
+                            code: ErrCode::RateLimited,
+                            detail: format!(
+                                "over {} lines a second (burst {}): line dropped",
+                                limit.per_sec, limit.burst
+                            ),
+                        };
+                        // One log line per episode, not one per dropped line of a flood.
+                        let reply = if first {
+                            self.bad_line(bad)
+                        } else {
+                            ServerMsg::Err(bad)
+                        };
+                        self.push(now, reply.encode().as_bytes());
+                        continue;
+                    }
+                    Verdict::Flood => {
+                        self.end(now, EndReason::Flood, true);
+                        return Input::Stop;
+                    }
+                }
+            }
+            let reply = match parsed {
                 Err(bad) => Some(self.bad_line(bad)),
                 Ok(msg) => match (self.cfg.mode, msg) {
                     (_, ClientMsg::Ping(token)) => Some(ServerMsg::Pong(token)),
@@ -702,6 +740,7 @@ mod tests {
             max_line: 64,
             queue: 1000,
             stall: Duration::from_millis(500),
+            rate: None,
         }
     }
 
@@ -711,6 +750,49 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn lines_over_the_rate_are_dropped_with_err_and_a_flood_is_ended() {
+        let t = Instant::now();
+        let mut c = cfg(Mode::Echo);
+        c.rate = Some(RateLimit {
+            per_sec: 2,
+            burst: 2,
+        });
+        let mut s = Session::new(c, t);
+        let _ = drain(&mut s, t);
+        // Two at once pass, the third is dropped; a heartbeat answer is never limited.
+        s.handle_rx(t, b"MSG a\nMSG b\nMSG c\nPONG 1\n");
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        assert_eq!(
+            drain(&mut s, t),
+            "ECHO a\nECHO b\nERR rate-limited over 2 lines a second (burst 2): line dropped\n"
+        );
+        // One log line for the episode, not one per dropped line.
+        s.handle_rx(t, b"MSG d\nMSG e\n");
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        let _ = drain(&mut s, t);
+        let logged = std::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, SessionEvent::BadLine(_)))
+            .count();
+        assert_eq!(logged, 1);
+        // Sending 100 lines a second from then on: ended `flood` a second after the first
+        // drop.
+        let mut ended = None;
+        for i in 1..=150u64 {
+            let now = t + ms(10 * i);
+            s.handle_rx(now, b"MSG f\n");
+            let input = s.poll_input(now);
+            let out = drain(&mut s, now);
+            if input == Input::Stop {
+                assert!(out.ends_with("END flood\n"), "{out}");
+                ended = Some(10 * i);
+                break;
+            }
+        }
+        // (At 1,000 ms a token has just refilled, so the line after it is the one.)
+        assert!(matches!(ended, Some(1000..=1010)), "{ended:?}");
     }
 
     #[test]

@@ -37,11 +37,13 @@ pub enum EndReason {
     /// this server was cut off from Redis its member took a name that a member on another
     /// server holds in Redis; the claim in Redis wins, so this connection is ended.
     NameTaken,
+    /// Only in `END` (CONTRACT section 9): the client kept sending over its `--rate` limit.
+    Flood,
 }
 
 impl EndReason {
     /// Every reason, in contract order.
-    pub const ALL: [EndReason; 10] = [
+    pub const ALL: [EndReason; 11] = [
         Self::HeartbeatTimeout,
         Self::Quit,
         Self::ServerShutdown,
@@ -52,6 +54,7 @@ impl EndReason {
         Self::Replaced,
         Self::NodeLost,
         Self::NameTaken,
+        Self::Flood,
     ];
 
     /// The word on the wire.
@@ -67,6 +70,7 @@ impl EndReason {
             Self::Replaced => "replaced",
             Self::NodeLost => "node-lost",
             Self::NameTaken => "name-taken",
+            Self::Flood => "flood",
         }
     }
 
@@ -100,6 +104,8 @@ pub enum ErrCode {
     /// An argument is there but malformed or out of range (`HISTORY N`, the position or
     /// token of `JOIN NAME SINCE POS TOKEN`).
     BadArgument,
+    /// Over the client's `--rate` limit: the line was dropped (CONTRACT section 9).
+    RateLimited,
 }
 
 impl ErrCode {
@@ -113,6 +119,7 @@ impl ErrCode {
             Self::NotJoined => "not-joined",
             Self::AlreadyJoined => "already-joined",
             Self::BadArgument => "bad-argument",
+            Self::RateLimited => "rate-limited",
         }
     }
 
@@ -126,6 +133,7 @@ impl ErrCode {
             Self::NotJoined,
             Self::AlreadyJoined,
             Self::BadArgument,
+            Self::RateLimited,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
@@ -1110,6 +1118,7 @@ mod tests {
                 EndReason::Replaced => at::<7>(),
                 EndReason::NodeLost => at::<8>(),
                 EndReason::NameTaken => at::<9>(),
+                EndReason::Flood => at::<10>(),
             }
         }
         for (i, r) in EndReason::ALL.into_iter().enumerate() {

@@ -363,6 +363,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         max_line: s.max_line,
         queue: s.queue,
         stall: s.stall,
+        rate: s.rate,
     };
     let conn = Arc::new(EConn {
         id,

@@ -510,6 +510,7 @@ mod tests {
             max_line: 1024,
             queue,
             stall: Duration::from_millis(500),
+            rate: None,
         };
         for (i, _) in names.iter().enumerate() {
             let conn = TestConn {

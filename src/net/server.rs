@@ -641,6 +641,7 @@ fn session_config(settings: &ServerSettings) -> SessionConfig {
         max_line: settings.max_line,
         queue: settings.queue,
         stall: settings.stall,
+        rate: settings.rate,
     }
 }
 

@@ -333,3 +333,58 @@ fn idle_connections_after_a_burst_stay_small(engine: Engine) {
         keep.len()
     );
 }
+
+engine_tests!(a_flood_is_limited_then_ended_while_a_polite_client_keeps_its_round_trip);
+/// `--rate 20 --burst 5`: a burst over it gets `ERR rate-limited` for the excess; a client
+/// sending at 100x the limit is ended `END flood` about a second later; a client within its
+/// limit meanwhile gets every answer promptly.
+fn a_flood_is_limited_then_ended_while_a_polite_client_keeps_its_round_trip(engine: Engine) {
+    let _w = Watchdog::new("hostile-flood", ms(30_000));
+    let mut srv = Server::start(engine, &["--rate", "20", "--burst", "5"]);
+    let mut polite = Peer::connect(srv.port);
+    polite.expect(HELLO.trim_end(), PROMPT);
+    let mut flood = Peer::connect(srv.port);
+    flood.expect(HELLO.trim_end(), PROMPT);
+    flood.send(&b"MSG x\n".repeat(8));
+    for _ in 0..5 {
+        flood.expect("ECHO x", PROMPT);
+    }
+    for _ in 0..3 {
+        flood.expect(
+            "ERR rate-limited over 20 lines a second (burst 5): line dropped",
+            PROMPT,
+        );
+    }
+    // 2,000 lines a second (100x) from another thread, while the polite client sends 10 a
+    // second and times each answer.
+    let mut w = flood.stream.try_clone().unwrap();
+    let started = Instant::now();
+    let flooder = thread::spawn(move || {
+        while started.elapsed() < ms(3_000) {
+            if w.write_all(&b"MSG x\n".repeat(20)).is_err() {
+                return;
+            }
+            thread::sleep(ms(10));
+        }
+    });
+    let mut worst = Duration::ZERO;
+    for k in 0..15 {
+        let t = Instant::now();
+        polite.send(format!("MSG p{k}\n").as_bytes());
+        polite.expect(&format!("ECHO p{k}"), PROMPT);
+        worst = worst.max(t.elapsed());
+        thread::sleep(ms(100));
+    }
+    let ended_at = loop {
+        match flood.next(PROMPT) {
+            Next::Line(at, l) if l == "END flood" => break at,
+            Next::Line(..) => {}
+            other => panic!("no END flood: {other:?}"),
+        }
+    };
+    let _ = flooder.join();
+    // The flood began about 0.1 s after connecting; END about a second after its first drop.
+    assert!(ended_at < ms(2_500), "END flood at {ended_at:?}");
+    assert!(worst < ms(250), "the polite client waited {worst:?}");
+    srv.log().wait_for("rate-limited", PROMPT);
+}

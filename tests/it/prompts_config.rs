@@ -341,6 +341,16 @@ fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
         ),
         (
             "hb-server",
+            &["--burst", "5"],
+            "hb-server: --burst does nothing without --rate",
+        ),
+        (
+            "hb-server",
+            &["--wire", "classic", "--rate", "5"],
+            "hb-server: --rate does nothing with --wire classic",
+        ),
+        (
+            "hb-server",
             &["--broker", "redis://127.0.0.1:1"],
             "hb-server: --broker does nothing without --mode chat",
         ),
