@@ -65,6 +65,10 @@ pub const MAX_BUS_MSG: usize = 1 << 20;
 /// Most names in one roster message.
 pub const MAX_ROSTER: usize = 100_000;
 
+/// A lost node with no member left to announce is forgotten this many `node_timeout`s
+/// after its last reap.
+pub const FORGET_LOST_AFTER: u32 = 20;
+
 /// Version of the bus message format (`"v"` in each message).
 pub const BUS_VERSION: u32 = 1;
 
@@ -1453,6 +1457,18 @@ impl ClusterNode {
                 ttl: timeout,
             });
         }
+        // A lost node whose members are all announced is remembered for a while, so its
+        // late presence is refused; long after its key expired (it takes a fresh id when it
+        // comes back) it is forgotten, so restarts over months do not pile up here.
+        let forget = timeout.saturating_mul(FORGET_LOST_AFTER);
+        let stream_seqs = &mut self.stream_seqs;
+        self.lost.retain(|id, l| {
+            let keep = !l.names.is_empty() || now < l.retry_at + forget;
+            if !keep {
+                stream_seqs.remove(id);
+            }
+            keep
+        });
     }
 
     // ---- outputs ----
@@ -1806,6 +1822,12 @@ mod tests {
         // Room messages a lost node stored in the stream are still the room's.
         s.bus(msg("b", 7, 1, "last words"));
         assert_eq!(s.delivered(), texts(&["last words"]));
+        // Long after (its key expired; back, it would take a fresh id) it is forgotten, so
+        // restarts over months do not pile up.
+        assert!(s.n.lost.contains_key(&id("b")));
+        s.at(ms(3000) * (FORGET_LOST_AFTER + 2));
+        assert!(!s.n.lost.contains_key(&id("b")));
+        assert!(!s.n.stream_seqs.contains_key(&id("b")));
     }
 
     #[test]

@@ -454,8 +454,9 @@ impl Link {
     }
 
     /// Ends the current session as if it failed: `Down`, then `Up` again after the backoff
-    /// delay (with a fresh id). For `ClusterEvent::Evicted`: the others declared this node
-    /// lost, so it must come back under a new id. Never blocks; a bounce already asked for
+    /// delay (with a fresh id). For `ClusterEvent::Evicted` (the others declared this node
+    /// lost, so it must come back under a new id) and for a driver whose commands pile up
+    /// behind a link that cannot keep up. Never blocks; a bounce already asked for
     /// and not yet done counts for this one.
     pub fn bounce(&self) {
         let _ = self.bounce.try_send(());
@@ -702,7 +703,7 @@ impl Worker {
         loop {
             select! {
                 recv(self.out.stop) -> _ => return End::Stop,
-                recv(self.bounce) -> _ => return End::Failed("evicted: reconnecting".into()),
+                recv(self.bounce) -> _ => return End::Failed("reconnecting as asked (evicted, or too far behind)".into()),
                 recv(s.sub_err) -> e => {
                     return End::Failed(e.unwrap_or_else(|_| "subscriber ended".into()));
                 }

@@ -36,6 +36,12 @@ use crate::net::relay::{Chat, Member, Members, Stage};
 /// How soon a delivery that waits for a local member's room is offered again.
 const RETRY: Duration = Duration::from_millis(5);
 
+/// Commands waiting for the link beyond which the driver gives up on it: it drops them and
+/// bounces the link, whose `Down` makes the node queue its room messages (bounded) and whose
+/// `Up` re-syncs everything the dropped commands would have said. Far above what a healthy
+/// link ever holds (the node's in-flight window is 256 messages).
+const BACKLOG_LIMIT: usize = 16_384;
+
 /// Longest the driver sleeps with nothing to do (a safety net for a lost wake-up).
 const IDLE_TURN: Duration = Duration::from_millis(500);
 
@@ -260,6 +266,11 @@ fn run<H: ChatHost>(host: &H, link: Link, bell: &Receiver<()>, stop: &AtomicBool
         }
         while let Some(cmd) = chat.hub.poll_command() {
             backlog.push_back(cmd);
+        }
+        if backlog.len() > BACKLOG_LIMIT {
+            // Bounded here too: a link this far behind is as good as down.
+            backlog.clear();
+            link.bounce();
         }
         next = chat.hub.poll_timeout();
         drop(guard);
