@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use super::engines::Engine;
 use super::measure::{due_by, mark, parse_mark, skipped_engine_row, Ctx, Kind};
 use super::openloop::{
-    connect_greeted, drain_replies, open_frame, publish, Receivers, Rx, DRAIN_IDLE, SETUP_WAIT,
+    connect_greeted, drain_replies, open_frame, publish_counting, Receivers, Rx, DRAIN_IDLE,
+    SETUP_WAIT,
 };
 use super::peers::{on_path, Peer};
 use super::plot;
@@ -378,27 +379,7 @@ fn open_run(
     }
     let cpu0 = srv.redis_cpu_ns();
     let t0 = Instant::now();
-    rxs.set_counting(true, t0);
-    let done = Arc::new(AtomicBool::new(false));
-    let pubt = {
-        let s = publisher
-            .try_clone()
-            .map_err(BenchError::io("cloning the publisher"))?;
-        let done = done.clone();
-        thread::spawn(move || {
-            let p = publish(&s, kind, t0 + window);
-            done.store(true, Ordering::Release);
-            p
-        })
-    };
-    while !done.load(Ordering::Acquire) {
-        rxs.pump(Duration::from_millis(5), true)?;
-    }
-    let t1 = Instant::now();
-    rxs.set_counting(false, t1);
-    let published = pubt
-        .join()
-        .map_err(|_| failed("the publisher thread panicked"))?;
+    let (published, t1) = publish_counting(&mut rxs, &publisher, kind, t0, window)?;
     let sent = published.sent;
     // What is still in Redis or the nodes' queues arrives late, not lost (as measurement 6).
     let drain_end = Instant::now() + drain;

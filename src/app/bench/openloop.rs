@@ -329,6 +329,40 @@ pub(super) struct Published {
 
 /// Writes numbered messages as fast as the socket takes them until `end`, then completes
 /// the message cut in half (bounded), so the server never sees half a line.
+/// The open-loop window: the receivers count from `t0` while a thread publishes as fast
+/// as `publisher` accepts until `t0 + window`; returns what it published and when counting
+/// stopped.
+pub(super) fn publish_counting(
+    rxs: &mut Receivers,
+    publisher: &TcpStream,
+    kind: Kind,
+    t0: Instant,
+    window: Duration,
+) -> Result<(Published, Instant), BenchError> {
+    rxs.set_counting(true, t0);
+    let done = Arc::new(AtomicBool::new(false));
+    let pubt = {
+        let s = publisher
+            .try_clone()
+            .map_err(io_err("cloning the publisher"))?;
+        let done = done.clone();
+        thread::spawn(move || {
+            let p = publish(&s, kind, t0 + window);
+            done.store(true, Ordering::Release);
+            p
+        })
+    };
+    while !done.load(Ordering::Acquire) {
+        rxs.pump(Duration::from_millis(5), true)?;
+    }
+    let t1 = Instant::now();
+    rxs.set_counting(false, t1);
+    let published = pubt
+        .join()
+        .map_err(|_| BenchError::Measurement("the publisher thread panicked".into()))?;
+    Ok((published, t1))
+}
+
 pub(super) fn publish(mut s: &TcpStream, kind: Kind, end: Instant) -> Published {
     let mut one = Vec::new();
     open_frame(kind, 1, &mut one);
@@ -595,27 +629,7 @@ fn open_run(
         _ => None,
     };
     let (t0, wall0) = (Instant::now(), SystemTime::now());
-    rxs.set_counting(true, t0);
-    let done = Arc::new(AtomicBool::new(false));
-    let pubt = {
-        let s = publisher
-            .try_clone()
-            .map_err(io_err("cloning the publisher"))?;
-        let done = done.clone();
-        thread::spawn(move || {
-            let p = publish(&s, kind, t0 + window);
-            done.store(true, Ordering::Release);
-            p
-        })
-    };
-    while !done.load(Ordering::Acquire) {
-        rxs.pump(Duration::from_millis(5), true)?;
-    }
-    let t1 = Instant::now();
-    rxs.set_counting(false, t1);
-    let published = pubt
-        .join()
-        .map_err(|_| BenchError::Measurement("the publisher thread panicked".into()))?;
+    let (published, t1) = publish_counting(&mut rxs, &publisher, kind, t0, window)?;
     let sent = published.sent;
     // The stuck reader resumes first: a peer that blocks on it (ncat) holds the others'
     // last messages back, and that is a stall, not a loss.
