@@ -26,7 +26,11 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_)
-            | Self::Client(ClientError::Unsupported(_) | ClientError::NameRefused(_)) => 2,
+            | Self::Client(
+                ClientError::Unsupported(_)
+                | ClientError::NameRefused(_)
+                | ClientError::TlsSetup(_),
+            ) => 2,
             Self::Client(_) | Self::Signal(_) => 1,
         }
     }

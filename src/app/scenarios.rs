@@ -266,6 +266,8 @@ impl Harness {
             broker: crate::config::server::Broker::Memory,
             node_timeout: crate::config::defaults::NODE_TIMEOUT,
             rate: None,
+            tls: None,
+            handshake: crate::config::defaults::HANDSHAKE,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();
@@ -322,6 +324,7 @@ impl Harness {
             reconnect_for: Duration::ZERO,
             listen_host: "127.0.0.1".into(),
             listen_port: 0,
+            tls: None,
         }
     }
 

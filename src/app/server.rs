@@ -28,6 +28,7 @@ impl RunError {
         match self {
             Self::Config(_)
             | Self::Server(ServerError::Unsupported(_))
+            | Self::Server(ServerError::Tls(_))
             | Self::Server(ServerError::Broker(crate::net::broker::BrokerError::BadUrl(_))) => 2,
             Self::Server(_) | Self::Thread(_) | Self::Signal(_) => 1,
         }

@@ -43,6 +43,12 @@ fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), Conf
     if let Some(n) = &flags.name {
         check_name(n).map_err(|r| bad("--name", r))?;
     }
+    if (flags.tls || flags.ca.is_some()) && flags.wire.or(file.server.wire) == Some(Wire::Classic) {
+        let flag = if flags.tls { "--tls" } else { "--ca" };
+        return Err(ConfigError::Usage(format!(
+            "{flag} works only on the line wire (the manual's programs speak plain TCP)"
+        )));
+    }
     if !flags.chat {
         if flags.name.is_some() {
             return Err(ConfigError::Usage(
@@ -138,6 +144,14 @@ pub struct ClientFlags {
     /// as long each time (at most 5 s); then exit 4. 0 never reconnects [default: 60s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration_allow_zero)]
     pub reconnect_for: Option<Duration>,
+    /// Speak TLS to the server (its --tls-cert); the server's certificate must be valid
+    /// for --host and signed by a trusted root (the system's, or --ca). Line wire only
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust only the certificates in this PEM file (a private CA, or the server's own
+    /// self-signed certificate) instead of the system's roots; implies --tls
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
     /// Never prompt: use defaults for whatever flags and the file leave unset
     #[arg(long)]
     pub defaults: bool,
@@ -168,6 +182,9 @@ pub struct ClientSettings {
     pub listen_host: String,
     /// Port of the classic-wire heartbeat listener.
     pub listen_port: u16,
+    /// TLS to the server, if on: `Some(None)` trusts the system's roots, `Some(Some(PEM))`
+    /// only the certificates in that file.
+    pub tls: Option<Option<PathBuf>>,
 }
 
 impl ClientSettings {
@@ -232,6 +249,7 @@ impl ClientSettings {
             reconnect_for: flags.reconnect_for.unwrap_or(defaults::RECONNECT_FOR),
             listen_host: f.host.clone().unwrap_or_else(|| defaults::HOST.into()),
             listen_port: f.port.unwrap_or(defaults::CLIENT_PORT),
+            tls: (flags.tls || flags.ca.is_some()).then(|| flags.ca.clone()),
         })
     }
 }

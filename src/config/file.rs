@@ -252,6 +252,9 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "node_timeout" => s.node_timeout = p.take(key, duration(v, false)),
             "rate" => s.rate = p.take(key, count_value(v)),
             "burst" => s.burst = p.take(key, count_value(v)),
+            "tls_cert" => s.tls_cert = p.take(key, string(v).map(PathBuf::from)),
+            "tls_key" => s.tls_key = p.take(key, string(v).map(PathBuf::from)),
+            "handshake_timeout" => s.handshake_timeout = p.take(key, duration(v, false)),
             _ => p.add(key, unknown(&server_keys())),
         }
     }
@@ -315,7 +318,7 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst)"
+             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key, handshake_timeout)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),

@@ -25,7 +25,9 @@ pub use crate::core::mode::{Engine, Mode, Wire};
 pub use duration::{fmt_duration, parse_duration, parse_duration_allow_zero};
 pub use file::{FileClient, FileConfig};
 pub use prompt::Prompter;
-pub use server::{parse_count, parse_positive, ServerFlags, ServerOptions, ServerSettings};
+pub use server::{
+    parse_count, parse_positive, ServerFlags, ServerOptions, ServerSettings, TlsFiles,
+};
 
 /// Default `configuration.json` looked up in the working directory.
 pub const DEFAULT_CONFIG: &str = "configuration.json";
@@ -158,6 +160,8 @@ pub mod defaults {
     pub const HISTORY_BYTES: usize = crate::core::hub::DEFAULT_HISTORY_BYTES;
     /// `--node-timeout`: a silent server's members leave the other servers' rooms after this.
     pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Time a new connection has to finish its TLS handshake and its AUTH.
+    pub const HANDSHAKE: Duration = Duration::from_secs(10);
     /// `--max-conns`. The server lowers it further to what `vm.max_map_count` allows (two
     /// threads per connection at four memory maps each: about 8,000 on stock limits).
     pub const MAX_CONNS: usize = 16384;

@@ -91,6 +91,27 @@ pub struct ServerOptions {
     /// Lines one client may send at once under --rate (a number) [default: the --rate]
     #[arg(long, value_name = "M", value_parser = parse_count)]
     pub burst: Option<u32>,
+    /// Serve TLS: the server's certificate chain (PEM file, leaf first; its names are what
+    /// clients check). Needs --tls-key. Line wire only [default: no TLS]
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM file: PKCS#8, PKCS#1 or SEC1); keep it readable
+    /// by the server's user only
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Time a new connection has to finish its TLS handshake (and, with --auth-secret, to
+    /// send AUTH) before it is closed (DUR) [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+}
+
+/// The server's TLS certificate chain and private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `--tls-cert`
+    pub cert: PathBuf,
+    /// `--tls-key`
+    pub key: PathBuf,
 }
 
 /// Where the chat room lives (`--broker`).
@@ -143,6 +164,9 @@ impl ServerOptions {
             node_timeout: self.node_timeout.or(fallback.node_timeout),
             rate: self.rate.or(fallback.rate),
             burst: self.burst.or(fallback.burst),
+            tls_cert: self.tls_cert.clone().or_else(|| fallback.tls_cert.clone()),
+            tls_key: self.tls_key.clone().or_else(|| fallback.tls_key.clone()),
+            handshake_timeout: self.handshake_timeout.or(fallback.handshake_timeout),
         }
     }
 }
@@ -176,7 +200,7 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
 pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
     /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall,
-    /// history, history_bytes, broker, node_timeout, rate, burst; with --wire
+    /// history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key, handshake_timeout; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -225,6 +249,11 @@ pub struct ServerSettings {
     pub node_timeout: Duration,
     /// Each client's rate limit (`--rate`, `--burst`), if any.
     pub rate: Option<crate::core::rate::RateLimit>,
+    /// TLS certificate and key files (`--tls-cert`, `--tls-key`), loaded when the server
+    /// binds; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
+    /// Time a new connection has to finish its handshake (TLS, and AUTH when required).
+    pub handshake: Duration,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
@@ -302,6 +331,11 @@ impl ServerSettings {
                 per_sec,
                 burst: o.burst.unwrap_or(per_sec),
             }),
+            tls: match (o.tls_cert, o.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => None,
+            },
+            handshake: o.handshake_timeout.unwrap_or(defaults::HANDSHAKE),
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
@@ -336,6 +370,18 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
             "--burst does nothing without --rate: there is no limit to burst over".into(),
         ));
     }
+    let cert = f.tls_cert.is_some() || file.server.tls_cert.is_some();
+    let key = f.tls_key.is_some() || file.server.tls_key.is_some();
+    if cert != key {
+        let (given, missing) = if cert {
+            ("--tls-cert", "--tls-key")
+        } else {
+            ("--tls-key", "--tls-cert")
+        };
+        return Err(ConfigError::Usage(format!(
+            "{given} needs {missing}: TLS takes a certificate and its private key"
+        )));
+    }
     let broker = f.broker.clone().or_else(|| file.server.broker.clone());
     if f.node_timeout.is_some() && !matches!(broker, Some(Broker::Redis(_))) {
         return Err(ConfigError::Usage(
@@ -355,6 +401,12 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
         return Ok(());
     }
     let wire_src = origin(f.wire.is_some(), "--wire", "server.wire", "classic", file);
+    if f.tls_cert.is_some() {
+        return Err(ConfigError::Usage(format!(
+            "--tls-cert works only on the line wire, not with {wire_src} (the manual's \
+             programs speak plain TCP)"
+        )));
+    }
     // Chat and the event engine exist only on the line wire: same rule, same words.
     for (key, flag, value, given, conflicts) in [
         (

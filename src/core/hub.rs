@@ -931,6 +931,8 @@ mod tests {
             queue: 4096,
             stall: ms(500),
             rate: None,
+            tls: false,
+            handshake: Duration::from_secs(10),
         }
     }
 

@@ -61,6 +61,12 @@ pub struct SessionConfig {
     pub stall: Duration,
     /// Lines per second the client may send (`--rate`, `--burst`; `None`: no limit).
     pub rate: Option<RateLimit>,
+    /// The connection starts with a TLS handshake (`--tls-cert`): until the engine reports it
+    /// done ([`Session::handle_secured`]) no heartbeat round starts, and a handshake not done
+    /// within `handshake` closes the connection.
+    pub tls: bool,
+    /// Time a new connection has to finish its handshake (`--handshake-timeout`).
+    pub handshake: Duration,
 }
 
 /// A line the chat hub must handle for this session (chat mode only).
@@ -134,6 +140,9 @@ pub enum SessionEvent {
     Ending(EndReason),
     /// Flow control gave up on the client (it is ending `slow-consumer`).
     SlowConsumer(SlowConsumer),
+    /// The connection could not be secured (a TLS error, or no handshake within the
+    /// deadline): it is closed without a word, since nothing readable can reach the client.
+    Insecure(String),
 }
 
 /// Why a client was ended `slow-consumer`.
@@ -190,6 +199,8 @@ pub struct Session {
     end: End,
     /// `END` cannot be delivered (stalled, or the socket failed): close without it.
     give_up: bool,
+    /// When the TLS handshake must be done by; `None` once done (or without TLS).
+    securing_until: Option<Instant>,
     events: VecDeque<SessionEvent>,
 }
 
@@ -209,6 +220,7 @@ impl Session {
             ended_at: None,
             end: End::Open,
             give_up: false,
+            securing_until: cfg.tls.then(|| now + cfg.handshake),
             events: VecDeque::new(),
         };
         let hello = ServerMsg::Hello {
@@ -487,12 +499,35 @@ impl Session {
         self.end(now, EndReason::Closed, false);
     }
 
+    /// The TLS handshake is done (the engine saw it complete) at `now`: the handshake
+    /// deadline is off and the heartbeat counts silence from here.
+    pub fn handle_secured(&mut self, now: Instant) {
+        if self.securing_until.take().is_some() && self.is_open() {
+            let _ = self.hb.handle_rx(now);
+        }
+    }
+
+    /// True until the TLS handshake is done (always false without TLS).
+    pub fn is_securing(&self) -> bool {
+        self.securing_until.is_some()
+    }
+
+    /// The connection cannot be secured (`detail`: a TLS error, or the deadline passed): it
+    /// is closed now, without `END` (the client cannot read anything we would say).
+    pub fn handle_insecure(&mut self, now: Instant, detail: String) {
+        if self.is_open() {
+            self.events.push_back(SessionEvent::Insecure(detail));
+        }
+        self.end(now, EndReason::Closed, true);
+        self.give_up = true;
+    }
+
     // ----- time -----
 
     /// The heartbeat's next deadline (the idle expiry, or the next heartbeat of a round).
     #[must_use]
     pub fn heartbeat_timeout(&self) -> Option<Instant> {
-        if self.is_ending() {
+        if self.is_ending() || self.securing_until.is_some() {
             return None;
         }
         self.hb.poll_timeout()
@@ -509,10 +544,8 @@ impl Session {
             .blocked_since
             .filter(|_| self.queued() > 0 && !self.give_up)
             .and_then(|t| self.write_deadline(t));
-        match (lag, stall) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let handshake = self.securing_until.filter(|_| self.is_open());
+        [lag, stall, handshake].into_iter().flatten().min()
     }
 
     /// When a socket that has refused bytes since `blocked` makes the session give up: `stall`
@@ -540,7 +573,7 @@ impl Session {
     /// moment the manual's "start heartbeat" switch is turned on.
     #[must_use]
     pub fn is_idle_expired(&self, now: Instant) -> bool {
-        !self.is_ending() && self.hb.is_idle_expired(now)
+        !self.is_ending() && self.securing_until.is_none() && self.hb.is_idle_expired(now)
     }
 
     /// The silence that starts a heartbeat round.
@@ -557,7 +590,7 @@ impl Session {
     /// Runs the heartbeat timer only (the thread engine calls it while the manual's switch
     /// is on): queues `PING k`, or ends the client `heartbeat-timeout`.
     pub fn handle_heartbeat(&mut self, now: Instant) {
-        while !self.is_ending() {
+        while !self.is_ending() && self.securing_until.is_none() {
             match self.hb.poll(now) {
                 Some(Action::SendPing(k)) => {
                     // A heartbeat is tiny and bounded (one per interval): it bypasses the
@@ -579,6 +612,13 @@ impl Session {
     /// lines of an ending session that its socket does not take within [`END_GRACE`] are
     /// given up.
     pub fn handle_flow_timeout(&mut self, now: Instant) {
+        if let Some(until) = self.securing_until.filter(|_| self.is_open()) {
+            if now >= until {
+                let waited = crate::config::fmt_duration(self.cfg.handshake);
+                self.handle_insecure(now, format!("no TLS handshake within {waited}"));
+                return;
+            }
+        }
         let lag_due = self
             .lagging_since
             .and_then(|t| t.checked_add(self.cfg.stall))
@@ -741,6 +781,8 @@ mod tests {
             queue: 1000,
             stall: Duration::from_millis(500),
             rate: None,
+            tls: false,
+            handshake: Duration::from_secs(10),
         }
     }
 
@@ -1126,5 +1168,48 @@ mod tests {
         buf.clear();
         let _ = s.poll_transmit(&mut buf);
         assert_eq!(&buf[..5], &line.as_bytes()[10..15]);
+    }
+
+    #[test]
+    fn a_tls_handshake_not_done_by_its_deadline_closes_without_a_word() {
+        let t = Instant::now();
+        let mut c = cfg(Mode::Echo);
+        c.tls = true;
+        c.handshake = ms(1_000);
+        let mut s = Session::new(c, t);
+        assert!(s.is_securing());
+        // No heartbeat round while securing (a PING could not be read anyway), even past idle;
+        // the one deadline is the handshake's.
+        assert_eq!(s.poll_timeout(), Some(t + ms(1_000)));
+        s.handle_rx(t + ms(900), b"");
+        assert!(!s.is_idle_expired(t + ms(6_000)));
+        s.handle_timeout(t + ms(999));
+        assert!(s.is_open());
+        s.handle_timeout(t + ms(1_000));
+        assert_eq!(s.poll_close(), Some(Close::Now(EndReason::Closed)));
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            events.contains(&SessionEvent::Insecure("no TLS handshake within 1s".into())),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_secured_session_runs_the_heartbeat_from_the_handshake_on() {
+        let t = Instant::now();
+        let mut c = cfg(Mode::Echo);
+        c.tls = true;
+        c.handshake = ms(1_000);
+        let mut s = Session::new(c, t);
+        s.handle_secured(t + ms(300));
+        assert!(!s.is_securing());
+        // idle (5 s) counts from the handshake; the handshake deadline is gone.
+        assert_eq!(s.poll_timeout(), Some(t + ms(5_300)));
+        s.handle_timeout(t + ms(5_300));
+        assert!(drain(&mut s, t + ms(5_300)).ends_with("PING 1\n"));
+        // A TLS error later still closes at once, without END.
+        s.handle_insecure(t + ms(5_400), "TLS failed: bad record".into());
+        assert_eq!(s.poll_close(), Some(Close::Now(EndReason::Closed)));
+        assert_eq!(drain(&mut s, t + ms(5_400)), "");
     }
 }

@@ -15,7 +15,6 @@
 //! the client cannot tell whether the server got it.
 
 use std::io::{self, BufRead, Write};
-use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +26,7 @@ use crate::core::client::{
     Outcome, Reconnect,
 };
 use crate::core::wire::{ClientMsg, ServerMsg};
-use crate::net::client::{connect, ClientError, Received, ServerReader, QUIT_WAIT};
+use crate::net::client::{ClientError, Link, Received, ServerReader, QUIT_WAIT};
 
 /// What the user typed.
 enum Input {
@@ -50,7 +49,9 @@ pub fn run(
 ) -> Result<Outcome, ClientError> {
     // The first connection must work: a server that is not there at all is an error (exit
     // 1), not something to wait for.
-    let mut conn = Some(open(settings)?);
+    let tls = crate::net::client::tls_config(settings)?;
+    let open = || Link::open(settings, tls.as_ref());
+    let mut conn = Some(open()?);
     let (in_tx, in_rx) = crossbeam_channel::bounded(1024);
     // Reading stdin cannot be interrupted; this thread simply ends with the process.
     thread::Builder::new()
@@ -85,9 +86,9 @@ pub fn run(
     // The outage under way: kept across attempts that fail before the room took us back.
     let mut outage: Option<Reconnect> = None;
     loop {
-        if let Some((stream, mut reader)) = conn.take() {
+        if let Some((link, mut reader)) = conn.take() {
             let result = session(
-                &stream,
+                &link,
                 &mut chat,
                 Client::new(cfg.clone(), Instant::now()),
                 &mut reader,
@@ -95,7 +96,7 @@ pub fn run(
                 stop,
                 &mut say,
             );
-            let _ = stream.shutdown(Shutdown::Both);
+            link.shutdown();
             drop(reader);
             let outcome = result?;
             if settings.reconnect_for.is_zero() || !should_reconnect(outcome) {
@@ -121,20 +122,11 @@ pub fn run(
         if wait_until(at, stop) {
             return Ok(Outcome::UserEnded);
         }
-        match open(settings) {
+        match open() {
             Ok(c) => conn = Some(c),
             Err(e) => eprintln!("hb-client: reconnect attempt {}: {e}", plan.attempts()),
         }
     }
-}
-
-/// Connects and starts the socket's reader.
-fn open(settings: &ClientSettings) -> Result<(TcpStream, ServerReader), ClientError> {
-    let stream = connect(&settings.host, settings.port)?;
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let reader = ServerReader::start(&stream).map_err(ClientError::Io)?;
-    Ok((stream, reader))
 }
 
 /// Sleeps until `at`; true when `stop` fired meanwhile. A `stop` whose sender is gone never
@@ -211,7 +203,7 @@ fn feed(
 
 /// One connection's session, from the join to its end.
 fn session(
-    stream: &TcpStream,
+    link: &Link,
     chat: &mut Chat,
     mut client: Client,
     reader: &mut ServerReader,
@@ -219,7 +211,7 @@ fn session(
     stop: &Receiver<()>,
     say: &mut dyn FnMut(&str),
 ) -> Result<Outcome, ClientError> {
-    let send = |msg: &ClientMsg| (&*stream).write_all(msg.encode().as_bytes()).is_ok();
+    let send = |msg: &ClientMsg| link.write_all(msg.encode().as_bytes());
     let ready = reader.ready();
     let finish = |stop: Stop| match stop {
         Stop::Over(o) => Ok(o),

@@ -5,8 +5,9 @@
 //! before it judges the server silent: a client stopped with SIGSTOP and resumed long after
 //! its deadline first reads the `END` waiting in the socket, then decides.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use crate::core::client::{Client, ClientAction, ClientConfig, CloseKind, Outcome
 use crate::core::display::safe_bytes;
 use crate::core::wire::{ClientMsg, LineDecoder, ServerMsg};
 use crate::net::events::EventLog;
+use crate::net::tls::ClientTlsConfig;
 // Shared with the classic client; re-exported so `crate::net::client::ClientError` keeps working.
 pub use crate::net::client_common::{connect, ClientError, ClientEvent};
 
@@ -45,11 +47,110 @@ pub(crate) enum Received {
     Closed(CloseKind),
 }
 
+/// How long the TLS handshake with the server may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS side of a client connection, shared by the session's writes and its
+/// [`ServerReader`] (both on the session's thread; the lock is never contended).
+type ClientTls = Arc<Mutex<rustls::ClientConnection>>;
+
+fn lock(tls: &ClientTls) -> std::sync::MutexGuard<'_, rustls::ClientConnection> {
+    tls.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Loads what `--tls` / `--ca` ask for, once per run (reconnections reuse it).
+pub(crate) fn tls_config(
+    settings: &ClientSettings,
+) -> Result<Option<ClientTlsConfig>, ClientError> {
+    settings
+        .tls
+        .as_ref()
+        .map(|ca| ClientTlsConfig::load(ca.as_deref()))
+        .transpose()
+        .map_err(ClientError::TlsSetup)
+}
+
+/// The connection to the server: plain TCP, or TLS over it.
+pub(crate) struct Link {
+    stream: TcpStream,
+    tls: Option<ClientTls>,
+}
+
+impl Link {
+    /// Connects to the server (and runs the TLS handshake when `tls` is given) and starts
+    /// the socket's reader.
+    pub(crate) fn open(
+        settings: &ClientSettings,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<(Self, ServerReader), ClientError> {
+        let stream = connect(&settings.host, settings.port)?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let tls = match tls {
+            None => None,
+            Some(cfg) => {
+                let conn = cfg
+                    .connect(&settings.host, &stream, TLS_HANDSHAKE_TIMEOUT)
+                    .map_err(|detail| ClientError::Tls {
+                        addr: format!("{}:{}", settings.host, settings.port),
+                        detail,
+                    })?;
+                Some(Arc::new(Mutex::new(conn)))
+            }
+        };
+        let reader =
+            ServerReader::start(&stream, tls.clone()).map_err(|source| ClientError::Connect {
+                addr: format!("{}:{}", settings.host, settings.port),
+                source,
+            })?;
+        Ok((Self { stream, tls }, reader))
+    }
+
+    /// The plain socket (for its addresses).
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes all of `bytes` (blocking, within the socket's write timeout); false when the
+    /// server is gone.
+    pub(crate) fn write_all(&self, bytes: &[u8]) -> bool {
+        match &self.tls {
+            None => (&self.stream).write_all(bytes).is_ok(),
+            Some(tls) => {
+                let mut tls = lock(tls);
+                if tls.writer().write_all(bytes).is_err() {
+                    return false;
+                }
+                let mut s = &self.stream;
+                while tls.wants_write() {
+                    if tls.write_tls(&mut s).is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Closes the connection (with TLS, `close_notify` first: the end was meant).
+    pub(crate) fn shutdown(&self) {
+        if let Some(tls) = &self.tls {
+            let mut tls = lock(tls);
+            tls.send_close_notify();
+            let mut s = &self.stream;
+            let _ = tls.write_tls(&mut s);
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
 /// Reads the server's socket on the session's thread without blocking; a helper thread
 /// waits for readability and rings [`ServerReader::ready`] (one ring per [`ServerReader::rearm`],
 /// so it never spins while the session is busy).
 pub(crate) struct ServerReader {
     stream: TcpStream,
+    /// With TLS, what is read is decrypted here first.
+    tls: Option<ClientTls>,
     decoder: LineDecoder,
     closed: bool,
     ready: Option<Receiver<()>>,
@@ -60,7 +161,7 @@ pub(crate) struct ServerReader {
 impl ServerReader {
     /// Starts the waker thread on a clone of `stream`. The session must shut the socket
     /// down before dropping the reader (that ends the waker's `poll`).
-    pub(crate) fn start(stream: &TcpStream) -> io::Result<Self> {
+    pub(crate) fn start(stream: &TcpStream, tls: Option<ClientTls>) -> io::Result<Self> {
         let (ready_tx, ready) = crossbeam_channel::bounded(1);
         let (ack, ack_rx) = crossbeam_channel::bounded(1);
         let watched = stream.try_clone()?;
@@ -69,6 +170,7 @@ impl ServerReader {
             .spawn(move || wake_when_readable(&watched, &ready_tx, &ack_rx))?;
         Ok(Self {
             stream: stream.try_clone()?,
+            tls,
             decoder: LineDecoder::new(MAX_SERVER_LINE),
             closed: false,
             ready: Some(ready),
@@ -96,6 +198,15 @@ impl ServerReader {
         let mut got = Vec::new();
         let mut buf = [0u8; READ_SIZE];
         let mut reads = 0;
+        // Plaintext TLS already holds (the handshake's last read may have brought the
+        // first lines) comes first.
+        if let Some(tls) = self.tls.clone() {
+            let mut plain = Vec::new();
+            let _ = decrypt(&mut lock(&tls), &[], &mut plain);
+            if !plain.is_empty() && self.take(plain, &mut got) {
+                return got;
+            }
+        }
         while !self.closed && reads < READS_PER_DRAIN {
             let n = match recv(&self.stream, &mut buf[..], RecvFlags::DONTWAIT) {
                 Ok((0, _)) => {
@@ -113,22 +224,83 @@ impl ServerReader {
                 }
             };
             reads += 1;
-            let at = Instant::now();
-            got.push(Received::Bytes(buf[..n].to_vec(), at));
-            self.decoder.feed(&buf[..n]);
-            loop {
-                match self.decoder.next_line() {
-                    Ok(Some(line)) => got.push(Received::Line(line.to_vec(), at)),
-                    Ok(None) => break,
-                    Err(_) => {
-                        self.closed = true;
-                        got.push(Received::TooLong);
-                        return got;
+            let plain = match self.tls.clone() {
+                None => buf[..n].to_vec(),
+                Some(tls) => {
+                    let mut plain = Vec::new();
+                    match decrypt(&mut lock(&tls), &buf[..n], &mut plain) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            // close_notify: the server ended the stream on purpose.
+                            if self.take(plain, &mut got) {
+                                return got;
+                            }
+                            self.closed = true;
+                            got.push(Received::Closed(CloseKind::Closed));
+                            break;
+                        }
+                        Err(_) => {
+                            self.closed = true;
+                            got.push(Received::Closed(CloseKind::Reset));
+                            break;
+                        }
                     }
+                    plain
                 }
+            };
+            if !plain.is_empty() && self.take(plain, &mut got) {
+                return got;
             }
         }
         got
+    }
+
+    /// Splits `plain` into lines onto `got`; true when the connection is over (a line too
+    /// long).
+    fn take(&mut self, plain: Vec<u8>, got: &mut Vec<Received>) -> bool {
+        let at = Instant::now();
+        self.decoder.feed(&plain);
+        got.push(Received::Bytes(plain, at));
+        loop {
+            match self.decoder.next_line() {
+                Ok(Some(line)) => got.push(Received::Line(line.to_vec(), at)),
+                Ok(None) => return false,
+                Err(_) => {
+                    self.closed = true;
+                    got.push(Received::TooLong);
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Feeds `raw` to the client's TLS and appends the plaintext to `plain`; true once the
+/// server sent `close_notify`.
+fn decrypt(
+    tls: &mut rustls::ClientConnection,
+    raw: &[u8],
+    plain: &mut Vec<u8>,
+) -> Result<bool, rustls::Error> {
+    let mut rest = raw;
+    loop {
+        if !rest.is_empty() {
+            // read_tls from a slice only fails when rustls' buffer is full, and processing
+            // below empties it.
+            let _ = tls.read_tls(&mut rest);
+        }
+        let state = tls.process_new_packets()?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tls.reader().read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => plain.extend_from_slice(&chunk[..n]),
+                Err(_) => break,
+            }
+        }
+        if rest.is_empty() {
+            return Ok(state.peer_has_closed());
+        }
     }
 }
 
@@ -205,16 +377,11 @@ pub fn run(
     if settings.wire == crate::config::Wire::Classic {
         return crate::net::classic::run_client(settings, log, stop);
     }
-    let stream = connect(&settings.host, settings.port)?;
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    if let Ok(peer) = stream.peer_addr() {
+    let tls = tls_config(settings)?;
+    let (link, mut reader) = Link::open(settings, tls.as_ref())?;
+    if let Ok(peer) = link.stream().peer_addr() {
         log.emit(ClientEvent::Connected(peer));
     }
-    let mut reader = ServerReader::start(&stream).map_err(|source| ClientError::Connect {
-        addr: format!("{}:{}", settings.host, settings.port),
-        source,
-    })?;
     let cfg = ClientConfig {
         every: Some(settings.every),
         block: settings.block,
@@ -223,19 +390,19 @@ pub fn run(
         mode: Some(Mode::Echo),
     };
     let outcome = session(
-        &stream,
+        &link,
         Client::new(cfg, Instant::now()),
         &mut reader,
         stop,
         log,
     );
-    let _ = stream.shutdown(Shutdown::Both);
+    link.shutdown();
     drop(reader);
     Ok(outcome)
 }
 
 fn session(
-    stream: &TcpStream,
+    link: &Link,
     mut client: Client,
     reader: &mut ServerReader,
     stop: &Receiver<()>,
@@ -248,7 +415,7 @@ fn session(
     let ready = reader.ready();
     let send = |msg: &ClientMsg| -> bool {
         let line = msg.encode();
-        let ok = (&*stream).write_all(line.as_bytes()).is_ok();
+        let ok = link.write_all(line.as_bytes());
         if ok {
             log.emit(ClientEvent::Sent(crate::core::display::safe(
                 line.trim_end(),

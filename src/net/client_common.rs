@@ -50,6 +50,16 @@ pub enum ClientError {
     NameRefused(String),
     /// Setting up the session failed (a thread or a socket clone could not be had).
     Io(io::Error),
+    /// `--ca` could not be loaded, or the system has no root certificates (exit 2).
+    TlsSetup(crate::net::tls::TlsError),
+    /// The TLS handshake with the server failed (a certificate it cannot prove, a server that
+    /// does not speak TLS, a deadline).
+    Tls {
+        /// `host:port`.
+        addr: String,
+        /// What went wrong, in rustls' words.
+        detail: String,
+    },
     /// Classic wire: the heartbeat listener could not be bound on `client.host:client.port`.
     Listen {
         /// `host:port`.
@@ -66,6 +76,8 @@ impl fmt::Display for ClientError {
             Self::Unsupported(what) => f.write_str(what),
             Self::NameRefused(why) => f.write_str(why),
             Self::Io(e) => write!(f, "cannot start the session: {e}"),
+            Self::TlsSetup(e) => write!(f, "cannot set up TLS: {e}"),
+            Self::Tls { addr, detail } => write!(f, "TLS with {addr} failed: {detail}"),
             Self::Listen { addr, source } => {
                 write!(
                     f,
@@ -81,7 +93,8 @@ impl std::error::Error for ClientError {
         match self {
             Self::Connect { source, .. } | Self::Listen { source, .. } => Some(source),
             Self::Io(source) => Some(source),
-            Self::Unsupported(_) | Self::NameRefused(_) => None,
+            Self::TlsSetup(e) => Some(e),
+            Self::Unsupported(_) | Self::NameRefused(_) | Self::Tls { .. } => None,
         }
     }
 }

@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::core::session::Session;
 use crate::net::events::{Event, EventLog};
+use crate::net::tls::ServerTls;
 use crate::net::wait::{wait, PollFlags};
 
 /// Shared state of one connection.
@@ -31,6 +32,9 @@ pub struct Conn {
     stream: Option<TcpStream>,
     log: EventLog,
     session: Mutex<Session>,
+    /// The TLS layer (`--tls-cert`): the reader decrypts through it, the companion encrypts.
+    /// Locked after the session, never the other way round.
+    tls: Option<Mutex<ServerTls>>,
     /// Signalled (under the session lock) when the session's own queue drained enough for a
     /// reader held by it to go on, or the session ended.
     drained: Condvar,
@@ -48,6 +52,7 @@ impl Conn {
         peer: SocketAddr,
         stream: TcpStream,
         session: Session,
+        tls: Option<ServerTls>,
         log: EventLog,
     ) -> (Self, Receiver<()>) {
         let (bell, bell_rx) = crossbeam_channel::bounded(1);
@@ -57,6 +62,7 @@ impl Conn {
             stream: Some(stream),
             log,
             session: Mutex::new(session),
+            tls: tls.map(Mutex::new),
             drained: Condvar::new(),
             start_hb: AtomicBool::new(false),
             bell,
@@ -77,6 +83,22 @@ impl Conn {
         // A panic while holding the lock cannot leave the machine half-updated in a way that
         // matters more than losing the connection, so a poisoned lock is simply taken over.
         self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The TLS layer, if the connection has one.
+    pub fn tls(&self) -> Option<MutexGuard<'_, ServerTls>> {
+        self.tls
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Sends what the socket takes now of `iov` (through TLS if on), never blocking; see
+    /// [`crate::net::server::send_now`]. Companion only.
+    pub fn send(&self, iov: &[std::io::IoSlice<'_>], last: bool) -> std::io::Result<usize> {
+        match self.tls() {
+            Some(mut tls) => tls.send(self.stream(), iov),
+            None => crate::net::server::send_now(self.stream(), iov, last),
+        }
     }
 
     /// Waits (releasing the session) until [`Conn::notify_drained`] or `wait` passed.

@@ -157,6 +157,16 @@ pub enum Event {
         /// Why, as the core decided it.
         why: crate::core::session::SlowConsumer,
     },
+    /// A connection could not be secured (TLS error, or no handshake in time): closed
+    /// without a word.
+    Insecure {
+        /// Connection number.
+        id: u64,
+        /// Client address.
+        peer: SocketAddr,
+        /// What went wrong.
+        detail: String,
+    },
     /// The server is shutting down.
     ShuttingDown {
         /// Connections told `END server-shutdown`.
@@ -340,6 +350,7 @@ impl fmt::Display for Event {
                 "#{id} {peer} slow consumer: its socket accepted nothing for {} ms",
                 d.as_millis()
             ),
+            Self::Insecure { id, peer, detail } => write!(f, "#{id} {peer} closed, not secured: {detail}"),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
             Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),
             Self::ConnectBackFailed { id, peer, to, attempts, error } => write!(

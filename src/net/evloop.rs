@@ -35,15 +35,17 @@ use tokio::sync::Notify;
 
 use crate::config::ServerSettings;
 use crate::core::outq::MAX_SLICES;
-use crate::core::session::{Close, Session, SessionConfig};
+use crate::core::session::{Close, Session, END_GRACE};
 use crate::core::wire::EndReason;
 use crate::net::conn::{Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
 use crate::net::server::{
-    is_fd_exhaustion, listen, send_now, write_refusal, ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
+    is_fd_exhaustion, listen, send_now, server_tls, session_config, write_refusal, ServerError,
+    HOLD_SLICE, SHUTDOWN_GRACE,
 };
+use crate::net::tls::{ServerTls, ServerTlsConfig};
 
 /// Most bytes one wake-up reads from one client before its lines are handled.
 const READ_CHUNK: usize = 256 * 1024;
@@ -55,6 +57,8 @@ const READS_PER_TURN: u32 = 4;
 thread_local! {
     /// One read buffer per worker thread: an idle connection owns none.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+    /// One buffer of decrypted input per worker thread (TLS only).
+    static PLAIN_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One client connection of the event engine.
@@ -94,6 +98,8 @@ struct Shared {
     lingerer: Option<Lingerer>,
     /// With `--broker redis://…`: the cluster driver (prepared at bind, running from `run`).
     cluster: Mutex<Option<crate::net::cluster_driver::ClusterState>>,
+    /// `--tls-cert`: every connection starts with a TLS handshake.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl crate::net::cluster_driver::ChatHost for Shared {
@@ -171,6 +177,7 @@ impl EventServer {
             .enable_time()
             .build()
             .map_err(bind_err)?;
+        let tls = server_tls(&settings)?;
         let (chat, cluster) = crate::net::cluster_driver::chat_for(&settings)?;
         let shared = Arc::new(Shared {
             settings,
@@ -184,6 +191,7 @@ impl EventServer {
             cluster: Mutex::new(
                 cluster.map(|p| crate::net::cluster_driver::ClusterState::Prepared(Box::new(p))),
             ),
+            tls,
         });
         Ok(Self {
             rt,
@@ -354,21 +362,26 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         });
         return;
     }
+    let tls = match sh.tls.as_ref().map(ServerTlsConfig::accept).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            if let Ok(std) = stream.into_std() {
+                write_refusal(&std);
+            }
+            sh.log.emit(Event::Refused {
+                peer: Some(peer),
+                reason: EndReason::ServerFull,
+                detail: format!("cannot start TLS: {e}"),
+            });
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
     let id = sh.conns.next_id();
-    let s = &sh.settings;
-    let cfg = SessionConfig {
-        mode: s.mode,
-        heartbeat: s.heartbeat,
-        max_line: s.max_line,
-        queue: s.queue,
-        stall: s.stall,
-        rate: s.rate,
-    };
     let conn = Arc::new(EConn {
         id,
         peer,
-        session: Mutex::new(Session::new(cfg, Instant::now())),
+        session: Mutex::new(Session::new(session_config(&sh.settings), Instant::now())),
         wake: Notify::new(),
         close_now: AtomicBool::new(false),
     });
@@ -377,7 +390,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         chat.conns.insert(id, conn.clone());
     }
     sh.log.emit(Event::Connected { id, peer });
-    tokio::spawn(serve(sh.clone(), conn, stream));
+    tokio::spawn(serve(sh.clone(), conn, stream, tls));
 }
 
 /// What the connection's input side waits for.
@@ -393,7 +406,7 @@ enum Held<'a> {
 }
 
 /// One connection's task: the only reader and writer of its socket.
-async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
+async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Option<ServerTls>) {
     let mut left_room = false;
     let mut blocked = false;
     let mut held = Held::No;
@@ -421,6 +434,21 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
             }
             s.handle_timeout(now);
             let mut caught_up = false;
+            if let (Some(t), false) = (&mut tls, blocked) {
+                // TLS's own bytes first (handshake messages, an alert, records a full
+                // socket left behind).
+                if t.wants_write() {
+                    match stream.try_io(Interest::WRITABLE, || match t.flush(&stream) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                        Err(e) => Err(e),
+                    }) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
+                        Err(_) => s.handle_write_error(now),
+                    }
+                }
+            }
             while !blocked && s.poll_close().is_none() {
                 let mut iov = [IoSlice::new(&[]); MAX_SLICES];
                 let n = s.peek_transmit(&mut iov);
@@ -428,7 +456,10 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
                     break;
                 }
                 let last = s.is_final_flush();
-                match stream.try_io(Interest::WRITABLE, || send_now(&stream, &iov[..n], last)) {
+                match stream.try_io(Interest::WRITABLE, || match &mut tls {
+                    Some(t) => t.send(&stream, &iov[..n]),
+                    None => send_now(&stream, &iov[..n], last),
+                }) {
                     Ok(n) => caught_up |= s.handle_written(now, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         s.handle_write_blocked(now);
@@ -512,7 +543,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
                             blocked = false;
                         }
                         if r.is_readable() || r.is_read_closed() {
-                            read_some(&sh, &conn, &stream);
+                            read_some(&sh, &conn, &stream, tls.as_mut());
                             fresh = true;
                             reads += 1;
                         }
@@ -545,6 +576,14 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
             }
         }
     };
+    if let Some(t) = &mut tls {
+        // The END (or an alert) may still sit in TLS's buffer: out with it, and with
+        // close_notify after an END, within the grace the session gives last lines.
+        if matches!(close, Close::AfterEnd(_)) {
+            t.close_notify();
+        }
+        tls_flush_within(t, &stream, END_GRACE).await;
+    }
     match close {
         Close::AfterEnd(reason) => {
             sh.log.emit(Event::EndSent {
@@ -574,8 +613,32 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream) {
     sh.conns.remove(conn.id);
 }
 
-/// Reads what the socket holds (at most [`READ_CHUNK`]) into the session.
-fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream) {
+/// Sends what TLS holds within `grace`, waiting for the socket as needed.
+async fn tls_flush_within(tls: &mut ServerTls, stream: &TcpStream, grace: Duration) {
+    let until = tokio::time::Instant::now() + grace;
+    loop {
+        let flushed = stream.try_io(Interest::WRITABLE, || match tls.flush(stream) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        });
+        match flushed {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::timeout_at(until, stream.writable())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Reads what the socket holds (at most [`READ_CHUNK`]) into the session, decrypting it
+/// first on a TLS connection.
+fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream, tls: Option<&mut ServerTls>) {
     READ_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         // A read that leaves part of the buffer empty drained the socket: clear the cached
@@ -595,12 +658,40 @@ fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream) {
         let read = if partial > 0 { Ok(partial) } else { read };
         let closed = match read {
             Ok(0) => Some(None),
-            Ok(n) => {
-                let mut s = conn.session();
-                s.handle_rx(Instant::now(), &buf[..n]);
-                log_session(&sh.log, conn.id, conn.peer, &mut s);
-                None
-            }
+            Ok(n) => match tls {
+                None => {
+                    let mut s = conn.session();
+                    s.handle_rx(Instant::now(), &buf[..n]);
+                    log_session(&sh.log, conn.id, conn.peer, &mut s);
+                    None
+                }
+                Some(tls) => PLAIN_BUF.with(|plain| {
+                    let mut plain = plain.borrow_mut();
+                    plain.clear();
+                    let got = tls.handle_raw(&buf[..n], &mut plain);
+                    let now = Instant::now();
+                    let mut s = conn.session();
+                    let eof = match got {
+                        Err(e) => {
+                            s.handle_insecure(now, format!("TLS failed: {e}"));
+                            false
+                        }
+                        Ok(got) => {
+                            s.handle_rx(now, &plain);
+                            if !tls.is_handshaking() {
+                                s.handle_secured(now);
+                            }
+                            got.closed
+                        }
+                    };
+                    log_session(&sh.log, conn.id, conn.peer, &mut s);
+                    // The decrypted burst's memory goes back (a trickle needs little).
+                    if plain.capacity() > READ_CHUNK {
+                        *plain = Vec::new();
+                    }
+                    eof.then_some(None)
+                }),
+            },
             Err(e) if crate::net::is_retryable_read(&e) => None,
             Err(e) => Some(Some(e.to_string())),
         };

@@ -14,6 +14,7 @@ pub mod rawsock;
 pub mod registry;
 pub mod relay;
 pub mod server;
+pub mod tls;
 pub mod wait;
 
 /// Resolves `host:port` and returns the first address `f` succeeds with, or the last error

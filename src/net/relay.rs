@@ -378,6 +378,7 @@ pub fn log_session(log: &EventLog, id: u64, peer: SocketAddr, s: &mut Session) {
             }),
             SessionEvent::BadLine(detail) => log.emit(Event::BadLine { id, peer, detail }),
             SessionEvent::SlowConsumer(why) => log.emit(Event::SlowConsumer { id, peer, why }),
+            SessionEvent::Insecure(detail) => log.emit(Event::Insecure { id, peer, detail }),
             // Logged when the END is written (or cannot be).
             SessionEvent::Ending(_) => {}
         }
@@ -511,6 +512,8 @@ mod tests {
             queue,
             stall: Duration::from_millis(500),
             rate: None,
+            tls: false,
+            handshake: Duration::from_secs(10),
         };
         for (i, _) in names.iter().enumerate() {
             let conn = TestConn {

@@ -39,13 +39,14 @@ use crossbeam_channel::Receiver;
 
 use crate::config::{Engine, Mode, ServerSettings, Wire};
 use crate::core::outq::MAX_SLICES;
-use crate::core::session::{Close, Session, SessionConfig};
+use crate::core::session::{Close, Session, SessionConfig, END_GRACE};
 use crate::core::wire::{EndReason, ServerMsg};
 use crate::net::cluster_driver::ClusterState;
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Pumped};
+use crate::net::tls::ServerTlsConfig;
 use crate::net::wait::{wait_one, PollFlags};
 
 /// Listen backlog: large enough for a connect burst of a thousand clients.
@@ -80,6 +81,8 @@ pub enum ServerError {
     Unsupported(String),
     /// The broker link could not be started (a bad `--broker` URL: exit 2; no thread: 1).
     Broker(crate::net::broker::BrokerError),
+    /// The TLS certificate or key could not be loaded (exit 2).
+    Tls(crate::net::tls::TlsError),
 }
 
 impl fmt::Display for ServerError {
@@ -88,6 +91,7 @@ impl fmt::Display for ServerError {
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Unsupported(what) => f.write_str(what),
             Self::Broker(e) => e.fmt(f),
+            Self::Tls(e) => write!(f, "cannot serve TLS: {e}"),
         }
     }
 }
@@ -98,6 +102,7 @@ impl std::error::Error for ServerError {
             Self::Bind { source, .. } => Some(source),
             Self::Unsupported(_) => None,
             Self::Broker(e) => Some(e),
+            Self::Tls(e) => Some(e),
         }
     }
 }
@@ -216,6 +221,8 @@ struct Shared {
     /// Lingers refused connections off the accept thread (`None`: its thread could not start,
     /// refused sockets then close at once).
     lingerer: Option<Lingerer>,
+    /// `--tls-cert`: every connection starts with a TLS handshake.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Shared {
@@ -339,6 +346,7 @@ impl ThreadServer {
         let listener =
             crate::net::try_each_addr(&settings.host, settings.port, listen).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
+        let tls = server_tls(&settings)?;
         let (chat, cluster) = crate::net::cluster_driver::chat_for(&settings)?;
         let mut settings = settings;
         let lowered = match map_capacity() {
@@ -359,6 +367,7 @@ impl ThreadServer {
             room_changed: Condvar::new(),
             lingerer: Lingerer::start().ok(),
             cluster: Mutex::new(cluster.map(|p| ClusterState::Prepared(Box::new(p)))),
+            tls,
         });
         Ok(Self {
             listener,
@@ -490,10 +499,17 @@ impl ThreadServer {
             refuse(sh, stream, Some(peer), format!("max-conns {max} reached"));
             return;
         }
+        let tls = match sh.tls.as_ref().map(ServerTlsConfig::accept).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                refuse(sh, stream, Some(peer), format!("cannot start TLS: {e}"));
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let id = sh.conns.next_id();
         let session = Session::new(session_config(&sh.settings), Instant::now());
-        let (conn, bell) = Conn::new(id, peer, stream, session, sh.log.clone());
+        let (conn, bell) = Conn::new(id, peer, stream, session, tls, sh.log.clone());
         let conn = Arc::new(conn);
         sh.conns.insert(id, conn.clone());
         if let Some(mut chat) = sh.chat() {
@@ -633,8 +649,8 @@ impl ThreadHandle {
     }
 }
 
-/// The session settings of every connection.
-fn session_config(settings: &ServerSettings) -> SessionConfig {
+/// The session settings of every connection (both engines).
+pub(crate) fn session_config(settings: &ServerSettings) -> SessionConfig {
     SessionConfig {
         mode: settings.mode,
         heartbeat: settings.heartbeat,
@@ -642,7 +658,21 @@ fn session_config(settings: &ServerSettings) -> SessionConfig {
         queue: settings.queue,
         stall: settings.stall,
         rate: settings.rate,
+        tls: settings.tls.is_some(),
+        handshake: settings.handshake,
     }
+}
+
+/// Loads `--tls-cert` / `--tls-key` (both engines, at bind: a bad file is a startup error).
+pub(crate) fn server_tls(
+    settings: &ServerSettings,
+) -> Result<Option<ServerTlsConfig>, ServerError> {
+    settings
+        .tls
+        .as_ref()
+        .map(|f| ServerTlsConfig::load(&f.cert, &f.key))
+        .transpose()
+        .map_err(ServerError::Tls)
 }
 
 /// Where the reader stands after handling what it has read.
@@ -658,6 +688,8 @@ enum Pump {
 /// The data-exchange thread: reads, feeds the session, hands chat lines to the hub.
 fn reader(sh: &Shared, conn: &Arc<Conn>) {
     let mut buf = vec![0u8; READ_BUF];
+    // Decrypted input (TLS only).
+    let mut plain = Vec::new();
     // poll() says when to read; this only bounds a read that poll() woke spuriously.
     let _ = conn.stream().set_read_timeout(Some(Duration::from_secs(1)));
     // Lines are handled only when something new came in (or a hold ended): a wake-up at the
@@ -712,15 +744,40 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
         match conn.stream().read(&mut buf) {
             Ok(0) => break Some(None),
             Ok(n) => {
+                let tls = conn.tls().map(|mut tls| {
+                    plain.clear();
+                    let got = tls.handle_raw(&buf[..n], &mut plain);
+                    (got, tls.is_handshaking(), tls.wants_write())
+                });
                 let mut s = conn.session();
                 if s.is_ending() {
                     // Once the connection is ending, input is only drained (see `linger`),
                     // never answered or relayed.
                     break None;
                 }
-                s.handle_rx(Instant::now(), &buf[..n]);
+                let now = Instant::now();
+                let mut eof = false;
+                // Handshake messages or an alert to send: the companion writes them.
+                let to_send = matches!(tls, Some((Err(_), _, _)) | Some((_, _, true)));
+                match tls {
+                    None => s.handle_rx(now, &buf[..n]),
+                    Some((Err(e), _, _)) => s.handle_insecure(now, format!("TLS failed: {e}")),
+                    Some((Ok(got), handshaking, _)) => {
+                        s.handle_rx(now, &plain);
+                        if !handshaking {
+                            s.handle_secured(now);
+                        }
+                        eof = got.closed;
+                    }
+                }
                 log_session(&sh.log, conn.id, conn.peer, &mut s);
                 drop(s);
+                if to_send {
+                    conn.ring();
+                }
+                if eof {
+                    break Some(None);
+                }
                 conn.set_heartbeat(false);
                 fresh = true;
                 if n == buf.len() && buf.len() < READ_BUF_MAX {
@@ -844,11 +901,22 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             let mut iov = [io::IoSlice::new(&[]); MAX_SLICES];
             let n = s.peek_transmit(&mut iov);
             if n > 0 {
-                wrote = Some(send_now(conn.stream(), &iov[..n], s.is_final_flush()));
+                wrote = Some(conn.send(&iov[..n], s.is_final_flush()));
             }
         }
         let mut caught_up = false;
         let mut blocked = false;
+        if wrote.is_none() {
+            // Nothing of the session's, but TLS may have its own to send (handshake
+            // messages, an alert, records a full socket left behind).
+            if let Some(mut tls) = conn.tls() {
+                match tls.flush(conn.stream()) {
+                    Ok(true) => {}
+                    Ok(false) => blocked = true,
+                    Err(e) => wrote = Some(Err(e)),
+                }
+            }
+        }
         let tried = wrote.is_some();
         match wrote {
             None => {}
@@ -916,6 +984,14 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             }
         }
     };
+    if let Some(mut tls) = conn.tls() {
+        // The END (or an alert) may still sit in TLS's buffer: out with it, and with
+        // close_notify after an END, within the grace the session gives last lines.
+        if matches!(close, Close::AfterEnd(_)) {
+            tls.close_notify();
+        }
+        crate::net::tls::flush_within(&mut tls, conn.stream(), END_GRACE);
+    }
     match close {
         Close::AfterEnd(reason) => {
             sh.log.emit(Event::EndSent {

@@ -16,3 +16,4 @@ mod prompts_config;
 mod props;
 mod server_limits;
 mod support;
+mod tls;

@@ -475,6 +475,8 @@ pub struct Peer {
     pub stream: TcpStream,
     pub t0: Instant,
     rx: Receiver<Option<(Instant, String)>>,
+    /// TLS peers: what to send goes to the thread that owns the TLS connection.
+    out: Option<crossbeam_channel::Sender<Vec<u8>>>,
     /// The last lines received (for failure messages), newest last.
     pub received: std::collections::VecDeque<(Duration, String)>,
 }
@@ -513,12 +515,85 @@ impl Peer {
             stream,
             t0,
             rx,
+            out: None,
+            received: Default::default(),
+        }
+    }
+
+    /// A peer speaking TLS to a `--tls-cert` server, trusting the certificates in `ca` (the
+    /// same lines and timestamps as a plain peer; `t0` is the TCP connect, before the
+    /// handshake). One thread owns the TLS connection: it writes what [`Peer::send`] hands
+    /// it and reads lines in between.
+    pub fn connect_tls(port: u16, ca: &Path) -> Self {
+        let t0 = Instant::now();
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let tls = tcp_heartbeat::net::tls::ClientTlsConfig::load(Some(ca))
+            .expect("load the CA")
+            .connect("127.0.0.1", &stream, Duration::from_secs(5))
+            .expect("TLS handshake");
+        let sock = stream.try_clone().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (out, out_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        thread::spawn(move || {
+            let mut s = rustls::StreamOwned::new(tls, sock);
+            let mut partial = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                loop {
+                    match out_rx.try_recv() {
+                        Ok(bytes) => {
+                            if s.write_all(&bytes).and_then(|()| s.flush()).is_err() {
+                                let _ = tx.send(None);
+                                return;
+                            }
+                        }
+                        Err(crossbeam_channel::TryRecvError::Empty) => break,
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                    }
+                }
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Ok(n) => {
+                        partial.extend_from_slice(&buf[..n]);
+                        while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+                            let line: Vec<u8> = partial.drain(..=i).collect();
+                            let text = String::from_utf8_lossy(&line[..i]).to_string();
+                            if tx.send(Some((Instant::now(), text))).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            stream,
+            t0,
+            rx,
+            out: Some(out),
             received: Default::default(),
         }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
+        match &self.out {
+            Some(out) => out.send(bytes.to_vec()).expect("send (TLS)"),
+            None => self.stream.write_all(bytes).expect("send"),
+        }
     }
 
     /// The next line and when it arrived (since connect); panics on timeout or close.

@@ -1,0 +1,400 @@
+//! TLS on the line wire (CONTRACT section 9), with rustls used as the sans-IO machine it is.
+//!
+//! rustls' `ServerConnection` / `ClientConnection` never touch a socket: bytes go in with
+//! `read_tls`, records come out with `write_tls`. So TLS here is a layer *between* an engine's
+//! socket and its [`Session`](crate::core::session::Session), not a stream type: both engines
+//! keep their own I/O (the thread engine's reader and companion threads, the event engine's
+//! readiness loop) and call the same few functions of [`ServerTls`]:
+//!
+//! ```text
+//!   socket ──raw──▶ ServerTls::handle_raw ──plaintext──▶ Session::handle_rx
+//!   socket ◀─records── ServerTls::send / flush ◀─plaintext── Session::peek_transmit
+//! ```
+//!
+//! Bounded: rustls holds at most [`TLS_BUFFER`] bytes of outgoing plaintext and records per
+//! connection ([`rustls::ServerConnection::set_buffer_limit`]); beyond it [`ServerTls::send`]
+//! takes nothing and says `WouldBlock`, exactly like a full socket, so the session's flow
+//! control (lag, write stall, `slow-consumer`) applies to the encrypted stream unchanged.
+//! Decrypted input is handed out as it is read, never accumulated.
+//!
+//! The handshake deadline is the session's (`--handshake-timeout`): an engine reports
+//! [`ServerTls::is_handshaking`] turning false to the session, which closes a connection
+//! that did not get there in time.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Most bytes of outgoing plaintext plus encrypted records rustls holds for one connection
+/// (rustls' own default): the encrypted side's share of the bounded-queue rule.
+pub const TLS_BUFFER: usize = 64 * 1024;
+
+/// Why TLS settings could not be loaded.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The files were read but rustls refused them (e.g. the key does not match the
+    /// certificate).
+    Rejected {
+        /// What rustls said.
+        detail: String,
+    },
+    /// No trusted root certificate could be loaded (client side, without `--ca`).
+    NoRoots(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pem { path, detail } => write!(f, "{}: {detail}", path.display()),
+            Self::Rejected { detail } => write!(f, "TLS certificate and key refused: {detail}"),
+            Self::NoRoots(detail) => write!(
+                f,
+                "no trusted root certificates found on this system ({detail}); pass --ca PEM"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// The crypto provider of every TLS connection: ring (shared with the JWT verification), not
+/// aws-lc-rs, which needs cmake and a much longer C build.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn pem_error(path: &Path, e: impl fmt::Display) -> TlsError {
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+/// Every certificate in a PEM file (at least one).
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(pem_error(path, "no CERTIFICATE block in this file"));
+    }
+    Ok(certs)
+}
+
+/// The server side's settings, loaded once at startup from `--tls-cert` and `--tls-key`.
+#[derive(Clone)]
+pub struct ServerTlsConfig(Arc<rustls::ServerConfig>);
+
+impl fmt::Debug for ServerTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerTlsConfig")
+    }
+}
+
+impl ServerTlsConfig {
+    /// Loads a certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1
+    /// or SEC1), checking that they belong together.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let certs = load_certs(cert)?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rejected {
+                detail: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Rejected {
+                detail: e.to_string(),
+            })?;
+        Ok(Self(Arc::new(config)))
+    }
+
+    /// The TLS side of a new connection.
+    pub fn accept(&self) -> Result<ServerTls, rustls::Error> {
+        let mut conn = rustls::ServerConnection::new(self.0.clone())?;
+        conn.set_buffer_limit(Some(TLS_BUFFER));
+        Ok(ServerTls { conn })
+    }
+}
+
+/// What [`ServerTls::handle_raw`] found besides plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[must_use]
+pub struct RawOutcome {
+    /// The client sent `close_notify`: it will send nothing more (as an EOF).
+    pub closed: bool,
+}
+
+/// The TLS side of one server connection. Owned with the session's other state; the one
+/// writer of the socket calls [`ServerTls::send`] and [`ServerTls::flush`].
+pub struct ServerTls {
+    conn: rustls::ServerConnection,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("handshaking", &self.conn.is_handshaking())
+            .finish()
+    }
+}
+
+impl ServerTls {
+    /// Decrypts `raw` (bytes just read from the socket), appending the plaintext to `plain`.
+    /// An error means the client is not speaking TLS (or broke it): the connection must be
+    /// closed, after one [`ServerTls::flush`] to send the alert rustls queued for it.
+    pub fn handle_raw(&mut self, raw: &[u8], plain: &mut Vec<u8>) -> Result<RawOutcome, String> {
+        let mut rest = raw;
+        let mut out = RawOutcome::default();
+        loop {
+            // Records are processed as soon as they are read, so rustls' own input buffer
+            // never fills up: read_tls takes what it can, the loop offers it the rest.
+            if !rest.is_empty() {
+                self.conn.read_tls(&mut rest).map_err(|e| e.to_string())?;
+            }
+            let state = self.conn.process_new_packets().map_err(|e| e.to_string())?;
+            let mut want = state.plaintext_bytes_to_read();
+            while want > 0 {
+                let at = plain.len();
+                plain.resize(at + want, 0);
+                match self.conn.reader().read(&mut plain[at..]) {
+                    Ok(n) => {
+                        plain.truncate(at + n);
+                        if n == 0 {
+                            break;
+                        }
+                        want -= n.min(want);
+                    }
+                    Err(_) => {
+                        plain.truncate(at);
+                        break;
+                    }
+                }
+            }
+            if state.peer_has_closed() {
+                out.closed = true;
+            }
+            if rest.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// True until the handshake is complete.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// True while encrypted bytes (handshake messages, records, an alert) wait for the socket.
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Encrypts what rustls' buffer takes of `iov` and sends what the socket takes now
+    /// (never blocking). The count is of plaintext bytes taken: the session treats them as
+    /// written. Nothing taken while bytes wait for a full socket is `WouldBlock`, like a
+    /// full socket's.
+    pub fn send(&mut self, sock: &impl AsFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.flush(sock)?;
+        let offered: usize = iov.iter().map(|s| s.len()).sum();
+        let taken = self.conn.writer().write_vectored(iov)?;
+        self.flush(sock)?;
+        if taken == 0 && offered > 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    /// Sends what the socket takes of the encrypted bytes waiting; true when none is left.
+    pub fn flush(&mut self, sock: &impl AsFd) -> io::Result<bool> {
+        let mut w = SockWriter(sock);
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut w) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Queues `close_notify` (then [`ServerTls::flush`]): the client learns the end of the
+    /// stream was meant, not a truncation.
+    pub fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+    }
+}
+
+/// A socket as `io::Write` for rustls, without blocking and without SIGPIPE.
+struct SockWriter<'a, S: AsFd>(&'a S);
+
+impl<S: AsFd> Write for SockWriter<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        crate::net::server::send_now(self.0, bufs, false)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends everything rustls holds within `grace`, waiting for the socket as needed: the last
+/// bytes of a connection (its `END`, then `close_notify`) before the engine lingers.
+pub fn flush_within(tls: &mut ServerTls, sock: &impl AsFd, grace: Duration) -> bool {
+    let until = Instant::now() + grace;
+    loop {
+        match tls.flush(sock) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(_) => return false,
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let _ = crate::net::wait::wait_one(sock, crate::net::wait::PollFlags::OUT, left);
+    }
+}
+
+// ----- client side -----
+
+/// The client side's settings: whom to trust (`--ca PEM`, else the system's roots).
+#[derive(Clone)]
+pub struct ClientTlsConfig(Arc<rustls::ClientConfig>);
+
+impl fmt::Debug for ClientTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientTlsConfig")
+    }
+}
+
+impl ClientTlsConfig {
+    /// Trusts the certificates in `ca` (PEM), or the system's roots when `None`.
+    pub fn load(ca: Option<&Path>) -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                for cert in load_certs(path)? {
+                    roots.add(cert).map_err(|e| pem_error(path, e))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    let why = found
+                        .errors
+                        .first()
+                        .map_or_else(|| "none in the usual places".to_string(), |e| e.to_string());
+                    return Err(TlsError::NoRoots(why));
+                }
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rejected {
+                detail: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self(Arc::new(config)))
+    }
+
+    /// Runs the handshake with `host` (a DNS name or an IP address, which the server's
+    /// certificate must name) over `stream` within `timeout`.
+    pub fn connect(
+        &self,
+        host: &str,
+        stream: &std::net::TcpStream,
+        timeout: Duration,
+    ) -> Result<rustls::ClientConnection, String> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| format!("{host:?} is not a host name or IP address TLS can check"))?;
+        let mut conn =
+            rustls::ClientConnection::new(self.0.clone(), name).map_err(|e| e.to_string())?;
+        let until = Instant::now() + timeout;
+        let old_r = stream.read_timeout().ok().flatten();
+        let old_w = stream.write_timeout().ok().flatten();
+        let result = (|| {
+            while conn.is_handshaking() {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "TLS handshake not finished within {}",
+                        crate::config::fmt_duration(timeout)
+                    ));
+                }
+                let _ = stream.set_read_timeout(Some(left));
+                let _ = stream.set_write_timeout(Some(left));
+                let mut s = stream;
+                match conn.complete_io(&mut s) {
+                    Ok((0, 0)) if conn.is_handshaking() => {
+                        return Err("the server closed the connection during the TLS handshake \
+                                    (is it a TLS port?)"
+                            .into())
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(describe_client_error(&e)),
+                }
+            }
+            Ok(())
+        })();
+        let _ = stream.set_read_timeout(old_r);
+        let _ = stream.set_write_timeout(old_w);
+        result.map(|()| conn)
+    }
+}
+
+/// A handshake failure as a user reads it, with what to do about it where there is
+/// something to do.
+fn describe_client_error(e: &io::Error) -> String {
+    use rustls::CertificateError as C;
+    let text = e.to_string();
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return text;
+    };
+    let hint = match tls {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "the server's certificate is signed by an unknown issuer: \
+                                 pass --ca PEM with the CA (or the server's own certificate) \
+                                 to trust it"
+                .to_string(),
+            C::Expired | C::ExpiredContext { .. } => {
+                format!("the server's certificate has expired: renew it on the server ({text})")
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+                "the server's certificate is not valid for this host name: connect with a \
+                 name it lists ({text})"
+            ),
+            _ => text.clone(),
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            format!("{text} (the server does not speak TLS on this port?)")
+        }
+        _ => text.clone(),
+    };
+    hint
+}
