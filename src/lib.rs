@@ -75,6 +75,16 @@
 //! ```
 //! Neither thread decides anything; neither blocks a connection on Redis (bounded queues,
 //! `try_send`, timeouts on every Redis call).
+//!
+//! With `--tls-cert` ([`net::tls`]) each connection gets a rustls `ServerConnection`, itself a
+//! sans-IO machine, between its socket and its session; both engines call the same layer:
+//! ```text
+//!   socket ─raw─▶ ServerTls::handle_raw ─plaintext─▶ Session::handle_rx (+ handle_secured,
+//!                  (thread engine: the reader)          handle_insecure on a TLS error)
+//!   socket ◀─records─ ServerTls::send / flush ◀─ Session::peek_transmit
+//!                  (thread engine: the companion, TLS locked after the session)
+//! ```
+//! The handshake deadline, like every deadline, is the session's.
 //! The linger exists because closing a socket with unread input makes the kernel send a
 //! reset, which can destroy the `END` line before the client reads it.
 //! A client that stops reading holds its senders back for at most `--stall` and is then
