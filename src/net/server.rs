@@ -785,6 +785,7 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                 } else if n < READ_BUF && buf.len() > READ_BUF {
                     // A trickle again: give the burst's memory back.
                     buf = vec![0u8; READ_BUF];
+                    plain = Vec::new();
                 }
             }
             Err(e) if crate::net::is_retryable_read(&e) => {}
