@@ -268,6 +268,7 @@ impl Harness {
             rate: None,
             tls: None,
             handshake: crate::config::defaults::HANDSHAKE,
+            max_conns_per_ip: None,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();

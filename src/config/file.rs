@@ -255,6 +255,7 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "tls_cert" => s.tls_cert = p.take(key, string(v).map(PathBuf::from)),
             "tls_key" => s.tls_key = p.take(key, string(v).map(PathBuf::from)),
             "handshake_timeout" => s.handshake_timeout = p.take(key, duration(v, false)),
+            "max_conns_per_ip" => s.max_conns_per_ip = p.take(key, positive_usize(v)),
             _ => p.add(key, unknown(&server_keys())),
         }
     }
@@ -318,7 +319,8 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key, handshake_timeout)"
+             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst, \
+             tls_cert, tls_key, handshake_timeout, max_conns_per_ip)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),
@@ -418,7 +420,7 @@ mod tests {
     #[test]
     fn every_server_setting_is_a_file_key() {
         let keys = server_keys();
-        assert_eq!(keys.len(), 18, "{keys:?}");
+        assert_eq!(keys.len(), 22, "{keys:?}");
         for key in keys {
             let e = parse(&format!(r#"{{"server": {{"{key}": [1]}}}}"#)).unwrap_err();
             let m = e.to_string();

@@ -103,6 +103,11 @@ pub struct ServerOptions {
     /// send AUTH) before it is closed (DUR) [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub handshake_timeout: Option<Duration>,
+    /// Clients served at once from one IP address (a number); newcomers beyond it are
+    /// refused `END server-full`, so one address cannot take every --max-conns slot. Line
+    /// wire only [default: no limit]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub max_conns_per_ip: Option<usize>,
 }
 
 /// The server's TLS certificate chain and private key (PEM files).
@@ -167,6 +172,7 @@ impl ServerOptions {
             tls_cert: self.tls_cert.clone().or_else(|| fallback.tls_cert.clone()),
             tls_key: self.tls_key.clone().or_else(|| fallback.tls_key.clone()),
             handshake_timeout: self.handshake_timeout.or(fallback.handshake_timeout),
+            max_conns_per_ip: self.max_conns_per_ip.or(fallback.max_conns_per_ip),
         }
     }
 }
@@ -200,7 +206,8 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
 pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
     /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall,
-    /// history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key, handshake_timeout; with --wire
+    /// history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key,
+    /// handshake_timeout, max_conns_per_ip; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -254,6 +261,8 @@ pub struct ServerSettings {
     pub tls: Option<TlsFiles>,
     /// Time a new connection has to finish its handshake (TLS, and AUTH when required).
     pub handshake: Duration,
+    /// Connections served at once from one IP address (`None`: no limit).
+    pub max_conns_per_ip: Option<usize>,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
@@ -336,6 +345,7 @@ impl ServerSettings {
                 _ => None,
             },
             handshake: o.handshake_timeout.unwrap_or(defaults::HANDSHAKE),
+            max_conns_per_ip: o.max_conns_per_ip,
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
@@ -406,6 +416,26 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
             "--tls-cert works only on the line wire, not with {wire_src} (the manual's \
              programs speak plain TCP)"
         )));
+    }
+    // The classic wire refuses without a line to say why. A per-address limit in the file is
+    // refused too, not ignored as other line-wire values there are: an operator who asked
+    // for protection must not run without it.
+    if f.max_conns_per_ip.is_some() {
+        return Err(ConfigError::Usage(format!(
+            "--max-conns-per-ip works only on the line wire, not with {wire_src}"
+        )));
+    }
+    if file.server.max_conns_per_ip.is_some() {
+        if f.wire.is_some() {
+            return Err(ConfigError::Usage(format!(
+                "server.max_conns_per_ip in {} works only on the line wire, not with {wire_src}",
+                file.path.display()
+            )));
+        }
+        return Err(file.problem(
+            "server.max_conns_per_ip",
+            "works only on the line wire, and server.wire is classic".into(),
+        ));
     }
     // Chat and the event engine exist only on the line wire: same rule, same words.
     for (key, flag, value, given, conflicts) in [
@@ -701,6 +731,59 @@ mod tests {
             .unwrap()
             .engine,
             Engine::Threads
+        );
+    }
+
+    #[test]
+    fn max_conns_per_ip_is_line_wire_only_from_flag_or_file() {
+        let classic = ServerOptions {
+            wire: Some(Wire::Classic),
+            ..Default::default()
+        };
+        assert_eq!(
+            server(
+                ServerOptions {
+                    max_conns_per_ip: Some(2),
+                    ..Default::default()
+                },
+                r#"{"server": {"wire": "classic"}}"#
+            )
+            .unwrap_err(),
+            "--max-conns-per-ip works only on the line wire, not with server.wire \"classic\" \
+             in configuration.json"
+        );
+        // In the file alone too: protection asked for must not be ignored.
+        assert_eq!(
+            server(
+                ServerOptions::default(),
+                r#"{"server": {"wire": "classic", "max_conns_per_ip": 3}}"#
+            )
+            .unwrap_err(),
+            "configuration.json: server.max_conns_per_ip: works only on the line wire, and \
+             server.wire is classic"
+        );
+        assert_eq!(
+            server(classic, r#"{"server": {"max_conns_per_ip": 3}}"#).unwrap_err(),
+            "server.max_conns_per_ip in configuration.json works only on the line wire, not \
+             with --wire classic"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    max_conns_per_ip: Some(2),
+                    ..Default::default()
+                },
+                r#"{"server": {"max_conns_per_ip": 5}}"#
+            )
+            .unwrap()
+            .max_conns_per_ip,
+            Some(2)
+        );
+        assert_eq!(
+            server(ServerOptions::default(), "{}")
+                .unwrap()
+                .max_conns_per_ip,
+            None
         );
     }
 

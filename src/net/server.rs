@@ -3,7 +3,7 @@
 //! ```text
 //!                accept loop (Server::run)
 //!                       │ registers a Conn (its core::session::Session), spawns two threads,
-//!                       │ or END server-full
+//!                       │ or END server-full (--max-conns, --max-conns-per-ip, no thread)
 //!         ┌─────────────┴──────────────┐
 //!  data-exchange thread          companion heartbeat thread
 //!  (reads, never writes)         (the only writer of the socket)
@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::config::{Engine, Mode, ServerSettings, Wire};
+use crate::core::admission::PerIp;
 use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, SessionConfig, END_GRACE};
 use crate::core::wire::{EndReason, ServerMsg};
@@ -223,6 +224,8 @@ struct Shared {
     lingerer: Option<Lingerer>,
     /// `--tls-cert`: every connection starts with a TLS handshake.
     tls: Option<ServerTlsConfig>,
+    /// Line-wire connections per client address (`--max-conns-per-ip`).
+    per_ip: Mutex<PerIp>,
 }
 
 impl Shared {
@@ -253,6 +256,7 @@ impl Shared {
     /// Called by each of a connection's threads as it exits.
     fn release(&self, conn: &Conn) {
         if conn.release() {
+            lock(&self.per_ip).release(conn.peer.ip());
             // The registry's reference goes now; the descriptor closes (and `closed` is
             // logged) when the two threads drop theirs a moment later.
             if let Some(mut chat) = self.chat() {
@@ -357,6 +361,7 @@ impl ThreadServer {
             }
             _ => None,
         };
+        let per_ip = Mutex::new(PerIp::new(settings.max_conns_per_ip));
         let shared = Arc::new(Shared {
             settings,
             log,
@@ -368,6 +373,7 @@ impl ThreadServer {
             lingerer: Lingerer::start().ok(),
             cluster: Mutex::new(cluster.map(|p| ClusterState::Prepared(Box::new(p)))),
             tls,
+            per_ip,
         });
         Ok(Self {
             listener,
@@ -499,9 +505,14 @@ impl ThreadServer {
             refuse(sh, stream, Some(peer), format!("max-conns {max} reached"));
             return;
         }
+        if let Err(refusal) = lock(&sh.per_ip).try_admit(peer.ip()) {
+            refuse(sh, stream, Some(peer), refusal.to_string());
+            return;
+        }
         let tls = match sh.tls.as_ref().map(ServerTlsConfig::accept).transpose() {
             Ok(tls) => tls,
             Err(e) => {
+                lock(&sh.per_ip).release(peer.ip());
                 refuse(sh, stream, Some(peer), format!("cannot start TLS: {e}"));
                 return;
             }
@@ -529,6 +540,7 @@ impl ThreadServer {
                 chat.conns.remove(&id);
             }
             sh.conns.remove(id);
+            lock(&sh.per_ip).release(peer.ip());
             write_refusal(conn.stream());
             sh.log.emit(Event::Refused {
                 peer: Some(peer),
@@ -673,6 +685,12 @@ pub(crate) fn server_tls(
         .map(|f| ServerTlsConfig::load(&f.cert, &f.key))
         .transpose()
         .map_err(ServerError::Tls)
+}
+
+/// Locks `m`, a poisoned lock included (the data it guards stays consistent: every update
+/// under it is a single step).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where the reader stands after handling what it has read.

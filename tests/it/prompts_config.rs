@@ -351,6 +351,11 @@ fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
         ),
         (
             "hb-server",
+            &["--wire", "classic", "--max-conns-per-ip", "2"],
+            "hb-server: --max-conns-per-ip works only on the line wire, not with --wire classic",
+        ),
+        (
+            "hb-server",
             &["--broker", "redis://127.0.0.1:1"],
             "hb-server: --broker does nothing without --mode chat",
         ),
