@@ -7,7 +7,7 @@
 //!     accept task: accept → END server-full when out of room (or at
 //!                  --max-conns-per-ip, core::admission), else spawn:
 //!     one task per connection (the only reader and writer of its socket):
-//!       loop: Session::handle_timeout (heartbeat, lag, write stall)
+//!       loop: Session::handle_timeout (heartbeat, lag, write stall, auth)
 //!             write what the session holds (vectored, until the socket is full)
 //!             Session::poll_close → linger after END, or close
 //!             ended → Hub::handle_leave
@@ -44,8 +44,8 @@ use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
 use crate::net::server::{
-    is_fd_exhaustion, listen, lock, send_now, server_tls, session_config, write_refusal,
-    ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
+    is_fd_exhaustion, listen, lock, new_session, send_now, server_tls, write_refusal, ServerError,
+    HOLD_SLICE, SHUTDOWN_GRACE,
 };
 use crate::net::tls::{ServerTls, ServerTlsConfig};
 
@@ -396,7 +396,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let conn = Arc::new(EConn {
         id,
         peer,
-        session: Mutex::new(Session::new(session_config(&sh.settings), Instant::now())),
+        session: Mutex::new(new_session(&sh.settings, Instant::now())),
         wake: Notify::new(),
         close_now: AtomicBool::new(false),
     });

@@ -9,6 +9,7 @@
 //!  (reads, never writes)         (the only writer of the socket)
 //!   poll until bytes or the       switch on: Session::handle_heartbeat → PING k / END
 //!     session's idle deadline     Session::handle_flow_timeout (lag, write stall)
+//!                                 Session::handle_auth_timeout (no AUTH, token expiry)
 //!   bytes → Session::handle_rx    Session::poll_transmit → non-blocking send;
 //!     → switch off                  blocked: poll(POLLOUT) in short slices
 //!   Session::poll_input           Session::handle_written → caught up: wake held readers
@@ -33,7 +34,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 
@@ -519,7 +520,7 @@ impl ThreadServer {
         };
         let _ = stream.set_nodelay(true);
         let id = sh.conns.next_id();
-        let session = Session::new(session_config(&sh.settings), Instant::now());
+        let session = new_session(&sh.settings, Instant::now());
         let (conn, bell) = Conn::new(id, peer, stream, session, tls, sh.log.clone());
         let conn = Arc::new(conn);
         sh.conns.insert(id, conn.clone());
@@ -671,6 +672,7 @@ pub(crate) fn session_config(settings: &ServerSettings) -> SessionConfig {
         stall: settings.stall,
         rate: settings.rate,
         tls: settings.tls.is_some(),
+        auth: settings.auth.clone(),
         handshake: settings.handshake,
     }
 }
@@ -685,6 +687,15 @@ pub(crate) fn server_tls(
         .map(|f| ServerTlsConfig::load(&f.cert, &f.key))
         .transpose()
         .map_err(ServerError::Tls)
+}
+
+/// The session of a connection accepted at `now` (either engine). The wall clock is read
+/// here, once per connection: the session judges token expiry from it without a clock.
+pub(crate) fn new_session(settings: &ServerSettings, now: Instant) -> Session {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Session::new(session_config(settings), now, unix)
 }
 
 /// Locks `m`, a poisoned lock included (the data it guards stays consistent: every update
@@ -912,6 +923,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             s.handle_heartbeat(now);
         }
         s.handle_flow_timeout(now);
+        s.handle_auth_timeout(now);
         // Written straight from the session's queue with one vectored, non-blocking send
         // under its lock (no copy, and one lock for the write and its accounting).
         let mut wrote = None;
@@ -961,9 +973,14 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
         }
         let close = s.poll_close();
         let ending = s.end_reason();
+        // The heartbeat's deadlines are the reader's until the switch is on; the others
+        // are always the companion's.
         let deadline = earliest(
-            if hb_on { s.heartbeat_timeout() } else { None },
-            s.flow_timeout(),
+            earliest(
+                if hb_on { s.heartbeat_timeout() } else { None },
+                s.flow_timeout(),
+            ),
+            s.auth_timeout(),
         );
         log_session(&sh.log, conn.id, conn.peer, &mut s);
         if ending.is_some() {
