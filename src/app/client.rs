@@ -60,6 +60,9 @@ pub fn run(args: &ClientArgs) -> Result<Outcome, RunError> {
     let mut prompter = stdin_prompter();
     let settings =
         ClientSettings::resolve(flags, &file, &mut prompter).map_err(RunError::Config)?;
+    for w in settings.warnings() {
+        let _ = prompter.say(&format!("hb-client: {w}"));
+    }
     if settings.chat_name.is_none() {
         let _ = prompter.say(&format!(
             "sending {:?} every {}, answering heartbeats after {}",

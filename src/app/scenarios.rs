@@ -268,6 +268,9 @@ impl Harness {
             rate: None,
             tls: None,
             handshake: crate::config::defaults::HANDSHAKE,
+            auth: None,
+            auth_secret: None,
+            max_conns_per_ip: None,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();
@@ -322,6 +325,7 @@ impl Harness {
             chat_name: None,
             messages: None,
             reconnect_for: Duration::ZERO,
+            token: None,
             listen_host: "127.0.0.1".into(),
             listen_port: 0,
             tls: None,

@@ -69,6 +69,22 @@ pub fn run(args: &ServerArgs) -> Result<(), RunError> {
         hb.count(),
         fmt_duration(hb.idle())
     ));
+    if let (Some(auth), Some(path)) = (&settings.auth, &settings.auth_secret) {
+        if auth.is_weak() {
+            let _ = prompter.say(&format!(
+                "warning: the secret in {} is {} bytes; HS256 wants at least {} (256 bits): a \
+                 shorter one can be guessed offline from any token",
+                path.display(),
+                auth.secret_len(),
+                crate::core::auth::MIN_SECRET_BYTES
+            ));
+        }
+        let _ = prompter.say(&format!(
+            "authentication: AUTH with a JWT (HS256, the secret in {}) within {}",
+            path.display(),
+            fmt_duration(settings.handshake)
+        ));
+    }
     drop(prompter);
     raise_fd_limit();
     let server = Server::bind(settings, EventLog::stdout()).map_err(RunError::Server)?;

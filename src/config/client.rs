@@ -34,11 +34,45 @@ pub fn check_name(name: &str) -> Result<(), String> {
     })
 }
 
+/// A token must be something to send as one word of one line (a JWT is three base64url
+/// parts); the server judges the rest.
+pub(super) fn check_token(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        Err("must not be empty".into())
+    } else if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("must be one word: no spaces, line ends or control characters (a JWT has none)".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// The chat name a token is for (its `sub`, read without verifying: the client has no
+/// secret), or why there is none.
+fn token_name(token: &str) -> Result<String, String> {
+    crate::core::auth::unverified_sub(token).map_err(|e| e.to_string())
+}
+
 /// Client flags that contradict each other or would do nothing, and flag values the server
 /// would refuse.
 fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), ConfigError> {
     if let Some(m) = &flags.message {
         check_message(m).map_err(|r| bad("--message", r))?;
+    }
+    if let Some(t) = &flags.token {
+        check_token(t).map_err(|r| bad("--token", r))?;
+    }
+    let token = flags.token.as_ref().or(file.client.token.as_ref());
+    if let (Some(_), Some(Wire::Classic)) = (&flags.token, flags.wire.or(file.server.wire)) {
+        let wire_src = origin(
+            flags.wire.is_some(),
+            "--wire",
+            "server.wire",
+            "classic",
+            file,
+        );
+        return Err(ConfigError::Usage(format!(
+            "--token works only on the line wire, not with {wire_src}"
+        )));
     }
     if let Some(n) = &flags.name {
         check_name(n).map_err(|r| bad("--name", r))?;
@@ -87,6 +121,15 @@ fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), Conf
         )));
     }
     if flags.name.is_none() && file.client.name.is_none() {
+        // A token names its holder: its sub is the only name the server would take.
+        if let Some(t) = token {
+            return match token_name(t) {
+                Ok(_) => Ok(()),
+                Err(why) => Err(ConfigError::Usage(format!(
+                    "--chat needs a name: --name NAME, or a --token whose sub is one ({why})"
+                ))),
+            };
+        }
         let from = if file.path.as_os_str().is_empty() {
             String::new()
         } else {
@@ -152,6 +195,12 @@ pub struct ClientFlags {
     /// self-signed certificate) instead of the system's roots; implies --tls
     #[arg(long, value_name = "PEM")]
     pub ca: Option<PathBuf>,
+    /// JWT to authenticate with, for a server run with --auth-secret: sent as `AUTH TOKEN`
+    /// first on every connection and reconnection. With --chat and no --name, the chat name
+    /// is the token's `sub`. Keep it out of shell history where that matters: client.token in
+    /// the configuration file works too [default: client.token from the file, else none]
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
     /// Never prompt: use defaults for whatever flags and the file leave unset
     #[arg(long)]
     pub defaults: bool,
@@ -178,6 +227,8 @@ pub struct ClientSettings {
     pub messages: Option<u64>,
     /// Chat: how long to keep reconnecting after a lost connection (zero: never).
     pub reconnect_for: Duration,
+    /// The JWT sent as `AUTH TOKEN` first on every connection, if any.
+    pub token: Option<String>,
     /// Where the classic-wire client listens for the heartbeat socket.
     pub listen_host: String,
     /// Port of the classic-wire heartbeat listener.
@@ -224,10 +275,18 @@ impl ClientSettings {
             .clone()
             .or_else(|| f.message.clone())
             .unwrap_or_else(|| defaults::MESSAGE.into());
-        // A flag overrides the file's client.name; both were checked already.
+        let token = flags.token.clone().or_else(|| f.token.clone());
+        // A flag overrides the file's client.name; both were checked already. Without
+        // either, the token's sub (checked to be readable) names the chatter.
         let chat_name = flags
             .chat
-            .then(|| flags.name.clone().or_else(|| f.name.clone()))
+            .then(|| {
+                flags
+                    .name
+                    .clone()
+                    .or_else(|| f.name.clone())
+                    .or_else(|| token.as_deref().and_then(|t| token_name(t).ok()))
+            })
             .flatten();
         Ok(Self {
             host: flags
@@ -247,10 +306,32 @@ impl ClientSettings {
             chat_name,
             messages: flags.messages,
             reconnect_for: flags.reconnect_for.unwrap_or(defaults::RECONNECT_FOR),
+            token,
             listen_host: f.host.clone().unwrap_or_else(|| defaults::HOST.into()),
             listen_port: f.port.unwrap_or(defaults::CLIENT_PORT),
             tls: (flags.tls || flags.ca.is_some()).then(|| flags.ca.clone()),
         })
+    }
+}
+
+impl ClientSettings {
+    /// What the user should hear before connecting: a chat name other than the token's
+    /// `sub` (the server would end the session `auth-failed` at the JOIN).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let (Some(name), Some(token)) = (&self.chat_name, &self.token) {
+            match token_name(token) {
+                Ok(sub) if sub != *name => out.push(format!(
+                    "warning: the chat name {name:?} is not the token's sub {sub:?}; a server \
+                     with --auth-secret will end the session auth-failed at the JOIN"
+                )),
+                Ok(_) => {}
+                Err(why) => out.push(format!(
+                    "warning: cannot read the token's sub ({why}); the server will judge it"
+                )),
+            }
+        }
+        out
     }
 }
 
@@ -344,6 +425,89 @@ mod tests {
             );
         }
         assert!(client(chat(Some(&"x".repeat(32))), "{}").is_ok());
+    }
+
+    /// A token for `sub` (any secret: the client cannot check it).
+    fn token_for(sub: &str) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": sub, "exp": 1}),
+            &jsonwebtoken::EncodingKey::from_secret(b"whatever"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_names_the_chatter_when_no_name_is_given() {
+        let ann = token_for("ann");
+        let with = |name: Option<&str>, token: &str| ClientFlags {
+            token: Some(token.into()),
+            ..chat(name)
+        };
+        let c = client(with(None, &ann), "{}").unwrap();
+        assert_eq!(c.chat_name.as_deref(), Some("ann"));
+        assert_eq!(c.token.as_deref(), Some(ann.as_str()));
+        assert!(c.warnings().is_empty());
+        // --name wins, with a warning before connecting.
+        let c = client(with(Some("bob"), &ann), "{}").unwrap();
+        assert_eq!(c.chat_name.as_deref(), Some("bob"));
+        assert_eq!(
+            c.warnings(),
+            [
+                "warning: the chat name \"bob\" is not the token's sub \"ann\"; a server with \
+              --auth-secret will end the session auth-failed at the JOIN"
+            ]
+        );
+        // A token whose sub is unreadable or unusable does not name anyone.
+        for bad in [token_for("a b"), "not-a-jwt".into()] {
+            let e = client(with(None, &bad), "{}").unwrap_err();
+            assert!(
+                e.starts_with("--chat needs a name: --name NAME, or a --token whose sub is one ("),
+                "{e}"
+            );
+        }
+        // From the file.
+        let file = format!(r#"{{"client": {{"token": "{ann}"}}}}"#);
+        assert_eq!(
+            client(chat(None), &file).unwrap().chat_name.as_deref(),
+            Some("ann")
+        );
+        // A token is one word of one line; it is a line-wire thing.
+        for (bad, why) in [("", "must not be empty"), ("a b", "must be one word")] {
+            let e = client(with(Some("ann"), bad), "{}").unwrap_err();
+            assert!(e.starts_with(&format!("--token: {why}")), "{e}");
+        }
+        assert!(parse(r#"{"client": {"token": "a\nb"}}"#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("configuration.json: client.token: must be one word"));
+        assert_eq!(
+            client(
+                ClientFlags {
+                    token: Some(ann.clone()),
+                    wire: Some(Wire::Classic),
+                    defaults: true,
+                    ..Default::default()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--token works only on the line wire, not with --wire classic"
+        );
+        // Echo clients send it too.
+        let c = client(
+            ClientFlags {
+                token: Some(ann.clone()),
+                defaults: true,
+                ..Default::default()
+            },
+            "{}",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.token.as_deref(), c.chat_name),
+            (Some(ann.as_str()), None)
+        );
     }
 
     #[test]

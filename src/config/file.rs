@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::client::{check_message, check_name};
+use super::client::{check_message, check_name, check_token};
 use super::{
     parse_duration, parse_duration_allow_zero, ConfigError, Engine, FileProblem, Mode,
     ServerOptions, Wire, DEFAULT_CONFIG,
@@ -26,6 +26,8 @@ pub struct FileClient {
     pub message: Option<String>,
     /// `client.name`
     pub name: Option<String>,
+    /// `client.token`
+    pub token: Option<String>,
 }
 
 /// A parsed configuration.json.
@@ -50,7 +52,7 @@ fn server_keys() -> Vec<String> {
 }
 
 /// The keys `client` may hold.
-const CLIENT_KEYS: &[&str] = &["host", "port", "every", "block", "message", "name"];
+const CLIENT_KEYS: &[&str] = &["host", "port", "every", "block", "message", "name", "token"];
 
 impl FileConfig {
     /// Loads `path` if given (it must exist), else `configuration.json` if it exists, else
@@ -213,10 +215,25 @@ fn duration(v: &Value, allow_zero: bool) -> Result<Duration, String> {
     }
 }
 
+/// A file path, as a non-empty string.
+fn path_value(v: &Value) -> Result<PathBuf, String> {
+    let s = string(v)?;
+    if s.is_empty() {
+        return Err("expected a file path, got an empty string".into());
+    }
+    Ok(PathBuf::from(s))
+}
+
 fn message_value(v: &Value) -> Result<String, String> {
     let m = string(v)?;
     check_message(&m)?;
     Ok(m)
+}
+
+fn token_value(v: &Value) -> Result<String, String> {
+    let t = string(v)?;
+    check_token(&t)?;
+    Ok(t)
 }
 
 fn name_value(v: &Value) -> Result<String, String> {
@@ -255,6 +272,8 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "tls_cert" => s.tls_cert = p.take(key, string(v).map(PathBuf::from)),
             "tls_key" => s.tls_key = p.take(key, string(v).map(PathBuf::from)),
             "handshake_timeout" => s.handshake_timeout = p.take(key, duration(v, false)),
+            "auth_secret" => s.auth_secret = p.take(key, path_value(v)),
+            "max_conns_per_ip" => s.max_conns_per_ip = p.take(key, positive_usize(v)),
             _ => p.add(key, unknown(&server_keys())),
         }
     }
@@ -274,6 +293,7 @@ fn parse_client(obj: &Map<String, Value>, problems: &mut Problems) -> FileClient
             "block" => c.block = p.take(key, duration(v, true)),
             "message" => c.message = p.take(key, message_value(v)),
             "name" => c.name = p.take(key, name_value(v)),
+            "token" => c.token = p.take(key, token_value(v)),
             _ => p.add(key, unknown(CLIENT_KEYS)),
         }
     }
@@ -318,7 +338,8 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key, handshake_timeout)"
+             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst, \
+             tls_cert, tls_key, handshake_timeout, auth_secret, max_conns_per_ip)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),
@@ -418,7 +439,7 @@ mod tests {
     #[test]
     fn every_server_setting_is_a_file_key() {
         let keys = server_keys();
-        assert_eq!(keys.len(), 18, "{keys:?}");
+        assert_eq!(keys.len(), 23, "{keys:?}");
         for key in keys {
             let e = parse(&format!(r#"{{"server": {{"{key}": [1]}}}}"#)).unwrap_err();
             let m = e.to_string();

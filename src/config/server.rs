@@ -3,12 +3,14 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::prompt::setting;
 use super::{
     bad, defaults, origin, parse_duration, ConfigError, Engine, FileConfig, Mode, Prompter, Wire,
 };
+use crate::core::auth::AuthConfig;
 use crate::core::heartbeat::{HeartbeatConfig, HeartbeatConfigError};
 
 /// Every server setting, declared once: the flags of `hb-server` (clap fills it from the
@@ -103,6 +105,17 @@ pub struct ServerOptions {
     /// send AUTH) before it is closed (DUR) [default: 10s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub handshake_timeout: Option<Duration>,
+    /// Require authentication: every client must send `AUTH TOKEN` first, TOKEN a JWT signed
+    /// HS256 with this file's bytes (one trailing newline stripped; at least 32 bytes
+    /// advised) with `exp` and `sub` (the only name it may JOIN); otherwise `END
+    /// auth-failed`. Line wire only [default: no authentication]
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret: Option<PathBuf>,
+    /// Clients served at once from one IP address (a number); newcomers beyond it are
+    /// refused `END server-full`, so one address cannot take every --max-conns slot. Line
+    /// wire only [default: no limit]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub max_conns_per_ip: Option<usize>,
 }
 
 /// The server's TLS certificate chain and private key (PEM files).
@@ -167,6 +180,11 @@ impl ServerOptions {
             tls_cert: self.tls_cert.clone().or_else(|| fallback.tls_cert.clone()),
             tls_key: self.tls_key.clone().or_else(|| fallback.tls_key.clone()),
             handshake_timeout: self.handshake_timeout.or(fallback.handshake_timeout),
+            auth_secret: self
+                .auth_secret
+                .clone()
+                .or_else(|| fallback.auth_secret.clone()),
+            max_conns_per_ip: self.max_conns_per_ip.or(fallback.max_conns_per_ip),
         }
     }
 }
@@ -200,7 +218,8 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
 pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
     /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall,
-    /// history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key, handshake_timeout; with --wire
+    /// history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key,
+    /// handshake_timeout, auth_secret, max_conns_per_ip; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -254,9 +273,36 @@ pub struct ServerSettings {
     pub tls: Option<TlsFiles>,
     /// Time a new connection has to finish its handshake (TLS, and AUTH when required).
     pub handshake: Duration,
+    /// The key clients' tokens are verified with (`--auth-secret`, read at startup), if
+    /// authentication is required.
+    pub auth: Option<Arc<AuthConfig>>,
+    /// The file the key came from (for messages).
+    pub auth_secret: Option<PathBuf>,
+    /// Connections served at once from one IP address (`None`: no limit).
+    pub max_conns_per_ip: Option<usize>,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
+}
+
+/// Reads the `--auth-secret` file into a key: unreadable or empty is a startup error naming
+/// the file (exit 2). A short secret is accepted (the caller warns about it).
+pub fn load_secret(path: &std::path::Path) -> Result<AuthConfig, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        bad(
+            "--auth-secret",
+            format!("cannot read the secret file {}: {e}", path.display()),
+        )
+    })?;
+    AuthConfig::from_file_bytes(&bytes).map_err(|e| {
+        bad(
+            "--auth-secret",
+            format!(
+                "the secret file {} is empty ({e} once its line end is stripped)",
+                path.display()
+            ),
+        )
+    })
 }
 
 fn heartbeat_error(e: HeartbeatConfigError) -> ConfigError {
@@ -273,6 +319,10 @@ impl ServerSettings {
         let o = flags.options.or(&file.server);
         // Before any prompt: nobody should answer questions for a command line that fails.
         check_server_flags(flags, file)?;
+        let auth = match &o.auth_secret {
+            Some(path) => Some(load_secret(path)?),
+            None => None,
+        };
         let mut ask = (!flags.defaults).then_some(prompter);
         let interval = setting(
             o.interval,
@@ -336,6 +386,9 @@ impl ServerSettings {
                 _ => None,
             },
             handshake: o.handshake_timeout.unwrap_or(defaults::HANDSHAKE),
+            auth: auth.map(Arc::new),
+            auth_secret: o.auth_secret,
+            max_conns_per_ip: o.max_conns_per_ip,
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }
@@ -382,6 +435,17 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
             "{given} needs {missing}: TLS takes a certificate and its private key"
         )));
     }
+    if f.handshake_timeout.is_some()
+        && !cert
+        && f.auth_secret.is_none()
+        && file.server.auth_secret.is_none()
+    {
+        return Err(ConfigError::Usage(
+            "--handshake-timeout does nothing without --tls-cert or --auth-secret: there is no \
+             handshake to time"
+                .into(),
+        ));
+    }
     let broker = f.broker.clone().or_else(|| file.server.broker.clone());
     if f.node_timeout.is_some() && !matches!(broker, Some(Broker::Redis(_))) {
         return Err(ConfigError::Usage(
@@ -406,6 +470,42 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
             "--tls-cert works only on the line wire, not with {wire_src} (the manual's \
              programs speak plain TCP)"
         )));
+    }
+    // The classic wire has no verbs to authenticate with, and refuses without a line to say
+    // why. A secret or a per-address limit in the file is refused too, not ignored as other
+    // line-wire values there are: an operator who asked for protection must not run
+    // without it.
+    for (key, flag, given, in_file) in [
+        (
+            "auth_secret",
+            "--auth-secret",
+            f.auth_secret.is_some(),
+            file.server.auth_secret.is_some(),
+        ),
+        (
+            "max_conns_per_ip",
+            "--max-conns-per-ip",
+            f.max_conns_per_ip.is_some(),
+            file.server.max_conns_per_ip.is_some(),
+        ),
+    ] {
+        if given {
+            return Err(ConfigError::Usage(format!(
+                "{flag} works only on the line wire, not with {wire_src}"
+            )));
+        }
+        if in_file && f.wire.is_some() {
+            return Err(ConfigError::Usage(format!(
+                "server.{key} in {} works only on the line wire, not with {wire_src}",
+                file.path.display()
+            )));
+        }
+        if in_file {
+            return Err(file.problem(
+                &format!("server.{key}"),
+                "works only on the line wire, and server.wire is classic".into(),
+            ));
+        }
     }
     // Chat and the event engine exist only on the line wire: same rule, same words.
     for (key, flag, value, given, conflicts) in [
@@ -701,6 +801,159 @@ mod tests {
             .unwrap()
             .engine,
             Engine::Threads
+        );
+    }
+
+    #[test]
+    fn auth_secret_is_read_at_startup_and_its_problems_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("hb-secret-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let missing = dir.join("missing");
+        let opts = |p: &std::path::Path| ServerOptions {
+            auth_secret: Some(p.to_path_buf()),
+            ..Default::default()
+        };
+        let s = server(opts(&good), "{}").unwrap();
+        let auth = s.auth.expect("auth on");
+        assert_eq!(auth.secret_len(), 32, "the newline is not part of the key");
+        assert_eq!(s.handshake, ms(10_000));
+        let e = server(opts(&missing), "{}").unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "--auth-secret: cannot read the secret file {}: ",
+                missing.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(
+            server(opts(&empty), "{}").unwrap_err(),
+            format!(
+                "--auth-secret: the secret file {} is empty (the secret is empty once its line \
+                 end is stripped)",
+                empty.display()
+            )
+        );
+        // From the file, with the handshake time.
+        let text = format!(
+            r#"{{"server": {{"auth_secret": "{}", "handshake_timeout": "2s"}}}}"#,
+            good.display()
+        );
+        let s = server(ServerOptions::default(), &text).unwrap();
+        assert!(s.auth.is_some());
+        assert_eq!(s.handshake, ms(2000));
+        assert_eq!(s.auth_secret.as_deref(), Some(good.as_path()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn auth_is_line_wire_only_and_a_handshake_time_needs_a_handshake() {
+        let classic = ServerOptions {
+            wire: Some(Wire::Classic),
+            ..Default::default()
+        };
+        assert_eq!(
+            server(
+                ServerOptions {
+                    auth_secret: Some("/nonexistent".into()),
+                    ..classic.clone()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--auth-secret works only on the line wire, not with --wire classic"
+        );
+        // In the file alone too: protection asked for must not be ignored.
+        assert_eq!(
+            server(
+                ServerOptions::default(),
+                r#"{"server": {"wire": "classic", "auth_secret": "/s"}}"#
+            )
+            .unwrap_err(),
+            "configuration.json: server.auth_secret: works only on the line wire, and \
+             server.wire is classic"
+        );
+        let e = ServerSettings::resolve(
+            &ServerFlags {
+                defaults: true,
+                options: ServerOptions {
+                    auth_secret: Some("/s".into()),
+                    ..classic
+                },
+                ..Default::default()
+            },
+            &FileConfig::default(),
+            &mut prompter("", false),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Usage(_)), "exit 2: {e:?}");
+        assert_eq!(
+            server(
+                ServerOptions {
+                    handshake_timeout: Some(ms(500)),
+                    ..Default::default()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--handshake-timeout does nothing without --tls-cert or --auth-secret: there is no \
+             handshake to time"
+        );
+    }
+
+    #[test]
+    fn max_conns_per_ip_is_line_wire_only_from_flag_or_file() {
+        let classic = ServerOptions {
+            wire: Some(Wire::Classic),
+            ..Default::default()
+        };
+        assert_eq!(
+            server(
+                ServerOptions {
+                    max_conns_per_ip: Some(2),
+                    ..Default::default()
+                },
+                r#"{"server": {"wire": "classic"}}"#
+            )
+            .unwrap_err(),
+            "--max-conns-per-ip works only on the line wire, not with server.wire \"classic\" \
+             in configuration.json"
+        );
+        // In the file alone too: protection asked for must not be ignored.
+        assert_eq!(
+            server(
+                ServerOptions::default(),
+                r#"{"server": {"wire": "classic", "max_conns_per_ip": 3}}"#
+            )
+            .unwrap_err(),
+            "configuration.json: server.max_conns_per_ip: works only on the line wire, and \
+             server.wire is classic"
+        );
+        assert_eq!(
+            server(classic, r#"{"server": {"max_conns_per_ip": 3}}"#).unwrap_err(),
+            "server.max_conns_per_ip in configuration.json works only on the line wire, not \
+             with --wire classic"
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    max_conns_per_ip: Some(2),
+                    ..Default::default()
+                },
+                r#"{"server": {"max_conns_per_ip": 5}}"#
+            )
+            .unwrap()
+            .max_conns_per_ip,
+            Some(2)
+        );
+        assert_eq!(
+            server(ServerOptions::default(), "{}")
+                .unwrap()
+                .max_conns_per_ip,
+            None
         );
     }
 

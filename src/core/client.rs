@@ -38,6 +38,8 @@ pub struct ClientConfig {
     /// The server mode this client is for; a `HELLO` naming another mode ends the session
     /// with [`Outcome::Mismatch`]. `None` accepts any.
     pub mode: Option<Mode>,
+    /// `--token`: sent as `AUTH TOKEN` before anything else on the connection.
+    pub token: Option<String>,
 }
 
 /// How the server's side of the connection went away.
@@ -154,6 +156,11 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UserEnded => f.write_str("session ended"),
+            Self::ServerEnded(EndReason::AuthFailed) => f.write_str(
+                "the server ended the session: auth-failed (it refused the token: another \
+                 secret, expired or not yet valid, or not for this --name; the server's log \
+                 says which)",
+            ),
             Self::ServerEnded(reason) => write!(f, "the server ended the session: {reason}"),
             Self::ServerLost(silence) => write!(
                 f,
@@ -186,7 +193,8 @@ impl fmt::Display for Outcome {
 /// * On purpose, never retried: the user's own end, `END quit`, `END server-shutdown` (the
 ///   operator stopped the server), `END replaced` (another connection resumed our name with
 ///   our token: reconnecting would take it back and the two would fight), the refusals
-///   `END server-full` and `END line-too-long`, and a client/server mismatch. A refused
+///   `END server-full` and `END line-too-long`, `END flood` and `END auth-failed`, and a
+///   client/server mismatch. A refused
 ///   name (`ERR` on joining) never reaches here: it ends the client at once (exit 2).
 pub fn should_reconnect(outcome: Outcome) -> bool {
     match outcome {
@@ -206,7 +214,9 @@ pub fn should_reconnect(outcome: Outcome) -> bool {
             // Another member holds the name cluster-wide: rejoining would be refused.
             | EndReason::NameTaken
             // Over --rate: the user's script sends too fast; coming back would flood again.
-            | EndReason::Flood => false,
+            | EndReason::Flood
+            // The token was refused (or ran out): the same token would be refused again.
+            | EndReason::AuthFailed => false,
         },
         Outcome::UserEnded | Outcome::Unreachable(_) | Outcome::Mismatch(_) => false,
     }
@@ -387,12 +397,16 @@ pub struct Client {
     pongs: VecDeque<(Instant, String)>,
     quitting: bool,
     finished: Option<Outcome>,
+    /// `AUTH` still to send (the first action of a connection, before even `HELLO`).
+    auth: Option<String>,
 }
 
 impl Client {
-    /// A client that connected at `now` and waits for `HELLO`.
+    /// A client that connected at `now` and waits for `HELLO`; with a token, its first
+    /// action is `AUTH TOKEN`.
     pub fn new(cfg: ClientConfig, now: Instant) -> Self {
         Self {
+            auth: cfg.token.clone(),
             cfg,
             patience: HELLO_TIMEOUT,
             greeted: false,
@@ -503,6 +517,9 @@ impl Client {
             return None;
         }
         let lost = self.last_rx.checked_add(self.patience);
+        if self.auth.is_some() {
+            return Some(self.last_rx);
+        }
         [
             self.next_send,
             self.pongs.front().map(|p| p.0),
@@ -520,6 +537,10 @@ impl Client {
     pub fn poll(&mut self, now: Instant) -> Option<ClientAction> {
         if self.finished.is_some() {
             return None;
+        }
+        if let Some(token) = self.auth.take() {
+            // First on the wire: a server with --auth-secret ends anything else first.
+            return Some(ClientAction::Send(ClientMsg::Auth(token)));
         }
         let silent = now.saturating_duration_since(self.last_rx);
         if silent >= self.patience {
@@ -586,6 +607,8 @@ pub enum ClientAction {
 #[derive(Debug, Clone)]
 pub struct Chat {
     name: String,
+    /// `--token`: `AUTH TOKEN` goes first on every connection.
+    token_auth: Option<String>,
     joined: bool,
     /// The last room position received (`None` until the first `WELCOME`).
     last: Option<Pos>,
@@ -635,6 +658,7 @@ impl Chat {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            token_auth: None,
             joined: false,
             last: None,
             token: None,
@@ -642,17 +666,27 @@ impl Chat {
         }
     }
 
-    /// The lines to send on connecting: the join (naming the last position seen and the
-    /// token, when resuming) and `WHO`.
-    pub fn join(&self) -> [ClientMsg; 2] {
-        [
-            ClientMsg::JoinSince {
-                name: self.name.clone(),
-                since: self.last.clone(),
-                token: self.token.clone(),
-            },
-            ClientMsg::Who,
-        ]
+    /// A chat client that authenticates with `token` (a JWT for `--auth-secret` servers) on
+    /// every connection before it joins.
+    pub fn with_auth(mut self, token: Option<String>) -> Self {
+        self.token_auth = token;
+        self
+    }
+
+    /// The lines to send on connecting: `AUTH` (with a token), the join (naming the last
+    /// position seen and the resume token, when resuming) and `WHO`.
+    pub fn join(&self) -> Vec<ClientMsg> {
+        let mut lines = Vec::with_capacity(3);
+        if let Some(t) = &self.token_auth {
+            lines.push(ClientMsg::Auth(t.clone()));
+        }
+        lines.push(ClientMsg::JoinSince {
+            name: self.name.clone(),
+            since: self.last.clone(),
+            token: self.token.clone(),
+        });
+        lines.push(ClientMsg::Who);
+        lines
     }
 
     /// True once the server confirmed the name; the driver reads the user's lines only then,
@@ -861,6 +895,7 @@ mod tests {
             message: "Hello, there".into(),
             messages,
             mode: None,
+            token: None,
         }
     }
 
@@ -1394,6 +1429,44 @@ mod tests {
     }
 
     #[test]
+    fn a_token_goes_first_on_every_connection_before_hello_and_join() {
+        let t0 = Instant::now();
+        let mut c = Client::new(
+            ClientConfig {
+                token: Some("h.p.s".into()),
+                ..cfg(100, 0, None)
+            },
+            t0,
+        );
+        assert_eq!(c.poll_timeout(), Some(t0), "due at once");
+        assert_eq!(
+            c.poll(t0),
+            Some(ClientAction::Send(ClientMsg::Auth("h.p.s".into())))
+        );
+        assert_eq!(c.poll(t0), None, "once per connection");
+        let _ = c.handle_msg(t0, &hello());
+        assert_eq!(
+            c.poll(t0),
+            Some(ClientAction::Send(ClientMsg::Msg("Hello, there".into())))
+        );
+        // The chat client: AUTH, then the join, on every (re)connection.
+        let mut chat = Chat::new("ann").with_auth(Some("h.p.s".into()));
+        for _ in 0..2 {
+            let lines = chat.join();
+            assert_eq!(lines[0], ClientMsg::Auth("h.p.s".into()));
+            assert!(matches!(lines[1], ClientMsg::JoinSince { .. }));
+            assert_eq!(lines[2], ClientMsg::Who);
+            chat.connection_lost(t0);
+        }
+        assert_eq!(Chat::new("ann").join().len(), 2, "no token, no AUTH");
+        let refused = Outcome::ServerEnded(EndReason::AuthFailed);
+        assert_eq!(refused.exit_code(), 3);
+        assert!(refused
+            .to_string()
+            .starts_with("the server ended the session: auth-failed (it refused the token"));
+    }
+
+    #[test]
     fn losses_reconnect_and_deliberate_ends_do_not() {
         for o in [
             Outcome::ServerLost(ms(500)),
@@ -1411,6 +1484,8 @@ mod tests {
             Outcome::ServerEnded(EndReason::Replaced),
             Outcome::ServerEnded(EndReason::ServerFull),
             Outcome::ServerEnded(EndReason::LineTooLong),
+            Outcome::ServerEnded(EndReason::Flood),
+            Outcome::ServerEnded(EndReason::AuthFailed),
             Outcome::Mismatch(Mismatch::ServerMode(Mode::Echo)),
             Outcome::Unreachable(ms(60_000)),
         ] {

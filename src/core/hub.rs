@@ -932,6 +932,7 @@ mod tests {
             stall: ms(500),
             rate: None,
             tls: false,
+            auth: None,
             handshake: Duration::from_secs(10),
         }
     }
@@ -967,7 +968,7 @@ mod tests {
             };
             for (i, name) in names.iter().enumerate() {
                 let id = i as MemberId + 1;
-                sim.s.insert(id, Session::new(cfg(), t));
+                sim.s.insert(id, Session::new(cfg(), t, Duration::ZERO));
                 sim.read(id, usize::MAX);
                 sim.got.get_mut(&id).unwrap().clear();
                 let _ = sim.rx(id, &format!("JOIN {name}\n"));
@@ -1032,7 +1033,8 @@ mod tests {
 
         /// A new connection `id`, its HELLO read, not joined.
         fn connect(&mut self, id: MemberId) {
-            self.s.insert(id, Session::new(cfg(), self.t));
+            self.s
+                .insert(id, Session::new(cfg(), self.t, Duration::ZERO));
             self.read(id, usize::MAX);
             self.got.get_mut(&id).unwrap().clear();
         }
@@ -1185,7 +1187,7 @@ mod tests {
     #[test]
     fn nothing_is_handled_after_the_end_state_began() {
         let mut sim = Sim::new(&["ann"]);
-        sim.s.insert(9, Session::new(cfg(), sim.t));
+        sim.s.insert(9, Session::new(cfg(), sim.t, Duration::ZERO));
         sim.s
             .get_mut(&9)
             .unwrap()

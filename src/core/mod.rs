@@ -1,5 +1,7 @@
 //! Pure logic: no sockets, no threads, no clock. Everything here takes `now` as an argument.
 
+pub mod admission;
+pub mod auth;
 pub mod classic;
 pub mod client;
 pub mod cluster;

@@ -18,24 +18,42 @@
 //! a write the socket refused, so a writer the OS did not schedule is not the client's
 //! fault), is ended `END slow-consumer`.
 //!
+//! ## Authentication (CONTRACT section 9)
+//! With an [`AuthConfig`] (`--auth-secret`) the first line other than an empty keep-alive or
+//! a `PONG` (the answer to our own `PING` is allowed) must be `AUTH TOKEN`, within
+//! `handshake` of the connection's start. Anything else first, no `AUTH` in time, a token
+//! [`AuthConfig::verify`] refuses, a later `JOIN` (plain or `SINCE`, echo mode too) under
+//! another name than the token's `sub`, or a second `AUTH` for another `sub` ends the
+//! session `END auth-failed` at once (an urgent end), with a [`SessionEvent::AuthFailed`]
+//! saying why (never the token). Success says nothing on the wire (the contract fixes the
+//! bytes) and is logged. The token's `exp` (plus the leeway) is a deadline like the others:
+//! the session is ended `auth-failed` then, unless a new `AUTH` for the same `sub` pushed it
+//! later. Token times are judged on the wall clock, which the session never reads: the engine
+//! reads it once at accept ([`Session::new`]), and the session carries it forward on the
+//! monotonic `now`. Without an [`AuthConfig`], `AUTH` is refused `ERR unknown-verb`.
+//!
 //! ## End state
 //! The first reason given wins. Urgent ends (`heartbeat-timeout`, `slow-consumer`,
-//! `server-shutdown`) drop what is queued, except the rest of a line the socket has taken
-//! part of (a client never sees half a line followed by `END`), and queue `END` next;
+//! `server-shutdown`, `flood`, `auth-failed`) drop what is queued, except `HELLO` (the first
+//! line on every connection, even one ended before the socket took it: a client that sent
+//! its first lines without reading still sees it) and the rest of a line the socket has
+//! taken part of (a client never sees half a line followed by `END`), and queue `END` next;
 //! `quit` and `line-too-long` queue `END` after everything queued before them. Once
 //! the end state has begun nothing more is read, dispatched or relayed for this client: only
 //! the `END` line still goes out.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Mode;
+use crate::core::auth::AuthConfig;
 use crate::core::heartbeat::{Action, Answered, Heartbeat, HeartbeatConfig};
 use crate::core::outq::{OutQueue, SharedBytes, MAX_SLICES};
 use crate::core::rate::{Bucket, RateLimit, Verdict};
 use crate::core::wire::{
-    BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, Pos, ResumeToken, ServerMsg,
+    printable, BadLine, ClientMsg, EndReason, ErrCode, LineDecoder, Pos, ResumeToken, ServerMsg,
 };
 
 /// Most bytes [`Session::poll_transmit`] copies out at once (one write system call).
@@ -47,7 +65,7 @@ pub const TRANSMIT_BATCH: usize = 64 * 1024;
 pub const END_GRACE: Duration = Duration::from_millis(200);
 
 /// What one session is configured with (the server's settings that concern a connection).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Echo or chat.
     pub mode: Mode,
@@ -65,8 +83,36 @@ pub struct SessionConfig {
     /// done ([`Session::handle_secured`]) no heartbeat round starts, and a handshake not done
     /// within `handshake` closes the connection.
     pub tls: bool,
-    /// Time a new connection has to finish its handshake (`--handshake-timeout`).
+    /// The key tokens are verified with (`--auth-secret`; `None`: no authentication).
+    pub auth: Option<Arc<AuthConfig>>,
+    /// Time a new connection has to finish its handshake (`--handshake-timeout`): its TLS
+    /// handshake, and its `AUTH` when `auth` is set, both counted from the connection's start.
     pub handshake: Duration,
+}
+
+/// Where the wall clock stood at a monotonic instant: the engine reads both clocks once, at
+/// accept, so the session can tell the wall-clock time of any later `now` without reading a
+/// clock (token expiry is wall-clock time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WallAnchor {
+    /// The monotonic instant.
+    pub mono: Instant,
+    /// The wall-clock time then, since the Unix epoch.
+    pub unix: Duration,
+}
+
+impl WallAnchor {
+    /// The wall-clock time at `now` (since the Unix epoch).
+    pub fn unix_at(&self, now: Instant) -> Duration {
+        self.unix
+            .saturating_add(now.saturating_duration_since(self.mono))
+    }
+
+    /// The instant the wall clock reads `unix` (the anchor's own instant for a time before
+    /// it); `None` beyond what an [`Instant`] can hold.
+    pub fn instant_at(&self, unix: Duration) -> Option<Instant> {
+        self.mono.checked_add(unix.saturating_sub(self.unix))
+    }
 }
 
 /// A line the chat hub must handle for this session (chat mode only).
@@ -143,6 +189,16 @@ pub enum SessionEvent {
     /// The connection could not be secured (a TLS error, or no handshake within the
     /// deadline): it is closed without a word, since nothing readable can reach the client.
     Insecure(String),
+    /// The client's token was accepted: it may use the name `name`. `renewed` for a later
+    /// `AUTH` that pushed the expiry on.
+    Authenticated {
+        /// The token's `sub`.
+        name: String,
+        /// Not the first `AUTH` of the connection.
+        renewed: bool,
+    },
+    /// The client is ending `auth-failed`, for this reason (never holds the token).
+    AuthFailed(String),
 }
 
 /// Why a client was ended `slow-consumer`.
@@ -166,6 +222,20 @@ pub enum Close {
     Now(EndReason),
 }
 
+/// Where a connection stands with authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Auth {
+    /// The server requires none.
+    Off,
+    /// `AUTH` must come first, by `deadline` (`None`: beyond an [`Instant`]'s range).
+    Awaiting { deadline: Option<Instant> },
+    /// Authenticated as `sub` until `expires` (the token's `exp` plus the leeway).
+    As {
+        sub: String,
+        expires: Option<Instant>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Open,
@@ -186,10 +256,16 @@ pub struct Session {
     queue: OutQueue,
     /// The socket has taken part of the first queued line (not up to its `\n`).
     mid_line: bool,
+    /// Bytes of `HELLO` the socket has not taken yet (it is never dropped).
+    hello_left: usize,
     /// A room operation the hub could not complete yet (flow control).
     pending: Option<RoomOp>,
     /// The client's rate limit, if any (see [`crate::core::rate`]).
     bucket: Option<Bucket>,
+    /// Authentication (see the module docs).
+    auth: Auth,
+    /// The wall clock at the connection's start (token times are wall-clock times).
+    wall: WallAnchor,
     /// Since when a line for this client did not fit (the flow-control clock).
     lagging_since: Option<Instant>,
     /// Since when the socket has refused bytes (the write-stall clock); any progress stops it.
@@ -205,31 +281,45 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new connection at `now`; its `HELLO` is already queued.
-    pub fn new(cfg: SessionConfig, now: Instant) -> Self {
+    /// A new connection at `now`, when the wall clock read `unix` (since the Unix epoch; the
+    /// engine reads it once, at accept; a session without authentication never looks at it);
+    /// its `HELLO` is already queued.
+    pub fn new(cfg: SessionConfig, now: Instant, unix: Duration) -> Self {
+        let auth = match cfg.auth {
+            Some(_) => Auth::Awaiting {
+                deadline: now.checked_add(cfg.handshake),
+            },
+            None => Auth::Off,
+        };
         let mut s = Self {
-            cfg,
             decoder: LineDecoder::new(cfg.max_line),
             hb: Heartbeat::new(cfg.heartbeat, now),
             queue: OutQueue::default(),
             mid_line: false,
+            hello_left: 0,
             pending: None,
             bucket: cfg.rate.map(|r| Bucket::new(r, now)),
+            auth,
+            wall: WallAnchor { mono: now, unix },
+            securing_until: cfg.tls.then(|| now + cfg.handshake),
+            cfg,
             lagging_since: None,
             blocked_since: None,
             ended_at: None,
             end: End::Open,
             give_up: false,
-            securing_until: cfg.tls.then(|| now + cfg.handshake),
             events: VecDeque::new(),
         };
+        let hb = s.cfg.heartbeat;
         let hello = ServerMsg::Hello {
-            idle: cfg.heartbeat.idle(),
-            interval: cfg.heartbeat.interval(),
-            count: cfg.heartbeat.count(),
-            mode: Some(cfg.mode),
+            idle: hb.idle(),
+            interval: hb.interval(),
+            count: hb.count(),
+            mode: Some(s.cfg.mode),
         };
-        s.push(now, hello.encode().as_bytes());
+        let hello = hello.encode();
+        s.hello_left = hello.len();
+        s.push(now, hello.as_bytes());
         s
     }
 
@@ -292,6 +382,44 @@ impl Session {
                 continue;
             }
             let parsed = ClientMsg::parse(line);
+            if matches!(self.auth, Auth::Awaiting { .. }) {
+                // Before AUTH only a heartbeat answer may come (the answer to our own PING);
+                // anything else ends the connection, so nothing else is ever handled, and
+                // a client cannot flood before authenticating.
+                match parsed {
+                    Ok(ClientMsg::Pong(_)) => continue,
+                    Ok(ClientMsg::Auth(token)) => {
+                        if self.authenticate(now, &token) {
+                            continue;
+                        }
+                        return Input::Stop;
+                    }
+                    other => {
+                        let what = match &other {
+                            Ok(msg) => verb_of(msg).to_owned(),
+                            Err(bad) => format!("a bad line ({})", bad.code),
+                        };
+                        self.auth_failed(now, format!("expected AUTH first, got {what}"));
+                        return Input::Stop;
+                    }
+                }
+            }
+            // Authenticated: a JOIN must be under the token's `sub` (echo mode too, where
+            // JOIN is otherwise ignored).
+            if let (
+                Auth::As { sub, .. },
+                Ok(ClientMsg::Join(name) | ClientMsg::JoinSince { name, .. }),
+            ) = (&self.auth, &parsed)
+            {
+                if name != sub {
+                    let why = format!(
+                        "JOIN as '{}', but the token is for '{sub}'",
+                        printable(name.as_bytes(), 40)
+                    );
+                    self.auth_failed(now, why);
+                    return Input::Stop;
+                }
+            }
             // The rate limit counts every line but a heartbeat answer (core::rate).
             if let (Some(b), false) = (&mut self.bucket, matches!(parsed, Ok(ClientMsg::Pong(_)))) {
                 match b.check(now) {
@@ -328,6 +456,20 @@ impl Session {
                 Ok(msg) => match (self.cfg.mode, msg) {
                     (_, ClientMsg::Ping(token)) => Some(ServerMsg::Pong(token)),
                     (_, ClientMsg::Pong(_)) => None,
+                    (_, ClientMsg::Auth(token)) => {
+                        if self.cfg.auth.is_none() {
+                            Some(self.bad_line(BadLine {
+                                code: ErrCode::UnknownVerb,
+                                detail: "AUTH: this server does not require authentication \
+                                         (it runs without --auth-secret)"
+                                    .into(),
+                            }))
+                        } else if self.authenticate(now, &token) {
+                            None
+                        } else {
+                            return Input::Stop;
+                        }
+                    }
                     (_, ClientMsg::Quit(_)) => {
                         self.end(now, EndReason::Quit, false);
                         return Input::Stop;
@@ -383,6 +525,61 @@ impl Session {
     /// True while a room operation waits for a recipient to catch up.
     pub fn is_held_by_room(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// `AUTH TOKEN` at `now`: true when the token is accepted (the first one, or a renewal
+    /// for the same `sub`); otherwise the session is ending `auth-failed`.
+    fn authenticate(&mut self, now: Instant, token: &str) -> bool {
+        let Some(cfg) = self.cfg.auth.clone() else {
+            return false;
+        };
+        let unix = self.wall.unix_at(now);
+        let claims = match cfg.verify(token, unix.as_secs()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.auth_failed(now, e.to_string());
+                return false;
+            }
+        };
+        let renewed = match &self.auth {
+            Auth::As { sub, .. } if *sub != claims.sub => {
+                let why = format!(
+                    "AUTH for '{}' on a connection authenticated as '{sub}'",
+                    claims.sub
+                );
+                self.auth_failed(now, why);
+                return false;
+            }
+            Auth::As { .. } => true,
+            Auth::Off | Auth::Awaiting { .. } => false,
+        };
+        let until = Duration::from_secs(cfg.valid_until(&claims));
+        self.auth = Auth::As {
+            expires: self.wall.instant_at(until),
+            sub: claims.sub.clone(),
+        };
+        self.events.push_back(SessionEvent::Authenticated {
+            name: claims.sub,
+            renewed,
+        });
+        true
+    }
+
+    /// Ends the session `auth-failed` at once (nothing queued is for a client that is not
+    /// allowed in), logging `why`.
+    fn auth_failed(&mut self, now: Instant, why: String) {
+        if self.is_open() {
+            self.events.push_back(SessionEvent::AuthFailed(why));
+            self.end(now, EndReason::AuthFailed, true);
+        }
+    }
+
+    /// The name the client authenticated as, once it did.
+    pub fn authenticated_as(&self) -> Option<&str> {
+        match &self.auth {
+            Auth::As { sub, .. } => Some(sub),
+            Auth::Off | Auth::Awaiting { .. } => None,
+        }
     }
 
     fn bad_line(&mut self, bad: BadLine) -> ServerMsg {
@@ -470,6 +667,7 @@ impl Session {
     /// this client's own reading).
     pub fn handle_written(&mut self, now: Instant, n: usize) -> bool {
         let n = n.min(self.queue.len());
+        self.hello_left = self.hello_left.saturating_sub(n);
         if n > 0 {
             self.mid_line = self.queue.consume(n) != Some(b'\n');
             self.blocked_since = None;
@@ -560,13 +758,31 @@ impl Session {
         }
     }
 
+    /// The authentication deadline: the end of the handshake while `AUTH` has not come,
+    /// then the token's expiry (plus the leeway).
+    #[must_use]
+    pub fn auth_timeout(&self) -> Option<Instant> {
+        if self.is_ending() {
+            return None;
+        }
+        match &self.auth {
+            Auth::Off => None,
+            Auth::Awaiting { deadline } => *deadline,
+            Auth::As { expires, .. } => *expires,
+        }
+    }
+
     /// The next instant [`Session::handle_timeout`] has something to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.heartbeat_timeout(), self.flow_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.heartbeat_timeout(),
+            self.flow_timeout(),
+            self.auth_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// True when the client has been silent for `idle` and no heartbeat round runs yet: the
@@ -581,10 +797,28 @@ impl Session {
         self.cfg.heartbeat.idle()
     }
 
-    /// Runs every timer due at `now`: heartbeats and flow control.
+    /// Runs every timer due at `now`: heartbeats, flow control and authentication.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.handle_heartbeat(now);
         self.handle_flow_timeout(now);
+        self.handle_auth_timeout(now);
+    }
+
+    /// Runs the authentication timer only (the thread engine's companion calls it beside
+    /// [`Session::handle_flow_timeout`]): no `AUTH` within the handshake, or a token that ran
+    /// out, ends the client `auth-failed`.
+    pub fn handle_auth_timeout(&mut self, now: Instant) {
+        if self.auth_timeout().is_none_or(|at| now < at) {
+            return;
+        }
+        let why = match &self.auth {
+            Auth::Awaiting { .. } => format!(
+                "no AUTH within {}",
+                crate::config::fmt_duration(self.cfg.handshake)
+            ),
+            _ => "token expired".to_owned(),
+        };
+        self.auth_failed(now, why);
     }
 
     /// Runs the heartbeat timer only (the thread engine calls it while the manual's switch
@@ -696,9 +930,13 @@ impl Session {
         }
     }
 
-    /// Drops every queued byte except the unwritten rest of a line the socket took part of.
+    /// Drops every queued byte except the unwritten rest of `HELLO` or of a line the socket
+    /// took part of.
     fn drop_queue(&mut self) {
-        let keep = if self.mid_line {
+        let keep = if self.hello_left > 0 {
+            // HELLO was queued first, so what is left of it heads the queue.
+            self.hello_left
+        } else if self.mid_line {
             self.queue
                 .find_newline()
                 .map_or(self.queue.len(), |i| i + 1)
@@ -768,6 +1006,21 @@ impl Session {
     }
 }
 
+/// The verb of a parsed line, for a log line that must not quote the rest (it may hold a
+/// credential).
+fn verb_of(msg: &ClientMsg) -> &'static str {
+    match msg {
+        ClientMsg::Join(_) | ClientMsg::JoinSince { .. } => "JOIN",
+        ClientMsg::Msg(_) => "MSG",
+        ClientMsg::Ping(_) => "PING",
+        ClientMsg::Pong(_) => "PONG",
+        ClientMsg::Quit(_) => "QUIT",
+        ClientMsg::Who => "WHO",
+        ClientMsg::History(_) => "HISTORY",
+        ClientMsg::Auth(_) => "AUTH",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,6 +1035,7 @@ mod tests {
             stall: Duration::from_millis(500),
             rate: None,
             tls: false,
+            auth: None,
             handshake: Duration::from_secs(10),
         }
     }
@@ -794,6 +1048,313 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    // ----- authentication (CONTRACT section 9) -----
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    /// The wall clock at the connection's start, in the tests below.
+    const T0: u64 = 1_800_000_000;
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    /// A token for `sub` valid for `secs` from the connection's start.
+    fn valid(sub: &str, secs: u64) -> String {
+        token(serde_json::json!({"sub": sub, "exp": T0 + secs}))
+    }
+
+    /// A session of a server with --auth-secret, started at `t` (wall clock [`T0`]), its
+    /// HELLO already read.
+    fn authed(mode: Mode, t: Instant) -> Session {
+        let mut c = cfg(mode);
+        c.max_line = 2048;
+        c.auth = Some(Arc::new(AuthConfig::new(SECRET)));
+        let mut s = Session::new(c, t, Duration::from_secs(T0));
+        let _ = drain(&mut s, t);
+        s
+    }
+
+    fn events(s: &mut Session) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// The reason logged for an auth failure, checked to be free of `secret`.
+    fn failure(s: &mut Session, secret: &str) -> String {
+        let why = events(s)
+            .into_iter()
+            .find_map(|e| match e {
+                SessionEvent::AuthFailed(why) => Some(why),
+                _ => None,
+            })
+            .expect("an AuthFailed event");
+        assert!(
+            secret.is_empty() || !why.contains(secret),
+            "the log line holds the token: {why}"
+        );
+        why
+    }
+
+    #[test]
+    fn a_valid_token_is_silent_and_lets_the_client_join_as_its_sub() {
+        let t = Instant::now();
+        let mut s = authed(Mode::Chat, t);
+        let tok = valid("ann", 3600);
+        s.handle_rx(t, format!("AUTH {tok}\nJOIN ann\n").as_bytes());
+        assert_eq!(s.poll_input(t), Input::Room(RoomOp::Join("ann".into())));
+        assert_eq!(
+            drain(&mut s, t),
+            "",
+            "no reply to AUTH: the contract fixes the bytes"
+        );
+        assert_eq!(
+            events(&mut s),
+            [SessionEvent::Authenticated {
+                name: "ann".into(),
+                renewed: false
+            }]
+        );
+        assert_eq!(s.authenticated_as(), Some("ann"));
+        // JOIN ... SINCE under the same name goes to the hub too.
+        s.handle_room(t, RoomOutcome::Done);
+        s.handle_rx(t, b"JOIN ann SINCE -\n");
+        assert!(matches!(
+            s.poll_input(t),
+            Input::Room(RoomOp::JoinSince { .. })
+        ));
+    }
+
+    #[test]
+    fn a_refused_token_ends_auth_failed_right_after_hello() {
+        let b64 = |s: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&format!(r#"{{"sub":"ann","exp":{}}}"#, T0 + 3600))
+        );
+        let forged = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "ann", "exp": T0 + 3600}),
+            &jsonwebtoken::EncodingKey::from_secret(b"not the server's secret"),
+        )
+        .unwrap();
+        for (tok, why) in [
+            (none, "algorithm none refused"),
+            (forged, "bad signature"),
+            (
+                token(serde_json::json!({"sub": "ann", "exp": T0 - 30})),
+                "token expired",
+            ),
+            (
+                token(serde_json::json!({"sub": "ann", "exp": T0 + 3600, "nbf": T0 + 60})),
+                "token not valid yet",
+            ),
+            (token(serde_json::json!({"sub": "ann"})), "no exp claim"),
+            (token(serde_json::json!({"exp": T0 + 3600})), "no sub claim"),
+            ("garbage".to_owned(), "not a valid JWT"),
+        ] {
+            let t = Instant::now();
+            let mut c = cfg(Mode::Chat);
+            c.max_line = 2048;
+            c.auth = Some(Arc::new(AuthConfig::new(SECRET)));
+            let mut s = Session::new(c, t, Duration::from_secs(T0));
+            // The client sent before reading: HELLO still goes first.
+            s.handle_rx(t, format!("AUTH {tok}\nJOIN ann\n").as_bytes());
+            assert_eq!(s.poll_input(t), Input::Stop, "{why}");
+            assert_eq!(
+                drain(&mut s, t),
+                "HELLO hb/1 idle=5000 interval=1000 count=2 mode=chat\nEND auth-failed\n"
+            );
+            let logged = failure(&mut s, &tok);
+            assert!(logged.contains(why), "{logged}");
+            assert_eq!(s.poll_close(), Some(Close::AfterEnd(EndReason::AuthFailed)));
+        }
+    }
+
+    #[test]
+    fn the_leeway_is_judged_on_the_wall_clock_carried_from_accept() {
+        // exp 29 s before the start: within the 30 s leeway, so accepted...
+        let t = Instant::now();
+        let mut s = authed(Mode::Echo, t);
+        let old = token(serde_json::json!({"sub": "ann", "exp": T0 - 29}));
+        s.handle_rx(t, format!("AUTH {old}\n").as_bytes());
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        assert!(s.is_open());
+        // ...and runs out one second later.
+        assert_eq!(s.auth_timeout(), Some(t + ms(1000)));
+        // The same token presented 1 s after the start is refused: the session counts the
+        // wall clock on from the engine's reading.
+        let mut s = authed(Mode::Echo, t);
+        s.handle_rx(t + ms(1000), format!("AUTH {old}\n").as_bytes());
+        assert_eq!(s.poll_input(t + ms(1000)), Input::Stop);
+        assert!(failure(&mut s, &old).starts_with("token expired"));
+        // nbf 30 s ahead: accepted at once (leeway); 31 s ahead: not before 1 s has passed.
+        let soon = token(serde_json::json!({"sub": "ann", "exp": T0 + 3600, "nbf": T0 + 31}));
+        let mut s = authed(Mode::Echo, t);
+        s.handle_rx(t + ms(999), format!("AUTH {soon}\n").as_bytes());
+        assert_eq!(s.poll_input(t + ms(999)), Input::Stop);
+        let mut s = authed(Mode::Echo, t);
+        s.handle_rx(t + ms(1000), format!("AUTH {soon}\n").as_bytes());
+        assert_eq!(s.poll_input(t + ms(1000)), Input::NeedBytes);
+        assert_eq!(s.authenticated_as(), Some("ann"));
+    }
+
+    #[test]
+    fn a_join_under_another_name_than_sub_is_auth_failed_in_both_modes() {
+        let t = Instant::now();
+        for (mode, line) in [
+            (Mode::Chat, "JOIN bob"),
+            (Mode::Chat, "JOIN bob SINCE -"),
+            (Mode::Chat, "JOIN ann x"),
+            (Mode::Echo, "JOIN bob"),
+        ] {
+            let mut s = authed(mode, t);
+            s.handle_rx(
+                t,
+                format!("AUTH {}\nMSG hi\n{line}\n", valid("ann", 60)).as_bytes(),
+            );
+            let first = s.poll_input(t);
+            if mode == Mode::Chat {
+                // MSG goes to the hub (which says not-joined); the JOIN comes next.
+                assert_eq!(first, Input::Room(RoomOp::Msg("hi".into())));
+                s.handle_room(t, RoomOutcome::Done);
+                assert_eq!(s.poll_input(t), Input::Stop, "{line}");
+            } else {
+                assert_eq!(first, Input::Stop, "{line}");
+            }
+            let out = drain(&mut s, t);
+            assert!(out.ends_with("END auth-failed\n"), "{line}: {out}");
+            let why = failure(&mut s, "");
+            assert!(why.contains("but the token is for 'ann'"), "{why}");
+        }
+    }
+
+    #[test]
+    fn anything_but_auth_first_is_auth_failed_but_keep_alives_and_pongs_are_fine() {
+        let t = Instant::now();
+        for (first, said) in [
+            ("MSG hi", "got MSG"),
+            ("JOIN ann", "got JOIN"),
+            ("PING 1", "got PING"),
+            ("QUIT", "got QUIT"),
+            ("auth x.y.z", "got a bad line (unknown-verb)"),
+            ("AUTH", "got a bad line (missing-argument)"),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl",
+                "got a bad line (unknown-verb)",
+            ),
+        ] {
+            let mut s = authed(Mode::Chat, t);
+            s.handle_rx(
+                t,
+                format!("\n\nPONG 1\n{first}\nAUTH {}\n", valid("ann", 60)).as_bytes(),
+            );
+            assert_eq!(s.poll_input(t), Input::Stop, "{first}");
+            assert_eq!(drain(&mut s, t), "END auth-failed\n");
+            let why = failure(&mut s, "eyJhbGciOiJIUzI1NiJ9");
+            assert_eq!(why, format!("expected AUTH first, {said}"));
+        }
+    }
+
+    #[test]
+    fn no_auth_within_the_handshake_is_auth_failed_and_heartbeats_still_run() {
+        let t = Instant::now();
+        let mut s = authed(Mode::Echo, t);
+        assert_eq!(s.poll_timeout(), Some(t + ms(5000)), "idle comes first");
+        assert_eq!(s.auth_timeout(), Some(t + ms(10_000)));
+        // The heartbeat runs meanwhile, and its answer is allowed before AUTH.
+        s.handle_timeout(t + ms(5000));
+        assert_eq!(drain(&mut s, t + ms(5000)), "PING 1\n");
+        s.handle_rx(t + ms(5001), b"PONG 1\n");
+        assert_eq!(s.poll_input(t + ms(5001)), Input::NeedBytes);
+        assert_eq!(s.poll_timeout(), Some(t + ms(10_000)));
+        s.handle_timeout(t + ms(9_999));
+        assert!(s.is_open());
+        s.handle_timeout(t + ms(10_000));
+        assert_eq!(drain(&mut s, t + ms(10_000)), "END auth-failed\n");
+        assert_eq!(failure(&mut s, ""), "no AUTH within 10s");
+        assert_eq!(s.auth_timeout(), None);
+    }
+
+    #[test]
+    fn a_token_that_runs_out_mid_session_ends_it_unless_renewed() {
+        let t = Instant::now();
+        let mut s = authed(Mode::Chat, t);
+        s.handle_rx(t, format!("AUTH {}\n", valid("ann", 60)).as_bytes());
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        // exp + leeway: 90 s after the start.
+        assert_eq!(s.auth_timeout(), Some(t + ms(90_000)));
+        let _ = events(&mut s);
+        // Renewed 50 s in with a token for the same sub: the deadline moves on, silently.
+        let later = valid("ann", 3600);
+        s.handle_rx(t + ms(50_000), format!("AUTH {later}\n").as_bytes());
+        assert_eq!(s.poll_input(t + ms(50_000)), Input::NeedBytes);
+        assert_eq!(drain(&mut s, t + ms(50_000)), "");
+        assert_eq!(
+            events(&mut s),
+            [SessionEvent::Authenticated {
+                name: "ann".into(),
+                renewed: true
+            }]
+        );
+        assert_eq!(s.auth_timeout(), Some(t + ms(3_630_000)));
+        s.handle_timeout(t + ms(90_000));
+        assert!(s.is_open());
+        // Not renewed again: the END comes at exp + leeway, dropping what is queued.
+        s.push(t, b"MSG bob queued\n");
+        s.handle_timeout(t + ms(3_629_999));
+        assert!(s.is_open());
+        s.handle_timeout(t + ms(3_630_000));
+        assert_eq!(drain(&mut s, t + ms(3_630_000)), "END auth-failed\n");
+        assert_eq!(failure(&mut s, ""), "token expired");
+    }
+
+    #[test]
+    fn a_second_auth_for_another_sub_or_a_bad_one_is_auth_failed() {
+        let t = Instant::now();
+        let mut s = authed(Mode::Chat, t);
+        let bob = valid("bob", 60);
+        s.handle_rx(
+            t,
+            format!("AUTH {}\nAUTH {bob}\n", valid("ann", 60)).as_bytes(),
+        );
+        assert_eq!(s.poll_input(t), Input::Stop);
+        assert_eq!(drain(&mut s, t), "END auth-failed\n");
+        assert_eq!(
+            failure(&mut s, &bob),
+            "AUTH for 'bob' on a connection authenticated as 'ann'"
+        );
+        let mut s = authed(Mode::Chat, t);
+        s.handle_rx(
+            t,
+            format!("AUTH {}\nAUTH x.y.z\n", valid("ann", 60)).as_bytes(),
+        );
+        assert_eq!(s.poll_input(t), Input::Stop);
+        assert!(failure(&mut s, "x.y.z").starts_with("not a valid JWT"));
+    }
+
+    #[test]
+    fn auth_without_auth_secret_is_an_unknown_verb() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
+        let _ = drain(&mut s, t);
+        assert_eq!(s.auth_timeout(), None);
+        s.handle_rx(t, b"AUTH a.b.c\nMSG hi\n");
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        assert_eq!(
+            drain(&mut s, t),
+            "ERR unknown-verb AUTH: this server does not require authentication (it runs \
+             without --auth-secret)\nECHO hi\n"
+        );
+    }
+
     #[test]
     fn lines_over_the_rate_are_dropped_with_err_and_a_flood_is_ended() {
         let t = Instant::now();
@@ -802,7 +1363,7 @@ mod tests {
             per_sec: 2,
             burst: 2,
         });
-        let mut s = Session::new(c, t);
+        let mut s = Session::new(c, t, Duration::ZERO);
         let _ = drain(&mut s, t);
         // Two at once pass, the third is dropped; a heartbeat answer is never limited.
         s.handle_rx(t, b"MSG a\nMSG b\nMSG c\nPONG 1\n");
@@ -840,7 +1401,7 @@ mod tests {
     #[test]
     fn hello_then_echo_and_pong() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         assert_eq!(
             drain(&mut s, t),
             "HELLO hb/1 idle=5000 interval=1000 count=2 mode=echo\n"
@@ -857,7 +1418,7 @@ mod tests {
     #[test]
     fn quit_ends_after_the_queue_and_nothing_after_it_is_handled() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         s.handle_rx(t, b"MSG a\nQUIT\nMSG b\n");
         assert_eq!(s.poll_input(t), Input::Stop);
         assert_eq!(s.poll_input(t), Input::Stop, "nothing after the end state");
@@ -869,7 +1430,7 @@ mod tests {
     #[test]
     fn urgent_end_drops_the_queue_but_finishes_a_line_begun() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         let _ = drain(&mut s, t);
         s.handle_rx(t, b"MSG one\nMSG two\n");
         assert_eq!(s.poll_input(t), Input::NeedBytes);
@@ -895,9 +1456,33 @@ mod tests {
     }
 
     #[test]
+    fn an_urgent_end_never_drops_hello() {
+        let t = Instant::now();
+        let hello = "HELLO hb/1 idle=5000 interval=1000 count=2 mode=echo\n";
+        // Ended before the socket took a byte (a client that wrote before reading, served
+        // by a reader faster than its writer): HELLO, then END.
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
+        s.handle_rx(t, b"MSG a\n");
+        assert_eq!(s.poll_input(t), Input::NeedBytes);
+        s.end(t, EndReason::ServerShutdown, true);
+        assert_eq!(drain(&mut s, t), format!("{hello}END server-shutdown\n"));
+        // Part of HELLO taken: its rest, then END.
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
+        let mut buf = Vec::new();
+        let _ = s.poll_transmit(&mut buf);
+        let _ = s.handle_written(t, 10);
+        s.push(t, b"PING 1\n");
+        s.end(t, EndReason::HeartbeatTimeout, true);
+        assert_eq!(
+            drain(&mut s, t),
+            format!("{}END heartbeat-timeout\n", &hello[10..])
+        );
+    }
+
+    #[test]
     fn an_urgent_end_after_a_quit_keeps_quit_and_sends_one_end() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         let _ = drain(&mut s, t);
         s.handle_rx(t, b"MSG a\nQUIT\n");
         assert_eq!(s.poll_input(t), Input::Stop);
@@ -913,7 +1498,7 @@ mod tests {
     #[test]
     fn heartbeat_pings_then_ends_with_simulated_time() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         let _ = drain(&mut s, t);
         assert_eq!(s.poll_timeout(), Some(t + ms(5000)));
         assert!(!s.is_idle_expired(t + ms(4999)));
@@ -933,7 +1518,7 @@ mod tests {
     #[test]
     fn an_answer_ends_the_round() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         let _ = drain(&mut s, t);
         s.handle_timeout(t + ms(5000));
         assert_eq!(drain(&mut s, t + ms(5000)), "PING 1\n");
@@ -950,25 +1535,29 @@ mod tests {
     #[test]
     fn a_client_that_reads_nothing_holds_its_own_input_then_is_ended() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         // 600 bytes of echoes: more than half the 1000-byte budget.
         let line = format!("MSG {}\n", "x".repeat(50));
         s.handle_rx(t, line.repeat(20).as_bytes());
         assert_eq!(s.poll_input(t), Input::Held);
         assert!(s.queued() <= 1000 / 2 + 64, "bounded: {}", s.queued());
         assert_eq!(s.lagging_since(), Some(t));
-        // The socket takes nothing: at `stall` the client is ended, END goes first.
+        // The socket takes nothing: at `stall` the client is ended, END goes next (after
+        // HELLO, which is never dropped).
         s.handle_timeout(t + ms(499));
         assert!(s.is_open());
         s.handle_timeout(t + ms(500));
         assert_eq!(s.end_reason(), Some(EndReason::SlowConsumer));
-        assert_eq!(drain(&mut s, t + ms(501)), "END slow-consumer\n");
+        assert_eq!(
+            drain(&mut s, t + ms(501)),
+            "HELLO hb/1 idle=5000 interval=1000 count=2 mode=echo\nEND slow-consumer\n"
+        );
     }
 
     #[test]
     fn a_client_that_reads_is_never_ended() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         let line = format!("MSG {}\n", "x".repeat(50));
         let mut now = t;
         let mut echoed = 0;
@@ -995,7 +1584,7 @@ mod tests {
     #[test]
     fn input_waiting_while_held_counts_as_traffic() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         s.handle_input_waiting(t + ms(4000));
         assert_eq!(s.heartbeat_timeout(), Some(t + ms(9000)));
     }
@@ -1003,7 +1592,7 @@ mod tests {
     #[test]
     fn line_too_long_ends_after_the_queue() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         s.handle_rx(t, b"MSG ok\n");
         s.handle_rx(t, &[b'y'; 100]);
         assert_eq!(s.poll_input(t), Input::Stop);
@@ -1013,7 +1602,7 @@ mod tests {
     #[test]
     fn chat_lines_go_to_the_hub_and_a_held_one_comes_back() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Chat), t);
+        let mut s = Session::new(cfg(Mode::Chat), t, Duration::ZERO);
         s.handle_rx(t, b"JOIN ann\nMSG hi\nWHO\n");
         assert_eq!(s.poll_input(t), Input::Room(RoomOp::Join("ann".into())));
         s.handle_room(t, RoomOutcome::Done);
@@ -1044,7 +1633,7 @@ mod tests {
     #[test]
     fn history_and_join_since_go_to_the_hub_in_chat_and_are_unknown_in_echo() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Chat), t);
+        let mut s = Session::new(cfg(Mode::Chat), t, Duration::ZERO);
         s.handle_rx(t, b"HISTORY 5\nJOIN ann SINCE -\n");
         assert_eq!(s.poll_input(t), Input::Room(RoomOp::History(5)));
         s.handle_room(t, RoomOutcome::Done);
@@ -1056,7 +1645,7 @@ mod tests {
                 token: None
             })
         );
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         let _ = drain(&mut s, t);
         s.handle_rx(t, b"HISTORY 5\nJOIN ann SINCE -\nJOIN ann\n");
         assert_eq!(s.poll_input(t), Input::NeedBytes);
@@ -1072,7 +1661,7 @@ mod tests {
     #[test]
     fn a_closed_client_gets_what_was_queued_but_no_end_line() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         s.handle_rx(t, b"MSG bye\n");
         assert_eq!(s.poll_input(t), Input::NeedBytes);
         s.handle_closed(t);
@@ -1086,7 +1675,7 @@ mod tests {
     #[test]
     fn an_end_that_cannot_be_written_is_given_up_after_stall() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         let _ = drain(&mut s, t);
         s.end(t, EndReason::ServerShutdown, true);
         let mut buf = Vec::new();
@@ -1106,7 +1695,7 @@ mod tests {
     #[test]
     fn a_lagging_client_ended_while_its_socket_is_full_gets_a_stall_for_its_end() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         s.handle_write_blocked(t);
         s.mark_lagging(t + ms(100));
         s.handle_timeout(t + ms(600));
@@ -1120,7 +1709,7 @@ mod tests {
     #[test]
     fn a_writer_not_scheduled_is_not_the_clients_fault() {
         let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Echo), t);
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
         // HELLO waits 10 s because the engine never tried to write: nobody is ended.
         s.handle_timeout(t + ms(4_000));
         assert!(s.is_open());
@@ -1132,7 +1721,7 @@ mod tests {
         let t = Instant::now();
         let mut c = cfg(Mode::Chat);
         c.queue = 1 << 20;
-        let mut s = Session::new(c, t);
+        let mut s = Session::new(c, t, Duration::ZERO);
         for _ in 0..2000 {
             s.push(t, b"MSG a 0123456789012345678901234567890123456789\n");
         }
@@ -1155,7 +1744,7 @@ mod tests {
         let t = Instant::now();
         let mut c = cfg(Mode::Chat);
         c.queue = 1 << 20;
-        let mut s = Session::new(c, t);
+        let mut s = Session::new(c, t, Duration::ZERO);
         let _ = drain(&mut s, t);
         let line = format!("MSG a {}\n", "z".repeat(999));
         for _ in 0..100 {
@@ -1176,7 +1765,7 @@ mod tests {
         let mut c = cfg(Mode::Echo);
         c.tls = true;
         c.handshake = ms(1_000);
-        let mut s = Session::new(c, t);
+        let mut s = Session::new(c, t, Duration::ZERO);
         assert!(s.is_securing());
         // No heartbeat round while securing (a PING could not be read anyway), even past idle;
         // the one deadline is the handshake's.
@@ -1200,7 +1789,7 @@ mod tests {
         let mut c = cfg(Mode::Echo);
         c.tls = true;
         c.handshake = ms(1_000);
-        let mut s = Session::new(c, t);
+        let mut s = Session::new(c, t, Duration::ZERO);
         s.handle_secured(t + ms(300));
         assert!(!s.is_securing());
         // idle (5 s) counts from the handshake; the handshake deadline is gone.

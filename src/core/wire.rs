@@ -39,11 +39,15 @@ pub enum EndReason {
     NameTaken,
     /// Only in `END` (CONTRACT section 9): the client kept sending over its `--rate` limit.
     Flood,
+    /// Only in `END` (CONTRACT section 9): with `--auth-secret`, the client did not
+    /// authenticate first (or in time), its token was refused or ran out, or it tried to
+    /// `JOIN` under another name than its token's `sub`.
+    AuthFailed,
 }
 
 impl EndReason {
     /// Every reason, in contract order.
-    pub const ALL: [EndReason; 11] = [
+    pub const ALL: [EndReason; 12] = [
         Self::HeartbeatTimeout,
         Self::Quit,
         Self::ServerShutdown,
@@ -55,6 +59,7 @@ impl EndReason {
         Self::NodeLost,
         Self::NameTaken,
         Self::Flood,
+        Self::AuthFailed,
     ];
 
     /// The word on the wire.
@@ -71,6 +76,7 @@ impl EndReason {
             Self::NodeLost => "node-lost",
             Self::NameTaken => "name-taken",
             Self::Flood => "flood",
+            Self::AuthFailed => "auth-failed",
         }
     }
 
@@ -335,6 +341,9 @@ pub enum ClientMsg {
     },
     /// `HISTORY N` (chat): the newest N kept room messages, N in 1..=[`MAX_HISTORY_REQUEST`].
     History(u32),
+    /// `AUTH TOKEN` (CONTRACT section 9): the client's JWT, first thing on a server with
+    /// `--auth-secret`. The token is a credential: never log the line.
+    Auth(String),
 }
 
 /// Splits `VERB SP REST`; a line without a space is all verb.
@@ -401,6 +410,7 @@ impl ClientMsg {
                 }
             }
             "MSG" => Self::Msg(need(rest)?),
+            "AUTH" => Self::Auth(need(rest)?),
             "PING" => Self::Ping(need(rest)?),
             "PONG" => Self::Pong(need(rest)?),
             "QUIT" => Self::Quit(rest.filter(|r| !r.is_empty()).map(str::to_owned)),
@@ -478,6 +488,7 @@ impl ClientMsg {
             }
             Self::History(n) => format!("HISTORY {n}\n"),
             Self::Msg(t) => format!("MSG {t}\n"),
+            Self::Auth(t) => format!("AUTH {t}\n"),
             Self::Ping(t) => format!("PING {t}\n"),
             Self::Pong(t) => format!("PONG {t}\n"),
             Self::Quit(Some(r)) => format!("QUIT {r}\n"),
@@ -1006,7 +1017,19 @@ mod tests {
             ClientMsg::parse(b"QUIT bye now"),
             Ok(ClientMsg::Quit(Some("bye now".into())))
         );
-        for bad in [&b"MSG"[..], b"MSG ", b"JOIN", b"PING", b"PONG "] {
+        assert_eq!(
+            ClientMsg::parse(b"AUTH eyJ.x.y"),
+            Ok(ClientMsg::Auth("eyJ.x.y".into()))
+        );
+        for bad in [
+            &b"MSG"[..],
+            b"MSG ",
+            b"JOIN",
+            b"PING",
+            b"PONG ",
+            b"AUTH",
+            b"AUTH ",
+        ] {
             assert_eq!(
                 ClientMsg::parse(bad).unwrap_err().code,
                 ErrCode::MissingArgument,
@@ -1027,6 +1050,7 @@ mod tests {
             ClientMsg::Msg("a b".into()),
             ClientMsg::Quit(None),
             ClientMsg::Pong("9".into()),
+            ClientMsg::Auth("a.b.c".into()),
         ] {
             let wire = m.encode();
             assert_eq!(
@@ -1119,6 +1143,7 @@ mod tests {
                 EndReason::NodeLost => at::<8>(),
                 EndReason::NameTaken => at::<9>(),
                 EndReason::Flood => at::<10>(),
+                EndReason::AuthFailed => at::<11>(),
             }
         }
         for (i, r) in EndReason::ALL.into_iter().enumerate() {

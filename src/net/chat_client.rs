@@ -72,6 +72,8 @@ pub fn run(
         message: String::new(),
         messages: None,
         mode: Some(Mode::Chat),
+        // The chat core sends the token itself, before its JOIN (Chat::join).
+        token: None,
     };
     let offset = local_utc_offset();
     let mut say = |line: &str| {
@@ -81,7 +83,7 @@ pub fn run(
         let _ = writeln!(out, "{}{line}", clock(secs, offset));
         let _ = out.flush();
     };
-    let mut chat = Chat::new(name);
+    let mut chat = Chat::new(name).with_auth(settings.token.clone());
     let mut jitter = Jitter::new(crate::net::os_random());
     // The outage under way: kept across attempts that fail before the room took us back.
     let mut outage: Option<Reconnect> = None;

@@ -388,6 +388,7 @@ pub fn run(
         message: settings.message.clone(),
         messages: settings.messages,
         mode: Some(Mode::Echo),
+        token: settings.token.clone(),
     };
     let outcome = session(
         &link,
@@ -417,9 +418,12 @@ fn session(
         let line = msg.encode();
         let ok = link.write_all(line.as_bytes());
         if ok {
-            log.emit(ClientEvent::Sent(crate::core::display::safe(
-                line.trim_end(),
-            )));
+            // The token is a credential: the log shows that it went, not what it is.
+            let shown = match msg {
+                ClientMsg::Auth(_) => "AUTH (token)".to_owned(),
+                _ => crate::core::display::safe(line.trim_end()),
+            };
+            log.emit(ClientEvent::Sent(shown));
         }
         ok
     };

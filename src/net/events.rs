@@ -167,6 +167,26 @@ pub enum Event {
         /// What went wrong.
         detail: String,
     },
+    /// A client's token was accepted (`--auth-secret`).
+    Authenticated {
+        /// Connection number.
+        id: u64,
+        /// Client address.
+        peer: SocketAddr,
+        /// The token's `sub`: the only name the client may join under.
+        name: String,
+        /// A later `AUTH` on the same connection (the expiry moved on).
+        renewed: bool,
+    },
+    /// A client is ended `auth-failed`: why (never the token).
+    AuthFailed {
+        /// Connection number.
+        id: u64,
+        /// Client address.
+        peer: SocketAddr,
+        /// Why, as the core decided it.
+        reason: String,
+    },
     /// The server is shutting down.
     ShuttingDown {
         /// Connections told `END server-shutdown`.
@@ -351,6 +371,11 @@ impl fmt::Display for Event {
                 d.as_millis()
             ),
             Self::Insecure { id, peer, detail } => write!(f, "#{id} {peer} closed, not secured: {detail}"),
+            Self::Authenticated { id, peer, name, renewed: false } => write!(f, "#{id} {peer} authenticated as {name}"),
+            Self::Authenticated { id, peer, name, renewed: true } => {
+                write!(f, "#{id} {peer} authenticated again as {name} (token renewed)")
+            }
+            Self::AuthFailed { id, peer, reason } => write!(f, "#{id} {peer} authentication failed: {reason}"),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
             Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),
             Self::ConnectBackFailed { id, peer, to, attempts, error } => write!(

@@ -4,9 +4,10 @@
 //!
 //! ```text
 //!   tokio runtime (≤ 1 worker per core, "hb-ev")
-//!     accept task: accept → END server-full when out of room, else spawn:
+//!     accept task: accept → END server-full when out of room (or at
+//!                  --max-conns-per-ip, core::admission), else spawn:
 //!     one task per connection (the only reader and writer of its socket):
-//!       loop: Session::handle_timeout (heartbeat, lag, write stall)
+//!       loop: Session::handle_timeout (heartbeat, lag, write stall, auth)
 //!             write what the session holds (vectored, until the socket is full)
 //!             Session::poll_close → linger after END, or close
 //!             ended → Hub::handle_leave
@@ -34,6 +35,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::config::ServerSettings;
+use crate::core::admission::PerIp;
 use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, END_GRACE};
 use crate::core::wire::EndReason;
@@ -42,7 +44,7 @@ use crate::net::events::{Event, EventLog};
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
 use crate::net::server::{
-    is_fd_exhaustion, listen, send_now, server_tls, session_config, write_refusal, ServerError,
+    is_fd_exhaustion, listen, lock, new_session, send_now, server_tls, write_refusal, ServerError,
     HOLD_SLICE, SHUTDOWN_GRACE,
 };
 use crate::net::tls::{ServerTls, ServerTlsConfig};
@@ -100,6 +102,8 @@ struct Shared {
     cluster: Mutex<Option<crate::net::cluster_driver::ClusterState>>,
     /// `--tls-cert`: every connection starts with a TLS handshake.
     tls: Option<ServerTlsConfig>,
+    /// Connections per client address (`--max-conns-per-ip`).
+    per_ip: Mutex<PerIp>,
 }
 
 impl crate::net::cluster_driver::ChatHost for Shared {
@@ -179,6 +183,7 @@ impl EventServer {
             .map_err(bind_err)?;
         let tls = server_tls(&settings)?;
         let (chat, cluster) = crate::net::cluster_driver::chat_for(&settings)?;
+        let per_ip = Mutex::new(PerIp::new(settings.max_conns_per_ip));
         let shared = Arc::new(Shared {
             settings,
             log,
@@ -192,6 +197,7 @@ impl EventServer {
                 cluster.map(|p| crate::net::cluster_driver::ClusterState::Prepared(Box::new(p))),
             ),
             tls,
+            per_ip,
         });
         Ok(Self {
             rt,
@@ -348,7 +354,15 @@ async fn accept_loop(sh: &Arc<Shared>, listener: &TcpListener) {
 
 fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let max = sh.settings.max_conns;
-    if sh.conns.len() >= max {
+    let refusal = if sh.conns.len() >= max {
+        Some(format!("max-conns {max} reached"))
+    } else {
+        lock(&sh.per_ip)
+            .try_admit(peer.ip())
+            .err()
+            .map(|r| r.to_string())
+    };
+    if let Some(detail) = refusal {
         if let Ok(std) = stream.into_std() {
             write_refusal(&std);
             if let Some(l) = &sh.lingerer {
@@ -358,13 +372,14 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         sh.log.emit(Event::Refused {
             peer: Some(peer),
             reason: EndReason::ServerFull,
-            detail: format!("max-conns {max} reached"),
+            detail,
         });
         return;
     }
     let tls = match sh.tls.as_ref().map(ServerTlsConfig::accept).transpose() {
         Ok(tls) => tls,
         Err(e) => {
+            lock(&sh.per_ip).release(peer.ip());
             if let Ok(std) = stream.into_std() {
                 write_refusal(&std);
             }
@@ -381,7 +396,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let conn = Arc::new(EConn {
         id,
         peer,
-        session: Mutex::new(Session::new(session_config(&sh.settings), Instant::now())),
+        session: Mutex::new(new_session(&sh.settings, Instant::now())),
         wake: Notify::new(),
         close_now: AtomicBool::new(false),
     });
@@ -603,6 +618,8 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
         }),
     }
     drop(stream);
+    // The address's slot is free with the socket, before the log says so.
+    lock(&sh.per_ip).release(conn.peer.ip());
     sh.log.emit(Event::Closed {
         id: conn.id,
         peer: conn.peer,

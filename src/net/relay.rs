@@ -379,6 +379,13 @@ pub fn log_session(log: &EventLog, id: u64, peer: SocketAddr, s: &mut Session) {
             SessionEvent::BadLine(detail) => log.emit(Event::BadLine { id, peer, detail }),
             SessionEvent::SlowConsumer(why) => log.emit(Event::SlowConsumer { id, peer, why }),
             SessionEvent::Insecure(detail) => log.emit(Event::Insecure { id, peer, detail }),
+            SessionEvent::Authenticated { name, renewed } => log.emit(Event::Authenticated {
+                id,
+                peer,
+                name,
+                renewed,
+            }),
+            SessionEvent::AuthFailed(reason) => log.emit(Event::AuthFailed { id, peer, reason }),
             // Logged when the END is written (or cannot be).
             SessionEvent::Ending(_) => {}
         }
@@ -513,11 +520,12 @@ mod tests {
             stall: Duration::from_millis(500),
             rate: None,
             tls: false,
+            auth: None,
             handshake: Duration::from_secs(10),
         };
         for (i, _) in names.iter().enumerate() {
             let conn = TestConn {
-                session: Mutex::new(Session::new(cfg, t)),
+                session: Mutex::new(Session::new(cfg.clone(), t, Duration::ZERO)),
                 wakes: AtomicUsize::new(0),
             };
             c.conns.insert(i as u64 + 1, Arc::new(conn));
@@ -610,7 +618,11 @@ mod tests {
         let t = Instant::now();
         let mut c = chat(&["ann", "cat"], 1 << 20, t);
         let bob = Arc::new(TestConn {
-            session: Mutex::new(Session::new(*c.conns[&1].session().config(), t)),
+            session: Mutex::new(Session::new(
+                c.conns[&1].session().config().clone(),
+                t,
+                Duration::ZERO,
+            )),
             wakes: AtomicUsize::new(0),
         });
         c.conns.insert(9, bob);

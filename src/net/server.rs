@@ -3,12 +3,13 @@
 //! ```text
 //!                accept loop (Server::run)
 //!                       │ registers a Conn (its core::session::Session), spawns two threads,
-//!                       │ or END server-full
+//!                       │ or END server-full (--max-conns, --max-conns-per-ip, no thread)
 //!         ┌─────────────┴──────────────┐
 //!  data-exchange thread          companion heartbeat thread
 //!  (reads, never writes)         (the only writer of the socket)
 //!   poll until bytes or the       switch on: Session::handle_heartbeat → PING k / END
 //!     session's idle deadline     Session::handle_flow_timeout (lag, write stall)
+//!                                 Session::handle_auth_timeout (no AUTH, token expiry)
 //!   bytes → Session::handle_rx    Session::poll_transmit → non-blocking send;
 //!     → switch off                  blocked: poll(POLLOUT) in short slices
 //!   Session::poll_input           Session::handle_written → caught up: wake held readers
@@ -33,11 +34,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 
 use crate::config::{Engine, Mode, ServerSettings, Wire};
+use crate::core::admission::PerIp;
 use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, SessionConfig, END_GRACE};
 use crate::core::wire::{EndReason, ServerMsg};
@@ -223,6 +225,8 @@ struct Shared {
     lingerer: Option<Lingerer>,
     /// `--tls-cert`: every connection starts with a TLS handshake.
     tls: Option<ServerTlsConfig>,
+    /// Line-wire connections per client address (`--max-conns-per-ip`).
+    per_ip: Mutex<PerIp>,
 }
 
 impl Shared {
@@ -253,6 +257,7 @@ impl Shared {
     /// Called by each of a connection's threads as it exits.
     fn release(&self, conn: &Conn) {
         if conn.release() {
+            lock(&self.per_ip).release(conn.peer.ip());
             // The registry's reference goes now; the descriptor closes (and `closed` is
             // logged) when the two threads drop theirs a moment later.
             if let Some(mut chat) = self.chat() {
@@ -357,6 +362,7 @@ impl ThreadServer {
             }
             _ => None,
         };
+        let per_ip = Mutex::new(PerIp::new(settings.max_conns_per_ip));
         let shared = Arc::new(Shared {
             settings,
             log,
@@ -368,6 +374,7 @@ impl ThreadServer {
             lingerer: Lingerer::start().ok(),
             cluster: Mutex::new(cluster.map(|p| ClusterState::Prepared(Box::new(p)))),
             tls,
+            per_ip,
         });
         Ok(Self {
             listener,
@@ -499,16 +506,21 @@ impl ThreadServer {
             refuse(sh, stream, Some(peer), format!("max-conns {max} reached"));
             return;
         }
+        if let Err(refusal) = lock(&sh.per_ip).try_admit(peer.ip()) {
+            refuse(sh, stream, Some(peer), refusal.to_string());
+            return;
+        }
         let tls = match sh.tls.as_ref().map(ServerTlsConfig::accept).transpose() {
             Ok(tls) => tls,
             Err(e) => {
+                lock(&sh.per_ip).release(peer.ip());
                 refuse(sh, stream, Some(peer), format!("cannot start TLS: {e}"));
                 return;
             }
         };
         let _ = stream.set_nodelay(true);
         let id = sh.conns.next_id();
-        let session = Session::new(session_config(&sh.settings), Instant::now());
+        let session = new_session(&sh.settings, Instant::now());
         let (conn, bell) = Conn::new(id, peer, stream, session, tls, sh.log.clone());
         let conn = Arc::new(conn);
         sh.conns.insert(id, conn.clone());
@@ -529,6 +541,7 @@ impl ThreadServer {
                 chat.conns.remove(&id);
             }
             sh.conns.remove(id);
+            lock(&sh.per_ip).release(peer.ip());
             write_refusal(conn.stream());
             sh.log.emit(Event::Refused {
                 peer: Some(peer),
@@ -659,6 +672,7 @@ pub(crate) fn session_config(settings: &ServerSettings) -> SessionConfig {
         stall: settings.stall,
         rate: settings.rate,
         tls: settings.tls.is_some(),
+        auth: settings.auth.clone(),
         handshake: settings.handshake,
     }
 }
@@ -673,6 +687,21 @@ pub(crate) fn server_tls(
         .map(|f| ServerTlsConfig::load(&f.cert, &f.key))
         .transpose()
         .map_err(ServerError::Tls)
+}
+
+/// The session of a connection accepted at `now` (either engine). The wall clock is read
+/// here, once per connection: the session judges token expiry from it without a clock.
+pub(crate) fn new_session(settings: &ServerSettings, now: Instant) -> Session {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Session::new(session_config(settings), now, unix)
+}
+
+/// Locks `m`, a poisoned lock included (the data it guards stays consistent: every update
+/// under it is a single step).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where the reader stands after handling what it has read.
@@ -895,6 +924,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             s.handle_heartbeat(now);
         }
         s.handle_flow_timeout(now);
+        s.handle_auth_timeout(now);
         // Written straight from the session's queue with one vectored, non-blocking send
         // under its lock (no copy, and one lock for the write and its accounting).
         let mut wrote = None;
@@ -944,9 +974,14 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
         }
         let close = s.poll_close();
         let ending = s.end_reason();
+        // The heartbeat's deadlines are the reader's until the switch is on; the others
+        // are always the companion's.
         let deadline = earliest(
-            if hb_on { s.heartbeat_timeout() } else { None },
-            s.flow_timeout(),
+            earliest(
+                if hb_on { s.heartbeat_timeout() } else { None },
+                s.flow_timeout(),
+            ),
+            s.auth_timeout(),
         );
         log_session(&sh.log, conn.id, conn.peer, &mut s);
         if ending.is_some() {

@@ -1,5 +1,6 @@
 //! Integration tests: real processes on 127.0.0.1:0 with a watchdog.
 
+mod auth;
 mod bench;
 mod chat;
 mod chat_client;

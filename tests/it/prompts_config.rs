@@ -351,6 +351,26 @@ fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
         ),
         (
             "hb-server",
+            &["--wire", "classic", "--auth-secret", "secret"],
+            "hb-server: --auth-secret works only on the line wire, not with --wire classic",
+        ),
+        (
+            "hb-server",
+            &["--wire", "classic", "--max-conns-per-ip", "2"],
+            "hb-server: --max-conns-per-ip works only on the line wire, not with --wire classic",
+        ),
+        (
+            "hb-server",
+            &["--handshake-timeout", "2s"],
+            "hb-server: --handshake-timeout does nothing without --tls-cert or --auth-secret",
+        ),
+        (
+            "hb-server",
+            &["--auth-secret", "/nonexistent/hb-secret"],
+            "hb-server: --auth-secret: cannot read the secret file /nonexistent/hb-secret: ",
+        ),
+        (
+            "hb-server",
             &["--broker", "redis://127.0.0.1:1"],
             "hb-server: --broker does nothing without --mode chat",
         ),
@@ -413,6 +433,21 @@ fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
             "hb-client",
             &["--chat", "--name", "ann", "--wire", "classic"],
             "hb-client: --chat works only on the line wire, not with --wire classic",
+        ),
+        (
+            "hb-client",
+            &["--token", "a b"],
+            "hb-client: --token: must be one word",
+        ),
+        (
+            "hb-client",
+            &["--token", "a.b.c", "--wire", "classic"],
+            "hb-client: --token works only on the line wire, not with --wire classic",
+        ),
+        (
+            "hb-client",
+            &["--chat", "--token", "a.b.c"],
+            "hb-client: --chat needs a name: --name NAME, or a --token whose sub is one",
         ),
     ];
     for (bin, args, want) in cases {

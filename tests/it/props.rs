@@ -8,6 +8,8 @@ use proptest::prelude::*;
 
 use crate::support::{exclusive, ms, Watchdog};
 use tcp_heartbeat::config::{ConfigError, FileConfig};
+use tcp_heartbeat::core::auth::{AuthConfig, AuthError, AUTH_LEEWAY};
+use tcp_heartbeat::core::room::validate_name;
 use tcp_heartbeat::core::wire::{ClientMsg, LineDecoder, LineTooLong, ServerMsg};
 
 /// Bytes that look like the wire often enough to reach every verb, plus anything at all.
@@ -18,6 +20,7 @@ fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
         Just(b"PING ".to_vec()),
         Just(b"PONG ".to_vec()),
         Just(b"QUIT".to_vec()),
+        Just(b"AUTH ".to_vec()),
         Just(b"HELLO hb/1 idle=1 interval=2 count=3".to_vec()),
         Just(b"ECHO ".to_vec()),
         Just(b"LEFT a closed".to_vec()),
@@ -160,6 +163,87 @@ fn wire_like_lines_round_trip() {
     });
 }
 
+/// Token-shaped text: three parts of base64url-ish characters, or anything.
+fn token_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9_=-]{0,40}\\.[A-Za-z0-9_=-]{0,60}\\.[A-Za-z0-9_=-]{0,44}",
+        "[ -~]{0,80}",
+        any::<String>(),
+    ]
+}
+
+/// Claims as JSON text, mostly well-formed, with the claims that matter of every type.
+fn claims_text() -> impl Strategy<Value = Vec<u8>> {
+    let value = prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        (0u64..4_000_000_000).prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|f| format!("{f:?}")),
+        Just("\"ann\"".to_owned()),
+        Just("\"\"".to_owned()),
+        Just("\"a b\"".to_owned()),
+        Just("null".to_owned()),
+        Just("[1]".to_owned()),
+        Just("-1".to_owned()),
+    ];
+    let key = prop_oneof![
+        Just("sub"),
+        Just("exp"),
+        Just("nbf"),
+        Just("aud"),
+        Just("iat")
+    ];
+    prop_oneof![
+        4 => prop::collection::vec((key, value), 0..6).prop_map(|kv| {
+            let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+            format!("{{{}}}", body.join(", ")).into_bytes()
+        }),
+        1 => prop::collection::vec(any::<u8>(), 0..40),
+    ]
+}
+
+/// AUTH tokens (the fuzz target `auth` where cargo-fuzz runs): verifying any text never
+/// panics nor quotes it; a payload signed with the key is never refused for its signature or
+/// algorithm, and is accepted only with a usable `sub` and an `exp` (plus leeway) ahead.
+#[test]
+fn auth_verify_never_panics_and_accepts_only_valid_signed_claims() {
+    use base64::Engine as _;
+    let _x = exclusive();
+    let _w = Watchdog::new(
+        "auth_verify_never_panics_and_accepts_only_valid_signed_claims",
+        ms(120_000),
+    );
+    const SECRET: &[u8] = b"the property's secret, 32 bytes!";
+    let auth = AuthConfig::new(SECRET);
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let cfg = ProptestConfig {
+        cases: CASES / 5,
+        ..config()
+    };
+    proptest!(cfg, |(token in token_text(), claims in claims_text(), now in 0u64..4_000_000_000)| {
+        let line = format!("AUTH {token}");
+        if let Ok(ClientMsg::Auth(t)) = ClientMsg::parse(line.as_bytes()) {
+            prop_assert_eq!(&t, &token);
+        }
+        if let Err(e) = auth.verify(&token, now) {
+            prop_assert!(token.len() < 24 || !e.to_string().contains(&token));
+        }
+        let message = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(&claims));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256).unwrap();
+        match auth.verify(&format!("{message}.{sig}"), now) {
+            Ok(c) => {
+                prop_assert!(validate_name(&c.sub).is_ok());
+                prop_assert!(now < auth.valid_until(&c));
+                prop_assert!(c.nbf.is_none_or(|n| now + AUTH_LEEWAY.as_secs() >= n));
+            }
+            Err(e) => prop_assert!(
+                !matches!(e, AuthError::BadSignature | AuthError::WrongAlgorithm(_)),
+                "{:?}", e
+            ),
+        }
+    });
+}
+
 /// configuration.json: never a panic, and an error about a key names it.
 #[test]
 fn config_parse_never_panics_and_errors_name_the_key() {
@@ -202,6 +286,10 @@ fn config_text() -> impl Strategy<Value = String> {
         Just("block"),
         Just("message"),
         Just("name"),
+        Just("token"),
+        Just("auth_secret"),
+        Just("handshake_timeout"),
+        Just("max_conns_per_ip"),
         Just("intreval"),
     ];
     let value = prop_oneof![

@@ -147,6 +147,57 @@ fn max_conns_refuses_newcomers_and_keeps_serving_the_others(engine: Engine) {
     d.expect(HELLO, PROMPT);
 }
 
+engine_tests!(a_third_connection_from_one_address_is_refused_until_one_closes);
+/// `--max-conns-per-ip 2`: the third connection from 127.0.0.1 gets exactly `END
+/// server-full` and the end of the stream, the log says why, and once one of the two has
+/// closed a newcomer is served again.
+fn a_third_connection_from_one_address_is_refused_until_one_closes(engine: Engine) {
+    let _w = Watchdog::new("max-conns-per-ip", ms(30_000));
+    let mut srv = Server::start(engine, &["--max-conns-per-ip", "2"]);
+    let mut first = Peer::connect(srv.port);
+    first.expect(HELLO, PROMPT);
+    let mut second = Peer::connect(srv.port);
+    second.expect(HELLO, PROMPT);
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let mut third = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+        let (got, took) = read_to_end(&mut third, t0);
+        assert_eq!(got, "END server-full\n");
+        assert!(took < ms(500), "refused after {took:?}");
+    }
+    srv.log().wait_for(
+        "END server-full (max-conns-per-ip 2 reached for 127.0.0.1)",
+        PROMPT,
+    );
+    // The second leaves; once the server freed it, a newcomer is served.
+    let gone = second.stream.local_addr().unwrap();
+    second.send(b"QUIT\n");
+    second.expect("END quit", PROMPT);
+    drop(second);
+    let closed = format!("{gone} closed");
+    let deadline = Instant::now() + PROMPT;
+    while !srv.log().seen.iter().any(|(_, l)| l.ends_with(&closed)) {
+        assert!(Instant::now() < deadline, "{}", srv.log().text());
+        srv.log().settle(ms(20));
+    }
+    let mut again = Peer::connect(srv.port);
+    again.expect(HELLO, PROMPT);
+    again.send(b"MSG back\n");
+    again.expect("ECHO back", PROMPT);
+    first.send(b"MSG still\n");
+    first.expect("ECHO still", PROMPT);
+}
+
+/// Reads until the server closes: everything it sent, and when the end came (since `t0`).
+fn read_to_end(s: &mut std::net::TcpStream, t0: Instant) -> (String, std::time::Duration) {
+    use std::io::Read;
+    s.set_read_timeout(Some(PROMPT)).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("reading: {e} after {:?}", String::from_utf8_lossy(&got)));
+    (String::from_utf8_lossy(&got).into_owned(), t0.elapsed())
+}
+
 engine_tests!(slow_consumer_is_ended_and_others_keep_going);
 fn slow_consumer_is_ended_and_others_keep_going(engine: Engine) {
     // Floods megabytes through loopback (and times the shutdown): run alone.
