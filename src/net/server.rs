@@ -773,12 +773,14 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
         match conn.stream().read(&mut buf) {
             Ok(0) => break Some(None),
             Ok(n) => {
+                // The session first, then TLS (the companion's order): a TLS error and the
+                // session's end are one step, so the companion never writes in between.
+                let mut s = conn.session();
                 let tls = conn.tls().map(|mut tls| {
                     plain.clear();
                     let got = tls.handle_raw(&buf[..n], &mut plain);
                     (got, tls.is_handshaking(), tls.wants_write())
                 });
-                let mut s = conn.session();
                 if s.is_ending() {
                     // Once the connection is ending, input is only drained (see `linger`),
                     // never answered or relayed.

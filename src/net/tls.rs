@@ -360,6 +360,14 @@ impl ClientTlsConfig {
                     Err(e) => return Err(describe_client_error(&e)),
                 }
             }
+            // Our own Finished must be on the wire now (rustls' complete_io writes it before
+            // returning; made sure here, since a client with nothing to say for a while
+            // would otherwise miss the server's handshake deadline).
+            let mut s = stream;
+            while conn.wants_write() {
+                conn.write_tls(&mut s)
+                    .map_err(|e| describe_client_error(&e))?;
+            }
             Ok(())
         })();
         let _ = stream.set_read_timeout(old_r);

@@ -163,6 +163,41 @@ fn a_stalled_handshake_is_closed_at_its_deadline(engine: Engine) {
     good.expect("ECHO still here", PROMPT);
 }
 
+engine_tests!(a_quiet_client_is_not_taken_for_a_stalled_handshake);
+/// The handshake deadline is about the handshake: a client that completed it and then says
+/// nothing for longer than `--handshake-timeout` is served as ever.
+fn a_quiet_client_is_not_taken_for_a_stalled_handshake(engine: Engine) {
+    let _w = Watchdog::new("tls-quiet", ms(30_000));
+    let mut srv = tls_server(engine, "server", &["--handshake-timeout", "0.5"]);
+    let port = srv.port.to_string();
+    let ca = fixture_str("ca.pem");
+    // hb-client's first line goes out 1.2 s after the handshake.
+    let mut c = Proc::spawn_in_temp(
+        "hb-client",
+        &[
+            "--defaults",
+            "--port",
+            &port,
+            "--ca",
+            &ca,
+            "--every",
+            "1.2",
+            "--messages",
+            "1",
+        ],
+        None,
+    );
+    let status = c.wait(PROMPT);
+    c.stdout.drain(ms(200));
+    assert!(status.success(), "{status:?}\n{}", c.stdout.text());
+    assert!(
+        c.stdout.text().contains("<- ECHO Hello, there"),
+        "{}",
+        c.stdout.text()
+    );
+    assert_eq!(srv.log().count("not secured"), 0, "{}", srv.log().text());
+}
+
 engine_tests!(flow_control_and_slow_consumers_apply_to_the_encrypted_stream);
 /// Chat over TLS: messages relay between TLS members; a member that stops reading is ended
 /// slow-consumer within about --stall of the queue filling, and the others go on.
@@ -172,12 +207,23 @@ fn flow_control_and_slow_consumers_apply_to_the_encrypted_stream(engine: Engine)
     let mut srv = tls_server(engine, "server", &args);
     let ca = fixture("ca.pem");
     let hello = "HELLO hb/1 idle=30000 interval=10000 count=3 mode=chat";
-    let mut alice = Peer::connect_tls(srv.port, &ca);
-    alice.expect(hello, PROMPT);
-    alice.send(b"JOIN alice\n");
-    let mut bob = Peer::connect_tls(srv.port, &ca);
-    bob.expect(hello, PROMPT);
-    bob.send(b"JOIN bob\n");
+    // Each join confirmed (WHO lists the name) before the next member connects: a TLS peer's
+    // writes go through its own thread, so two peers' JOINs could otherwise cross.
+    let port = srv.port;
+    let member = |name: &str| {
+        let mut p = Peer::connect_tls(port, &ca);
+        p.expect(hello, PROMPT);
+        p.send(format!("JOIN {name}\nWHO\n").as_bytes());
+        loop {
+            let (_, l) = p.line(PROMPT);
+            if l.starts_with("MEMBERS ") {
+                assert!(l.split(' ').any(|n| n == name), "{l}");
+                return p;
+            }
+        }
+    };
+    let mut alice = member("alice");
+    let mut bob = member("bob");
     alice.expect("JOINED bob", PROMPT);
     // A member whose TLS connection is never read again (tiny receive buffer).
     let stuck = connect_small_rcvbuf(srv.port);
