@@ -74,7 +74,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         status.success(),
         "hb-bench failed ({status}):\n{stdout}\n{stderr}"
     );
-    for n in 1..=8 {
+    for n in 1..=9 {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(&format!("[{n}] ")))
@@ -91,6 +91,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         "## 6. Relay open-loop",
         "## 7. History and resume",
         "## 8. The cluster through Redis",
+        "## 9. TLS: what it costs",
     ] {
         assert!(report.contains(title), "report lacks {title}:\n{report}");
     }
@@ -134,7 +135,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
     // Issue 12: both engines side by side (the event engine's rows SKIPPED, visibly, by a
     // build without `--engine`), nats-server beside the idle heartbeats, a trivial echo
     // server beside the echo, and a fixed-rate relay.
-    // Smoke runs the event engine in the echo measurement only, when the build has it.
+    // Smoke runs the event engine in measurements 4, 7 and 9 only, when the build has it.
     let events_skipped = report
         .contains("| hb-server (events) | - | **SKIPPED**: this hb-server has no `--engine` flag");
     let events_rows = report.contains("| hb-server (events) | 1 | ");
@@ -188,6 +189,39 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         with_redis || redis_skipped,
         "no two-node row, measured or SKIPPED:\n{report}"
     );
+    // Issue 15: plain against TLS on the same harness. The TLS figures are there and
+    // positive (memory per connection, server CPU per handshake, deliveries/s and the ratio
+    // to plain, server CPU per delivery), and every handshake was a full one.
+    let tls_line = stdout
+        .lines()
+        .find(|l| l.starts_with("[9] "))
+        .expect("checked above");
+    for key in [
+        "tls_kib_per_conn",
+        "tls_cpu_us_per_conn",
+        "tls_deliveries_per_s",
+        "tls_cpu_s_per_m_deliveries",
+        "tls_vs_plain_deliveries",
+        "plain_deliveries_per_s",
+    ] {
+        let value: f64 = tls_line
+            .split(", ")
+            .find_map(|kv| kv.rsplit(": ").next()?.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {tls_line}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{key} in {tls_line}: {e}"));
+        assert!(value > 0.0, "{key}={value} in {tls_line}");
+    }
+    assert!(
+        report.contains("| hb-server (threads) | TLS | "),
+        "no TLS row:\n{report}"
+    );
+    // 50 clients per engine (smoke runs the event engine here too, when the build has it).
+    let handshakes = if events_skipped { 50 } else { 100 };
+    assert!(
+        report.contains(&format!("full handshakes: {handshakes} of {handshakes} ")),
+        "resumed handshakes, or an engine missing:\n{report}"
+    );
     for svg in [
         "connections",
         "heartbeat",
@@ -198,6 +232,7 @@ fn smoke_run_reports_numbers_for_every_measurement() {
         "resume",
         "cluster-latency",
         "cluster-throughput",
+        "tls",
     ] {
         let p = dir.path().join("bench").join(format!("{svg}.svg"));
         assert!(p.is_file(), "{} missing", p.display());

@@ -14,9 +14,11 @@
 //! stuck reader), against ncat and Redis, and history and resume (the time to replay 1,000
 //! missed messages to a member who reconnects, checked; the server's memory per 1,000 kept
 //! messages), and the cluster through Redis (one node against one node and two nodes on a
-//! Redis broker: latency at a fixed rate, open-loop throughput, Redis's CPU per message). Both of hb-server's engines run side by side with
-//! the peers; a binary without `--engine` (see `engines`) has its events rows SKIPPED with
-//! the reason. Each runs `--repeats`
+//! Redis broker: latency at a fixed rate, open-loop throughput, Redis's CPU per message), and
+//! what TLS costs (plain against `--tls-cert` on the same harness: memory per idle
+//! connection, server CPU per handshake, relay throughput and CPU per delivery). Both of
+//! hb-server's engines run side by side with the peers; a binary without `--engine` (see
+//! `engines`) has its events rows SKIPPED with the reason. Each runs `--repeats`
 //! times (3 by default, fresh servers each time), prints its numbers, appends a section to
 //! the report (cells: median (min..max) of the repeats) and draws one SVG. Targets are judged
 //! on the median and only when every repeat agrees (see `verdict`). `--quick` fits in about
@@ -33,6 +35,7 @@ mod procinfo;
 mod resume;
 mod stats;
 mod tally;
+mod tls;
 mod trivial;
 mod verdict;
 
@@ -81,8 +84,8 @@ pub struct BenchArgs {
     pub server: Option<PathBuf>,
     /// Run only these measurements (1 connections, 2 heartbeat overhead, 3 detection,
     /// 4 echo, 5 relay closed loop and fixed rate, 6 relay open loop, 7 history and resume,
-    /// 8 cluster through Redis), comma-separated
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=8))]
+    /// 8 cluster through Redis, 9 TLS cost), comma-separated
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=9))]
     pub only: Vec<u8>,
     /// Repeat every measurement N times; verdicts come from the median and say
     /// `inconclusive` when the repeats straddle a target. Fewer than 3 repeats are reported
@@ -220,6 +223,11 @@ pub struct Plan {
     pub cluster_fixed_window: Duration,
     /// Its open-loop window (the drain is `open_drain`).
     pub cluster_open_window: Duration,
+    /// The TLS measurement (9): idle clients connected (and handshaken) for its memory and
+    /// handshake-CPU figures.
+    pub tls_conns: usize,
+    /// Its relay window (1 sender → 10 receivers, plain and TLS alike).
+    pub tls_window: Duration,
     /// The only measurements the event engine runs in (None: every one). `--smoke` adds a
     /// few tiny events runs instead of doubling every measurement.
     pub events_only_in: Option<&'static [u8]>,
@@ -266,9 +274,12 @@ impl Plan {
                 cluster_rate: 2000.0,
                 cluster_fixed_window: ms(300),
                 cluster_open_window: ms(300),
+                tls_conns: 50,
+                tls_window: ms(500),
                 // Measurement 7 takes well under a second per engine, and the resume path
-                // is engine code worth a smoke check on both.
-                events_only_in: Some(&[4, 7]),
+                // is engine code worth a smoke check on both; so is each engine's TLS layer
+                // (9: about 2 s per engine).
+                events_only_in: Some(&[4, 7, 9]),
             }
         } else if args.quick {
             Self {
@@ -312,6 +323,10 @@ impl Plan {
                 cluster_rate: 2000.0,
                 cluster_fixed_window: ms(500),
                 cluster_open_window: ms(500),
+                tls_conns: 1000,
+                // 1 s: 3 repeats × 2 engines × plain and TLS are 12 windows, and the
+                // measurement is to stay under about 25 s (3 s windows took ~50 s).
+                tls_window: s(1),
                 events_only_in: None,
             }
         } else {
@@ -349,6 +364,8 @@ impl Plan {
                 cluster_rate: 2000.0,
                 cluster_fixed_window: s(2),
                 cluster_open_window: s(2),
+                tls_conns: 2000,
+                tls_window: s(5),
                 events_only_in: None,
             }
         }
@@ -368,7 +385,8 @@ impl Plan {
              {} per run ({} with a stuck reader), fixed rate {} per run, relay open loop {} \
              per run ({} with a stuck reader, {} for the peers' stuck-reader runs), history \
              and resume {} missed messages and {} messages of history, cluster through Redis \
-             {} at {} msg/s and {} open loop per setup{}",
+             {} at {} msg/s and {} open loop per setup, TLS {} idle connections and a 1 → 10 \
+             relay of {} per run{}",
             self.repeats,
             if self.repeats < verdict::MIN_REPEATS {
                 format!(
@@ -397,6 +415,8 @@ impl Plan {
             secs(self.cluster_fixed_window),
             self.cluster_rate,
             secs(self.cluster_open_window),
+            self.tls_conns,
+            secs(self.tls_window),
             if self.name == "quick" {
                 " (quick: windows shortened so three repeats fit in about five minutes)"
             } else {
@@ -631,7 +651,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         },
     };
     let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
-    let all: [(u8, Measurement); 8] = [
+    let all: [(u8, Measurement); 9] = [
         (1, measure::connections),
         (2, measure::heartbeat_overhead),
         (3, measure::detection),
@@ -640,6 +660,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         (6, openloop::relay_open),
         (7, resume::history_resume),
         (8, cluster::through_redis),
+        (9, tls::tls_cost),
     ];
     let mut failures = Vec::new();
     for (n, f) in all {
