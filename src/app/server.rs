@@ -3,9 +3,9 @@
 use std::fmt;
 
 use crate::app::cli::{load_file, stdin_prompter, ServerArgs};
-use crate::config::{fmt_duration, ConfigError, ServerSettings};
-use crate::net::events::{flush_stdout, EventLog};
-use crate::net::server::{Server, ServerError};
+use crate::config::{fmt_duration, ConfigError, ServerFlags, ServerOptions, ServerSettings};
+use crate::net::events::{flush_stdout, Event, EventLog};
+use crate::net::server::{Server, ServerError, ServerHandle};
 use std::time::Duration;
 
 /// Why `hb-server` stopped with an error.
@@ -18,8 +18,8 @@ pub enum RunError {
     Server(ServerError),
     /// The accept thread could not be started (exit 1).
     Thread(std::io::Error),
-    /// The signal handler could not be installed (exit 1).
-    Signal(ctrlc::Error),
+    /// The signal handlers could not be installed (exit 1).
+    Signal(std::io::Error),
 }
 
 impl RunError {
@@ -41,7 +41,7 @@ impl fmt::Display for RunError {
             Self::Config(e) => e.fmt(f),
             Self::Server(e) => e.fmt(f),
             Self::Thread(e) => write!(f, "cannot start the accept thread: {e}"),
-            Self::Signal(e) => write!(f, "cannot install the Ctrl-C handler: {e}"),
+            Self::Signal(e) => write!(f, "cannot install the signal handlers: {e}"),
         }
     }
 }
@@ -51,6 +51,10 @@ impl std::error::Error for RunError {}
 /// Resolves the settings (prompting if needed), listens, and serves until SIGINT/SIGTERM.
 pub fn run(args: &ServerArgs) -> Result<(), RunError> {
     let flags = &args.flags;
+    crate::net::events::set_log_style(crate::net::events::LogStyle {
+        json: flags.log_format == Some(crate::config::LogFormat::Json),
+        quiet: flags.quiet,
+    });
     let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
     let mut prompter = stdin_prompter();
     let settings =
@@ -86,24 +90,116 @@ pub fn run(args: &ServerArgs) -> Result<(), RunError> {
         ));
     }
     drop(prompter);
+    // A reload (SIGHUP) re-reads the file with the flags over it; what was prompted for at
+    // start-up (nothing in a flag or the file) keeps the answer given, below the file.
+    let o = flags.options.or(&file.server);
+    let prompted = ServerOptions {
+        interval: o.interval.is_none().then(|| settings.heartbeat.interval()),
+        count: o.count.is_none().then(|| settings.heartbeat.count()),
+        idle: o.idle.is_none().then(|| {
+            settings
+                .idle_raised_from
+                .unwrap_or(settings.heartbeat.idle())
+        }),
+        ..ServerOptions::default()
+    };
     raise_fd_limit();
-    let server = Server::bind(settings, EventLog::stdout()).map_err(RunError::Server)?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
+        .map_err(RunError::Signal)?;
+    let log = EventLog::stdout();
+    let server = Server::bind(settings, log.clone()).map_err(RunError::Server)?;
     let handle = server.handle();
-    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-    ctrlc::set_handler(move || {
-        let _ = tx.try_send(());
-    })
-    .map_err(RunError::Signal)?;
+    // If serving stops by itself (an error), the wait for signals stops too.
+    let waiting = signals.handle();
     let accept = std::thread::Builder::new()
         .name("hb-accept".into())
-        .spawn(move || server.run())
+        .spawn(move || {
+            let served = server.run();
+            waiting.close();
+            served
+        })
         .map_err(RunError::Thread)?;
-    let _ = rx.recv();
+    let started = std::time::Instant::now();
+    let mut asked_to_stop = false;
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => reload(flags, &prompted, &handle, &log),
+            SIGUSR1 => log.emit(Event::Status {
+                connections: handle.connections(),
+                summary: summary(&handle.settings()),
+                up: started.elapsed(),
+            }),
+            _ => {
+                asked_to_stop = true;
+                break;
+            }
+        }
+    }
     handle.shutdown();
-    // The accept thread sees the stop flag after the self-connect; a failure there is moot now.
-    let _ = accept.join();
+    // After a stop signal a failure of the accept thread is moot; without one, it is why the
+    // server stopped.
+    let served = accept.join();
     flush_stdout(Duration::from_millis(200));
-    Ok(())
+    match served {
+        Ok(Err(e)) if !asked_to_stop => Err(RunError::Server(e)),
+        _ => Ok(()),
+    }
+}
+
+/// SIGHUP: the configuration file read again, the flags still over it, never prompting;
+/// applied to connections accepted from now on. A file that does not load keeps the old
+/// settings, and the log says why either way.
+fn reload(flags: &ServerFlags, prompted: &ServerOptions, handle: &ServerHandle, log: &EventLog) {
+    let resolved = load_file(flags.config.as_deref()).and_then(|mut file| {
+        file.server = file.server.or(prompted);
+        let quiet = ServerFlags {
+            defaults: true,
+            ..flags.clone()
+        };
+        let mut silent = crate::config::Prompter::new(std::io::empty(), std::io::sink(), false);
+        ServerSettings::resolve(&quiet, &file, &mut silent)
+    });
+    let event = match resolved
+        .map_err(|e| e.to_string())
+        .and_then(|new| handle.reload(&new).map_err(|e| e.to_string()))
+    {
+        Ok(r) => Event::Reloaded {
+            changed: r.changed,
+            restart_needed: r.restart_needed,
+        },
+        Err(error) => Event::ReloadFailed {
+            error: error.replace('\n', "; "),
+        },
+    };
+    log.emit(event);
+}
+
+/// The settings in effect, on one line (the SIGUSR1 status).
+fn summary(s: &ServerSettings) -> String {
+    let hb = s.heartbeat;
+    let mut parts = vec![
+        format!("mode {}, wire {}", s.mode.as_str(), s.wire.as_str()),
+        format!(
+            "heartbeat interval {}, count {}, idle {}",
+            fmt_duration(hb.interval()),
+            hb.count(),
+            fmt_duration(hb.idle())
+        ),
+        format!("max-conns {}", s.max_conns),
+    ];
+    if let Some(n) = s.max_conns_per_ip {
+        parts.push(format!("max-conns-per-ip {n}"));
+    }
+    if let Some(r) = s.rate {
+        parts.push(format!("rate {}/s burst {}", r.per_sec, r.burst));
+    }
+    parts.push(format!(
+        "tls {}, auth {}",
+        if s.tls.is_some() { "on" } else { "off" },
+        if s.auth.is_some() { "on" } else { "off" }
+    ));
+    parts.join(", ")
 }
 
 /// Raises the soft limit on open files to the hard limit, as servers that hold many clients

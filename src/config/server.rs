@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::prompt::setting;
 use super::{
-    bad, defaults, origin, parse_duration, ConfigError, Engine, FileConfig, Mode, Prompter, Wire,
+    bad, defaults, fmt_duration, origin, parse_duration, ConfigError, Engine, FileConfig, Mode,
+    Prompter, Wire,
 };
 use crate::core::auth::AuthConfig;
 use crate::core::heartbeat::{HeartbeatConfig, HeartbeatConfigError};
@@ -230,6 +231,24 @@ pub struct ServerFlags {
     /// Never prompt: use defaults for whatever flags and the file leave unset
     #[arg(long)]
     pub defaults: bool,
+    /// How the event log on stdout is written: `text` (one timestamped line per event) or
+    /// `json` (one object per line: ts, event, conn where one applies, msg, and the event's
+    /// facts) [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log only refusals, errors and shutdown (and the `listening on` line)
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// How the event log is written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-21T22:10:46.123Z #1 127.0.0.1:5000 connected`
+    #[default]
+    Text,
+    /// `{"ts":"2026-11-21T22:10:46.123Z","event":"connected","conn":1,...}`
+    Json,
 }
 
 /// Validated server settings.
@@ -303,6 +322,162 @@ pub fn load_secret(path: &std::path::Path) -> Result<AuthConfig, ConfigError> {
             ),
         )
     })
+}
+
+/// What a reload (SIGHUP) makes of freshly resolved settings: the settings to serve new
+/// connections with, and what changed, in words for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reload {
+    /// The running settings with every reloadable change applied.
+    pub settings: ServerSettings,
+    /// Applied changes, e.g. `interval 10s -> 5s`.
+    pub changed: Vec<String>,
+    /// Changes that need a restart and were not applied, e.g. `mode echo -> chat`.
+    pub restart_needed: Vec<String>,
+}
+
+fn opt_text<T>(v: &Option<T>, f: impl Fn(&T) -> String) -> String {
+    v.as_ref().map_or_else(|| "off".to_string(), f)
+}
+
+impl ServerSettings {
+    /// Applies `new` (the file re-read, flags still over it) to these running settings. What
+    /// concerns each new connection changes (heartbeat timing, limits, rate, handshake, the
+    /// auth secret, the TLS certificate files); what the listening socket, the room or the
+    /// engine were built with (host, port, mode, wire, engine, history, broker) needs a
+    /// restart and is only reported.
+    pub fn reload(&self, new: &ServerSettings) -> Reload {
+        let mut settings = self.clone();
+        let mut changed = Vec::new();
+        let mut restart_needed = Vec::new();
+        let hb = |h: &HeartbeatConfig| {
+            format!(
+                "interval {}, count {}, idle {}",
+                fmt_duration(h.interval()),
+                h.count(),
+                fmt_duration(h.idle())
+            )
+        };
+        if self.heartbeat != new.heartbeat {
+            changed.push(format!(
+                "heartbeat {} -> {}",
+                hb(&self.heartbeat),
+                hb(&new.heartbeat)
+            ));
+            settings.heartbeat = new.heartbeat;
+            settings.idle_raised_from = new.idle_raised_from;
+        }
+        let mut num = |name: &str, old: usize, new: usize, slot: &mut usize| {
+            if old != new {
+                changed.push(format!("{name} {old} -> {new}"));
+                *slot = new;
+            }
+        };
+        num(
+            "max-conns",
+            self.max_conns,
+            new.max_conns,
+            &mut settings.max_conns,
+        );
+        num(
+            "max-line",
+            self.max_line,
+            new.max_line,
+            &mut settings.max_line,
+        );
+        num("queue", self.queue, new.queue, &mut settings.queue);
+        let mut dur = |name: &str, old: Duration, new: Duration, slot: &mut Duration| {
+            if old != new {
+                changed.push(format!(
+                    "{name} {} -> {}",
+                    fmt_duration(old),
+                    fmt_duration(new)
+                ));
+                *slot = new;
+            }
+        };
+        dur("stall", self.stall, new.stall, &mut settings.stall);
+        dur(
+            "handshake-timeout",
+            self.handshake,
+            new.handshake,
+            &mut settings.handshake,
+        );
+        if self.rate != new.rate {
+            let text =
+                |r: &crate::core::rate::RateLimit| format!("{}/s (burst {})", r.per_sec, r.burst);
+            changed.push(format!(
+                "rate {} -> {}",
+                opt_text(&self.rate, text),
+                opt_text(&new.rate, text)
+            ));
+            settings.rate = new.rate;
+        }
+        if self.max_conns_per_ip != new.max_conns_per_ip {
+            changed.push(format!(
+                "max-conns-per-ip {} -> {}",
+                opt_text(&self.max_conns_per_ip, usize::to_string),
+                opt_text(&new.max_conns_per_ip, usize::to_string)
+            ));
+            settings.max_conns_per_ip = new.max_conns_per_ip;
+        }
+        match (&self.auth, &new.auth) {
+            (None, None) => {}
+            (Some(_), None) => restart_needed.push("auth-secret on -> off".into()),
+            (None, Some(_)) => restart_needed.push("auth-secret off -> on".into()),
+            (Some(a), Some(b)) => {
+                if a != b || self.auth_secret != new.auth_secret {
+                    changed.push("auth secret (new tokens are checked with it)".into());
+                    settings.auth = new.auth.clone();
+                    settings.auth_secret = new.auth_secret.clone();
+                }
+            }
+        }
+        match (&self.tls, &new.tls) {
+            (Some(_), Some(b)) => settings.tls = Some(b.clone()),
+            (None, None) => {}
+            _ => restart_needed.push(format!(
+                "tls {} -> {}",
+                if self.tls.is_some() { "on" } else { "off" },
+                if new.tls.is_some() { "on" } else { "off" }
+            )),
+        }
+        let mut fixed = |name: &str, old: String, new: String| {
+            if old != new {
+                restart_needed.push(format!("{name} {old} -> {new}"));
+            }
+        };
+        fixed("host", self.host.clone(), new.host.clone());
+        fixed("port", self.port.to_string(), new.port.to_string());
+        fixed("mode", self.mode.as_str().into(), new.mode.as_str().into());
+        fixed("wire", self.wire.as_str().into(), new.wire.as_str().into());
+        fixed(
+            "engine",
+            format!("{:?}", self.engine).to_lowercase(),
+            format!("{:?}", new.engine).to_lowercase(),
+        );
+        fixed("history", self.history.to_string(), new.history.to_string());
+        fixed(
+            "history-bytes",
+            self.history_bytes.to_string(),
+            new.history_bytes.to_string(),
+        );
+        fixed(
+            "broker",
+            format!("{:?}", self.broker),
+            format!("{:?}", new.broker),
+        );
+        fixed(
+            "node-timeout",
+            fmt_duration(self.node_timeout),
+            fmt_duration(new.node_timeout),
+        );
+        Reload {
+            settings,
+            changed,
+            restart_needed,
+        }
+    }
 }
 
 fn heartbeat_error(e: HeartbeatConfigError) -> ConfigError {

@@ -29,7 +29,8 @@ impl fmt::Display for Refusal {
 /// Open connections per client address, and the limit.
 #[derive(Debug, Clone, Default)]
 pub struct PerIp {
-    /// `None`: no limit (nothing is counted).
+    /// `None`: no limit (connections are still counted, so a limit set later by a reload
+    /// applies to the connections already open).
     max: Option<usize>,
     open: HashMap<IpAddr, usize>,
 }
@@ -47,16 +48,19 @@ impl PerIp {
     /// already has `max` connections open. An IPv4 address seen as IPv6 (`::ffff:a.b.c.d`,
     /// from a dual-stack listener) counts as the IPv4 address it is.
     pub fn try_admit(&mut self, ip: IpAddr) -> Result<(), Refusal> {
-        let Some(max) = self.max else {
-            return Ok(());
-        };
         let ip = ip.to_canonical();
         let n = self.open.entry(ip).or_insert(0);
-        if *n >= max {
+        // (Never refused at zero: a limit is at least 1, so a refused address has an entry.)
+        if let Some(max) = self.max.filter(|&max| *n >= max) {
             return Err(Refusal { ip, max });
         }
         *n += 1;
         Ok(())
+    }
+
+    /// A new limit (a reload): newcomers are judged by it; connections already open stay.
+    pub fn set_max(&mut self, max: Option<usize>) {
+        self.max = max;
     }
 
     /// A connection from `ip` that [`PerIp::try_admit`] admitted is gone.
@@ -137,12 +141,22 @@ mod tests {
     }
 
     #[test]
-    fn without_a_limit_nothing_is_counted() {
+    fn without_a_limit_all_are_admitted_and_a_limit_set_later_counts_them() {
         let mut p = PerIp::new(None);
-        for _ in 0..1000 {
+        for _ in 0..3 {
             assert_eq!(p.try_admit(v4(1)), Ok(()));
         }
-        assert_eq!(p.addresses(), 0);
+        // A reload sets a limit of 2: the three already open stay, a fourth is refused
+        // until two of them have gone.
+        p.set_max(Some(2));
+        assert_eq!(p.try_admit(v4(1)), Err(Refusal { ip: v4(1), max: 2 }));
         p.release(v4(1));
+        assert_eq!(p.try_admit(v4(1)), Err(Refusal { ip: v4(1), max: 2 }));
+        p.release(v4(1));
+        assert_eq!(p.try_admit(v4(1)), Ok(()));
+        for _ in 0..3 {
+            p.release(v4(1));
+        }
+        assert_eq!(p.addresses(), 0);
     }
 }

@@ -34,6 +34,17 @@ impl fmt::Display for ClientEvent {
     }
 }
 
+impl crate::net::events::LogLine for ClientEvent {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Connected(_) => "connected",
+            Self::Sent(_) => "sent",
+            Self::Received(_) => "received",
+            Self::Garbled(_) => "garbled",
+        }
+    }
+}
+
 /// Why the client could not run a session.
 #[derive(Debug)]
 pub enum ClientError {

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
+use serde_json::Value;
 
 use crate::config::{fmt_duration, Mode, Wire};
 use crate::core::classic::ClassicEnd;
@@ -186,6 +187,27 @@ pub enum Event {
         peer: SocketAddr,
         /// Why, as the core decided it.
         reason: String,
+    },
+    /// SIGHUP: the configuration file was read again and applied to new connections.
+    Reloaded {
+        /// What changed (`interval 10s -> 5s`), empty when nothing did.
+        changed: Vec<String>,
+        /// What changed in the file but needs a restart (`mode echo -> chat`).
+        restart_needed: Vec<String>,
+    },
+    /// SIGHUP: the configuration could not be used; the old settings stay.
+    ReloadFailed {
+        /// Why.
+        error: String,
+    },
+    /// SIGUSR1: what the server is doing, on one line.
+    Status {
+        /// Connections open.
+        connections: usize,
+        /// The settings in effect, summarised.
+        summary: String,
+        /// Since the server started listening.
+        up: Duration,
     },
     /// The server is shutting down.
     ShuttingDown {
@@ -376,6 +398,23 @@ impl fmt::Display for Event {
                 write!(f, "#{id} {peer} authenticated again as {name} (token renewed)")
             }
             Self::AuthFailed { id, peer, reason } => write!(f, "#{id} {peer} authentication failed: {reason}"),
+            Self::Reloaded { changed, restart_needed } => {
+                if changed.is_empty() {
+                    write!(f, "configuration reloaded: nothing to change")?;
+                } else {
+                    write!(f, "configuration reloaded, for new connections: {}", changed.join(", "))?;
+                }
+                if !restart_needed.is_empty() {
+                    write!(f, "; needs a restart, not applied: {}", restart_needed.join(", "))?;
+                }
+                Ok(())
+            }
+            Self::ReloadFailed { error } => write!(f, "configuration reload failed, the old settings stay: {error}"),
+            Self::Status { connections, summary, up } => write!(
+                f,
+                "status: {connections} connection(s), up {}; {summary}",
+                fmt_duration(Duration::from_secs(up.as_secs()))
+            ),
             Self::ShuttingDown { clients } => write!(f, "shutting down: END server-shutdown to {clients} client(s)"),
             Self::ConnectedBack { id, peer, to, attempts } => write!(f, "#{id} {peer} heartbeat socket connected to {to} (attempt {attempts})"),
             Self::ConnectBackFailed { id, peer, to, attempts, error } => write!(
@@ -397,6 +436,289 @@ pub struct Stamped<E = Event> {
     pub event: E,
 }
 
+/// What the stdout log needs of an event besides its text (`--log-format json`, `--quiet`).
+pub trait LogLine: fmt::Display + Send + 'static {
+    /// What happened, as a short kebab-case name (`event` in a JSON line).
+    fn kind(&self) -> &'static str;
+    /// The event's facts for a JSON line, besides `ts`, `event` and `msg`: `conn` where a
+    /// connection is concerned, then what else is worth a field.
+    fn fields(&self, _out: &mut Fields) {}
+    /// Kept by `--quiet`: refusals, errors and shutdown (and the start-up line).
+    fn essential(&self) -> bool {
+        true
+    }
+}
+
+/// An event's fields for a JSON line, in the order they are written.
+pub type Fields = Vec<(&'static str, Value)>;
+
+fn put(out: &mut Fields, key: &'static str, v: impl Into<Value>) {
+    out.push((key, v.into()));
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl LogLine for Event {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Listening { .. } => "listening",
+            Self::Connected { .. } => "connected",
+            Self::RoundStarted { .. } => "round-started",
+            Self::PingSent { .. } => "ping-sent",
+            Self::Answered { .. } => "answered",
+            Self::EndSent { .. } => "end-sent",
+            Self::ClosedByClient { .. } => "closed-by-client",
+            Self::WriteFailed { .. } => "write-failed",
+            Self::Closed { .. } => "closed",
+            Self::Refused { .. } => "refused",
+            Self::BadLine { .. } => "bad-line",
+            Self::Joined { .. } => "joined",
+            Self::Left { .. } => "left",
+            Self::CapacityLowered { .. } => "capacity-lowered",
+            Self::SlowConsumer { .. } => "slow-consumer",
+            Self::Insecure { .. } => "insecure",
+            Self::Authenticated { .. } => "authenticated",
+            Self::AuthFailed { .. } => "auth-failed",
+            Self::Reloaded { .. } => "reloaded",
+            Self::ReloadFailed { .. } => "reload-failed",
+            Self::Status { .. } => "status",
+            Self::ShuttingDown { .. } => "shutting-down",
+            Self::ConnectedBack { .. } => "connected-back",
+            Self::ConnectBackFailed { .. } => "connect-back-failed",
+            Self::HeartbeatNotSent { .. } => "heartbeat-not-sent",
+            Self::EndConnectionSent { .. } => "end-connection-sent",
+            Self::BrokerDown { .. } => "broker-down",
+            Self::Cluster(_) => "cluster",
+            Self::BrokerBadMessage { .. } => "broker-bad-message",
+        }
+    }
+
+    fn fields(&self, out: &mut Fields) {
+        let conn = |out: &mut Fields, id: &u64, peer: &SocketAddr| {
+            put(out, "conn", *id);
+            put(out, "peer", peer.to_string());
+        };
+        match self {
+            Self::Listening { addr, mode, wire } => {
+                put(out, "addr", addr.to_string());
+                put(out, "mode", mode.as_str());
+                put(out, "wire", wire.as_str());
+            }
+            Self::Connected { id, peer } | Self::Closed { id, peer } => conn(out, id, peer),
+            Self::RoundStarted { id, peer, idle } => {
+                conn(out, id, peer);
+                put(out, "idle_ms", ms(*idle));
+            }
+            Self::PingSent { id, peer, k, n } | Self::HeartbeatNotSent { id, peer, k, n } => {
+                conn(out, id, peer);
+                put(out, "k", *k);
+                put(out, "n", *n);
+            }
+            Self::Answered {
+                id,
+                peer,
+                after,
+                rtt,
+            } => {
+                conn(out, id, peer);
+                put(out, "after_pings", *after);
+                put(out, "rtt_ms", ms(*rtt));
+            }
+            Self::EndSent {
+                id,
+                peer,
+                reason,
+                delivered,
+            } => {
+                conn(out, id, peer);
+                put(out, "reason", reason.as_str());
+                put(out, "delivered", *delivered);
+            }
+            Self::ClosedByClient { id, peer, error } => {
+                conn(out, id, peer);
+                if let Some(e) = error {
+                    put(out, "error", e.as_str());
+                }
+            }
+            Self::WriteFailed { id, peer, error } => {
+                conn(out, id, peer);
+                put(out, "error", error.as_str());
+            }
+            Self::Refused {
+                peer,
+                reason,
+                detail,
+            } => {
+                if let Some(p) = peer {
+                    put(out, "peer", p.to_string());
+                }
+                put(out, "reason", reason.as_str());
+                put(out, "detail", detail.as_str());
+            }
+            Self::BadLine { id, peer, detail } | Self::Insecure { id, peer, detail } => {
+                conn(out, id, peer);
+                put(out, "detail", detail.as_str());
+            }
+            Self::Joined { id, peer, name } => {
+                conn(out, id, peer);
+                put(out, "name", name.as_str());
+            }
+            Self::Left {
+                id,
+                peer,
+                name,
+                reason,
+            } => {
+                conn(out, id, peer);
+                put(out, "name", name.as_str());
+                put(out, "reason", reason.as_str());
+            }
+            Self::CapacityLowered {
+                asked,
+                allowed,
+                max_map_count,
+            } => {
+                put(out, "asked", *asked);
+                put(out, "allowed", *allowed);
+                put(out, "max_map_count", *max_map_count);
+            }
+            Self::SlowConsumer { id, peer, why } => {
+                conn(out, id, peer);
+                let (how, d) = match why {
+                    crate::core::session::SlowConsumer::Lagged(d) => ("lagged", d),
+                    crate::core::session::SlowConsumer::Blocked(d) => ("blocked", d),
+                };
+                put(out, "why", how);
+                put(out, "for_ms", ms(*d));
+            }
+            Self::Authenticated {
+                id,
+                peer,
+                name,
+                renewed,
+            } => {
+                conn(out, id, peer);
+                put(out, "name", name.as_str());
+                put(out, "renewed", *renewed);
+            }
+            Self::AuthFailed { id, peer, reason } => {
+                conn(out, id, peer);
+                put(out, "reason", "auth-failed");
+                put(out, "detail", reason.as_str());
+            }
+            Self::Reloaded {
+                changed,
+                restart_needed,
+            } => {
+                put(out, "changed", changed.clone());
+                put(out, "restart_needed", restart_needed.clone());
+            }
+            Self::ReloadFailed { error } => put(out, "error", error.as_str()),
+            Self::Status {
+                connections,
+                summary,
+                up,
+            } => {
+                put(out, "connections", *connections);
+                put(out, "settings", summary.as_str());
+                put(out, "up_s", up.as_secs());
+            }
+            Self::ShuttingDown { clients } => put(out, "clients", *clients),
+            Self::ConnectedBack {
+                id,
+                peer,
+                to,
+                attempts,
+            } => {
+                conn(out, id, peer);
+                put(out, "to", to.to_string());
+                put(out, "attempts", *attempts);
+            }
+            Self::ConnectBackFailed {
+                id,
+                peer,
+                to,
+                attempts,
+                error,
+            } => {
+                conn(out, id, peer);
+                put(out, "to", to.to_string());
+                put(out, "attempts", *attempts);
+                put(out, "error", error.as_str());
+            }
+            Self::EndConnectionSent { id, peer, .. } => conn(out, id, peer),
+            Self::BrokerDown { error } => put(out, "error", error.as_str()),
+            Self::BrokerBadMessage { why } => put(out, "detail", why.as_str()),
+            Self::Cluster(_) => {}
+        }
+    }
+
+    fn essential(&self) -> bool {
+        matches!(
+            self,
+            Self::Listening { .. }
+                | Self::Refused { .. }
+                | Self::WriteFailed { .. }
+                | Self::CapacityLowered { .. }
+                | Self::Insecure { .. }
+                | Self::AuthFailed { .. }
+                | Self::ShuttingDown { .. }
+                | Self::Reloaded { .. }
+                | Self::ReloadFailed { .. }
+                | Self::Status { .. }
+                | Self::ConnectBackFailed { .. }
+                | Self::BrokerDown { .. }
+                | Self::BrokerBadMessage { .. }
+        )
+    }
+}
+
+/// How the stdout log is written: `--log-format` and `--quiet` (process-wide, set once at
+/// start-up before anything is logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogStyle {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    /// Only what [`LogLine::essential`] keeps.
+    pub quiet: bool,
+}
+
+static STYLE: std::sync::OnceLock<LogStyle> = std::sync::OnceLock::new();
+
+/// Sets the stdout log's style; only the first call counts (call it before logging).
+pub fn set_log_style(style: LogStyle) {
+    let _ = STYLE.set(style);
+}
+
+fn log_style() -> LogStyle {
+    STYLE.get().copied().unwrap_or_default()
+}
+
+/// One log line as JSON: `ts`, `event`, the event's fields, and `msg` (the text line).
+pub fn json_line(at: SystemTime, event: &dyn LogLine) -> String {
+    // Written field by field (not through a map, which would sort the keys): `ts` and
+    // `event` first, as a reader scans them, and `msg` last.
+    let mut fields = vec![
+        ("ts", Value::from(utc_timestamp(at))),
+        ("event", Value::from(event.kind())),
+    ];
+    event.fields(&mut fields);
+    fields.push(("msg", Value::from(event.to_string())));
+    let mut line = String::from("{");
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push_str(&Value::from(*key).to_string());
+        line.push(':');
+        line.push_str(&value.to_string());
+    }
+    line.push('}');
+    line
+}
+
 /// Where events go: stdout lines or a channel. Servers log [`Event`]s, clients
 /// [`crate::net::client::ClientEvent`]s.
 #[derive(Debug, Clone)]
@@ -414,7 +736,7 @@ impl<E> Default for EventLog<E> {
     }
 }
 
-impl<E: fmt::Display> EventLog<E> {
+impl<E: LogLine> EventLog<E> {
     /// Prints every event on stdout.
     pub fn stdout() -> Self {
         Self {
@@ -442,6 +764,9 @@ impl<E: fmt::Display> EventLog<E> {
                 event,
             });
         } else if self.stdout {
+            if log_style().quiet && !event.essential() {
+                return;
+            }
             // Formatted by the log thread: a connection pays for one allocation, not for
             // the timestamp and the line (during a burst of ENDs that was ~8 % of a worker).
             stdout_writer().line(ToStdout::Event(SystemTime::now(), Box::new(event)));
@@ -456,9 +781,31 @@ const LOG_BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5)
 const STDOUT_BACKLOG: usize = 16_384;
 
 enum ToStdout {
-    /// An event to print as `TIMESTAMP EVENT`.
-    Event(SystemTime, Box<dyn fmt::Display + Send>),
+    /// An event to print as `TIMESTAMP EVENT` (or a JSON object).
+    Event(SystemTime, Box<dyn LogLine>),
     Flush(Sender<()>),
+}
+
+/// The log's own note: lines it could not write.
+struct Dropped(u64);
+
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} log line(s) dropped: stdout was not keeping up",
+            self.0
+        )
+    }
+}
+
+impl LogLine for Dropped {
+    fn kind(&self) -> &'static str {
+        "log-dropped"
+    }
+    fn fields(&self, out: &mut Fields) {
+        put(out, "dropped", self.0);
+    }
 }
 
 /// One thread owns stdout, so a reader of the log that stalls (a paused pager, a full pipe)
@@ -474,6 +821,7 @@ impl StdoutWriter {
         let (tx, rx) = crossbeam_channel::bounded::<ToStdout>(STDOUT_BACKLOG);
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let lost = dropped.clone();
+        let json = log_style().json;
         let spawned = std::thread::Builder::new()
             .name("hb-log".into())
             .spawn(move || {
@@ -484,7 +832,11 @@ impl StdoutWriter {
                     match msg {
                         // A closed stdout must not take the program down: errors are ignored.
                         ToStdout::Event(at, event) => {
-                            let _ = writeln!(out, "{} {event}", utc_timestamp(at));
+                            let _ = if json {
+                                writeln!(out, "{}", json_line(at, &*event))
+                            } else {
+                                writeln!(out, "{} {event}", utc_timestamp(at))
+                            };
                         }
                         ToStdout::Flush(done) => {
                             let _ = out.flush();
@@ -501,11 +853,13 @@ impl StdoutWriter {
                     }
                     let n = lost.swap(0, std::sync::atomic::Ordering::Relaxed);
                     if n > 0 {
-                        let note = format!(
-                            "{} {n} log line(s) dropped: stdout was not keeping up\n",
-                            utc_timestamp(SystemTime::now())
-                        );
-                        let _ = out.write_all(note.as_bytes());
+                        let note = Dropped(n);
+                        let now = SystemTime::now();
+                        let _ = if json {
+                            writeln!(out, "{}", json_line(now, &note))
+                        } else {
+                            writeln!(out, "{} {note}", utc_timestamp(now))
+                        };
                     }
                 }
             });

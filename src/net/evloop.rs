@@ -35,16 +35,16 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::config::ServerSettings;
-use crate::core::admission::PerIp;
 use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, END_GRACE};
 use crate::core::wire::EndReason;
 use crate::net::conn::{Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
+use crate::net::live::Live;
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
 use crate::net::server::{
-    is_fd_exhaustion, listen, lock, new_session, send_now, server_tls, write_refusal, ServerError,
+    is_fd_exhaustion, listen, new_session, send_now, server_tls, write_refusal, ServerError,
     HOLD_SLICE, SHUTDOWN_GRACE,
 };
 use crate::net::tls::{ServerTls, ServerTlsConfig};
@@ -88,7 +88,9 @@ impl Member for EConn {
 }
 
 struct Shared {
-    settings: ServerSettings,
+    /// The settings, TLS certificate and per-address limit new connections get (a reload
+    /// swaps them).
+    live: Live,
     log: EventLog,
     conns: Registry<EConn>,
     chat: Option<Mutex<Chat<EConn>>>,
@@ -100,10 +102,6 @@ struct Shared {
     lingerer: Option<Lingerer>,
     /// With `--broker redis://…`: the cluster driver (prepared at bind, running from `run`).
     cluster: Mutex<Option<crate::net::cluster_driver::ClusterState>>,
-    /// `--tls-cert`: every connection starts with a TLS handshake.
-    tls: Option<ServerTlsConfig>,
-    /// Connections per client address (`--max-conns-per-ip`).
-    per_ip: Mutex<PerIp>,
 }
 
 impl crate::net::cluster_driver::ChatHost for Shared {
@@ -183,9 +181,8 @@ impl EventServer {
             .map_err(bind_err)?;
         let tls = server_tls(&settings)?;
         let (chat, cluster) = crate::net::cluster_driver::chat_for(&settings)?;
-        let per_ip = Mutex::new(PerIp::new(settings.max_conns_per_ip));
         let shared = Arc::new(Shared {
-            settings,
+            live: Live::new(settings, tls, None),
             log,
             conns: Registry::default(),
             chat,
@@ -196,8 +193,6 @@ impl EventServer {
             cluster: Mutex::new(
                 cluster.map(|p| crate::net::cluster_driver::ClusterState::Prepared(Box::new(p))),
             ),
-            tls,
-            per_ip,
         });
         Ok(Self {
             rt,
@@ -215,7 +210,7 @@ impl EventServer {
     /// Connections served at once (`--max-conns`; descriptors are the other limit, and a
     /// newcomer past them gets `END server-full` too).
     pub fn max_conns(&self) -> usize {
-        self.shared.settings.max_conns
+        self.shared.live.settings().max_conns
     }
 
     /// A handle to stop the server from another thread.
@@ -237,8 +232,8 @@ impl EventServer {
         crate::net::cluster_driver::start(&shared.cluster, &shared)?;
         shared.log.emit(Event::Listening {
             addr,
-            mode: shared.settings.mode,
-            wire: shared.settings.wire,
+            mode: shared.live.settings().mode,
+            wire: shared.live.settings().wire,
         });
         let sh = shared.clone();
         let served = rt.block_on(async move {
@@ -263,6 +258,11 @@ impl EventHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What new connections are served with.
+    pub(crate) fn live(&self) -> &Live {
+        &self.shared.live
     }
 
     /// Connections currently open.
@@ -353,11 +353,13 @@ async fn accept_loop(sh: &Arc<Shared>, listener: &TcpListener) {
 }
 
 fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let max = sh.settings.max_conns;
+    let settings = sh.live.settings();
+    let max = settings.max_conns;
     let refusal = if sh.conns.len() >= max {
         Some(format!("max-conns {max} reached"))
     } else {
-        lock(&sh.per_ip)
+        sh.live
+            .per_ip()
             .try_admit(peer.ip())
             .err()
             .map(|r| r.to_string())
@@ -376,10 +378,16 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         });
         return;
     }
-    let tls = match sh.tls.as_ref().map(ServerTlsConfig::accept).transpose() {
+    let tls = match sh
+        .live
+        .tls()
+        .as_ref()
+        .map(ServerTlsConfig::accept)
+        .transpose()
+    {
         Ok(tls) => tls,
         Err(e) => {
-            lock(&sh.per_ip).release(peer.ip());
+            sh.live.per_ip().release(peer.ip());
             if let Ok(std) = stream.into_std() {
                 write_refusal(&std);
             }
@@ -396,7 +404,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let conn = Arc::new(EConn {
         id,
         peer,
-        session: Mutex::new(new_session(&sh.settings, Instant::now())),
+        session: Mutex::new(new_session(&settings, Instant::now())),
         wake: Notify::new(),
         close_now: AtomicBool::new(false),
     });
@@ -619,7 +627,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
     }
     drop(stream);
     // The address's slot is free with the socket, before the log says so.
-    lock(&sh.per_ip).release(conn.peer.ip());
+    sh.live.per_ip().release(conn.peer.ip());
     sh.log.emit(Event::Closed {
         id: conn.id,
         peer: conn.peer,

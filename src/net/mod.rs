@@ -9,6 +9,7 @@ pub mod cluster_driver;
 pub mod conn;
 pub mod events;
 pub mod evloop;
+pub mod live;
 pub mod loadgen;
 pub mod rawsock;
 pub mod registry;

@@ -39,13 +39,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 
 use crate::config::{Engine, Mode, ServerSettings, Wire};
-use crate::core::admission::PerIp;
 use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, SessionConfig, END_GRACE};
 use crate::core::wire::{EndReason, ServerMsg};
 use crate::net::cluster_driver::ClusterState;
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
+use crate::net::live::Live;
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Pumped};
 use crate::net::tls::ServerTlsConfig;
@@ -203,10 +203,32 @@ impl ServerHandle {
             Handles::Events(h) => h.shutdown(),
         }
     }
+
+    /// Serves connections accepted from now on with `new` (SIGHUP: the configuration file
+    /// re-read), as far as it can change while serving; see [`ServerSettings::reload`].
+    pub fn reload(
+        &self,
+        new: &ServerSettings,
+    ) -> Result<crate::config::server::Reload, ServerError> {
+        match &self.0 {
+            Handles::Threads(h) => h.shared.live.reload(new),
+            Handles::Events(h) => h.live().reload(new),
+        }
+    }
+
+    /// The settings in effect.
+    pub fn settings(&self) -> Arc<ServerSettings> {
+        match &self.0 {
+            Handles::Threads(h) => h.shared.live.settings(),
+            Handles::Events(h) => h.live().settings(),
+        }
+    }
 }
 
 struct Shared {
-    settings: ServerSettings,
+    /// The settings, TLS certificate and per-address limit new connections get (a reload
+    /// swaps them).
+    live: Live,
     log: EventLog,
     /// Line-wire connections.
     conns: Registry<Conn>,
@@ -223,10 +245,6 @@ struct Shared {
     /// Lingers refused connections off the accept thread (`None`: its thread could not start,
     /// refused sockets then close at once).
     lingerer: Option<Lingerer>,
-    /// `--tls-cert`: every connection starts with a TLS handshake.
-    tls: Option<ServerTlsConfig>,
-    /// Line-wire connections per client address (`--max-conns-per-ip`).
-    per_ip: Mutex<PerIp>,
 }
 
 impl Shared {
@@ -257,7 +275,7 @@ impl Shared {
     /// Called by each of a connection's threads as it exits.
     fn release(&self, conn: &Conn) {
         if conn.release() {
-            lock(&self.per_ip).release(conn.peer.ip());
+            self.live.per_ip().release(conn.peer.ip());
             // The registry's reference goes now; the descriptor closes (and `closed` is
             // logged) when the two threads drop theirs a moment later.
             if let Some(mut chat) = self.chat() {
@@ -362,9 +380,9 @@ impl ThreadServer {
             }
             _ => None,
         };
-        let per_ip = Mutex::new(PerIp::new(settings.max_conns_per_ip));
+        let cap = lowered.map(|(_, allowed, _)| allowed);
         let shared = Arc::new(Shared {
-            settings,
+            live: Live::new(settings, tls, cap),
             log,
             conns: Registry::default(),
             stopping: AtomicBool::new(false),
@@ -373,8 +391,6 @@ impl ThreadServer {
             room_changed: Condvar::new(),
             lingerer: Lingerer::start().ok(),
             cluster: Mutex::new(cluster.map(|p| ClusterState::Prepared(Box::new(p)))),
-            tls,
-            per_ip,
         });
         Ok(Self {
             listener,
@@ -391,7 +407,7 @@ impl ThreadServer {
 
     /// Connections served at once: `--max-conns`, or less if memory maps run out first.
     pub fn max_conns(&self) -> usize {
-        self.shared.settings.max_conns
+        self.shared.live.settings().max_conns
     }
 
     /// A handle to stop the server from another thread.
@@ -408,8 +424,8 @@ impl ThreadServer {
         crate::net::cluster_driver::start(&self.shared.cluster, &self.shared)?;
         self.shared.log.emit(Event::Listening {
             addr: self.addr,
-            mode: self.shared.settings.mode,
-            wire: self.shared.settings.wire,
+            mode: self.shared.live.settings().mode,
+            wire: self.shared.live.settings().wire,
         });
         if let Some((asked, allowed, max_map_count)) = self.lowered {
             self.shared.log.emit(Event::CapacityLowered {
@@ -490,10 +506,11 @@ impl ThreadServer {
 
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let sh = &self.shared;
-        if sh.settings.wire == Wire::Classic {
+        let settings = sh.live.settings();
+        if settings.wire == Wire::Classic {
             crate::net::classic::admit(
                 &sh.classic,
-                &sh.settings,
+                &settings,
                 &sh.log,
                 sh.lingerer.as_ref(),
                 stream,
@@ -501,26 +518,32 @@ impl ThreadServer {
             );
             return;
         }
-        let max = sh.settings.max_conns;
+        let max = settings.max_conns;
         if sh.conns.len() >= max {
             refuse(sh, stream, Some(peer), format!("max-conns {max} reached"));
             return;
         }
-        if let Err(refusal) = lock(&sh.per_ip).try_admit(peer.ip()) {
+        if let Err(refusal) = sh.live.per_ip().try_admit(peer.ip()) {
             refuse(sh, stream, Some(peer), refusal.to_string());
             return;
         }
-        let tls = match sh.tls.as_ref().map(ServerTlsConfig::accept).transpose() {
+        let tls = match sh
+            .live
+            .tls()
+            .as_ref()
+            .map(ServerTlsConfig::accept)
+            .transpose()
+        {
             Ok(tls) => tls,
             Err(e) => {
-                lock(&sh.per_ip).release(peer.ip());
+                sh.live.per_ip().release(peer.ip());
                 refuse(sh, stream, Some(peer), format!("cannot start TLS: {e}"));
                 return;
             }
         };
         let _ = stream.set_nodelay(true);
         let id = sh.conns.next_id();
-        let session = new_session(&sh.settings, Instant::now());
+        let session = new_session(&settings, Instant::now());
         let (conn, bell) = Conn::new(id, peer, stream, session, tls, sh.log.clone());
         let conn = Arc::new(conn);
         sh.conns.insert(id, conn.clone());
@@ -541,7 +564,7 @@ impl ThreadServer {
                 chat.conns.remove(&id);
             }
             sh.conns.remove(id);
-            lock(&sh.per_ip).release(peer.ip());
+            sh.live.per_ip().release(peer.ip());
             write_refusal(conn.stream());
             sh.log.emit(Event::Refused {
                 peer: Some(peer),
@@ -627,7 +650,7 @@ impl ThreadHandle {
             _ => self.addr,
         };
         let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(100));
-        if sh.settings.wire == Wire::Classic {
+        if sh.live.settings().wire == Wire::Classic {
             crate::net::classic::shutdown(&sh.classic, &sh.log, SHUTDOWN_GRACE);
             return;
         }
@@ -696,12 +719,6 @@ pub(crate) fn new_session(settings: &ServerSettings, now: Instant) -> Session {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     Session::new(session_config(settings), now, unix)
-}
-
-/// Locks `m`, a poisoned lock included (the data it guards stays consistent: every update
-/// under it is a single step).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where the reader stands after handling what it has read.

@@ -13,6 +13,7 @@ mod flow;
 mod hostile;
 mod manual_cases;
 mod node;
+mod ops;
 mod prompts_config;
 mod props;
 mod server_limits;

@@ -457,7 +457,11 @@ impl Server {
                 proc.stderr.text()
             );
         };
-        let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        // `... listening on ADDR:PORT` ends a text line; in a JSON line (`--log-format
+        // json`) the port is followed by the closing quote.
+        let after = line.rsplit(':').next().unwrap().trim();
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        let port = digits.parse().unwrap();
         Self {
             proc,
             port,
