@@ -10,7 +10,7 @@
 //! bin/          thin mains: flags → one run function → exit code
 //! app/          wiring per program (server, client, scenarios, node)
 //! net/          everything that owns a socket, a thread or the clock
-//! core/         pure logic: heartbeat timing, line wire, client, node; never reads the clock
+//! core/         pure logic: heartbeat timing, line wire, client, probe, node; never reads the clock
 //! config        configuration.json + flags + prompts → validated settings
 //! ```
 //! Arrows point down only. `core` is *sans-IO*: its machines take `now: Instant` and events,

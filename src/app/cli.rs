@@ -17,7 +17,8 @@ const CLIENT_EXIT: &str = "Exit status: 0 you ended the session (Ctrl-C, end of 
 --chat, --messages reached), 3 the server ended it (END received; the reason is printed), \
 4 the server stopped answering or vanished, 2 bad flags or configuration (including flags \
 that contradict each other or would do nothing), 1 anything else (such as connection \
-refused).";
+refused). With --probe: 0 healthy, 1 not healthy (the line on stdout says why), 2 bad flags \
+or configuration.";
 
 /// TCP heartbeat server: serves clients and closes the ones that stop answering.
 ///
@@ -44,7 +45,8 @@ pub struct ServerArgs {
 /// after BLOCK (0 by default; raise it only to test the server's heartbeat, as in the manual's
 /// case 3). The client checks the server too: silence longer than the server's
 /// idle + count x interval means the server is gone. With --chat it is an interactive chat
-/// client instead (the server must run with --mode chat).
+/// client instead (the server must run with --mode chat). With --probe it is a health check:
+/// one HELLO and one PING round trip, one line, exit 0 or 1.
 ///
 /// Settings come from flags, then configuration.json (server.host/server.port to connect
 /// to; client.every, block, message, name), then prompts on stdin (not with --chat;

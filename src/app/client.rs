@@ -5,6 +5,7 @@ use std::fmt;
 use crate::app::cli::{load_file, stdin_prompter, ClientArgs};
 use crate::config::{fmt_duration, ClientSettings, ConfigError};
 use crate::core::client::Outcome;
+use crate::core::probe::Verdict;
 use crate::net::chat_client;
 use crate::net::client::{self, ClientError};
 use crate::net::events::{flush_stdout, EventLog};
@@ -54,12 +55,19 @@ pub fn describe(outcome: Outcome) -> String {
 }
 
 /// Resolves the settings (prompting if needed), connects, and runs until the session ends.
+/// With `--probe`, see [`probe`] instead.
 pub fn run(args: &ClientArgs) -> Result<Outcome, RunError> {
     let flags = &args.flags;
     let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
     let mut prompter = stdin_prompter();
     let settings =
         ClientSettings::resolve(flags, &file, &mut prompter).map_err(RunError::Config)?;
+    if settings.probe.is_some() {
+        return Err(RunError::Config(ConfigError::Usage(
+            "internal: a --probe command line reached the session runner (see client::probe)"
+                .into(),
+        )));
+    }
     for w in settings.warnings() {
         let _ = prompter.say(&format!("hb-client: {w}"));
     }
@@ -83,4 +91,20 @@ pub fn run(args: &ClientArgs) -> Result<Outcome, RunError> {
     };
     flush_stdout(Duration::from_millis(200));
     outcome.map_err(RunError::Client)
+}
+
+/// `hb-client --probe`: resolves the settings (never prompting), runs the health check and
+/// returns its verdict, the one line to print (exit 0 healthy, 1 not). Bad flags or
+/// configuration, and a `--ca` that cannot be loaded, are errors (exit 2).
+pub fn probe(args: &ClientArgs) -> Result<Verdict, RunError> {
+    let flags = &args.flags;
+    let file = load_file(flags.config.as_deref()).map_err(RunError::Config)?;
+    let settings =
+        ClientSettings::resolve(flags, &file, &mut stdin_prompter()).map_err(RunError::Config)?;
+    let Some(timeout) = settings.probe else {
+        return Err(RunError::Config(ConfigError::Usage(
+            "not a probe: add --probe".into(),
+        )));
+    };
+    crate::net::probe::run(&settings, timeout).map_err(RunError::Client)
 }

@@ -329,6 +329,7 @@ impl Harness {
             listen_host: "127.0.0.1".into(),
             listen_port: 0,
             tls: None,
+            probe: None,
         }
     }
 

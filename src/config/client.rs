@@ -55,6 +55,7 @@ fn token_name(token: &str) -> Result<String, String> {
 /// Client flags that contradict each other or would do nothing, and flag values the server
 /// would refuse.
 fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), ConfigError> {
+    check_probe_flags(flags, file)?;
     if let Some(m) = &flags.message {
         check_message(m).map_err(|r| bad("--message", r))?;
     }
@@ -142,6 +143,49 @@ fn check_client_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), Conf
     Ok(())
 }
 
+/// `--probe` sends no data, chats with nobody and only speaks the line wire, so the flags
+/// for those are refused with it; `--timeout` is the probe's and nothing else's.
+fn check_probe_flags(flags: &ClientFlags, file: &FileConfig) -> Result<(), ConfigError> {
+    if !flags.probe {
+        if flags.timeout.is_some() {
+            return Err(ConfigError::Usage(
+                "--timeout does nothing without --probe (it is the probe's deadline)".into(),
+            ));
+        }
+        return Ok(());
+    }
+    for (flag, given) in [
+        ("--every", flags.every.is_some()),
+        ("--message", flags.message.is_some()),
+        ("--messages", flags.messages.is_some()),
+        ("--chat", flags.chat),
+        ("--name", flags.name.is_some()),
+        ("--block", flags.block.is_some()),
+        ("--reconnect-for", flags.reconnect_for.is_some()),
+    ] {
+        if given {
+            return Err(ConfigError::Usage(format!(
+                "{flag} does nothing with --probe: the probe only checks HELLO and one PING \
+                 round trip"
+            )));
+        }
+    }
+    // The file's server.wire describes the server; the probe needs a line-wire server.
+    if flags.wire.or(file.server.wire) == Some(Wire::Classic) {
+        let wire_src = origin(
+            flags.wire.is_some(),
+            "--wire",
+            "server.wire",
+            "classic",
+            file,
+        );
+        return Err(ConfigError::Usage(format!(
+            "--probe works only on the line wire, not with {wire_src}"
+        )));
+    }
+    Ok(())
+}
+
 /// `hb-client`'s command line; `None` means "not given". Each field's doc comment is its
 /// `--help` text.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -201,6 +245,18 @@ pub struct ClientFlags {
     /// the configuration file works too [default: client.token from the file, else none]
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Health check (for Docker HEALTHCHECK, systemd, scripts): connect, read the server's
+    /// HELLO, send one PING and wait for its PONG, all within --timeout; print one line
+    /// (`healthy: ADDR answered PING in 0.4 ms (HELLO hb/1, mode=chat)` or `unhealthy: ADDR:
+    /// WHY`) and exit 0 (healthy) or 1 (not). Either mode, no JOIN; with --tls/--ca and
+    /// --token as for a session. Never prompts. Not with --every, --message, --messages,
+    /// --chat, --block or the classic wire
+    #[arg(long)]
+    pub probe: bool,
+    /// With --probe: the whole check's deadline (DUR: 250ms, 2s; a plain number is seconds),
+    /// connect, TLS handshake, HELLO and the round trip together [default: 2s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     /// Never prompt: use defaults for whatever flags and the file leave unset
     #[arg(long)]
     pub defaults: bool,
@@ -236,6 +292,8 @@ pub struct ClientSettings {
     /// TLS to the server, if on: `Some(None)` trusts the system's roots, `Some(Some(PEM))`
     /// only the certificates in that file.
     pub tls: Option<Option<PathBuf>>,
+    /// `--probe`: a health check with this deadline (`--timeout`) instead of a session.
+    pub probe: Option<Duration>,
 }
 
 impl ClientSettings {
@@ -251,8 +309,9 @@ impl ClientSettings {
         if flags.messages == Some(0) {
             return Err(bad("--messages", "must be greater than zero".into()));
         }
-        // The chat client reads stdin for messages, so it never prompts.
-        let prompt = !flags.defaults && !flags.chat;
+        // The chat client reads stdin for messages, so it never prompts; a health check
+        // runs unattended, so it never does either.
+        let prompt = !flags.defaults && !flags.chat && !flags.probe;
         let mut ask = prompt.then_some(prompter);
         let every = setting(
             flags.every.or(f.every),
@@ -310,6 +369,9 @@ impl ClientSettings {
             listen_host: f.host.clone().unwrap_or_else(|| defaults::HOST.into()),
             listen_port: f.port.unwrap_or(defaults::CLIENT_PORT),
             tls: (flags.tls || flags.ca.is_some()).then(|| flags.ca.clone()),
+            probe: flags
+                .probe
+                .then(|| flags.timeout.unwrap_or(defaults::PROBE_TIMEOUT)),
         })
     }
 }
@@ -577,5 +639,118 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.chat_name.as_deref(), Some("ann"));
+    }
+
+    #[test]
+    fn the_probe_takes_a_timeout_and_refuses_what_it_would_not_do() {
+        let probe = |f: fn(&mut ClientFlags)| {
+            let mut flags = ClientFlags {
+                probe: true,
+                ..Default::default()
+            };
+            f(&mut flags);
+            client(flags, "{}")
+        };
+        let c = probe(|_| {}).unwrap();
+        assert_eq!(c.probe, Some(ms(2000)));
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8000));
+        let c = probe(|f| f.timeout = Some(ms(250))).unwrap();
+        assert_eq!(c.probe, Some(ms(250)));
+        // What a probe may use.
+        let c = probe(|f| {
+            f.port = Some(9000);
+            f.ca = Some("ca.pem".into());
+            f.token = Some("t.o.k".into());
+            f.wire = Some(Wire::Line);
+        })
+        .unwrap();
+        assert_eq!(
+            (c.port, c.tls, c.token.as_deref()),
+            (9000, Some(Some("ca.pem".into())), Some("t.o.k"))
+        );
+        for (flag, set) in [
+            (
+                "--every",
+                (|f| f.every = Some(ms(5))) as fn(&mut ClientFlags),
+            ),
+            ("--message", |f| f.message = Some("hi".into())),
+            ("--messages", |f| f.messages = Some(3)),
+            ("--chat", |f| f.chat = true),
+            ("--name", |f| f.name = Some("ann".into())),
+            ("--block", |f| f.block = Some(Duration::ZERO)),
+            ("--reconnect-for", |f| f.reconnect_for = Some(ms(5))),
+        ] {
+            assert_eq!(
+                probe(set).unwrap_err(),
+                format!(
+                    "{flag} does nothing with --probe: the probe only checks HELLO and one \
+                     PING round trip"
+                )
+            );
+        }
+        assert_eq!(
+            probe(|f| f.wire = Some(Wire::Classic)).unwrap_err(),
+            "--probe works only on the line wire, not with --wire classic"
+        );
+        assert_eq!(
+            client(
+                ClientFlags {
+                    probe: true,
+                    ..Default::default()
+                },
+                r#"{"server": {"wire": "classic"}}"#
+            )
+            .unwrap_err(),
+            "--probe works only on the line wire, not with server.wire \"classic\" in \
+             configuration.json"
+        );
+        // File values for sessions are no error: one file serves every use.
+        let c = client(
+            ClientFlags {
+                probe: true,
+                ..Default::default()
+            },
+            r#"{"client": {"every": 5, "message": "hi", "name": "ann"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.probe, Some(ms(2000)));
+        // --timeout belongs to the probe.
+        assert_eq!(
+            client(
+                ClientFlags {
+                    timeout: Some(ms(5)),
+                    defaults: true,
+                    ..Default::default()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--timeout does nothing without --probe (it is the probe's deadline)"
+        );
+        assert_eq!(
+            client(
+                ClientFlags {
+                    defaults: true,
+                    ..Default::default()
+                },
+                "{}"
+            )
+            .unwrap()
+            .probe,
+            None
+        );
+    }
+
+    #[test]
+    fn the_probe_never_prompts() {
+        let file = parse("{}").unwrap();
+        // An interactive prompter with answers that would change every and block.
+        let mut p = prompter("5\n5\n", true);
+        let flags = ClientFlags {
+            probe: true,
+            ..Default::default()
+        };
+        let c = ClientSettings::resolve(&flags, &file, &mut p).unwrap();
+        assert_eq!((c.every, c.block), (ms(30_000), Duration::ZERO));
     }
 }

@@ -173,6 +173,8 @@ pub mod defaults {
     pub const RECONNECT_FOR: Duration = Duration::from_secs(60);
     /// `--message`
     pub const MESSAGE: &str = "Hello, there";
+    /// `hb-client --probe --timeout`: the whole health check's deadline.
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
     /// Host when neither flag nor file sets one.
     pub const HOST: &str = "127.0.0.1";
     /// Server port when neither flag nor file sets one.

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod mode;
 pub mod node;
 pub mod outq;
+pub mod probe;
 pub mod rate;
 pub mod room;
 pub mod session;

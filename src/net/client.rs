@@ -27,7 +27,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// After QUIT, how long to wait for `END quit` before leaving anyway.
 pub(crate) const QUIT_WAIT: Duration = Duration::from_secs(1);
 /// Longest line accepted from the server.
-const MAX_SERVER_LINE: usize = 1 << 20;
+pub(crate) const MAX_SERVER_LINE: usize = 1 << 20;
 
 /// Bytes read per `recv`, and reads per [`ServerReader::drain`] (a server that floods must
 /// not keep the session from its own deadlines; the rest is read on the next turn).
@@ -83,14 +83,31 @@ impl Link {
         settings: &ClientSettings,
         tls: Option<&ClientTlsConfig>,
     ) -> Result<(Self, ServerReader), ClientError> {
-        let stream = connect(&settings.host, settings.port)?;
+        Self::open_by(settings, tls, None, || {})
+    }
+
+    /// [`Link::open`] with every step bounded by `deadline` (the probe's: the connect and
+    /// the TLS handshake share it) instead of their own timeouts; `tls_starts` is called
+    /// once the TCP connection is up, before a TLS handshake.
+    pub(crate) fn open_by(
+        settings: &ClientSettings,
+        tls: Option<&ClientTlsConfig>,
+        deadline: Option<Instant>,
+        tls_starts: impl FnOnce(),
+    ) -> Result<(Self, ServerReader), ClientError> {
+        let stream =
+            crate::net::client_common::connect_by(&settings.host, settings.port, deadline)?;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let tls = match tls {
             None => None,
             Some(cfg) => {
+                tls_starts();
+                let timeout = deadline.map_or(TLS_HANDSHAKE_TIMEOUT, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
                 let conn = cfg
-                    .connect(&settings.host, &stream, TLS_HANDSHAKE_TIMEOUT)
+                    .connect(&settings.host, &stream, timeout)
                     .map_err(|detail| ClientError::Tls {
                         addr: format!("{}:{}", settings.host, settings.port),
                         detail,

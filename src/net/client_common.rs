@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long to try to connect to each address of the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,8 +112,25 @@ impl std::error::Error for ClientError {
 
 /// Connects to `host:port`, trying each resolved address.
 pub fn connect(host: &str, port: u16) -> Result<TcpStream, ClientError> {
+    connect_by(host, port, None)
+}
+
+/// [`connect`], giving up at `deadline` (the probe's) instead of after `CONNECT_TIMEOUT` (5 s)
+/// per address; past it, the error is [`io::ErrorKind::TimedOut`].
+pub fn connect_by(
+    host: &str,
+    port: u16,
+    deadline: Option<Instant>,
+) -> Result<TcpStream, ClientError> {
     crate::net::try_each_addr(host, port, |a| {
-        TcpStream::connect_timeout(&a, CONNECT_TIMEOUT)
+        let timeout = match deadline {
+            None => CONNECT_TIMEOUT,
+            Some(d) => d.saturating_duration_since(Instant::now()),
+        };
+        if timeout.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        TcpStream::connect_timeout(&a, timeout)
     })
     .map_err(|source| ClientError::Connect {
         addr: format!("{host}:{port}"),
