@@ -93,7 +93,7 @@ impl Conn {
     }
 
     /// Sends what the socket takes now of `iov` (through TLS if on), never blocking; see
-    /// [`crate::net::server::send_now`]. Companion only.
+    /// `send_now` in the server module. Companion only.
     pub fn send(&self, iov: &[std::io::IoSlice<'_>], last: bool) -> std::io::Result<usize> {
         match self.tls() {
             Some(mut tls) => tls.send(self.stream(), iov),

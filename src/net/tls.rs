@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Bounded: rustls holds at most [`TLS_BUFFER`] bytes of outgoing plaintext and records per
-//! connection ([`rustls::ServerConnection::set_buffer_limit`]); beyond it [`ServerTls::send`]
+//! connection (rustls' `set_buffer_limit`); beyond it [`ServerTls::send`]
 //! takes nothing and says `WouldBlock`, exactly like a full socket, so the session's flow
 //! control (lag, write stall, `slow-consumer`) applies to the encrypted stream unchanged.
 //! Decrypted input is handed out as it is read, never accumulated.
