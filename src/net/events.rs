@@ -7,6 +7,7 @@
 use std::fmt;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
@@ -14,6 +15,7 @@ use crossbeam_channel::Sender;
 use crate::config::{fmt_duration, Mode, Wire};
 use crate::core::classic::ClassicEnd;
 use crate::core::wire::EndReason;
+use crate::net::metrics::Metrics;
 
 /// Something that happened on the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,11 @@ pub enum Event {
         mode: Mode,
         /// Which bytes go over the socket.
         wire: Wire,
+    },
+    /// `--metrics`: the Prometheus endpoint is served.
+    MetricsListening {
+        /// The address bound (the real port when asked for port 0).
+        addr: SocketAddr,
     },
     /// A client connected.
     Connected {
@@ -75,6 +82,9 @@ pub enum Event {
         reason: EndReason,
         /// False when the line could not be written (the client stopped reading).
         delivered: bool,
+        /// For `heartbeat-timeout`: how long after the heartbeat's deadline the core declared
+        /// the client dead (the server's own lateness; `hb_ghost_lateness_seconds`).
+        late: Option<Duration>,
     },
     /// The client closed or reset the connection.
     ClosedByClient {
@@ -315,6 +325,7 @@ impl fmt::Display for Event {
                 };
                 write!(f, "mode {mode}, wire {wire}, listening on {addr}")
             }
+            Self::MetricsListening { addr } => write!(f, "metrics on http://{addr}/metrics"),
             Self::Connected { id, peer } => write!(f, "#{id} {peer} connected"),
             Self::RoundStarted { id, peer, idle } => {
                 write!(f, "#{id} {peer} no data for {}, heartbeat round starts", fmt_duration(*idle))
@@ -330,12 +341,14 @@ impl fmt::Display for Event {
                 peer,
                 reason,
                 delivered: true,
+                ..
             } => write!(f, "#{id} {peer} END {reason} sent, closing"),
             Self::EndSent {
                 id,
                 peer,
                 reason,
                 delivered: false,
+                ..
             } => write!(f, "#{id} {peer} END {reason} could not be delivered, closing"),
             Self::ClosedByClient { id, peer, error: None } => write!(f, "#{id} {peer} closed by client"),
             Self::ClosedByClient { id, peer, error: Some(e) } => write!(f, "#{id} {peer} closed by client ({e})"),
@@ -403,6 +416,8 @@ pub struct Stamped<E = Event> {
 pub struct EventLog<E = Event> {
     stdout: bool,
     tx: Option<Sender<Stamped<E>>>,
+    /// `--metrics`: counts every event before it is logged.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<E> Default for EventLog<E> {
@@ -410,7 +425,37 @@ impl<E> Default for EventLog<E> {
         Self {
             stdout: false,
             tx: None,
+            metrics: None,
         }
+    }
+}
+
+/// An event [`Metrics`] may count: a server's [`Event`]s are counted, a client's events are
+/// not (a client has no metrics).
+pub trait Counted {
+    /// Updates `metrics` for this event. Runs on the emitting thread, so it only touches
+    /// atomics: no allocation, no lock.
+    fn count(&self, _metrics: &Metrics) {}
+}
+
+impl Counted for Event {
+    fn count(&self, metrics: &Metrics) {
+        metrics.observe(self);
+    }
+}
+
+impl Counted for crate::net::client::ClientEvent {}
+
+impl<E> EventLog<E> {
+    /// The same log, with every event counted in `metrics` first.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics events are counted in (`--metrics`), if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 }
 
@@ -420,6 +465,7 @@ impl<E: fmt::Display> EventLog<E> {
         Self {
             stdout: true,
             tx: None,
+            metrics: None,
         }
     }
 
@@ -428,14 +474,18 @@ impl<E: fmt::Display> EventLog<E> {
         Self {
             stdout: false,
             tx: Some(tx),
+            metrics: None,
         }
     }
 
     /// Records one event. Never blocks on stdout: see [`flush_stdout`].
     pub fn emit(&self, event: E)
     where
-        E: Send + 'static,
+        E: Send + Counted + 'static,
     {
+        if let Some(m) = &self.metrics {
+            event.count(m);
+        }
         if let Some(tx) = &self.tx {
             let _ = tx.send(Stamped {
                 at: Instant::now(),
@@ -467,6 +517,8 @@ enum ToStdout {
 struct StdoutWriter {
     tx: Sender<ToStdout>,
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Every line dropped since the start (`dropped` is reset as each loss is reported).
+    dropped_total: std::sync::atomic::AtomicU64,
 }
 
 impl StdoutWriter {
@@ -513,20 +565,35 @@ impl StdoutWriter {
             // Without a log thread lines are counted as dropped; serving goes on.
             dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        Self { tx, dropped }
+        Self {
+            tx,
+            dropped,
+            dropped_total: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     fn line(&self, line: ToStdout) {
         if self.tx.try_send(line).is_err() {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.dropped_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
 
+static WRITER: std::sync::OnceLock<StdoutWriter> = std::sync::OnceLock::new();
+
 fn stdout_writer() -> &'static StdoutWriter {
-    static WRITER: std::sync::OnceLock<StdoutWriter> = std::sync::OnceLock::new();
     WRITER.get_or_init(StdoutWriter::start)
+}
+
+/// Log lines dropped so far because stdout did not keep up (`hb_log_lines_dropped_total`);
+/// 0 before anything was logged to stdout (asking does not start the log thread).
+pub fn log_lines_dropped() -> u64 {
+    WRITER.get().map_or(0, |w| {
+        w.dropped_total.load(std::sync::atomic::Ordering::Relaxed)
+    })
 }
 
 /// Waits (at most `within`) until every line logged so far has been written to stdout; call

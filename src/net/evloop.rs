@@ -199,6 +199,7 @@ impl EventServer {
             tls,
             per_ip,
         });
+        crate::net::metrics::watch_queues(&shared.log, &shared, |sh| &sh.conns);
         Ok(Self {
             rt,
             listener,
@@ -240,6 +241,7 @@ impl EventServer {
             mode: shared.settings.mode,
             wire: shared.settings.wire,
         });
+        crate::net::metrics::announce(&shared.log);
         let sh = shared.clone();
         let served = rt.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
@@ -599,6 +601,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
         }
         tls_flush_within(t, &stream, END_GRACE).await;
     }
+    let late = conn.session().dead_late();
     match close {
         Close::AfterEnd(reason) => {
             sh.log.emit(Event::EndSent {
@@ -606,6 +609,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 peer: conn.peer,
                 reason,
                 delivered: true,
+                late,
             });
             linger(&stream, Instant::now() + END_LINGER).await;
         }
@@ -615,6 +619,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
             peer: conn.peer,
             reason,
             delivered: false,
+            late,
         }),
     }
     drop(stream);

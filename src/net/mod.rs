@@ -10,6 +10,7 @@ pub mod conn;
 pub mod events;
 pub mod evloop;
 pub mod loadgen;
+pub mod metrics;
 pub mod rawsock;
 pub mod registry;
 pub mod relay;

@@ -12,6 +12,7 @@ mod faults;
 mod flow;
 mod hostile;
 mod manual_cases;
+mod metrics;
 mod node;
 mod prompts_config;
 mod props;
