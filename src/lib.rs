@@ -85,6 +85,10 @@
 //!                  (thread engine: the companion, TLS locked after the session)
 //! ```
 //! The handshake deadline, like every deadline, is the session's.
+//!
+//! With `--metrics` ([`net::metrics`]) the event log counts every event in atomics before it
+//! is logged (no engine decides or waits anything for it), and one thread, `hb-metrics`,
+//! serves the counts as Prometheus text to one scraper at a time.
 //! The linger exists because closing a socket with unread input makes the kernel send a
 //! reset, which can destroy the `END` line before the client reads it.
 //! A client that stops reading holds its senders back for at most `--stall` and is then

@@ -271,6 +271,7 @@ impl Harness {
             auth: None,
             auth_secret: None,
             max_conns_per_ip: None,
+            metrics: None,
             classic_client_port,
         };
         let (tx, events) = crossbeam_channel::unbounded();

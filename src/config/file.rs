@@ -274,6 +274,12 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "handshake_timeout" => s.handshake_timeout = p.take(key, duration(v, false)),
             "auth_secret" => s.auth_secret = p.take(key, path_value(v)),
             "max_conns_per_ip" => s.max_conns_per_ip = p.take(key, positive_usize(v)),
+            "metrics" => {
+                s.metrics = p.take(
+                    key,
+                    string(v).and_then(|a| super::server::parse_metrics_addr(&a)),
+                )
+            }
             _ => p.add(key, unknown(&server_keys())),
         }
     }
@@ -339,7 +345,7 @@ mod tests {
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
              idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst, \
-             tls_cert, tls_key, handshake_timeout, auth_secret, max_conns_per_ip)"
+             tls_cert, tls_key, handshake_timeout, auth_secret, max_conns_per_ip, metrics)"
         );
         assert_eq!(
             msg(r#"{"servr": {}}"#),
@@ -439,7 +445,7 @@ mod tests {
     #[test]
     fn every_server_setting_is_a_file_key() {
         let keys = server_keys();
-        assert_eq!(keys.len(), 23, "{keys:?}");
+        assert_eq!(keys.len(), 24, "{keys:?}");
         for key in keys {
             let e = parse(&format!(r#"{{"server": {{"{key}": [1]}}}}"#)).unwrap_err();
             let m = e.to_string();

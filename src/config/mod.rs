@@ -26,7 +26,8 @@ pub use duration::{fmt_duration, parse_duration, parse_duration_allow_zero};
 pub use file::{FileClient, FileConfig};
 pub use prompt::Prompter;
 pub use server::{
-    parse_count, parse_positive, LogFormat, ServerFlags, ServerOptions, ServerSettings, TlsFiles,
+    parse_count, parse_positive, LogFormat, MetricsAddr, ServerFlags, ServerOptions,
+    ServerSettings, TlsFiles,
 };
 
 /// Default `configuration.json` looked up in the working directory.

@@ -117,6 +117,56 @@ pub struct ServerOptions {
     /// wire only [default: no limit]
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub max_conns_per_ip: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, ADDR as HOST:PORT (port 0 picks any
+    /// free port; the log shows which). Nothing else is served there [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<MetricsAddr>,
+}
+
+/// Where `--metrics` serves: a host (name or address) and a port (0: any free port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsAddr {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    /// Port (0: any free port).
+    pub port: u16,
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses `--metrics`: `HOST:PORT`, an IPv6 address in brackets (`[::1]:9464`). Whether the
+/// host resolves and the port is free is found out when the server binds.
+pub fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    let bad = || {
+        format!(
+            "'{s}' is not HOST:PORT (such as 127.0.0.1:9464 or [::1]:9464; port 0: any free port)"
+        )
+    };
+    let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
+    let (host, bracketed) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(h) => (h, true),
+        None => (host, false),
+    };
+    // An IPv6 address without brackets cannot be told from its port.
+    if host.is_empty()
+        || host.contains(|c: char| c.is_whitespace() || matches!(c, '[' | ']' | '/'))
+        || (host.contains(':') && !bracketed)
+    {
+        return Err(bad());
+    }
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    Ok(MetricsAddr {
+        host: host.to_owned(),
+        port,
+    })
 }
 
 /// The server's TLS certificate chain and private key (PEM files).
@@ -186,6 +236,7 @@ impl ServerOptions {
                 .clone()
                 .or_else(|| fallback.auth_secret.clone()),
             max_conns_per_ip: self.max_conns_per_ip.or(fallback.max_conns_per_ip),
+            metrics: self.metrics.clone().or_else(|| fallback.metrics.clone()),
         }
     }
 }
@@ -220,7 +271,7 @@ pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
     /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall,
     /// history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key,
-    /// handshake_timeout, auth_secret, max_conns_per_ip; with --wire
+    /// handshake_timeout, auth_secret, max_conns_per_ip, metrics; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
     /// configuration.json if present]
     #[arg(long, value_name = "PATH")]
@@ -299,6 +350,8 @@ pub struct ServerSettings {
     pub auth_secret: Option<PathBuf>,
     /// Connections served at once from one IP address (`None`: no limit).
     pub max_conns_per_ip: Option<usize>,
+    /// Where Prometheus metrics are served (`--metrics`; `None`: nowhere).
+    pub metrics: Option<MetricsAddr>,
     /// Classic wire: the port the server connects back to for the heartbeat socket
     /// (`client.port` of configuration.json, as in the manual; default 8001).
     pub classic_client_port: u16,
@@ -564,6 +617,7 @@ impl ServerSettings {
             auth: auth.map(Arc::new),
             auth_secret: o.auth_secret,
             max_conns_per_ip: o.max_conns_per_ip,
+            metrics: o.metrics,
             classic_client_port: file.client.port.unwrap_or(defaults::CLIENT_PORT),
         })
     }

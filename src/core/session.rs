@@ -277,6 +277,8 @@ pub struct Session {
     give_up: bool,
     /// When the TLS handshake must be done by; `None` once done (or without TLS).
     securing_until: Option<Instant>,
+    /// Ended `heartbeat-timeout`: how long after the heartbeat's deadline that was decided.
+    dead_late: Option<Duration>,
     events: VecDeque<SessionEvent>,
 }
 
@@ -308,6 +310,7 @@ impl Session {
             ended_at: None,
             end: End::Open,
             give_up: false,
+            dead_late: None,
             events: VecDeque::new(),
         };
         let hb = s.cfg.heartbeat;
@@ -792,6 +795,13 @@ impl Session {
         !self.is_ending() && self.securing_until.is_none() && self.hb.is_idle_expired(now)
     }
 
+    /// For a session ended `heartbeat-timeout`: how long after the heartbeat's deadline it
+    /// was declared dead (the `now` it was given, minus the deadline); `None` for any other
+    /// end, or while open.
+    pub fn dead_late(&self) -> Option<Duration> {
+        self.dead_late
+    }
+
     /// The silence that starts a heartbeat round.
     pub fn idle(&self) -> Duration {
         self.cfg.heartbeat.idle()
@@ -825,6 +835,7 @@ impl Session {
     /// is on): queues `PING k`, or ends the client `heartbeat-timeout`.
     pub fn handle_heartbeat(&mut self, now: Instant) {
         while !self.is_ending() && self.securing_until.is_none() {
+            let due = self.hb.poll_timeout();
             match self.hb.poll(now) {
                 Some(Action::SendPing(k)) => {
                     // A heartbeat is tiny and bounded (one per interval): it bypasses the
@@ -835,7 +846,12 @@ impl Session {
                         n: self.cfg.heartbeat.count(),
                     });
                 }
-                Some(Action::Dead) => self.end(now, EndReason::HeartbeatTimeout, true),
+                Some(Action::Dead) => {
+                    // How late the engine asked: a ghost is declared dead at its deadline
+                    // in theory, and this much after it in practice.
+                    self.dead_late = due.map(|at| now.saturating_duration_since(at));
+                    self.end(now, EndReason::HeartbeatTimeout, true);
+                }
                 None => break,
             }
         }
@@ -1513,6 +1529,29 @@ mod tests {
             s.poll_close(),
             Some(Close::AfterEnd(EndReason::HeartbeatTimeout))
         );
+    }
+
+    #[test]
+    fn a_ghost_s_end_says_how_late_after_its_deadline_it_was_decided() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
+        let _ = drain(&mut s, t);
+        s.handle_timeout(t + ms(5000));
+        s.handle_timeout(t + ms(6000));
+        assert_eq!(drain(&mut s, t + ms(6000)), "PING 1\nPING 2\n");
+        assert_eq!(s.dead_late(), None, "not dead yet");
+        // The deadline is t + 7 s; the engine got round to it 37 ms later.
+        s.handle_timeout(t + ms(7037));
+        assert_eq!(drain(&mut s, t + ms(7037)), "END heartbeat-timeout\n");
+        assert_eq!(s.dead_late(), Some(ms(37)));
+        // Any other end carries none.
+        let mut q = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
+        q.end(t, EndReason::Quit, false);
+        assert_eq!(q.dead_late(), None);
+        let mut r = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
+        r.end(t, EndReason::ServerShutdown, true);
+        r.handle_timeout(t + ms(60_000));
+        assert_eq!(r.dead_late(), None, "the first reason wins");
     }
 
     #[test]

@@ -259,6 +259,7 @@ fn run<H: ChatHost>(host: &H, link: Link, bell: &Receiver<()>, stop: &AtomicBool
             mb.flush(now);
             done
         };
+        crate::net::relay::report(host.log(), &mut stage);
         retry = (!done).then_some(now + RETRY);
         chat.log_events(host.log());
         if chat.hub.take_evicted() {

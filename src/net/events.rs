@@ -7,6 +7,7 @@
 use std::fmt;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use crate::config::{fmt_duration, Mode, Wire};
 use crate::core::classic::ClassicEnd;
 use crate::core::wire::EndReason;
+use crate::net::metrics::Metrics;
 
 /// Something that happened on the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,11 @@ pub enum Event {
         mode: Mode,
         /// Which bytes go over the socket.
         wire: Wire,
+    },
+    /// `--metrics`: the Prometheus endpoint is served.
+    MetricsListening {
+        /// The address bound (the real port when asked for port 0).
+        addr: SocketAddr,
     },
     /// A client connected.
     Connected {
@@ -76,6 +83,9 @@ pub enum Event {
         reason: EndReason,
         /// False when the line could not be written (the client stopped reading).
         delivered: bool,
+        /// For `heartbeat-timeout`: how long after the heartbeat's deadline the core declared
+        /// the client dead (the server's own lateness; `hb_ghost_lateness_seconds`).
+        late: Option<Duration>,
     },
     /// The client closed or reset the connection.
     ClosedByClient {
@@ -337,6 +347,7 @@ impl fmt::Display for Event {
                 };
                 write!(f, "mode {mode}, wire {wire}, listening on {addr}")
             }
+            Self::MetricsListening { addr } => write!(f, "metrics on http://{addr}/metrics"),
             Self::Connected { id, peer } => write!(f, "#{id} {peer} connected"),
             Self::RoundStarted { id, peer, idle } => {
                 write!(f, "#{id} {peer} no data for {}, heartbeat round starts", fmt_duration(*idle))
@@ -352,12 +363,14 @@ impl fmt::Display for Event {
                 peer,
                 reason,
                 delivered: true,
+                ..
             } => write!(f, "#{id} {peer} END {reason} sent, closing"),
             Self::EndSent {
                 id,
                 peer,
                 reason,
                 delivered: false,
+                ..
             } => write!(f, "#{id} {peer} END {reason} could not be delivered, closing"),
             Self::ClosedByClient { id, peer, error: None } => write!(f, "#{id} {peer} closed by client"),
             Self::ClosedByClient { id, peer, error: Some(e) } => write!(f, "#{id} {peer} closed by client ({e})"),
@@ -464,6 +477,7 @@ impl LogLine for Event {
     fn kind(&self) -> &'static str {
         match self {
             Self::Listening { .. } => "listening",
+            Self::MetricsListening { .. } => "metrics-listening",
             Self::Connected { .. } => "connected",
             Self::RoundStarted { .. } => "round-started",
             Self::PingSent { .. } => "ping-sent",
@@ -526,15 +540,20 @@ impl LogLine for Event {
                 put(out, "after_pings", *after);
                 put(out, "rtt_ms", ms(*rtt));
             }
+            Self::MetricsListening { addr } => put(out, "addr", addr.to_string()),
             Self::EndSent {
                 id,
                 peer,
                 reason,
                 delivered,
+                late,
             } => {
                 conn(out, id, peer);
                 put(out, "reason", reason.as_str());
                 put(out, "delivered", *delivered);
+                if let Some(late) = late {
+                    put(out, "late_ms", ms(*late));
+                }
             }
             Self::ClosedByClient { id, peer, error } => {
                 conn(out, id, peer);
@@ -659,6 +678,7 @@ impl LogLine for Event {
         matches!(
             self,
             Self::Listening { .. }
+                | Self::MetricsListening { .. }
                 | Self::Refused { .. }
                 | Self::WriteFailed { .. }
                 | Self::CapacityLowered { .. }
@@ -725,6 +745,8 @@ pub fn json_line(at: SystemTime, event: &dyn LogLine) -> String {
 pub struct EventLog<E = Event> {
     stdout: bool,
     tx: Option<Sender<Stamped<E>>>,
+    /// `--metrics`: counts every event before it is logged.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<E> Default for EventLog<E> {
@@ -732,16 +754,47 @@ impl<E> Default for EventLog<E> {
         Self {
             stdout: false,
             tx: None,
+            metrics: None,
         }
     }
 }
 
-impl<E: LogLine> EventLog<E> {
+/// An event [`Metrics`] may count: a server's [`Event`]s are counted, a client's events are
+/// not (a client has no metrics).
+pub trait Counted {
+    /// Updates `metrics` for this event. Runs on the emitting thread, so it only touches
+    /// atomics: no allocation, no lock.
+    fn count(&self, _metrics: &Metrics) {}
+}
+
+impl Counted for Event {
+    fn count(&self, metrics: &Metrics) {
+        metrics.observe(self);
+    }
+}
+
+impl Counted for crate::net::client::ClientEvent {}
+
+impl<E> EventLog<E> {
+    /// The same log, with every event counted in `metrics` first.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics events are counted in (`--metrics`), if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+}
+
+impl<E: LogLine + Counted> EventLog<E> {
     /// Prints every event on stdout.
     pub fn stdout() -> Self {
         Self {
             stdout: true,
             tx: None,
+            metrics: None,
         }
     }
 
@@ -750,14 +803,18 @@ impl<E: LogLine> EventLog<E> {
         Self {
             stdout: false,
             tx: Some(tx),
+            metrics: None,
         }
     }
 
     /// Records one event. Never blocks on stdout: see [`flush_stdout`].
     pub fn emit(&self, event: E)
     where
-        E: Send + 'static,
+        E: Send + Counted + 'static,
     {
+        if let Some(m) = &self.metrics {
+            event.count(m);
+        }
         if let Some(tx) = &self.tx {
             let _ = tx.send(Stamped {
                 at: Instant::now(),
@@ -814,6 +871,8 @@ impl LogLine for Dropped {
 struct StdoutWriter {
     tx: Sender<ToStdout>,
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Every line dropped since the start (`dropped` is reset as each loss is reported).
+    dropped_total: std::sync::atomic::AtomicU64,
 }
 
 impl StdoutWriter {
@@ -867,20 +926,35 @@ impl StdoutWriter {
             // Without a log thread lines are counted as dropped; serving goes on.
             dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        Self { tx, dropped }
+        Self {
+            tx,
+            dropped,
+            dropped_total: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     fn line(&self, line: ToStdout) {
         if self.tx.try_send(line).is_err() {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.dropped_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
 
+static WRITER: std::sync::OnceLock<StdoutWriter> = std::sync::OnceLock::new();
+
 fn stdout_writer() -> &'static StdoutWriter {
-    static WRITER: std::sync::OnceLock<StdoutWriter> = std::sync::OnceLock::new();
     WRITER.get_or_init(StdoutWriter::start)
+}
+
+/// Log lines dropped so far because stdout did not keep up (`hb_log_lines_dropped_total`);
+/// 0 before anything was logged to stdout (asking does not start the log thread).
+pub fn log_lines_dropped() -> u64 {
+    WRITER.get().map_or(0, |w| {
+        w.dropped_total.load(std::sync::atomic::Ordering::Relaxed)
+    })
 }
 
 /// Waits (at most `within`) until every line logged so far has been written to stdout; call

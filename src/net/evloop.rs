@@ -194,6 +194,7 @@ impl EventServer {
                 cluster.map(|p| crate::net::cluster_driver::ClusterState::Prepared(Box::new(p))),
             ),
         });
+        crate::net::metrics::watch_queues(&shared.log, &shared, |sh| &sh.conns);
         Ok(Self {
             rt,
             listener,
@@ -235,6 +236,7 @@ impl EventServer {
             mode: shared.live.settings().mode,
             wire: shared.live.settings().wire,
         });
+        crate::net::metrics::announce(&shared.log);
         let sh = shared.clone();
         let served = rt.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
@@ -607,6 +609,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
         }
         tls_flush_within(t, &stream, END_GRACE).await;
     }
+    let late = conn.session().dead_late();
     match close {
         Close::AfterEnd(reason) => {
             sh.log.emit(Event::EndSent {
@@ -614,6 +617,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 peer: conn.peer,
                 reason,
                 delivered: true,
+                late,
             });
             linger(&stream, Instant::now() + END_LINGER).await;
         }
@@ -623,6 +627,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
             peer: conn.peer,
             reason,
             delivered: false,
+            late,
         }),
     }
     drop(stream);

@@ -11,6 +11,7 @@ pub mod events;
 pub mod evloop;
 pub mod live;
 pub mod loadgen;
+pub mod metrics;
 pub mod probe;
 pub mod rawsock;
 pub mod registry;

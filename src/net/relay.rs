@@ -101,6 +101,9 @@ pub struct Stage {
     groups: Vec<Group>,
     /// The instant of the batch's lines.
     now: Option<Instant>,
+    /// Room messages staged, and bytes handed to recipients, since [`report`] last took
+    /// them (`hb_relay_messages_total`, `hb_relay_bytes_total`).
+    relayed: (u64, u64),
 }
 
 /// The members of one group and the lines built for them.
@@ -232,6 +235,7 @@ impl<'a, C: Member> Members<'a, C> {
                 }
                 drop(s);
                 conn.wake();
+                st.relayed.1 += (total - snap.own) as u64;
             }
             group.lines.clear();
         }
@@ -322,6 +326,12 @@ impl<C: Member> Mailboxes for Members<'_, C> {
         }
         let st = &mut *self.stage;
         st.now.get_or_insert(now);
+        if f.groups
+            .iter()
+            .any(|(ids, _)| ids.iter().any(|&id| id != except))
+        {
+            st.relayed.0 += 1;
+        }
         for (g, (ids, line)) in f.groups.iter().enumerate() {
             if ids.is_empty() {
                 continue;
@@ -406,6 +416,15 @@ pub enum Pumped {
     Stop,
 }
 
+/// Adds what `stage` relayed since the last call to the metrics (`--metrics`), once per
+/// batch rather than per line or per recipient.
+pub fn report(log: &EventLog, stage: &mut Stage) {
+    let (messages, bytes) = std::mem::take(&mut stage.relayed);
+    if let Some(m) = log.metrics() {
+        m.relayed(messages, bytes);
+    }
+}
+
 /// Handles the complete lines a session holds: echo-mode lines inside the session, chat lines
 /// through the hub (`chat`, locked by the caller, who keeps it locked while it prepares to
 /// wait after [`Pumped::RoomHeld`], so a laggard's catch-up cannot be missed). `stage` is
@@ -413,6 +432,18 @@ pub enum Pumped {
 /// lines a read brought: the flow-control clocks tolerate microseconds, and a relay at a
 /// million lines per second should not read the clock a million times.
 pub fn pump<C: Member>(
+    log: &EventLog,
+    chat: Option<&mut Chat<C>>,
+    id: u64,
+    conn: &C,
+    stage: &mut Stage,
+) -> Pumped {
+    let pumped = pump_lines(log, chat, id, conn, stage);
+    report(log, stage);
+    pumped
+}
+
+fn pump_lines<C: Member>(
     log: &EventLog,
     mut chat: Option<&mut Chat<C>>,
     id: u64,
@@ -570,6 +601,33 @@ mod tests {
             written(&c, 3),
             "MSG ann a1\nMSG ann a2\nMSG bob b1\nMSG ann a3\n"
         );
+    }
+
+    #[test]
+    fn the_stage_counts_messages_once_and_bytes_per_recipient() {
+        let t = Instant::now();
+        let mut c = chat(&["ann", "bob", "cat"], 1 << 20, t);
+        let mut stage = Stage::default();
+        let mut mb = Members::new(&c.conns, &mut stage);
+        for (from, text) in [(1, "a1"), (1, "a2"), (2, "b1")] {
+            let o = c.hub.handle_op(t, from, RoomOp::Msg(text.into()), &mut mb);
+            assert_eq!(o, RoomOutcome::Done);
+        }
+        // A control line is no message.
+        mb.push(2, t, b"LEFT dan quit\n");
+        mb.flush(t);
+        // "MSG ann a1\n" and the others are 11 bytes, each for two recipients.
+        assert_eq!(stage.relayed, (3, 3 * 2 * 11));
+        // Taken by the report (here without metrics: only reset).
+        report(&EventLog::default(), &mut stage);
+        assert_eq!(stage.relayed, (0, 0));
+        // Alone in the room: nothing is relayed.
+        let mut c = chat(&["ann"], 1 << 20, t);
+        let mut mb = Members::new(&c.conns, &mut stage);
+        let o = c.hub.handle_op(t, 1, RoomOp::Msg("x".into()), &mut mb);
+        assert_eq!(o, RoomOutcome::Done);
+        mb.flush(t);
+        assert_eq!(stage.relayed, (0, 0));
     }
 
     #[test]

@@ -46,6 +46,7 @@ use crate::net::cluster_driver::ClusterState;
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
 use crate::net::events::{Event, EventLog};
 use crate::net::live::Live;
+use crate::net::metrics::{Exporter, Metrics};
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Pumped};
 use crate::net::tls::ServerTlsConfig;
@@ -85,6 +86,13 @@ pub enum ServerError {
     Broker(crate::net::broker::BrokerError),
     /// The TLS certificate or key could not be loaded (exit 2).
     Tls(crate::net::tls::TlsError),
+    /// `--metrics`: its address could not be resolved or bound, or its thread not started.
+    Metrics {
+        /// `host:port` as asked for.
+        addr: String,
+        /// The OS error.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for ServerError {
@@ -94,6 +102,7 @@ impl fmt::Display for ServerError {
             Self::Unsupported(what) => f.write_str(what),
             Self::Broker(e) => e.fmt(f),
             Self::Tls(e) => write!(f, "cannot serve TLS: {e}"),
+            Self::Metrics { addr, source } => write!(f, "cannot serve metrics on {addr}: {source}"),
         }
     }
 }
@@ -105,12 +114,17 @@ impl std::error::Error for ServerError {
             Self::Unsupported(_) => None,
             Self::Broker(e) => Some(e),
             Self::Tls(e) => Some(e),
+            Self::Metrics { source, .. } => Some(source),
         }
     }
 }
 
 /// A bound server of either engine, ready to [`Server::run`].
-pub struct Server(Engines);
+pub struct Server {
+    engine: Engines,
+    /// `--metrics`: its port, bound; served from `run`.
+    metrics: Option<Exporter>,
+}
 
 enum Engines {
     Threads(ThreadServer),
@@ -119,7 +133,11 @@ enum Engines {
 
 /// Controls a running server from another thread (Ctrl-C handler, tests, scenarios).
 #[derive(Clone)]
-pub struct ServerHandle(Handles);
+pub struct ServerHandle {
+    engine: Handles,
+    /// Stops the metrics thread (`--metrics`).
+    metrics_stop: Option<Arc<crate::net::metrics::Stop>>,
+}
 
 #[derive(Clone)]
 enum Handles {
@@ -131,21 +149,42 @@ impl Server {
     /// Binds the listening socket of the engine `settings.engine` names; with port 0 the OS
     /// picks a free port ([`Server::local_addr`]).
     pub fn bind(settings: ServerSettings, log: EventLog) -> Result<Self, ServerError> {
-        if settings.engine == Engine::Events {
-            if settings.wire == Wire::Classic {
-                return Err(ServerError::Unsupported(
-                    "--engine events serves the line wire only, not --wire classic".into(),
-                ));
-            }
-            return crate::net::evloop::EventServer::bind(settings, log)
-                .map(|s| Self(Engines::Events(s)));
+        if settings.engine == Engine::Events && settings.wire == Wire::Classic {
+            return Err(ServerError::Unsupported(
+                "--engine events serves the line wire only, not --wire classic".into(),
+            ));
         }
-        ThreadServer::bind(settings, log).map(|s| Self(Engines::Threads(s)))
+        // The metrics port first: the engines keep the log, which counts into them.
+        let (log, metrics) = match &settings.metrics {
+            None => (log, None),
+            Some(addr) => {
+                let broker = matches!(settings.broker, crate::config::server::Broker::Redis(_));
+                let metrics = Arc::new(Metrics::new(broker));
+                let exporter = Exporter::bind(addr, metrics.clone()).map_err(|source| {
+                    ServerError::Metrics {
+                        addr: addr.to_string(),
+                        source,
+                    }
+                })?;
+                (log.with_metrics(metrics), Some(exporter))
+            }
+        };
+        let engine = if settings.engine == Engine::Events {
+            Engines::Events(crate::net::evloop::EventServer::bind(settings, log)?)
+        } else {
+            Engines::Threads(ThreadServer::bind(settings, log)?)
+        };
+        Ok(Self { engine, metrics })
+    }
+
+    /// Where `--metrics` are served (the real port when asked for port 0), if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(Exporter::local_addr)
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        match &self.0 {
+        match &self.engine {
             Engines::Threads(s) => s.local_addr(),
             Engines::Events(s) => s.local_addr(),
         }
@@ -154,7 +193,7 @@ impl Server {
     /// Connections served at once: `--max-conns`, or less if the engine's limits (memory
     /// maps, descriptors) run out first.
     pub fn max_conns(&self) -> usize {
-        match &self.0 {
+        match &self.engine {
             Engines::Threads(s) => s.max_conns(),
             Engines::Events(s) => s.max_conns(),
         }
@@ -162,26 +201,43 @@ impl Server {
 
     /// A handle to stop the server from another thread.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle(match &self.0 {
-            Engines::Threads(s) => Handles::Threads(s.handle()),
-            Engines::Events(s) => Handles::Events(s.handle()),
-        })
+        ServerHandle {
+            engine: match &self.engine {
+                Engines::Threads(s) => Handles::Threads(s.handle()),
+                Engines::Events(s) => Handles::Events(s.handle()),
+            },
+            metrics_stop: self.metrics.as_ref().map(Exporter::stopper),
+        }
     }
 
     /// Serves until [`ServerHandle::shutdown`]. Never panics on resource exhaustion:
     /// newcomers that cannot be served get `END server-full`.
     pub fn run(self) -> Result<(), ServerError> {
-        match self.0 {
+        let metrics = match self.metrics {
+            None => None,
+            Some(exporter) => {
+                let addr = exporter.local_addr();
+                Some(exporter.start().map_err(|source| ServerError::Metrics {
+                    addr: addr.map_or_else(String::new, |a| a.to_string()),
+                    source,
+                })?)
+            }
+        };
+        let served = match self.engine {
             Engines::Threads(s) => s.run(),
             Engines::Events(s) => s.run(),
+        };
+        if let Some(m) = metrics {
+            m.stop();
         }
+        served
     }
 }
 
 impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        match &self.0 {
+        match &self.engine {
             Handles::Threads(h) => h.local_addr(),
             Handles::Events(h) => h.local_addr(),
         }
@@ -189,7 +245,7 @@ impl ServerHandle {
 
     /// Connections currently open.
     pub fn connections(&self) -> usize {
-        match &self.0 {
+        match &self.engine {
             Handles::Threads(h) => h.connections(),
             Handles::Events(h) => h.connections(),
         }
@@ -198,7 +254,11 @@ impl ServerHandle {
     /// Stops accepting, sends `END server-shutdown` to every client and waits (at most about
     /// half a second) for them to be closed. Calling it again does nothing.
     pub fn shutdown(&self) {
-        match &self.0 {
+        // The metrics port closes first: a scrape now would only race the shutdown.
+        if let Some(stop) = &self.metrics_stop {
+            stop.stop();
+        }
+        match &self.engine {
             Handles::Threads(h) => h.shutdown(),
             Handles::Events(h) => h.shutdown(),
         }
@@ -210,7 +270,7 @@ impl ServerHandle {
         &self,
         new: &ServerSettings,
     ) -> Result<crate::config::server::Reload, ServerError> {
-        match &self.0 {
+        match &self.engine {
             Handles::Threads(h) => h.shared.live.reload(new),
             Handles::Events(h) => h.live().reload(new),
         }
@@ -218,7 +278,7 @@ impl ServerHandle {
 
     /// The settings in effect.
     pub fn settings(&self) -> Arc<ServerSettings> {
-        match &self.0 {
+        match &self.engine {
             Handles::Threads(h) => h.shared.live.settings(),
             Handles::Events(h) => h.live().settings(),
         }
@@ -392,6 +452,7 @@ impl ThreadServer {
             lingerer: Lingerer::start().ok(),
             cluster: Mutex::new(cluster.map(|p| ClusterState::Prepared(Box::new(p)))),
         });
+        crate::net::metrics::watch_queues(&shared.log, &shared, |sh| &sh.conns);
         Ok(Self {
             listener,
             addr,
@@ -427,6 +488,7 @@ impl ThreadServer {
             mode: self.shared.live.settings().mode,
             wire: self.shared.live.settings().wire,
         });
+        crate::net::metrics::announce(&self.shared.log);
         if let Some((asked, allowed, max_map_count)) = self.lowered {
             self.shared.log.emit(Event::CapacityLowered {
                 asked,
@@ -1047,6 +1109,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
         }
         crate::net::tls::flush_within(&mut tls, conn.stream(), END_GRACE);
     }
+    let late = conn.session().dead_late();
     match close {
         Close::AfterEnd(reason) => {
             sh.log.emit(Event::EndSent {
@@ -1054,6 +1117,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
                 peer: conn.peer,
                 reason,
                 delivered: true,
+                late,
             });
             // FIN after the END, then discard input for a bounded while, so the close does
             // not reset the connection and destroy the END (see END_LINGER).
@@ -1065,6 +1129,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             peer: conn.peer,
             reason,
             delivered: false,
+            late,
         }),
     }
     conn.shutdown();

@@ -13,6 +13,7 @@ mod faults;
 mod flow;
 mod hostile;
 mod manual_cases;
+mod metrics;
 mod node;
 mod ops;
 mod probe;
