@@ -520,6 +520,11 @@ impl ServerSettings {
             format!("{:?}", self.broker),
             format!("{:?}", new.broker),
         );
+        let metrics = |m: &Option<MetricsAddr>| {
+            m.as_ref()
+                .map_or_else(|| "off".to_string(), |m| format!("{}:{}", m.host, m.port))
+        };
+        fixed("metrics", metrics(&self.metrics), metrics(&new.metrics));
         fixed(
             "node-timeout",
             fmt_duration(self.node_timeout),
