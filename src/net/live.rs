@@ -67,11 +67,17 @@ impl Live {
     pub fn reload(&self, new: &ServerSettings) -> Result<Reload, ServerError> {
         let current = self.settings();
         let mut r = current.reload(new);
-        if let Some(cap) = self.cap {
-            r.settings.max_conns = r.settings.max_conns.min(cap).max(1);
-            r.changed.retain(|c| {
-                !c.starts_with("max-conns ") || current.max_conns != r.settings.max_conns
-            });
+        if let Some(cap) = self.cap.filter(|&cap| cap < r.settings.max_conns) {
+            // Asked for more than the memory maps allow (see the thread engine's start-up
+            // line): as many as they do.
+            r.settings.max_conns = cap;
+            r.changed.retain(|c| !c.starts_with("max-conns "));
+            if current.max_conns != cap {
+                r.changed.push(format!(
+                    "max-conns {} -> {cap} (asked {}; vm.max_map_count allows {cap})",
+                    current.max_conns, new.max_conns
+                ));
+            }
         }
         let tls = server_tls(&r.settings)?;
         if tls.is_some() {

@@ -432,7 +432,8 @@ impl ThreadServer {
         let tls = server_tls(&settings)?;
         let (chat, cluster) = crate::net::cluster_driver::chat_for(&settings)?;
         let mut settings = settings;
-        let lowered = match map_capacity() {
+        let capacity = map_capacity();
+        let lowered = match capacity {
             Some((allowed, max_maps)) if allowed < settings.max_conns => {
                 let asked = settings.max_conns;
                 settings.max_conns = allowed.max(1);
@@ -440,7 +441,8 @@ impl ThreadServer {
             }
             _ => None,
         };
-        let cap = lowered.map(|(_, allowed, _)| allowed);
+        // A reload may raise --max-conns, but never past what the memory maps allow.
+        let cap = capacity.map(|(allowed, _)| allowed.max(1));
         let shared = Arc::new(Shared {
             live: Live::new(settings, tls, cap),
             log,
