@@ -126,7 +126,7 @@ impl ServerTlsConfig {
 
     /// The TLS side of a new connection.
     pub fn accept(&self) -> Result<ServerTls, rustls::Error> {
-        let mut conn = rustls::ServerConnection::new(self.0.clone())?;
+        let mut conn = Box::new(rustls::ServerConnection::new(self.0.clone())?);
         conn.set_buffer_limit(Some(TLS_BUFFER));
         Ok(ServerTls { conn })
     }
@@ -143,7 +143,9 @@ pub struct RawOutcome {
 /// The TLS side of one server connection. Owned with the session's other state; the one
 /// writer of the socket calls [`ServerTls::send`] and [`ServerTls::flush`].
 pub struct ServerTls {
-    conn: rustls::ServerConnection,
+    /// Boxed: rustls' state is over a kilobyte, and a plain connection's task (or `Conn`)
+    /// holds an `Option<ServerTls>`, which must cost it a pointer, not that.
+    conn: Box<rustls::ServerConnection>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -405,4 +407,17 @@ fn describe_client_error(e: &io::Error) -> String {
         _ => text.clone(),
     };
     hint
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_without_tls_pays_a_pointer_for_it() {
+        assert_eq!(
+            std::mem::size_of::<Option<ServerTls>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
 }
