@@ -47,7 +47,7 @@ use crate::net::server::{
     is_fd_exhaustion, listen, new_session, send_now, server_tls, write_refusal, ServerError,
     HOLD_SLICE, SHUTDOWN_GRACE,
 };
-use crate::net::tls::{ServerTls, ServerTlsConfig};
+use crate::net::tls::ServerTls;
 
 /// Most bytes one wake-up reads from one client before its lines are handled.
 const READ_CHUNK: usize = 256 * 1024;
@@ -380,13 +380,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         });
         return;
     }
-    let tls = match sh
-        .live
-        .tls()
-        .as_ref()
-        .map(ServerTlsConfig::accept)
-        .transpose()
-    {
+    let tls = match sh.live.accept_tls() {
         Ok(tls) => tls,
         Err(e) => {
             sh.live.per_ip().release(peer.ip());

@@ -55,6 +55,11 @@ impl Live {
         read(&self.tls)
     }
 
+    /// The TLS side of a new connection, when the server speaks TLS.
+    pub fn accept_tls(&self) -> Result<Option<crate::net::tls::ServerTls>, rustls::Error> {
+        self.tls().as_ref().map(ServerTlsConfig::accept).transpose()
+    }
+
     /// The per-address counter (locked briefly by `admit` and `release`).
     pub fn per_ip(&self) -> std::sync::MutexGuard<'_, PerIp> {
         self.per_ip.lock().unwrap_or_else(|p| p.into_inner())

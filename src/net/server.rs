@@ -591,13 +591,7 @@ impl ThreadServer {
             refuse(sh, stream, Some(peer), refusal.to_string());
             return;
         }
-        let tls = match sh
-            .live
-            .tls()
-            .as_ref()
-            .map(ServerTlsConfig::accept)
-            .transpose()
-        {
+        let tls = match sh.live.accept_tls() {
             Ok(tls) => tls,
             Err(e) => {
                 sh.live.per_ip().release(peer.ip());
