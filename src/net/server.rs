@@ -851,16 +851,18 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                 // The session first, then TLS (the companion's order): a TLS error and the
                 // session's end are one step, so the companion never writes in between.
                 let mut s = conn.session();
+                if s.is_ending() {
+                    // Once the connection is ending, input is only drained (see `linger`),
+                    // never answered or relayed; nor decrypted: the companion may hold TLS
+                    // for its last flush, and this thread must not wait for it with the
+                    // session locked.
+                    break None;
+                }
                 let tls = conn.tls().map(|mut tls| {
                     plain.clear();
                     let got = tls.handle_raw(&buf[..n], &mut plain);
                     (got, tls.is_handshaking(), tls.wants_write())
                 });
-                if s.is_ending() {
-                    // Once the connection is ending, input is only drained (see `linger`),
-                    // never answered or relayed.
-                    break None;
-                }
                 let now = Instant::now();
                 let mut eof = false;
                 // Handshake messages or an alert to send: the companion writes them.
