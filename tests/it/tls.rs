@@ -77,6 +77,40 @@ fn echo_heartbeat_and_shutdown_are_the_same_over_tls(engine: Engine) {
     assert!(t.elapsed() < ms(1_000), "shutdown took {:?}", t.elapsed());
 }
 
+engine_tests!(shutdown_takes_under_a_second_with_tls_clients_that_do_not_read);
+/// SIGTERM with TLS clients whose sockets are full (they asked for echoes and stopped
+/// reading): their END cannot get through, and the server still exits 0 within a second.
+fn shutdown_takes_under_a_second_with_tls_clients_that_do_not_read(engine: Engine) {
+    let _w = Watchdog::new("tls-shutdown-stuck", ms(30_000));
+    let mut srv = tls_server(engine, "server", &[]);
+    let cfg = tcp_heartbeat::net::tls::ClientTlsConfig::load(Some(&fixture("ca.pem"))).unwrap();
+    let mut stuck = Vec::new();
+    for _ in 0..8 {
+        let sock = connect_small_rcvbuf(srv.port);
+        let tls = cfg.connect("127.0.0.1", &sock, PROMPT).unwrap();
+        let mut s = rustls::StreamOwned::new(tls, sock);
+        // 256 KiB of echo requests, never read back.
+        let line = format!("MSG {}\n", "y".repeat(1000));
+        for _ in 0..256 {
+            s.write_all(line.as_bytes()).unwrap();
+        }
+        s.flush().unwrap();
+        stuck.push(s);
+    }
+    let mut good = Peer::connect_tls(srv.port, &fixture("ca.pem"));
+    good.expect(
+        "HELLO hb/1 idle=30000 interval=10000 count=3 mode=echo",
+        PROMPT,
+    );
+    thread::sleep(ms(300));
+    let t = Instant::now();
+    srv.proc.signal("TERM");
+    good.expect("END server-shutdown", ms(1_000));
+    assert!(srv.proc.wait(ms(2_000)).success());
+    assert!(t.elapsed() < ms(1_000), "shutdown took {:?}", t.elapsed());
+    drop(stuck);
+}
+
 engine_tests!(plaintext_and_garbage_on_a_tls_port_are_closed_without_harm);
 /// A plaintext client and one sending garbage are closed at once with a TLS alert (and a
 /// log line saying why), while a TLS client keeps its round trip.
