@@ -232,11 +232,15 @@ fn session(
     let mut leaving = false;
     loop {
         // Everything already received comes first: silence is judged only on an empty socket.
+        // The clock is read before the socket is drained, so whatever arrived up to `now` has
+        // been seen when the core judges `now` (a client stopped between the two, e.g. by
+        // SIGSTOP, would otherwise wake up past its deadline and call a server silent whose
+        // END has been waiting in the socket).
+        let now = Instant::now();
         if let Some(s) = feed(chat, &mut client, reader, say) {
             return finish(s);
         }
         reader.rearm();
-        let now = Instant::now();
         while let Some(action) = client.poll(now) {
             match action {
                 ClientAction::Send(msg) => {
