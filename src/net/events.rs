@@ -120,6 +120,8 @@ pub enum Event {
         reason: EndReason,
         /// Why: limit reached, no thread, no file descriptor.
         detail: String,
+        /// What ran out, for `hb_refused_total{reason}`.
+        cause: RefusalCause,
     },
     /// A line from a client was refused with `ERR`.
     BadLine {
@@ -376,8 +378,8 @@ impl fmt::Display for Event {
             Self::ClosedByClient { id, peer, error: Some(e) } => write!(f, "#{id} {peer} closed by client ({e})"),
             Self::WriteFailed { id, peer, error } => write!(f, "#{id} {peer} write failed ({error}), dropping"),
             Self::Closed { id, peer } => write!(f, "#{id} {peer} closed"),
-            Self::Refused { peer: Some(p), reason, detail } => write!(f, "refused {p}: END {reason} ({detail})"),
-            Self::Refused { peer: None, reason, detail } => write!(f, "refused a connection: END {reason} ({detail})"),
+            Self::Refused { peer: Some(p), reason, detail, .. } => write!(f, "refused {p}: END {reason} ({detail})"),
+            Self::Refused { peer: None, reason, detail, .. } => write!(f, "refused a connection: END {reason} ({detail})"),
             Self::BadLine { id, peer, detail } => write!(f, "#{id} {peer} bad line: ERR {detail}"),
             Self::Joined { id, peer, name } => write!(f, "#{id} {peer} joined as {name}"),
             Self::Left {
@@ -447,6 +449,49 @@ pub struct Stamped<E = Event> {
     pub at: Instant,
     /// What.
     pub event: E,
+}
+
+/// Why a newcomer was refused, as a class (the `reason` label of `hb_refused_total`); the
+/// event's `detail` says it in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// `--max-conns` (or the memory-map allowance it was lowered to).
+    MaxConns,
+    /// `--max-conns-per-ip`.
+    MaxConnsPerIp,
+    /// No thread could be started for it.
+    OutOfThreads,
+    /// No file descriptor left to accept it.
+    OutOfFds,
+    /// Its TLS state could not be created.
+    Tls,
+    /// Anything else (an accept error, a wake-up descriptor that could not be made).
+    Other,
+}
+
+impl RefusalCause {
+    /// Every cause, in label order.
+    pub const ALL: [RefusalCause; 6] = [
+        Self::MaxConns,
+        Self::MaxConnsPerIp,
+        Self::OutOfThreads,
+        Self::OutOfFds,
+        Self::Tls,
+        Self::Other,
+    ];
+
+    /// Its label: `max-conns`, `max-conns-per-ip`, `out-of-threads`, `out-of-fds`, `tls`,
+    /// `other`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConns => "max-conns",
+            Self::MaxConnsPerIp => "max-conns-per-ip",
+            Self::OutOfThreads => "out-of-threads",
+            Self::OutOfFds => "out-of-fds",
+            Self::Tls => "tls",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// What the stdout log needs of an event besides its text (`--log-format json`, `--quiet`).
@@ -569,11 +614,13 @@ impl LogLine for Event {
                 peer,
                 reason,
                 detail,
+                cause,
             } => {
                 if let Some(p) = peer {
                     put(out, "peer", p.to_string());
                 }
                 put(out, "reason", reason.as_str());
+                put(out, "cause", cause.as_str());
                 put(out, "detail", detail.as_str());
             }
             Self::BadLine { id, peer, detail } | Self::Insecure { id, peer, detail } => {

@@ -39,7 +39,7 @@ use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, END_GRACE};
 use crate::core::wire::EndReason;
 use crate::net::conn::{Lingerer, END_LINGER};
-use crate::net::events::{Event, EventLog};
+use crate::net::events::{Event, EventLog, RefusalCause};
 use crate::net::live::Live;
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
@@ -330,6 +330,7 @@ async fn accept_loop(sh: &Arc<Shared>, listener: &TcpListener) {
                         peer: Some(peer),
                         reason: EndReason::ServerFull,
                         detail: format!("no file descriptor left: {e}"),
+                        cause: RefusalCause::OutOfFds,
                     });
                 }
                 reserve = File::open("/dev/null").ok();
@@ -347,6 +348,7 @@ async fn accept_loop(sh: &Arc<Shared>, listener: &TcpListener) {
                     peer: None,
                     reason: EndReason::ServerFull,
                     detail: format!("accept failed: {e}"),
+                    cause: RefusalCause::Other,
                 });
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -358,15 +360,15 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let settings = sh.live.settings();
     let max = settings.max_conns;
     let refusal = if sh.conns.len() >= max {
-        Some(format!("max-conns {max} reached"))
+        Some((RefusalCause::MaxConns, format!("max-conns {max} reached")))
     } else {
         sh.live
             .per_ip()
             .try_admit(peer.ip())
             .err()
-            .map(|r| r.to_string())
+            .map(|r| (RefusalCause::MaxConnsPerIp, r.to_string()))
     };
-    if let Some(detail) = refusal {
+    if let Some((cause, detail)) = refusal {
         if let Ok(std) = stream.into_std() {
             write_refusal(&std);
             if let Some(l) = &sh.lingerer {
@@ -377,6 +379,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             peer: Some(peer),
             reason: EndReason::ServerFull,
             detail,
+            cause,
         });
         return;
     }
@@ -391,6 +394,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 peer: Some(peer),
                 reason: EndReason::ServerFull,
                 detail: format!("cannot start TLS: {e}"),
+                cause: RefusalCause::Tls,
             });
             return;
         }

@@ -59,7 +59,7 @@ use crate::config::MetricsAddr;
 use crate::core::classic::ClassicEnd;
 use crate::core::cluster::ClusterEvent;
 use crate::core::wire::EndReason;
-use crate::net::events::{Event, EventLog};
+use crate::net::events::{Event, EventLog, RefusalCause};
 use crate::net::relay::Member;
 use crate::net::wait::{wait, wait_one, Bell, PollFlags};
 
@@ -77,14 +77,15 @@ const IDLE_WAIT: Duration = Duration::from_secs(60);
 /// server's own END linger).
 const LINGER: Duration = Duration::from_millis(250);
 
-/// Why a connection was refused, as a label (`hb_refused_total{reason}`).
+/// Why a connection was refused, as a label (`hb_refused_total{reason}`), in
+/// [`RefusalCause::ALL`]'s order.
 pub const REFUSALS: [&str; 6] = [
-    "max-conns",
-    "max-conns-per-ip",
-    "out-of-threads",
-    "out-of-fds",
-    "tls",
-    "other",
+    RefusalCause::ALL[0].as_str(),
+    RefusalCause::ALL[1].as_str(),
+    RefusalCause::ALL[2].as_str(),
+    RefusalCause::ALL[3].as_str(),
+    RefusalCause::ALL[4].as_str(),
+    RefusalCause::ALL[5].as_str(),
 ];
 
 /// Upper bounds of `hb_heartbeat_rtt_seconds`: loopback (well under a millisecond) to a slow
@@ -249,8 +250,8 @@ impl Metrics {
             Event::Closed { .. } => {
                 self.connections.dec();
             }
-            Event::Refused { detail, .. } => {
-                self.refused[refusal_class(detail)].inc();
+            Event::Refused { cause, .. } => {
+                self.refused[refusal_class(*cause)].inc();
             }
             Event::EndSent { reason, late, .. } => {
                 self.end(*reason);
@@ -323,23 +324,12 @@ impl Metrics {
     }
 }
 
-/// The refusal class of a `Refused` event's detail (the engines' words: see
-/// `net::server::refuse` and its callers).
-fn refusal_class(detail: &str) -> usize {
-    let class = if detail.starts_with("max-conns-per-ip ") {
-        "max-conns-per-ip"
-    } else if detail.starts_with("max-conns ") {
-        "max-conns"
-    } else if detail.starts_with("cannot start a thread") {
-        "out-of-threads"
-    } else if detail.starts_with("no file descriptor left") {
-        "out-of-fds"
-    } else if detail.starts_with("cannot start TLS") {
-        "tls"
-    } else {
-        "other"
-    };
-    REFUSALS.iter().position(|r| *r == class).unwrap_or(0)
+/// The index of `cause`'s series in [`REFUSALS`].
+fn refusal_class(cause: RefusalCause) -> usize {
+    RefusalCause::ALL
+        .iter()
+        .position(|c| *c == cause)
+        .unwrap_or(RefusalCause::ALL.len() - 1)
 }
 
 /// OpenMetrics text as prometheus-client writes it, as Prometheus text 0.0.4: a counter
@@ -876,6 +866,7 @@ mod tests {
             peer: Some(peer),
             reason: EndReason::ServerFull,
             detail: "max-conns-per-ip 2 reached for 127.0.0.1".into(),
+            cause: RefusalCause::MaxConnsPerIp,
         });
         m.relayed(3, 42);
         let t = m.render();
@@ -967,23 +958,16 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_classed_by_the_engines_words() {
-        for (detail, class) in [
-            ("max-conns 16 reached", "max-conns"),
-            (
-                "max-conns-per-ip 2 reached for 10.0.0.1",
-                "max-conns-per-ip",
-            ),
-            (
-                "cannot start a thread: Resource temporarily unavailable",
-                "out-of-threads",
-            ),
-            ("no file descriptor left: Too many open files", "out-of-fds"),
-            ("cannot start TLS: out of memory", "tls"),
-            ("accept failed: whatever", "other"),
-            ("socket setup failed: x", "other"),
+    fn refusals_are_classed_by_their_cause() {
+        for (cause, class) in [
+            (RefusalCause::MaxConns, "max-conns"),
+            (RefusalCause::MaxConnsPerIp, "max-conns-per-ip"),
+            (RefusalCause::OutOfThreads, "out-of-threads"),
+            (RefusalCause::OutOfFds, "out-of-fds"),
+            (RefusalCause::Tls, "tls"),
+            (RefusalCause::Other, "other"),
         ] {
-            assert_eq!(REFUSALS[refusal_class(detail)], class, "{detail}");
+            assert_eq!(REFUSALS[refusal_class(cause)], class, "{cause:?}");
         }
     }
 

@@ -44,7 +44,7 @@ use crate::core::session::{Close, Session, SessionConfig, END_GRACE};
 use crate::core::wire::{EndReason, ServerMsg};
 use crate::net::cluster_driver::ClusterState;
 use crate::net::conn::{linger, Conn, Lingerer, END_LINGER};
-use crate::net::events::{Event, EventLog};
+use crate::net::events::{Event, EventLog, RefusalCause};
 use crate::net::live::Live;
 use crate::net::metrics::{Exporter, Metrics};
 use crate::net::registry::Registry;
@@ -527,6 +527,7 @@ impl ThreadServer {
                         &self.shared,
                         stream,
                         Some(peer),
+                        RefusalCause::Other,
                         format!("socket setup failed: {e}"),
                     ),
                 },
@@ -542,6 +543,7 @@ impl ThreadServer {
                             peer: Some(peer),
                             reason: EndReason::ServerFull,
                             detail: format!("no file descriptor left: {e}"),
+                            cause: RefusalCause::OutOfFds,
                         });
                     }
                     reserve = File::open("/dev/null").ok();
@@ -560,6 +562,7 @@ impl ThreadServer {
                         peer: None,
                         reason: EndReason::ServerFull,
                         detail: format!("accept failed: {e}"),
+                        cause: RefusalCause::Other,
                     });
                     thread::sleep(Duration::from_millis(10));
                 }
@@ -584,18 +587,36 @@ impl ThreadServer {
         }
         let max = settings.max_conns;
         if sh.conns.len() >= max {
-            refuse(sh, stream, Some(peer), format!("max-conns {max} reached"));
+            refuse(
+                sh,
+                stream,
+                Some(peer),
+                RefusalCause::MaxConns,
+                format!("max-conns {max} reached"),
+            );
             return;
         }
         if let Err(refusal) = sh.live.per_ip().try_admit(peer.ip()) {
-            refuse(sh, stream, Some(peer), refusal.to_string());
+            refuse(
+                sh,
+                stream,
+                Some(peer),
+                RefusalCause::MaxConnsPerIp,
+                refusal.to_string(),
+            );
             return;
         }
         let tls = match sh.live.accept_tls() {
             Ok(tls) => tls,
             Err(e) => {
                 sh.live.per_ip().release(peer.ip());
-                refuse(sh, stream, Some(peer), format!("cannot start TLS: {e}"));
+                refuse(
+                    sh,
+                    stream,
+                    Some(peer),
+                    RefusalCause::Tls,
+                    format!("cannot start TLS: {e}"),
+                );
                 return;
             }
         };
@@ -628,6 +649,7 @@ impl ThreadServer {
                 peer: Some(peer),
                 reason: EndReason::ServerFull,
                 detail: format!("cannot start a thread: {e}"),
+                cause: RefusalCause::OutOfThreads,
             });
             return;
         }
@@ -641,6 +663,7 @@ impl ThreadServer {
                 peer: Some(peer),
                 reason: EndReason::ServerFull,
                 detail: format!("cannot start a thread: {e}"),
+                cause: RefusalCause::OutOfThreads,
             });
             conn.session()
                 .end(Instant::now(), EndReason::ServerFull, true);
@@ -660,7 +683,13 @@ pub(crate) fn is_fd_exhaustion(e: &io::Error) -> bool {
 /// Tells a newcomer `END server-full` and closes it after a linger on the lingering thread,
 /// so input it already sent does not turn the close into a reset that destroys the END.
 /// Never blocks the accept loop.
-fn refuse(sh: &Shared, stream: TcpStream, peer: Option<SocketAddr>, detail: String) {
+fn refuse(
+    sh: &Shared,
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    cause: RefusalCause,
+    detail: String,
+) {
     write_refusal(&stream);
     if let Some(l) = &sh.lingerer {
         l.close(stream);
@@ -669,6 +698,7 @@ fn refuse(sh: &Shared, stream: TcpStream, peer: Option<SocketAddr>, detail: Stri
         peer,
         reason: EndReason::ServerFull,
         detail,
+        cause,
     });
 }
 

@@ -48,7 +48,7 @@ use crate::core::classic::{
 use crate::core::heartbeat::Heartbeat;
 use crate::core::wire::EndReason;
 use crate::net::conn::{linger, Lingerer, END_LINGER};
-use crate::net::events::{Event, EventLog};
+use crate::net::events::{Event, EventLog, RefusalCause};
 use crate::net::wait::{Bell, PollFlags};
 
 /// Stack of each connection thread: a 1 KiB buffer and shallow calls.
@@ -183,28 +183,37 @@ pub fn admit(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let refuse = |detail: String| {
+    let refuse = |cause: RefusalCause, detail: String| {
         log.emit(Event::Refused {
             peer: Some(peer),
             reason: EndReason::ServerFull,
             detail,
+            cause,
         });
     };
-    let refuse_now = |stream: TcpStream, detail: String| {
+    let refuse_now = |stream: TcpStream, cause: RefusalCause, detail: String| {
         if let Some(l) = lingerer {
             l.close(stream);
         }
-        refuse(detail);
+        refuse(cause, detail);
     };
     if reg.len() >= settings.max_conns {
-        refuse_now(stream, format!("max-conns {} reached", settings.max_conns));
+        refuse_now(
+            stream,
+            RefusalCause::MaxConns,
+            format!("max-conns {} reached", settings.max_conns),
+        );
         return;
     }
     let bells = Bell::new().and_then(|a| Ok((a, Bell::new()?)));
     let (data_bell, hb_bell) = match bells {
         Ok(b) => b,
         Err(e) => {
-            refuse_now(stream, format!("cannot create a wake-up descriptor: {e}"));
+            refuse_now(
+                stream,
+                RefusalCause::Other,
+                format!("cannot create a wake-up descriptor: {e}"),
+            );
             return;
         }
     };
@@ -232,7 +241,10 @@ pub fn admit(
         .spawn(move || companion(&r2, &c2, to));
     if let Err(e) = companion {
         reg.remove(id);
-        refuse(format!("cannot start a thread: {e}"));
+        refuse(
+            RefusalCause::OutOfThreads,
+            format!("cannot start a thread: {e}"),
+        );
         return;
     }
     let (r2, c2) = (reg.clone(), conn.clone());
@@ -241,7 +253,10 @@ pub fn admit(
         .stack_size(THREAD_STACK)
         .spawn(move || data_exchange(&r2, &c2));
     if let Err(e) = reader {
-        refuse(format!("cannot start a thread: {e}"));
+        refuse(
+            RefusalCause::OutOfThreads,
+            format!("cannot start a thread: {e}"),
+        );
         conn.set_end(ClassicEnd::ServerShutdown);
         let _ = conn.data().shutdown(Shutdown::Both);
         release(reg, &conn);
