@@ -44,8 +44,8 @@ use crate::net::live::Live;
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
 use crate::net::server::{
-    is_fd_exhaustion, listen, new_session, send_now, server_tls, write_refusal, ServerError,
-    HOLD_SLICE, SHUTDOWN_GRACE,
+    is_fd_exhaustion, listen, new_session, refuse_with, send_now, server_tls, write_refusal,
+    ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
 };
 use crate::net::tls::ServerTls;
 
@@ -368,34 +368,32 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             .err()
             .map(|r| (RefusalCause::MaxConnsPerIp, r.to_string()))
     };
-    if let Some((cause, detail)) = refusal {
-        if let Ok(std) = stream.into_std() {
-            write_refusal(&std);
-            if let Some(l) = &sh.lingerer {
-                l.close(std);
-            }
-        }
-        sh.log.emit(Event::Refused {
+    let refuse = |stream: TcpStream, cause, detail| match stream.into_std() {
+        Ok(std) => refuse_with(
+            &sh.log,
+            sh.lingerer.as_ref(),
+            std,
+            Some(peer),
+            cause,
+            detail,
+        ),
+        // Not a socket tokio can hand back: it closes when dropped; the log still says why.
+        Err(_) => sh.log.emit(Event::Refused {
             peer: Some(peer),
             reason: EndReason::ServerFull,
             detail,
             cause,
-        });
+        }),
+    };
+    if let Some((cause, detail)) = refusal {
+        refuse(stream, cause, detail);
         return;
     }
     let tls = match sh.live.accept_tls() {
         Ok(tls) => tls,
         Err(e) => {
             sh.live.per_ip().release(peer.ip());
-            if let Ok(std) = stream.into_std() {
-                write_refusal(&std);
-            }
-            sh.log.emit(Event::Refused {
-                peer: Some(peer),
-                reason: EndReason::ServerFull,
-                detail: format!("cannot start TLS: {e}"),
-                cause: RefusalCause::Tls,
-            });
+            refuse(stream, RefusalCause::Tls, format!("cannot start TLS: {e}"));
             return;
         }
     };

@@ -690,11 +690,24 @@ fn refuse(
     cause: RefusalCause,
     detail: String,
 ) {
+    refuse_with(&sh.log, sh.lingerer.as_ref(), stream, peer, cause, detail);
+}
+
+/// [`refuse`] for either engine: `END server-full`, the close after a linger (at once
+/// without a lingering thread), and the log line.
+pub(crate) fn refuse_with(
+    log: &EventLog,
+    lingerer: Option<&Lingerer>,
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    cause: RefusalCause,
+    detail: String,
+) {
     write_refusal(&stream);
-    if let Some(l) = &sh.lingerer {
+    if let Some(l) = lingerer {
         l.close(stream);
     }
-    sh.log.emit(Event::Refused {
+    log.emit(Event::Refused {
         peer,
         reason: EndReason::ServerFull,
         detail,
