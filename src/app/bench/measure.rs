@@ -1809,18 +1809,32 @@ impl Kind {
 
 /// Finds `T<seq>:<nanos>#` in a line, whatever the peer wrapped around it.
 pub fn parse_mark(line: &[u8]) -> Option<(u64, u64)> {
+    /// The decimal number at the start of `b` and its length (None: no digit, or too big).
+    fn number(b: &[u8]) -> Option<(u64, usize)> {
+        let mut n = 0u64;
+        let mut len = 0;
+        for &c in b {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            len += 1;
+        }
+        (len > 0).then_some((n, len))
+    }
     let mut i = 0;
-    while let Some(off) = line[i..].iter().position(|&b| b == b'T') {
+    // By hand rather than through str::parse: the open-loop receivers parse every message.
+    while let Some(off) = memchr::memchr(b'T', &line[i..]) {
         let start = i + off + 1;
         let rest = &line[start..];
-        let d1 = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        if d1 > 0 && rest.get(d1) == Some(&b':') {
-            let rest2 = &rest[d1 + 1..];
-            let d2 = rest2.iter().take_while(|b| b.is_ascii_digit()).count();
-            if d2 > 0 && rest2.get(d2) == Some(&b'#') {
-                let seq = std::str::from_utf8(&rest[..d1]).ok()?.parse().ok()?;
-                let ns = std::str::from_utf8(&rest2[..d2]).ok()?.parse().ok()?;
-                return Some((seq, ns));
+        if let Some((seq, d1)) = number(rest) {
+            if rest.get(d1) == Some(&b':') {
+                let rest2 = &rest[d1 + 1..];
+                if let Some((ns, d2)) = number(rest2) {
+                    if rest2.get(d2) == Some(&b'#') {
+                        return Some((seq, ns));
+                    }
+                }
             }
         }
         i = start;

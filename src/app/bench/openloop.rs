@@ -32,6 +32,7 @@ use super::engines::Engine;
 use super::measure::{peer_missing, start_peer, Ctx, Kind, KINDS};
 use super::peers::{hb_accepts_stall, resp_command, Peer};
 use super::plot;
+use super::procinfo;
 use super::tally::{self, GapMeter, OpenStats, ReceiverOutcome, Tally};
 use super::verdict::{self, judge, Goal, Spread};
 use super::{BenchError, Outcome};
@@ -325,6 +326,16 @@ pub(super) struct Published {
     pub(super) sent: u64,
     /// Why it stopped before the window ended, if it did.
     pub(super) error: Option<String>,
+    /// How busy hb-bench's receiving thread was over the window (its CPU time / the
+    /// window; None when /proc could not say). Near 1, the receivers, not the server, set
+    /// the pace.
+    pub(super) rx_busy: Option<f64>,
+}
+
+/// CPU time of the calling thread so far, in nanoseconds (the scheduler's account).
+fn thread_cpu_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    procinfo::parse_schedstat_ns(&text)
 }
 
 /// Writes numbered messages as fast as the socket takes them until `end`, then completes
@@ -340,6 +351,7 @@ pub(super) fn publish_counting(
     window: Duration,
 ) -> Result<(Published, Instant), BenchError> {
     rxs.set_counting(true, t0);
+    let cpu0 = thread_cpu_ns();
     let done = Arc::new(AtomicBool::new(false));
     let pubt = {
         let s = publisher
@@ -356,10 +368,17 @@ pub(super) fn publish_counting(
         rxs.pump(Duration::from_millis(5), true)?;
     }
     let t1 = Instant::now();
+    let rx_busy = match (cpu0, thread_cpu_ns()) {
+        (Some(a), Some(b)) if t1 > t0 => {
+            Some(b.saturating_sub(a) as f64 / (t1 - t0).as_nanos() as f64)
+        }
+        _ => None,
+    };
     rxs.set_counting(false, t1);
-    let published = pubt
+    let mut published = pubt
         .join()
         .map_err(|_| BenchError::Measurement("the publisher thread panicked".into()))?;
+    published.rx_busy = rx_busy;
     Ok((published, t1))
 }
 
@@ -425,6 +444,7 @@ pub(super) fn publish(mut s: &TcpStream, kind: Kind, end: Instant) -> Published 
     Published {
         sent: written / frame_len,
         error,
+        rx_busy: None,
     }
 }
 
@@ -547,6 +567,12 @@ struct OpenRun {
     overlong: u64,
     /// Receivers that got nothing and were not ended (smoke checks there are none).
     silent: usize,
+    /// The server's CPU time (all its threads, user and system) from the window's start to
+    /// the drain's end, in nanoseconds per message the healthy receivers got meanwhile: what
+    /// a delivery costs the server itself, apart from the clients sharing its cores.
+    cpu_ns_per_delivery: Option<f64>,
+    /// How busy hb-bench's receiving thread was over the window (see [`Published`]).
+    rx_busy: Option<f64>,
 }
 
 /// One run: `receivers` healthy readers (+ a stuck one), a publisher for `window`, a drain.
@@ -628,6 +654,14 @@ fn open_run(
         }
         _ => None,
     };
+    let received = |rxs: &Receivers| -> u64 {
+        rxs.rxs[..receivers]
+            .iter()
+            .map(|r| r.tally.received())
+            .sum()
+    };
+    let got0 = received(&rxs);
+    let cpu0 = procinfo::cpu_ns(peer.pid());
     let (t0, wall0) = (Instant::now(), SystemTime::now());
     let (published, t1) = publish_counting(&mut rxs, &publisher, kind, t0, window)?;
     let sent = published.sent;
@@ -652,6 +686,12 @@ fn open_run(
             last_progress = (Instant::now(), got);
         }
     }
+    let cpu_ns_per_delivery = match (cpu0, procinfo::cpu_ns(peer.pid())) {
+        (Some(a), Some(b)) if received(&rxs) > got0 => {
+            Some(b.saturating_sub(a) as f64 / (received(&rxs) - got0) as f64)
+        }
+        _ => None,
+    };
     stop.store(true, Ordering::Relaxed);
     let redis_gone = watcher.and_then(|w| w.join().ok().flatten());
     let _ = publisher.shutdown(std::net::Shutdown::Both);
@@ -715,8 +755,46 @@ fn open_run(
             .iter()
             .filter(|r| r.tally.received() == 0 && !r.ended())
             .count(),
+        cpu_ns_per_delivery,
+        rx_busy: published.rx_busy,
     })
 }
+
+/// The server's ns per delivery over the repeats (`-` when /proc could not say).
+fn cpu_cell(rs: &[OpenRun]) -> String {
+    let v: Vec<f64> = rs.iter().filter_map(|r| r.cpu_ns_per_delivery).collect();
+    if v.len() == rs.len() && !v.is_empty() {
+        verdict::cell(&v, 0)
+    } else {
+        "-".into()
+    }
+}
+
+/// hb-bench's receiving thread's busy % over the repeats (`-` when /proc could not say).
+fn busy_cell(rs: &[OpenRun]) -> String {
+    let v: Vec<f64> = rs
+        .iter()
+        .filter_map(|r| r.rx_busy.map(|b| b * 100.0))
+        .collect();
+    if v.len() == rs.len() && !v.is_empty() {
+        verdict::cell(&v, 0)
+    } else {
+        "-".into()
+    }
+}
+
+/// The median busy share of hb-bench's receiving thread in these runs, when known.
+fn busy_median(rs: &[OpenRun]) -> Option<f64> {
+    let mut v: Vec<f64> = rs.iter().filter_map(|r| r.rx_busy).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// Above this share of the window, hb-bench's receiving thread is what sets the pace.
+const RX_BOUND: f64 = 0.9;
 
 /// `... held its senders back for 503 ms ...` → 503.
 fn held_ms(line: &str) -> Option<f64> {
@@ -830,7 +908,7 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 let r = open_run(kind, &mut peer, n, stuck, window, p.open_drain)?;
                 drop(peer);
                 eprintln!(
-                    "   sent {} ({:.0}/s), deliveries {:.0}/s, min receiver {:.0}/s, ended {}, lost {}, late {}, longest pause {:.0} ms{}",
+                    "   sent {} ({:.0}/s), deliveries {:.0}/s, min receiver {:.0}/s, ended {}, lost {}, late {}, longest pause {:.0} ms, server {} ns/delivery, receiving thread busy {}{}",
                     r.sent,
                     r.sent as f64 / r.secs,
                     r.stats.deliveries_per_s,
@@ -839,6 +917,10 @@ pub fn relay_open(ctx: &Ctx) -> Result<Outcome, BenchError> {
                     r.stats.lost,
                     r.stats.late,
                     ms(r.stats.max_pause),
+                    r.cpu_ns_per_delivery
+                        .map_or("-".into(), |v| format!("{v:.0}")),
+                    r.rx_busy
+                        .map_or("-".into(), |v| format!("{:.0}%", v * 100.0)),
                     r.stuck.as_ref().map_or(String::new(), |f| format!(
                         ", stuck reader ended after {}",
                         f.ended_s().map_or("-".into(), |s| format!("{s:.3} s"))
@@ -951,7 +1033,16 @@ fn report(
          not got yet above its highest (the relay is in order: still queued in the server \
          or in socket buffers, and a slow relay with deep buffers shows it); all summed \
          over receivers. *Longest pause* is the largest gap between two reads of \
-         one receiver while the publisher ran (the window's edges count as reads). The \
+         one receiver while the publisher ran (the window's edges count as reads). \
+         *Server ns/delivery* is the server's own CPU time (every thread, user and system, \
+         from /proc) from the window's start to the drain's end, divided by the messages \
+         the receivers got meanwhile: on two cores shared with hb-bench's publisher and \
+         receivers, deliveries/s also depend on how much CPU the server leaves the \
+         clients, and this column is the server's share alone. *Receiving thread busy* is \
+         the CPU time of hb-bench's one receiving thread over the window: near 100% it, not \
+         the server, sets the pace (it reads, splits and numbers every line; a longer line or \
+         colder socket buffers cost it more), and a ratio of two such rows compares how \
+         cheap each server's stream is to receive more than how fast each server relays. The \
          closed-loop rows are section 5. {} repeat(s), fresh servers each run; cells are \
          median (min..max).\n\n",
         tally::PAYLOAD,
@@ -984,8 +1075,8 @@ fn report(
         );
     }
     body.push_str(
-        "\n| peer | 1 → R | publisher msgs/s | deliveries/s | min receiver msgs/s | readers ended | lost | gaps | late after drain | longest pause ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "\n| peer | 1 → R | publisher msgs/s | deliveries/s | min receiver msgs/s | readers ended | lost | gaps | late after drain | longest pause ms | server ns/delivery | receiving thread busy % |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &kind in kinds {
         for &(n, stuck) in plan.iter().filter(|(_, s)| !s) {
@@ -993,14 +1084,14 @@ fn report(
                 let why = skipped.get(&kind).map_or("no run", String::as_str);
                 let _ = writeln!(
                     body,
-                    "| {} | {n} | **SKIPPED**: {why} | - | - | - | - | - | - | - |",
+                    "| {} | {n} | **SKIPPED**: {why} | - | - | - | - | - | - | - | - | - |",
                     kind.name()
                 );
                 continue;
             };
             let _ = writeln!(
                 body,
-                "| {} | {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 kind.name(),
                 verdict::cell(&col(rs, |r| r.sent as f64 / r.secs), 0),
                 verdict::cell(&col(rs, |r| r.stats.deliveries_per_s), 0),
@@ -1010,6 +1101,8 @@ fn report(
                 verdict::cell(&col(rs, |r| r.stats.gaps as f64), 0),
                 verdict::cell(&col(rs, |r| r.stats.late as f64), 0),
                 verdict::cell(&col(rs, |r| ms(r.stats.max_pause)), 0),
+                cpu_cell(rs),
+                busy_cell(rs),
             );
         }
     }
@@ -1063,9 +1156,27 @@ fn report(
                 let goal = ratio_goal(engine, other);
                 match ratios(runs, (hb, n, false), (other, n, false)) {
                     Some(r) => {
+                        let bound: Vec<String> = [hb, other]
+                            .iter()
+                            .filter_map(|k| {
+                                let b = busy_median(runs.get(&(*k, n, false))?)?;
+                                (b >= RX_BOUND)
+                                    .then(|| format!("{:.0}% with {}", b * 100.0, k.name()))
+                            })
+                            .collect();
+                        let note = if bound.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; hb-bench's receiving thread was busy {} (≥ {:.0}%: bound by \
+                                 the client; compare the server ns/delivery column)",
+                                bound.join(", "),
+                                RX_BOUND * 100.0
+                            )
+                        };
                         let _ = writeln!(
                             body,
-                            "- 1 → {n}: deliveries/s {} / {} = {}× (target ≥ {goal}× — {})",
+                            "- 1 → {n}: deliveries/s {} / {} = {}× (target ≥ {goal}× — {}){note}",
                             engine.label(),
                             other.name(),
                             verdict::cell(&r, 2),

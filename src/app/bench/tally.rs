@@ -68,7 +68,9 @@ impl Tally {
 
     /// Feeds bytes as read from the socket.
     pub fn feed(&mut self, mut bytes: &[u8]) {
-        while let Some(i) = bytes.iter().position(|&b| b == b'\n') {
+        // memchr: at millions of lines a second the receivers' thread, not the server, would
+        // otherwise be what the open-loop measurement measures.
+        while let Some(i) = memchr::memchr(b'\n', bytes) {
             let (line, rest) = (&bytes[..i], &bytes[i + 1..]);
             if self.skipping {
                 self.skipping = false;
