@@ -6,10 +6,6 @@
 //! ([`Session::handle_rx`]), the instant, and write results, and takes out bytes to write
 //! ([`Session::poll_transmit`]), lines the chat hub must handle ([`Session::poll_input`]),
 //! events to log ([`Session::poll_event`]) and its next deadline ([`Session::poll_timeout`]).
-//! A relaying engine takes runs of consecutive chat messages at once
-//! ([`Session::poll_input_batch`]) and gives back what the hub could not take yet
-//! ([`Session::handle_room_batch`]), so a fast sender costs one lock of its session per run
-//! rather than per line; every decision is still made line by line, in the order sent.
 //!
 //! ## Flow control (CONTRACT section 2)
 //! The outbound queue holds at most `queue` bytes, including a line the socket has taken
@@ -62,11 +58,6 @@ use crate::core::wire::{
 
 /// Most bytes [`Session::poll_transmit`] copies out at once (one write system call).
 pub const TRANSMIT_BATCH: usize = 64 * 1024;
-
-/// Most room operations an engine takes from [`Session::poll_input_batch`] at once: enough
-/// that taking the session's lock is no longer a per-line cost, few enough that the strings
-/// held meanwhile stay small beside the bytes one read brings.
-pub const ROOM_BATCH: usize = 64;
 
 /// Longest the last lines (up to `END`) may wait on a socket that accepts nothing once the
 /// session is ending (or `stall`, if shorter). A client that stopped reading, or whose cable
@@ -267,10 +258,8 @@ pub struct Session {
     mid_line: bool,
     /// Bytes of `HELLO` the socket has not taken yet (it is never dropped).
     hello_left: usize,
-    /// Room operations to offer the hub before reading more lines, in order: one a recipient
-    /// could not take yet (flow control) and the rest of its batch (at most
-    /// [`ROOM_BATCH`] in all, taken from lines already received).
-    pending: VecDeque<RoomOp>,
+    /// A room operation the hub could not complete yet (flow control).
+    pending: Option<RoomOp>,
     /// The client's rate limit, if any (see [`crate::core::rate`]).
     bucket: Option<Bucket>,
     /// Authentication (see the module docs).
@@ -310,7 +299,7 @@ impl Session {
             queue: OutQueue::default(),
             mid_line: false,
             hello_left: 0,
-            pending: VecDeque::new(),
+            pending: None,
             bucket: cfg.rate.map(|r| Bucket::new(r, now)),
             auth,
             wall: WallAnchor { mono: now, unix },
@@ -373,7 +362,7 @@ impl Session {
         if self.is_ending() {
             return Input::Stop;
         }
-        if let Some(op) = self.pending.pop_front() {
+        if let Some(op) = self.pending.take() {
             return Input::Room(op);
         }
         loop {
@@ -523,126 +512,11 @@ impl Session {
         }
     }
 
-    /// Like [`Session::poll_input`], but a run of chat messages comes out at once: when the
-    /// first operation is a `MSG`, up to `max - 1` more `MSG`s that follow it are appended to
-    /// `more`, in order. The run ends before any line the session itself would answer or
-    /// refuse (a `PING`, a bad line, a line over the rate limit, any other verb), and once the
-    /// client's own queue is over half full, so everything the client is told keeps the order
-    /// of its lines and the queue's bound stays exact: each of those is handled by the next
-    /// poll, after the hub's answers to the run. Engines use it to hand a run of messages to
-    /// the hub under one lock; every operation of the run is then offered in turn, and when
-    /// one is not [`RoomOutcome::Done`] its outcome goes back with
-    /// [`Session::handle_room_batch`] together with the operations not offered yet.
-    pub fn poll_input_batch(
-        &mut self,
-        now: Instant,
-        more: &mut VecDeque<RoomOp>,
-        max: usize,
-    ) -> Input {
-        let first = self.poll_input(now);
-        if !matches!(first, Input::Room(RoomOp::Msg(_))) {
-            return first;
-        }
-        while more.len() + 1 < max {
-            if let Some(op) = self.pending.front() {
-                if !matches!(op, RoomOp::Msg(_)) {
-                    break;
-                }
-                more.extend(self.pending.pop_front());
-                continue;
-            }
-            match self.next_plain_msg(now) {
-                Some(text) => more.push_back(RoomOp::Msg(text)),
-                None => break,
-            }
-        }
-        first
-    }
-
-    /// The next line as a `MSG` that nothing but the hub has to answer, or `None` (and the
-    /// line left unread) when the next line is anything else: see
-    /// [`Session::poll_input_batch`]. The same checks as [`Session::poll_input`]'s, in a
-    /// form that can give the line back.
-    fn next_plain_msg(&mut self, now: Instant) -> Option<String> {
-        if self.cfg.mode != Mode::Chat
-            || self.is_ending()
-            || self.queued() > self.cfg.queue / 2
-            || matches!(self.auth, Auth::Awaiting { .. })
-        {
-            return None;
-        }
-        loop {
-            let mark = self.decoder.mark();
-            let text = match self.decoder.next_line() {
-                // Nothing read: nothing to give back.
-                Ok(None) => return None,
-                Ok(Some([])) => continue,
-                Ok(Some(line)) => match ClientMsg::parse(line) {
-                    Ok(ClientMsg::Msg(text)) => Some(text),
-                    _ => None,
-                },
-                Err(_) => None,
-            };
-            let pass = text.is_some()
-                && match &mut self.bucket {
-                    None => true,
-                    Some(b) => {
-                        // Judged on a copy: a line that would be dropped is the next poll's
-                        // to answer, and the bucket must not count it twice.
-                        let mut probe = b.clone();
-                        let pass = probe.check(now) == Verdict::Pass;
-                        if pass {
-                            *b = probe;
-                        }
-                        pass
-                    }
-                };
-            if !pass {
-                self.decoder.rewind(mark);
-                return None;
-            }
-            return text;
-        }
-    }
-
-    /// The hub's answer to the first of a run of operations from
-    /// [`Session::poll_input_batch`], and the operations after it (`rest`, emptied) that were
-    /// not offered to the hub: they are offered again first, in order, by the next poll.
-    pub fn handle_room_batch(
-        &mut self,
-        now: Instant,
-        outcome: RoomOutcome,
-        rest: &mut VecDeque<RoomOp>,
-    ) {
-        let held = match outcome {
-            RoomOutcome::Held(op) => Some(op),
-            other => {
-                self.handle_room(now, other);
-                None
-            }
-        };
-        if self.is_ending() {
-            // Nothing is relayed for a session past its end.
-            rest.clear();
-            return;
-        }
-        while let Some(op) = rest.pop_back() {
-            self.pending.push_front(op);
-        }
-        if let Some(op) = held {
-            self.pending.push_front(op);
-        }
-    }
-
     /// The hub's answer to the last [`Input::Room`].
     pub fn handle_room(&mut self, now: Instant, outcome: RoomOutcome) {
         match outcome {
             RoomOutcome::Done => {}
-            RoomOutcome::Held(op) => {
-                if !self.is_ending() {
-                    self.pending.push_front(op);
-                }
-            }
+            RoomOutcome::Held(op) => self.pending = Some(op),
             RoomOutcome::Reply(msg) => self.push(now, msg.encode().as_bytes()),
             RoomOutcome::Refused(bad) => {
                 let line = self.bad_line(bad);
@@ -651,10 +525,9 @@ impl Session {
         }
     }
 
-    /// True while room operations wait to be offered to the hub again (a recipient lacked
-    /// room for the first of them).
+    /// True while a room operation waits for a recipient to catch up.
     pub fn is_held_by_room(&self) -> bool {
-        !self.pending.is_empty()
+        self.pending.is_some()
     }
 
     /// `AUTH TOKEN` at `now`: true when the token is accepted (the first one, or a renewal
@@ -1036,7 +909,7 @@ impl Session {
             End::Open => {
                 self.end = End::Ending { reason, urgent };
                 self.ended_at = Some(now);
-                self.pending = VecDeque::new();
+                self.pending = None;
                 self.lagging_since = None;
                 if urgent {
                     self.drop_queue();
@@ -1794,139 +1667,6 @@ mod tests {
         s.handle_room(t, RoomOutcome::Held(op));
         s.end(t, EndReason::HeartbeatTimeout, true);
         assert_eq!(s.poll_input(t), Input::Stop);
-    }
-
-    fn msg(text: &str) -> RoomOp {
-        RoomOp::Msg(text.into())
-    }
-
-    /// Polls a run; returns its first operation and the rest.
-    fn run(s: &mut Session, now: Instant, max: usize) -> (Input, Vec<RoomOp>) {
-        let mut more = VecDeque::new();
-        let first = s.poll_input_batch(now, &mut more, max);
-        (first, more.into())
-    }
-
-    #[test]
-    fn a_run_of_messages_comes_out_at_once_and_stops_before_a_line_the_session_answers() {
-        let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Chat), t, Duration::ZERO);
-        let _ = drain(&mut s, t);
-        s.handle_rx(
-            t,
-            b"JOIN ann\nMSG a\n\nMSG b\nMSG c\nPING 1\nMSG d\nWHO\nMSG e\n",
-        );
-        // A JOIN is alone (its answers can be long).
-        assert_eq!(
-            run(&mut s, t, 64),
-            (Input::Room(RoomOp::Join("ann".into())), vec![])
-        );
-        // Messages in a run; a bare newline is skipped; the PING ends it.
-        assert_eq!(
-            run(&mut s, t, 64),
-            (Input::Room(msg("a")), vec![msg("b"), msg("c")])
-        );
-        // The hub refused `b` (say): its ERR goes back with `c`, which comes again first,
-        // and the PONG follows the ERR, as the lines were sent.
-        let mut rest = VecDeque::from([msg("c")]);
-        let bad = BadLine {
-            code: ErrCode::NotJoined,
-            detail: "b".into(),
-        };
-        s.handle_room_batch(t, RoomOutcome::Refused(bad), &mut rest);
-        assert!(rest.is_empty());
-        assert_eq!(run(&mut s, t, 64), (Input::Room(msg("c")), vec![]));
-        s.handle_room_batch(t, RoomOutcome::Done, &mut VecDeque::new());
-        // `d` comes after the PING is answered; the WHO is not part of a run.
-        assert_eq!(run(&mut s, t, 64), (Input::Room(msg("d")), vec![]));
-        assert_eq!(run(&mut s, t, 64), (Input::Room(RoomOp::Who), vec![]));
-        assert_eq!(run(&mut s, t, 64), (Input::Room(msg("e")), vec![]));
-        assert_eq!(run(&mut s, t, 64), (Input::NeedBytes, vec![]));
-        let out = drain(&mut s, t);
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 2, "{out}");
-        assert!(lines[0].starts_with("ERR not-joined "), "{out}");
-        assert_eq!(lines[1], "PONG 1");
-    }
-
-    #[test]
-    fn a_held_message_and_the_rest_of_its_run_come_back_in_order() {
-        let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Chat), t, Duration::ZERO);
-        s.handle_rx(t, b"MSG 1\nMSG 2\nMSG 3\nMSG 4\nMSG 5\n");
-        // At most `max` at once.
-        assert_eq!(
-            run(&mut s, t, 3),
-            (Input::Room(msg("1")), vec![msg("2"), msg("3")])
-        );
-        // `2` is held: `2` and `3` come back, ahead of `4` and `5`.
-        let mut rest = VecDeque::from([msg("3")]);
-        s.handle_room_batch(t, RoomOutcome::Held(msg("2")), &mut rest);
-        assert!(s.is_held_by_room());
-        assert_eq!(
-            run(&mut s, t, 3),
-            (Input::Room(msg("2")), vec![msg("3"), msg("4")])
-        );
-        s.handle_room_batch(t, RoomOutcome::Done, &mut VecDeque::new());
-        assert!(!s.is_held_by_room());
-        assert_eq!(run(&mut s, t, 3), (Input::Room(msg("5")), vec![]));
-        // An ending session keeps nothing to offer.
-        s.handle_rx(t, b"MSG 6\nMSG 7\n");
-        let (_, rest) = run(&mut s, t, 3);
-        s.end(t, EndReason::HeartbeatTimeout, true);
-        s.handle_room_batch(t, RoomOutcome::Held(msg("6")), &mut VecDeque::from(rest));
-        assert!(!s.is_held_by_room());
-        assert_eq!(run(&mut s, t, 3), (Input::Stop, vec![]));
-    }
-
-    #[test]
-    fn a_run_ends_at_the_rate_limit_and_the_dropped_line_is_counted_once() {
-        let t = Instant::now();
-        let mut c = cfg(Mode::Chat);
-        c.rate = Some(RateLimit {
-            per_sec: 10,
-            burst: 3,
-        });
-        let mut s = Session::new(c, t, Duration::ZERO);
-        let _ = drain(&mut s, t);
-        s.handle_rx(t, b"MSG 1\nMSG 2\nMSG 3\nMSG 4\nMSG 5\n");
-        assert_eq!(
-            run(&mut s, t, 64),
-            (Input::Room(msg("1")), vec![msg("2"), msg("3")])
-        );
-        // The fourth is over the burst: the next poll drops it (one ERR, logged once), and
-        // the fifth, just as much over, is dropped too.
-        assert_eq!(run(&mut s, t, 64), (Input::NeedBytes, vec![]));
-        let out = drain(&mut s, t);
-        assert_eq!(out.matches("ERR rate-limited ").count(), 2, "{out}");
-        // 100 ms later one token is back: exactly one more line passes.
-        s.handle_rx(t + ms(100), b"MSG 6\nMSG 7\n");
-        assert_eq!(
-            run(&mut s, t + ms(100), 64),
-            (Input::Room(msg("6")), vec![])
-        );
-        assert_eq!(run(&mut s, t + ms(100), 64), (Input::NeedBytes, vec![]));
-        assert_eq!(drain(&mut s, t).matches("ERR rate-limited ").count(), 1);
-    }
-
-    #[test]
-    fn a_run_stops_once_the_client_s_own_queue_is_over_half_full() {
-        let t = Instant::now();
-        let mut s = Session::new(cfg(Mode::Chat), t, Duration::ZERO);
-        s.handle_rx(t, b"MSG 1\nMSG 2\n");
-        // 600 bytes queued for the client (the budget is 1000): no run past the first line.
-        s.push(t, &[b'x'; 599]);
-        s.push(t, b"\n");
-        assert_eq!(run(&mut s, t, 64), (Input::Held, vec![]));
-        let _ = drain(&mut s, t);
-        assert_eq!(run(&mut s, t, 64), (Input::Room(msg("1")), vec![msg("2")]));
-        s.handle_rx(t, b"MSG 3\nMSG 4\n");
-        s.push(t, &[b'x'; 599]);
-        s.push(t, b"\n");
-        // The first is taken as poll_input would (the check comes before each line), the
-        // run stops there.
-        s.handle_room_batch(t, RoomOutcome::Done, &mut VecDeque::new());
-        assert_eq!(run(&mut s, t, 64), (Input::Held, vec![]));
     }
 
     #[test]

@@ -842,33 +842,6 @@ impl LineDecoder {
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
     }
-
-    /// Where the decoder stands, to give back with [`LineDecoder::rewind`] the lines
-    /// [`LineDecoder::next_line`] returns after it.
-    pub fn mark(&self) -> DecoderMark {
-        DecoderMark {
-            start: self.start,
-            scanned: self.scanned,
-        }
-    }
-
-    /// Gives back every line returned since `mark` (and a [`LineTooLong`] found since), as if
-    /// they had not been taken: the next [`LineDecoder::next_line`] returns the first of them
-    /// again. Valid only until bytes are fed, and not after a call that returned `Ok(None)`
-    /// (which may have emptied the buffer): such a mark is ignored.
-    pub fn rewind(&mut self, mark: DecoderMark) {
-        if mark.start <= self.buf.len() && mark.start <= self.start {
-            self.start = mark.start;
-            self.scanned = mark.scanned.min(self.buf.len());
-        }
-    }
-}
-
-/// A position of a [`LineDecoder`] (see [`LineDecoder::mark`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecoderMark {
-    start: usize,
-    scanned: usize,
 }
 
 #[cfg(test)]
@@ -881,25 +854,6 @@ mod tests {
             out.push(String::from_utf8(l.to_vec()).unwrap());
         }
         out
-    }
-
-    #[test]
-    fn a_rewound_decoder_gives_the_same_lines_again() {
-        let mut dec = LineDecoder::new(8);
-        dec.feed(b"one\ntwo\r\nthree-is-too-long\nfo");
-        assert_eq!(dec.next_line().unwrap(), Some(&b"one"[..]));
-        let mark = dec.mark();
-        assert_eq!(dec.next_line().unwrap(), Some(&b"two"[..]));
-        dec.rewind(mark);
-        assert_eq!(dec.next_line().unwrap(), Some(&b"two"[..]));
-        let mark = dec.mark();
-        assert!(dec.next_line().is_err());
-        // The overlong line is found again after a rewind.
-        dec.rewind(mark);
-        assert!(dec.next_line().is_err());
-        assert_eq!(dec.next_line().unwrap(), None);
-        dec.feed(b"ur\n");
-        assert_eq!(lines(&mut dec), ["four"]);
     }
 
     #[test]

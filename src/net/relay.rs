@@ -2,7 +2,6 @@
 //! one lock, a write-back cache that makes relaying to many members cheap, and the mapping of
 //! the core's events to log lines. Plumbing only: every decision is the hub's or a session's.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
@@ -10,7 +9,7 @@ use std::time::Instant;
 use crate::core::hub::{Fanout, Hub, HubConfig, HubEvent, Mailboxes};
 use crate::core::outq::SharedBytes;
 use crate::core::room::{IdMap, MemberId};
-use crate::core::session::{Input, RoomOp, RoomOutcome, Session, SessionEvent, ROOM_BATCH};
+use crate::core::session::{Input, RoomOutcome, Session, SessionEvent};
 use crate::core::wire::{EndReason, Epoch};
 use crate::net::events::{Event, EventLog};
 
@@ -105,8 +104,6 @@ pub struct Stage {
     /// Room messages staged, and bytes handed to recipients, since [`report`] last took
     /// them (`hb_relay_messages_total`, `hb_relay_bytes_total`).
     relayed: (u64, u64),
-    /// The rest of a run of operations being offered to the hub (kept for its memory).
-    more: VecDeque<RoomOp>,
 }
 
 /// The members of one group and the lines built for them.
@@ -454,28 +451,23 @@ fn pump_lines<C: Member>(
     stage: &mut Stage,
 ) -> Pumped {
     let now = Instant::now();
-    // The operations of a run after its first (reused: the stage keeps the buffer).
-    let mut more = std::mem::take(&mut stage.more);
-    // An outcome to hand back (anything but Done), with what of its run was not offered.
     let mut outcome = None;
-    let pumped = loop {
-        // One lock of the sender's session per run of messages, not per line: taking it
-        // was half of this loop's own cost when the lock was taken for every line.
+    loop {
         let mut s = conn.session();
         if let Some(o) = outcome.take() {
-            s.handle_room_batch(now, o, &mut more);
+            s.handle_room(now, o);
         }
-        let input = s.poll_input_batch(now, &mut more, ROOM_BATCH);
+        let input = s.poll_input(now);
         log_session(log, id, conn.peer(), &mut s);
         drop(s);
-        let (first, c) = match (input, chat.as_deref_mut()) {
+        let (op, c) = match (input, chat.as_deref_mut()) {
             (Input::Room(op), Some(c)) => (op, c),
             (other, c) => {
                 if let Some(c) = c {
                     Members::new(&c.conns, stage).flush(now);
                 }
                 conn.wake();
-                break match other {
+                return match other {
                     Input::Held => Pumped::OwnHeld,
                     Input::Stop => Pumped::Stop,
                     // An echo session never asks for the room.
@@ -484,20 +476,7 @@ fn pump_lines<C: Member>(
             }
         };
         let mut mb = Members::new(&c.conns, stage);
-        let mut op = first;
-        let o = loop {
-            let o = c.hub.handle_op(now, id, op, &mut mb);
-            match (o, more.pop_front()) {
-                (RoomOutcome::Done, Some(next)) => op = next,
-                (o, next) => {
-                    // Not offered: it goes back to the session, ahead of the rest.
-                    if let Some(next) = next {
-                        more.push_front(next);
-                    }
-                    break o;
-                }
-            }
-        };
+        let o = c.hub.handle_op(now, id, op, &mut mb);
         if let Some(bell) = &c.cluster_bell {
             bell.ring();
         }
@@ -509,21 +488,12 @@ fn pump_lines<C: Member>(
         }
         c.log_events(log);
         if held {
-            conn.session().handle_room_batch(now, o, &mut more);
+            conn.session().handle_room(now, o);
             conn.wake();
-            break Pumped::RoomHeld;
+            return Pumped::RoomHeld;
         }
-        // Done: the whole run was taken (the next poll reads on); otherwise the outcome and
-        // the rest of the run go back first.
         outcome = Some(o);
-    };
-    debug_assert!(
-        more.is_empty(),
-        "a run's operations are all offered or given back"
-    );
-    more.clear();
-    stage.more = more;
-    pumped
+    }
 }
 
 impl<C: Member> Chat<C> {
@@ -699,45 +669,6 @@ mod tests {
         assert_eq!(o, RoomOutcome::Done);
         mb.flush(t);
         assert_eq!(written(&c, 2), "MSG ann xxxxxx\n");
-    }
-
-    #[test]
-    fn a_run_held_halfway_resumes_in_order_with_nothing_lost_or_doubled() {
-        let t = Instant::now();
-        // Bob's queue takes three "MSG ann xxxxx1\n" (15 bytes) lines at a time.
-        let mut c = chat(&["ann", "bob"], 45, t);
-        let mut stage = Stage::default();
-        let log = EventLog::default();
-        let mut lines: String = (1..=8).map(|i| format!("MSG xxxxx{i}\n")).collect();
-        lines += "PING 1\nMSG xxxxx9\n";
-        c.conns[&1].session().handle_rx(t, lines.as_bytes());
-        let ann = c.conns[&1].clone();
-        let mut got = String::new();
-        let mut pongs = String::new();
-        for _ in 0..20 {
-            let p = pump(&log, Some(&mut c), 1, &*ann, &mut stage);
-            got += &written(&c, 2);
-            pongs += &written(&c, 1);
-            if p == Pumped::NeedBytes {
-                break;
-            }
-            assert!(matches!(p, Pumped::RoomHeld | Pumped::OwnHeld), "{p:?}");
-        }
-        let want: String = (1..=9).map(|i| format!("MSG ann xxxxx{i}\n")).collect();
-        assert_eq!(got, want);
-        assert_eq!(pongs, "PONG 1\n");
-        // Every line is handled once more without a run in between, as one long run too.
-        let lines: String = (1..=100).map(|i| format!("MSG {i}\n")).collect();
-        let mut c = chat(&["ann", "bob"], 1 << 20, t);
-        c.conns[&1].session().handle_rx(t, lines.as_bytes());
-        let conn = c.conns[&1].clone();
-        assert_eq!(
-            pump(&log, Some(&mut c), 1, &*conn, &mut stage),
-            Pumped::NeedBytes
-        );
-        let want: String = (1..=100).map(|i| format!("MSG ann {i}\n")).collect();
-        assert_eq!(written(&c, 2), want);
-        assert!(stage.more.is_empty());
     }
 
     #[test]
