@@ -3,8 +3,8 @@
 //! `TcpStream` or a `rustls::StreamOwned` over one, and nothing else differs.
 //!
 //! ```text
-//!   memory and handshakes: N clients one after another, each connected, handshaken (TLS)
-//!     and greeted (HELLO read), then held; server RSS and CPU read before and after
+//!   memory and handshakes: N clients, 4 at a time, each connected, handshaken (TLS) and
+//!     greeted (HELLO read), then held; server RSS and CPU read before and after
 //!   relay: hb-server --mode chat, 10 receiver threads (blocking reads, MSG lines counted)
 //!     ◀── 1 sender thread (blocking writes of `MSG <100 bytes>` batches, as fast as the
 //!         server takes them); deliveries and server CPU read at the window's two ends
@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ const SERVER_KEY: &str = include_str!("../../../tests/fixtures/tls/server.key");
 /// The test CA the bench's clients trust.
 const CA_PEM: &str = include_str!("../../../tests/fixtures/tls/ca.pem");
 
+/// Clients the memory run connects at once (each on a thread of its own).
+const CLIENTS_AT_ONCE: usize = 4;
 /// Receivers of the relay run (1 sender → this many).
 const RECEIVERS: usize = 10;
 /// Longest a connect, a handshake or a greeting may take.
@@ -48,7 +50,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const SETUP_WAIT: Duration = Duration::from_secs(5);
 /// After every receiver has heard the sender, the relay runs this long before the window:
 /// the window sees the steady state, not the queues filling.
-const SETTLE: Duration = Duration::from_millis(200);
+const SETTLE: Duration = Duration::from_millis(100);
 /// The sender's socket timeouts: how late it may notice the end of the run (a blocking
 /// write to a server that holds the sender back would otherwise never return).
 const SENDER_TIMEOUT: Duration = Duration::from_millis(20);
@@ -310,6 +312,19 @@ fn rss_kib(srv: &mut Peer, during: &str) -> Result<u64, BenchError> {
         })
 }
 
+fn threads(srv: &mut Peer, during: &str) -> Result<u64, BenchError> {
+    srv.check_alive(during)?;
+    procinfo::sample(srv.pid())
+        .map(|s| s.threads)
+        .ok_or_else(|| {
+            BenchError::Measurement(format!("cannot read /proc of hb-server during {during}"))
+        })
+}
+
+/// What one of the memory run's client threads opened: its connections, and how many of
+/// their handshakes were resumptions.
+type Opened = (Vec<Box<dyn Duplex>>, usize);
+
 /// One memory-and-handshake run.
 #[derive(Debug, Clone)]
 struct MemRun {
@@ -337,8 +352,8 @@ impl MemRun {
     }
 }
 
-/// `n` clients, one after another, each connected, handshaken and greeted, then held; the
-/// server's RSS and CPU before the first and after the last.
+/// `n` clients, [`CLIENTS_AT_ONCE`] at a time, each connected, handshaken and greeted, then
+/// held; the server's RSS and CPU before the first and after the last.
 fn memory_run(
     ctx: &Ctx,
     engine: Engine,
@@ -347,13 +362,25 @@ fn memory_run(
     n: usize,
 ) -> Result<MemRun, BenchError> {
     let mut srv = ctx.hb(engine, &fx.server_args(wire, &[]))?;
+    let threads0 = threads(&mut srv, "the TLS memory run")?;
     // One connection first, then closed: what the first one sets up once (rustls' and
     // ring's lazily built state, the engine's first buffers) is not counted per connection.
     let mut warm = open(srv.addr, fx.client(wire)?)?;
     read_hello(warm.io.as_mut())?;
     let negotiated = warm.negotiated.take();
     drop(warm);
-    thread::sleep(Duration::from_millis(200));
+    // Until the server is done with it: its threads gone (the thread engine's two) and its
+    // RSS still between two readings 10 ms apart, at most 200 ms (a fixed 200 ms before).
+    let until = Instant::now() + Duration::from_millis(200);
+    let mut last = rss_kib(&mut srv, "the TLS memory run")?;
+    while Instant::now() < until {
+        thread::sleep(Duration::from_millis(10));
+        let rss = rss_kib(&mut srv, "the TLS memory run")?;
+        if rss == last && threads(&mut srv, "the TLS memory run")? <= threads0 {
+            break;
+        }
+        last = rss;
+    }
     // The clients' settings are loaded before the clock starts (they are hb-bench's work,
     // though the server's CPU is what is read).
     let mut configs = (0..n)
@@ -362,16 +389,56 @@ fn memory_run(
     let rss0 = rss_kib(&mut srv, "the TLS memory run")?;
     let cpu0 = CpuReading::take(&mut srv, "the TLS memory run")?;
     let bar = Progress::new(format!("{} {} connect {n}", engine.flag(), wire.label()), n);
+    // A few clients at a time, each on its own thread, one connection after another: the
+    // handshakes overlap (serially, each waited for the other side's half: 0.7 s for 1,000
+    // TLS clients of the thread engine), the server's work per connection is the same.
+    let addr = srv.addr;
+    let done = AtomicUsize::new(0);
+    let mut chunks: Vec<Vec<Option<ClientTlsConfig>>> =
+        (0..CLIENTS_AT_ONCE).map(|_| Vec::new()).collect();
+    for (i, cfg) in configs.drain(..).enumerate() {
+        chunks[i % CLIENTS_AT_ONCE].push(cfg);
+    }
+    let opened: Vec<Result<Opened, BenchError>> = thread::scope(|sc| {
+        let workers: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let done = &done;
+                sc.spawn(move || {
+                    let mut held = Vec::with_capacity(chunk.len());
+                    let mut resumed = 0;
+                    for cfg in chunk {
+                        let mut c = open(addr, cfg)?;
+                        read_hello(c.io.as_mut())?;
+                        resumed += usize::from(c.negotiated.as_ref().is_some_and(|a| !a.full));
+                        held.push(c.io);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((held, resumed))
+                })
+            })
+            .collect();
+        while workers.iter().any(|w| !w.is_finished()) {
+            bar.set(done.load(Ordering::Relaxed));
+            thread::sleep(Duration::from_millis(20));
+        }
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(BenchError::Measurement(
+                        "a TLS client thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    });
     let mut held = Vec::with_capacity(n);
     let mut resumed = 0;
-    for (i, cfg) in configs.drain(..).enumerate() {
-        let mut c = open(srv.addr, cfg)?;
-        read_hello(c.io.as_mut())?;
-        resumed += usize::from(c.negotiated.as_ref().is_some_and(|a| !a.full));
-        held.push(c.io);
-        if i % 64 == 0 {
-            bar.set(i);
-        }
+    for r in opened {
+        let (h, k) = r?;
+        held.extend(h);
+        resumed += k;
     }
     let cpu1 = CpuReading::take(&mut srv, "the TLS memory run")?;
     let rss1 = rss_kib(&mut srv, "the TLS memory run")?;
@@ -747,7 +814,8 @@ pub fn tls_cost(ctx: &Ctx) -> Result<Outcome, BenchError> {
          (every client loads its own configuration, with an empty session cache, as \
          different clients' first connections do; none should resume). {} repeat(s), fresh \
          servers for every run; cells are median (min..max).\n\n\
-         - **Memory and handshakes**: {n} clients one after another, each connected, \
+         - **Memory and handshakes**: {n} clients, {CLIENTS_AT_ONCE} at a time (one after \
+           another on each of {CLIENTS_AT_ONCE} threads), each connected, \
            handshaken (TLS: a full handshake, no resumption) and greeted (its `HELLO` read), \
            then held idle; the server's VmRSS and CPU are read before the first (after one \
            warm-up connection, closed, so what the first connection sets up once is not \
