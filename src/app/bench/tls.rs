@@ -303,22 +303,20 @@ impl CpuReading {
     }
 }
 
-fn rss_kib(srv: &mut Peer, during: &str) -> Result<u64, BenchError> {
+/// The server's RSS and threads now (an error when it died or /proc cannot say).
+fn sample(srv: &mut Peer, during: &str) -> Result<procinfo::Sample, BenchError> {
     srv.check_alive(during)?;
-    procinfo::sample(srv.pid())
-        .map(|s| s.rss_kib)
-        .ok_or_else(|| {
-            BenchError::Measurement(format!("cannot read /proc of hb-server during {during}"))
-        })
+    procinfo::sample(srv.pid()).ok_or_else(|| {
+        BenchError::Measurement(format!("cannot read /proc of hb-server during {during}"))
+    })
+}
+
+fn rss_kib(srv: &mut Peer, during: &str) -> Result<u64, BenchError> {
+    sample(srv, during).map(|s| s.rss_kib)
 }
 
 fn threads(srv: &mut Peer, during: &str) -> Result<u64, BenchError> {
-    srv.check_alive(during)?;
-    procinfo::sample(srv.pid())
-        .map(|s| s.threads)
-        .ok_or_else(|| {
-            BenchError::Measurement(format!("cannot read /proc of hb-server during {during}"))
-        })
+    sample(srv, during).map(|s| s.threads)
 }
 
 /// What one of the memory run's client threads opened: its connections, and how many of
