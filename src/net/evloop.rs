@@ -718,7 +718,7 @@ fn read_some(sh: &Shared, conn: &EConn, stream: &TcpStream, tls: Option<&mut Ser
                     eof.then_some(None)
                 }),
             },
-            Err(e) if crate::net::is_retryable_read(&e) => None,
+            Err(e) if crate::net::is_retryable_io(&e) => None,
             Err(e) => Some(Some(e.to_string())),
         };
         if let Some(error) = closed {

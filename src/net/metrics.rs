@@ -658,7 +658,7 @@ fn read_head(stream: &TcpStream, buf: &mut [u8], deadline: Instant, stop: &Stop)
                     return Head::Complete(from + end);
                 }
             }
-            Err(e) if crate::net::is_retryable_read(&e) => {}
+            Err(e) if crate::net::is_retryable_io(&e) => {}
             Err(_) => return Head::Gone,
         }
     }
@@ -721,7 +721,7 @@ fn discard_input(stream: &TcpStream, buf: &mut [u8], until: Instant, stop: &Stop
         match (&*stream).read(buf) {
             Ok(0) => return,
             Ok(_) => {}
-            Err(e) if crate::net::is_retryable_read(&e) => {}
+            Err(e) if crate::net::is_retryable_io(&e) => {}
             Err(_) => return,
         }
     }

@@ -41,8 +41,9 @@ pub fn try_each_addr<T>(
     Err(last)
 }
 
-/// True for a read that merely timed out or was interrupted: try again, the peer is fine.
-pub fn is_retryable_read(e: &std::io::Error) -> bool {
+/// True for a read or write that merely timed out, would block or was interrupted: try
+/// again, the peer is fine.
+pub fn is_retryable_io(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
     matches!(e.kind(), WouldBlock | TimedOut | Interrupted)
 }

@@ -939,7 +939,7 @@ fn reader(sh: &Shared, conn: &Arc<Conn>) {
                     plain = Vec::new();
                 }
             }
-            Err(e) if crate::net::is_retryable_read(&e) => {}
+            Err(e) if crate::net::is_retryable_io(&e) => {}
             Err(e) => break Some(Some(e.to_string())),
         }
     };

@@ -428,13 +428,7 @@ pub(super) fn publish(mut s: &TcpStream, kind: Kind, end: Instant) -> Published 
                 off += n;
                 written += n as u64;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if crate::net::is_retryable_io(&e) => {}
             Err(e) => {
                 error = Some(e.to_string());
                 break;
@@ -467,13 +461,7 @@ pub(super) fn drain_replies(mut s: TcpStream, stop: Arc<AtomicBool>) -> (u64, u6
                     lines += u64::from(at_line_start);
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if crate::net::is_retryable_io(&e) => {}
             Err(_) => break,
         }
     }

@@ -537,13 +537,7 @@ fn send(mut c: Box<dyn Duplex>, stop: &AtomicBool) -> Option<String> {
                 off = (off + n) % batch.len();
             }
             // The send timeout: look at the clock, then try again.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if crate::net::is_retryable_io(&e) => {}
             Err(e) => return Some(e.to_string()),
         }
     }

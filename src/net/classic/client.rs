@@ -117,7 +117,7 @@ fn accept_and_read_heartbeat(listener: TcpListener, done: &AtomicBool, tx: Sende
                     return;
                 }
             }
-            Err(e) if crate::net::is_retryable_read(&e) => {}
+            Err(e) if crate::net::is_retryable_io(&e) => {}
             Ok(_) | Err(_) => {
                 let _ = tx.send(Incoming::HbClosed);
                 return;

@@ -312,7 +312,7 @@ fn data_exchange(reg: &Registry, conn: &ClassicConn) {
                     break;
                 }
             }
-            Err(e) if crate::net::is_retryable_read(&e) => {}
+            Err(e) if crate::net::is_retryable_io(&e) => {}
             Err(e) => {
                 closed_by_client(Some(e.to_string()));
                 break;
