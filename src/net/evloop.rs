@@ -44,8 +44,8 @@ use crate::net::live::Live;
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
 use crate::net::server::{
-    is_fd_exhaustion, listen, new_session, refuse_with, send_now, server_tls, write_refusal,
-    ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
+    is_fd_exhaustion, listen, new_session, refuse_with, send_now, server_tls, tune_accepted,
+    write_refusal, ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
 };
 use crate::net::tls::ServerTls;
 
@@ -397,7 +397,7 @@ fn admit(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
+    tune_accepted(&stream);
     let id = sh.conns.next_id();
     let conn = Arc::new(EConn {
         id,

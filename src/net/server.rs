@@ -620,7 +620,7 @@ impl ThreadServer {
                 return;
             }
         };
-        let _ = stream.set_nodelay(true);
+        tune_accepted(&stream);
         let id = sh.conns.next_id();
         let session = new_session(&settings, Instant::now());
         let (conn, bell) = Conn::new(id, peer, stream, session, tls, sh.log.clone());
@@ -1004,6 +1004,29 @@ fn input_waiting(conn: &Conn) {
     }
 }
 
+/// Most bytes an accepted socket keeps *unsent* in the kernel (`TCP_NOTSENT_LOWAT`); past it
+/// the socket reports itself full, and the rest waits in the client's own queue.
+///
+/// Why: without it the kernel takes up to its whole send buffer (autotuned to 4 MiB) of
+/// lines a slow reader's window cannot yet admit. That backlog is invisible to flow control
+/// (the queue looks empty, so senders are never held), costs kernel memory per lagging
+/// client, and is pushed out later from the *reader's* side: when the reader's window opens,
+/// loopback transmits our parked segments in the reader's own system call. Measured with
+/// hb-bench, 1 → 100 open loop: deliveries/s 14.8 M → 24-25 M, the client's share of the
+/// work going back to the server (bench/ANALYSIS.md, "sixth round"). Bytes in flight
+/// (sent, not yet acknowledged) are not limited, so throughput over a long path is not.
+/// 32 KiB: each wake-up on a full socket still writes 16 KiB or more.
+pub(crate) const SEND_LOWAT: u32 = 32 * 1024;
+
+/// Socket options of every accepted client connection, both engines: no Nagle delay (a line
+/// is complete when written; batching is the queue's job) and [`SEND_LOWAT`]. Best effort: a
+/// socket that refuses an option still works.
+pub(crate) fn tune_accepted(stream: &impl std::os::fd::AsFd) {
+    let sock = socket2::SockRef::from(stream);
+    let _ = sock.set_tcp_nodelay(true);
+    let _ = sock.set_tcp_notsent_lowat(SEND_LOWAT);
+}
+
 /// Sends what the socket takes now of `iov`, without blocking (one vectored send).
 /// `last`: these are the connection's last bytes, and its FIN follows at once
 /// ([`Session::is_final_flush`]); they are held (`MSG_MORE`) to leave in one segment with it.
@@ -1175,4 +1198,20 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
     }
     conn.shutdown();
     sh.release(conn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_get_nodelay_and_the_unsent_bytes_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        tune_accepted(&accepted);
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert_eq!(sock.tcp_notsent_lowat().unwrap(), SEND_LOWAT);
+    }
 }
