@@ -55,6 +55,8 @@ pub struct History {
     ends: VecDeque<usize>,
     /// Offset of the newest message, kept or not (0: none yet).
     last: u64,
+    /// Bytes moved by compactions so far (the amortisation test reads it).
+    moved: u64,
 }
 
 impl History {
@@ -67,6 +69,7 @@ impl History {
             head: 0,
             ends: VecDeque::new(),
             last: 0,
+            moved: 0,
         }
     }
 
@@ -124,17 +127,26 @@ impl History {
         if self.ends.is_empty() {
             self.log.clear();
             self.head = 0;
-        } else if self.head > 0
-            && (self.head * 2 >= self.log.len().max(COMPACT_AFTER)
-                || self.log.len() + len > self.log.capacity())
-        {
-            // Dropped messages make up half the log, or the log would have to grow: move
-            // the kept ones to the front instead (each byte moves about once on average).
-            self.log.drain(..self.head);
-            for end in &mut self.ends {
-                *end -= self.head;
+        } else if self.head > 0 && self.head * 2 >= self.log.len().max(COMPACT_AFTER) {
+            // Dropped messages make up half the log: move the kept ones to the front. Only
+            // then, so a compaction moves no more bytes than the messages dropped since the
+            // last one brought (each byte moves about once). Compacting whenever the log
+            // would have to grow instead moved the whole history every few hundred
+            // messages once the log's capacity sat just above it: a quarter of a relay's
+            // CPU at the default 1,000 messages (bench/ANALYSIS.md, "sixth round").
+            self.compact();
+        } else if self.log.len() + len > self.log.capacity() {
+            let kept = self.bytes();
+            if self.head * 2 >= self.log.len() {
+                // A short log (under COMPACT_AFTER), half dropped: moving it is cheap.
+                self.compact();
+            } else {
+                // Room for twice what is kept, so dropped messages can pile up to half the
+                // log before it is compacted; never more than twice the byte bound.
+                let want = (2 * (kept + len)).min(2 * self.max_bytes);
+                let want = want.max(self.log.len() + len);
+                self.log.reserve_exact(want - self.log.len());
             }
-            self.head = 0;
         }
         self.log.extend_from_slice(from.as_bytes());
         self.log.push(b' ');
@@ -202,6 +214,16 @@ impl History {
     pub fn restart(&mut self, last: u64) {
         self.clear();
         self.last = last;
+    }
+
+    /// Moves the kept messages to the front of the log.
+    fn compact(&mut self) {
+        self.moved += (self.log.len() - self.head) as u64;
+        self.log.drain(..self.head);
+        for end in &mut self.ends {
+            *end -= self.head;
+        }
+        self.head = 0;
     }
 
     /// Forgets the kept messages (offsets go on).
@@ -350,5 +372,26 @@ mod tests {
         assert_eq!(h.after(h.last() - h.len() as u64).unwrap().count(), h.len());
         h.clear();
         assert_eq!((h.len(), h.last()), (0, 100_000));
+    }
+
+    #[test]
+    fn compaction_moves_each_byte_about_once() {
+        // The default bounds (1,000 messages, 1 MiB) and relay-sized messages: the count
+        // bound binds, and the kept bytes sit just under a power of two.
+        let text = "y".repeat(100);
+        for (max_count, max_bytes) in [(1000, 1 << 20), (100_000, 64 * 1024), (10, 1 << 20)] {
+            let mut h = History::new(max_count, max_bytes);
+            let n = 200_000u64;
+            for _ in 0..n {
+                h.record("publisher", &text);
+            }
+            let per_message = h.moved as f64 / n as f64;
+            assert!(
+                per_message <= 110.0 * 1.1,
+                "{max_count}/{max_bytes}: {per_message:.0} bytes moved per 110-byte message"
+            );
+            assert!(h.heap_bytes() <= 2 * max_bytes + max_count.min(max_bytes) * 16);
+            assert_eq!(h.newest(1).next().unwrap().text, text);
+        }
     }
 }
