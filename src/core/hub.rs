@@ -69,6 +69,8 @@ pub trait Mailboxes {
     fn end(&mut self, id: MemberId, now: Instant, reason: EndReason);
     /// True when every recipient of `f` but `except` is open and has room for its group's
     /// line (one question for the whole room, so a mailbox can answer it from a summary).
+    /// A summary may be stale and say false when all have room by now: the hub then asks
+    /// [`Mailboxes::has_room`] member by member, and delivers when none lacks room.
     fn all_have_room(&mut self, f: Fanout<'_>, except: MemberId) -> bool {
         f.groups.iter().all(|(ids, line)| {
             ids.iter()
@@ -264,14 +266,21 @@ impl Fan {
             ],
         };
         if !mb.all_have_room(f, except) {
+            let mut lagging = false;
             for (ids, line) in f.groups {
                 for &id in ids {
                     if id != except && !mb.has_room(id, line.len()) {
                         mb.mark_lagging(id, now);
+                        lagging = true;
                     }
                 }
             }
-            return false;
+            if lagging {
+                return false;
+            }
+            // The summary was stale: every recipient has room now (their writers drained
+            // since it was taken). Holding the sender with nobody lagging would leave no one
+            // to wake it; the engines' safety net would, a whole hold slice later.
         }
         mb.broadcast(f, except, now);
         true
@@ -1182,6 +1191,55 @@ mod tests {
                 Some(Close::AfterEnd(EndReason::ServerShutdown))
             );
         }
+    }
+
+    /// Mailboxes whose room-wide summary is always stale: "someone lacks room".
+    struct Stale<'a>(&'a mut HashMap<MemberId, Session>);
+
+    impl Mailboxes for Stale<'_> {
+        fn has_room(&mut self, id: MemberId, len: usize) -> bool {
+            self.0.has_room(id, len)
+        }
+        fn mark_lagging(&mut self, id: MemberId, now: Instant) {
+            self.0.mark_lagging(id, now);
+        }
+        fn push(&mut self, id: MemberId, now: Instant, line: &[u8]) {
+            self.0.push(id, now, line);
+        }
+        fn is_open(&mut self, id: MemberId) -> bool {
+            self.0.is_open(id)
+        }
+        fn end(&mut self, id: MemberId, now: Instant, reason: EndReason) {
+            self.0.end(id, now, reason);
+        }
+        fn all_have_room(&mut self, _: Fanout<'_>, _: MemberId) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_stale_summary_with_room_for_everyone_delivers_instead_of_holding() {
+        // The relay's summary is taken per batch; a recipient's writer may drain its queue
+        // meanwhile. Holding the sender then would leave nobody lagging to wake it.
+        let mut sim = Sim::new(&["ann", "bob"]);
+        let out = sim
+            .hub
+            .handle_op(sim.t, 1, RoomOp::Msg("hi".into()), &mut Stale(&mut sim.s));
+        assert_eq!(out, RoomOutcome::Done);
+        assert_eq!(sim.take(2), vec!["MSG ann hi".to_owned()]);
+        assert_eq!(sim.s[&2].lagging_since(), None);
+        assert_eq!(sim.hub.history.last(), 1, "it took its position");
+        // A recipient that really lacks room still holds the sender, and is lagging.
+        let full = "x".repeat(cfg().queue);
+        sim.s.get_mut(&2).unwrap().push(sim.t, full.as_bytes());
+        let out = sim.hub.handle_op(
+            sim.t,
+            1,
+            RoomOp::Msg("again".into()),
+            &mut Stale(&mut sim.s),
+        );
+        assert!(matches!(out, RoomOutcome::Held(_)));
+        assert_eq!(sim.s[&2].lagging_since(), Some(sim.t));
     }
 
     #[test]
