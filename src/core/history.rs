@@ -127,23 +127,22 @@ impl History {
         if self.ends.is_empty() {
             self.log.clear();
             self.head = 0;
-        } else if self.head > 0 && self.head * 2 >= self.log.len().max(COMPACT_AFTER) {
-            // Dropped messages make up half the log: move the kept ones to the front. Only
-            // then, so a compaction moves no more bytes than the messages dropped since the
-            // last one brought (each byte moves about once). Compacting whenever the log
-            // would have to grow instead moved the whole history every few hundred
-            // messages once the log's capacity sat just above it: a quarter of a relay's
-            // CPU at the default 1,000 messages (bench/ANALYSIS.md, "sixth round").
-            self.compact();
-        } else if self.log.len() + len > self.log.capacity() {
-            let kept = self.bytes();
-            if self.head * 2 >= self.log.len() {
-                // A short log (under COMPACT_AFTER), half dropped: moving it is cheap.
+        } else {
+            let must_grow = self.log.len() + len > self.log.capacity();
+            let half_dropped = self.head > 0 && self.head * 2 >= self.log.len();
+            if half_dropped && (must_grow || self.head * 2 >= COMPACT_AFTER) {
+                // Dropped messages make up half the log: move the kept ones to the front.
+                // Only then, so a compaction moves no more bytes than the messages dropped
+                // since the last one brought (each byte moves about once). Compacting
+                // whenever the log would have to grow instead moved the whole history every
+                // few hundred messages once the log's capacity sat just above it: a quarter
+                // of a relay's CPU at the default 1,000 messages (bench/ANALYSIS.md, "sixth
+                // round"). A short log is compacted only when it would otherwise grow.
                 self.compact();
-            } else {
+            } else if must_grow {
                 // Room for twice what is kept, so dropped messages can pile up to half the
                 // log before it is compacted; never more than twice the byte bound.
-                let want = (2 * (kept + len)).min(2 * self.max_bytes);
+                let want = (2 * (self.bytes() + len)).min(2 * self.max_bytes);
                 let want = want.max(self.log.len() + len);
                 self.log.reserve_exact(want - self.log.len());
             }
