@@ -1038,6 +1038,7 @@ fn heartbeat_run(ctx: &Ctx, who: Idler, n: usize) -> Result<(String, HbRow), Ben
         "wait for the heartbeat rounds",
     )?;
     let s0 = sample(&mut srv, "heartbeat window")?;
+    let ns0 = procinfo::cpu_ns(srv.pid());
     let b0 = lg.total_pings();
     let t0 = Instant::now();
     idle(
@@ -1046,9 +1047,15 @@ fn heartbeat_run(ctx: &Ctx, who: Idler, n: usize) -> Result<(String, HbRow), Ben
         &format!("{} heartbeats at {n}", who.name()),
     )?;
     let wall = t0.elapsed();
+    let ns1 = procinfo::cpu_ns(srv.pid());
     let s1 = sample(&mut srv, "heartbeat window")?;
     let beats = lg.total_pings() - b0;
-    let cpu = procinfo::cpu_secs(&s0, &s1);
+    // The scheduler's nanoseconds when it keeps them: a window costs an idle server only a
+    // few clock ticks, and /proc/PID/stat's 10 ms ticks would make that ±10%.
+    let cpu = match (ns0, ns1) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
+        _ => procinfo::cpu_secs(&s0, &s1),
+    };
     srv.stop();
     lg.close_all();
     Ok((
@@ -1125,8 +1132,9 @@ pub fn heartbeat_overhead(ctx: &Ctx) -> Result<Outcome, BenchError> {
          nats-server with `ping_interval: \"{0}s\"` (its clients send `CONNECT` after the \
          server's `INFO`, then answer each `PING` with `PONG`; `ping_max` is its default). \
          hb-bench waits until every connection's heartbeats have begun, then measures a \
-         {1:.1} s window: CPU is the server's utime+stime from /proc over the window, \
-         divided by the heartbeats the clients received in it (so the window's idle cost is \
+         {1:.1} s window: CPU is the time the scheduler accounts to the server's threads over \
+         the window (/proc/PID/task/*/schedstat, in nanoseconds: the 10 ms clock ticks of \
+         /proc/PID/stat would round a window's few ticks by ±10%), divided by the heartbeats the clients received in it (so the window's idle cost is \
          included: an upper bound of the cost per heartbeat round). {2} repeat(s), each \
          with fresh servers; cells are median (min..max).\n\n",
         p.hb_interval,
