@@ -435,13 +435,22 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
     let mut fresh = false;
     let mut reads = 0u32;
     let mut stage = Stage::default();
-    // One timer for the session's deadlines, moved only when a deadline comes *earlier*: the
-    // heartbeat deadline moves later with every line received, and re-arming a timer per
-    // line (a wheel removal and insertion under the driver's lock) would cost more than the
-    // occasional early wake-up, after which it is armed for the real deadline.
+    // One timer for the session's deadlines. It moves whenever a deadline comes *earlier*,
+    // but *later* only once between firings: the heartbeat deadline moves later with every
+    // line received, and re-arming per line (a wheel removal and insertion under the
+    // driver's lock) would cost a busy sender more than one early wake-up per idle period.
+    // The one later move is what an idle client's PONG needs: without it every heartbeat
+    // round woke the task twice, once for the timeout the PONG had already moved.
     let timer = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    let mut moved_later = false;
+    // One wake-up registration kept across turns (re-made only after it fired), and the
+    // socket's own reader and writer waker slots below: a fresh `notified()` or `ready()`
+    // per turn would lock a waiter list to enter it and again to leave it, twice per
+    // heartbeat round.
+    let woken = conn.wake.notified();
+    tokio::pin!(woken);
     let close = loop {
         let now = Instant::now();
         let (caught_up, close, ending, deadline) = {
@@ -536,15 +545,19 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 continue;
             }
         }
-        let mut interest: Option<Interest> = None;
-        if matches!(held, Held::No) {
-            interest = Some(Interest::READABLE);
-        }
-        if blocked {
-            interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
-        }
+        let want_read = matches!(held, Held::No);
+        let want_write = blocked;
         if let Some(at) = deadline {
-            if armed.is_none_or(|a| at < a) {
+            let rearm = match armed {
+                None => true,
+                Some(a) if at < a => true,
+                Some(a) if at > a && !moved_later => {
+                    moved_later = true;
+                    true
+                }
+                Some(_) => false,
+            };
+            if rearm {
                 timer.as_mut().reset(at.into());
                 armed = Some(at);
             }
@@ -556,24 +569,33 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
             _ => None,
         };
         let mut release = false;
+        // Biased: no random number per turn. Every branch only says why the loop turns
+        // again (its top writes, times out and closes whatever the reason), so the order
+        // starves nothing: a flooding reader still yields every READS_PER_TURN reads.
         tokio::select! {
-            ready = async { stream.ready(interest.expect("checked")).await }, if interest.is_some() => {
+            biased;
+            ready = std::future::poll_fn(|cx| stream.poll_write_ready(cx)), if want_write => {
                 match ready {
-                    Ok(r) => {
-                        if r.is_writable() {
-                            blocked = false;
-                        }
-                        if r.is_readable() || r.is_read_closed() {
-                            read_some(&sh, &conn, &stream, tls.as_mut());
-                            fresh = true;
-                            reads += 1;
-                        }
+                    Ok(()) => blocked = false,
+                    Err(_) => conn.session().handle_write_error(Instant::now()),
+                }
+            }
+            ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)), if want_read => {
+                match ready {
+                    // Readable, or the peer closed (read_some sees the 0).
+                    Ok(()) => {
+                        read_some(&sh, &conn, &stream, tls.as_mut());
+                        fresh = true;
+                        reads += 1;
                     }
                     Err(_) => conn.session().handle_write_error(Instant::now()),
                 }
             }
-            _ = conn.wake.notified() => {}
-            _ = &mut timer, if armed.is_some() => armed = None,
+            () = &mut woken => woken.set(conn.wake.notified()),
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
+                moved_later = false;
+            }
             _ = async { room_wait.expect("checked").await }, if room_held => release = true,
             // A held line is offered again at least every slice (a safety net).
             _ = tokio::time::sleep(HOLD_SLICE), if any_held => release = true,
