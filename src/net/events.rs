@@ -357,8 +357,8 @@ impl fmt::Display for Event {
             Self::PingSent { id, peer, k, n } => write!(f, "#{id} {peer} heartbeat {k}/{n} sent"),
             Self::Answered { id, peer, after, rtt } => write!(
                 f,
-                "#{id} {peer} answered after heartbeat {after} (round trip {:.1}ms), connection is alive",
-                rtt.as_secs_f64() * 1000.0
+                "#{id} {peer} answered after heartbeat {after} (round trip {}ms), connection is alive",
+                TenthsMs(*rtt)
             ),
             Self::EndSent {
                 id,
@@ -934,6 +934,7 @@ impl StdoutWriter {
                 // Lines that arrive together leave in one write; the buffer is flushed as soon
                 // as nothing more is waiting, so a quiet log is never held back.
                 let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+                let mut stamps = Stamps::default();
                 for msg in rx.iter() {
                     match msg {
                         // A closed stdout must not take the program down: errors are ignored.
@@ -941,7 +942,9 @@ impl StdoutWriter {
                             let _ = if json {
                                 writeln!(out, "{}", json_line(at, &*event))
                             } else {
-                                writeln!(out, "{} {event}", utc_timestamp(at))
+                                stamps
+                                    .write(&mut out, at)
+                                    .and_then(|()| writeln!(out, " {event}"))
                             };
                         }
                         ToStdout::Flush(done) => {
@@ -1032,6 +1035,52 @@ pub fn utc_timestamp(t: SystemTime) -> String {
     )
 }
 
+/// A duration as milliseconds with one decimal (`2.1`), rounded half up, in integers: the
+/// float formatting of `{:.1}` cost a heartbeat's log line more than the rest of it.
+struct TenthsMs(Duration);
+
+impl fmt::Display for TenthsMs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenths = (self.0.as_micros() + 50) / 100;
+        write!(f, "{}.{}", tenths / 10, tenths % 10)
+    }
+}
+
+/// Writes [`utc_timestamp`]s without allocating, formatting the date and time of day once
+/// per second: at thousands of lines a second (three per heartbeat round) the log thread
+/// spent more on its timestamps than on the lines.
+struct Stamps {
+    /// The second `prefix` holds (`u64::MAX`: none yet).
+    secs: u64,
+    /// `YYYY-MM-DDTHH:MM:SS` of that second.
+    prefix: String,
+}
+
+impl Default for Stamps {
+    fn default() -> Self {
+        Self {
+            secs: u64::MAX,
+            prefix: String::new(),
+        }
+    }
+}
+
+impl Stamps {
+    fn write(&mut self, out: &mut impl Write, t: SystemTime) -> std::io::Result<()> {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if d.as_secs() != self.secs {
+            self.secs = d.as_secs();
+            let mut full = utc_timestamp(t);
+            full.truncate(full.len() - ".000Z".len());
+            self.prefix = full;
+        }
+        let ms = d.subsec_millis();
+        let digit = |n: u32| b'0' + (n % 10) as u8;
+        out.write_all(self.prefix.as_bytes())?;
+        out.write_all(&[b'.', digit(ms / 100), digit(ms / 10), digit(ms), b'Z'])
+    }
+}
+
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's public-domain algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -1048,6 +1097,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_trips_show_tenths_of_a_millisecond() {
+        let ms = |us| TenthsMs(Duration::from_micros(us)).to_string();
+        assert_eq!(ms(0), "0.0");
+        assert_eq!(ms(2_049), "2.0");
+        assert_eq!(ms(2_050), "2.1");
+        assert_eq!(ms(100_160), "100.2");
+        assert_eq!(ms(12_345_678), "12345.7");
+    }
+
+    #[test]
+    fn cached_stamps_match_the_formatted_ones() {
+        let mut stamps = Stamps::default();
+        let base = UNIX_EPOCH + Duration::from_millis(1_795_298_445_990);
+        for step_ms in [0, 5, 9, 10, 11, 999, 1_000, 86_400_000, 86_400_007] {
+            let t = base + Duration::from_millis(step_ms);
+            let mut out = Vec::new();
+            stamps.write(&mut out, t).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), utc_timestamp(t));
+        }
+    }
 
     #[test]
     fn timestamps_are_utc_iso8601() {
