@@ -35,7 +35,6 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::config::ServerSettings;
-use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, END_GRACE};
 use crate::core::wire::EndReason;
 use crate::net::conn::{Lingerer, END_LINGER};
@@ -59,6 +58,10 @@ const READS_PER_TURN: u32 = 4;
 thread_local! {
     /// One read buffer per worker thread: an idle connection owns none.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+    /// One buffer per worker thread for the bytes a write takes out of a session, so the
+    /// write runs without the session's lock (see `serve`).
+    static WRITE_BUF: RefCell<Vec<u8>> =
+        RefCell::new(Vec::with_capacity(crate::core::session::TRANSMIT_BATCH));
     /// One buffer of decrypted input per worker thread (TLS only).
     static PLAIN_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -453,7 +456,10 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
     tokio::pin!(woken);
     let close = loop {
         let now = Instant::now();
-        let (caught_up, close, ending, deadline) = {
+        // The session is locked in short steps, never across a system call: the hub locks
+        // it to queue a line from another worker, and a fan-out to 100 members that found
+        // one of them mid-`sendmsg` waited (or parked its worker) for that write.
+        {
             let mut s = conn.session();
             if s.is_idle_expired(now) {
                 sh.log.emit(Event::RoundStarted {
@@ -463,50 +469,62 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 });
             }
             s.handle_timeout(now);
-            let mut caught_up = false;
-            if let (Some(t), false) = (&mut tls, blocked) {
-                // TLS's own bytes first (handshake messages, an alert, records a full
-                // socket left behind).
-                if t.wants_write() {
-                    match stream.try_io(Interest::WRITABLE, || match t.flush(&stream) {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
-                        Err(e) => Err(e),
-                    }) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
-                        Err(_) => s.handle_write_error(now),
-                    }
-                }
-            }
-            while !blocked && s.poll_close().is_none() {
-                let mut iov = [IoSlice::new(&[]); MAX_SLICES];
-                let n = s.peek_transmit(&mut iov);
-                if n == 0 {
-                    break;
-                }
-                let last = s.is_final_flush();
-                match stream.try_io(Interest::WRITABLE, || match &mut tls {
-                    Some(t) => t.send(&stream, &iov[..n]),
-                    None => send_now(&stream, &iov[..n], last),
+        }
+        let mut caught_up = false;
+        if let (Some(t), false) = (&mut tls, blocked) {
+            // TLS's own bytes first (handshake messages, an alert, records a full
+            // socket left behind).
+            if t.wants_write() {
+                match stream.try_io(Interest::WRITABLE, || match t.flush(&stream) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                    Err(e) => Err(e),
                 }) {
-                    Ok(n) => caught_up |= s.handle_written(now, n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        s.handle_write_blocked(now);
-                        blocked = true;
-                    }
-                    Err(e) => {
-                        if s.is_open() {
-                            sh.log.emit(Event::WriteFailed {
-                                id: conn.id,
-                                peer: conn.peer,
-                                error: e.to_string(),
-                            });
-                        }
-                        s.handle_write_error(now);
-                    }
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
+                    Err(_) => conn.session().handle_write_error(now),
                 }
             }
+        }
+        while !blocked {
+            let written = WRITE_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.clear();
+                let last = {
+                    let mut s = conn.session();
+                    if s.poll_close().is_some() || s.poll_transmit(&mut buf) == 0 {
+                        return None;
+                    }
+                    s.is_final_flush()
+                };
+                let iov = [IoSlice::new(&buf)];
+                Some(stream.try_io(Interest::WRITABLE, || match &mut tls {
+                    Some(t) => t.send(&stream, &iov),
+                    None => send_now(&stream, &iov, last),
+                }))
+            });
+            let Some(written) = written else { break };
+            let mut s = conn.session();
+            match written {
+                Ok(n) => caught_up |= s.handle_written(now, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    s.handle_write_blocked(now);
+                    blocked = true;
+                }
+                Err(e) => {
+                    if s.is_open() {
+                        sh.log.emit(Event::WriteFailed {
+                            id: conn.id,
+                            peer: conn.peer,
+                            error: e.to_string(),
+                        });
+                    }
+                    s.handle_write_error(now);
+                }
+            }
+        }
+        let (close, ending, deadline) = {
+            let mut s = conn.session();
             let close = if conn.close_now.load(Ordering::Acquire) {
                 Some(Close::Now(
                     s.end_reason().unwrap_or(EndReason::ServerShutdown),
@@ -521,7 +539,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 fresh = true;
             }
             log_session(&sh.log, conn.id, conn.peer, &mut s);
-            (caught_up, close, ending, deadline)
+            (close, ending, deadline)
         };
         if caught_up {
             sh.caught_up();
