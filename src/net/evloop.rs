@@ -43,8 +43,8 @@ use crate::net::live::Live;
 use crate::net::registry::Registry;
 use crate::net::relay::{self, log_session, Chat, Member, Pumped, Stage};
 use crate::net::server::{
-    is_fd_exhaustion, listen, new_session, refuse_with, send_now, server_tls, tune_accepted,
-    write_refusal, ServerError, HOLD_SLICE, SHUTDOWN_GRACE,
+    is_fd_exhaustion, listen, new_session, refuse_with, report_write, send_now, server_tls,
+    tune_accepted, write_refusal, ServerError, Wrote, HOLD_SLICE, SHUTDOWN_GRACE,
 };
 use crate::net::tls::ServerTls;
 
@@ -505,22 +505,10 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
             });
             let Some(written) = written else { break };
             let mut s = conn.session();
-            match written {
-                Ok(n) => caught_up |= s.handle_written(now, n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    s.handle_write_blocked(now);
-                    blocked = true;
-                }
-                Err(e) => {
-                    if s.is_open() {
-                        sh.log.emit(Event::WriteFailed {
-                            id: conn.id,
-                            peer: conn.peer,
-                            error: e.to_string(),
-                        });
-                    }
-                    s.handle_write_error(now);
-                }
+            match report_write(&sh.log, conn.id, conn.peer, &mut s, now, written) {
+                Wrote::Took { caught_up: c } => caught_up |= c,
+                Wrote::Blocked => blocked = true,
+                Wrote::Failed => {}
             }
         }
         let (close, ending, deadline) = {

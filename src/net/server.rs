@@ -1027,6 +1027,49 @@ pub(crate) fn tune_accepted(stream: &impl std::os::fd::AsFd) {
     let _ = sock.set_tcp_notsent_lowat(SEND_LOWAT);
 }
 
+/// What a write did, once the session knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrote {
+    /// The socket took bytes (or none were asked); `caught_up` when that ended a lag, so
+    /// the engine must wake the senders held back for this client.
+    Took { caught_up: bool },
+    /// The socket is full: wait until it is writable.
+    Blocked,
+    /// The write failed: the session is over (logged once, while it was open).
+    Failed,
+}
+
+/// Tells the session what a write did, the same way in both engines.
+pub(crate) fn report_write(
+    log: &EventLog,
+    id: u64,
+    peer: std::net::SocketAddr,
+    s: &mut Session,
+    now: Instant,
+    wrote: io::Result<usize>,
+) -> Wrote {
+    match wrote {
+        Ok(n) => Wrote::Took {
+            caught_up: s.handle_written(now, n),
+        },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            s.handle_write_blocked(now);
+            Wrote::Blocked
+        }
+        Err(e) => {
+            if s.is_open() {
+                log.emit(Event::WriteFailed {
+                    id,
+                    peer,
+                    error: e.to_string(),
+                });
+            }
+            s.handle_write_error(now);
+            Wrote::Failed
+        }
+    }
+}
+
 /// Sends what the socket takes now of `iov`, without blocking (one vectored send).
 /// `last`: these are the connection's last bytes, and its FIN follows at once
 /// ([`Session::is_final_flush`]); they are held (`MSG_MORE`) to leave in one segment with it.
@@ -1094,27 +1137,14 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             }
         }
         let tried = wrote.is_some();
-        match wrote {
-            None => {}
-            Some(Ok(n)) => {
-                caught_up = s.handle_written(now, n);
-                if caught_up {
+        if let Some(wrote) = wrote {
+            match report_write(&sh.log, conn.id, conn.peer, &mut s, now, wrote) {
+                Wrote::Took { caught_up: true } => {
+                    caught_up = true;
                     conn.notify_drained();
                 }
-            }
-            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                s.handle_write_blocked(now);
-                blocked = true;
-            }
-            Some(Err(e)) => {
-                if s.is_open() {
-                    sh.log.emit(Event::WriteFailed {
-                        id: conn.id,
-                        peer: conn.peer,
-                        error: e.to_string(),
-                    });
-                }
-                s.handle_write_error(now);
+                Wrote::Took { caught_up: false } | Wrote::Failed => {}
+                Wrote::Blocked => blocked = true,
             }
         }
         let close = s.poll_close();
