@@ -1586,13 +1586,28 @@ impl Echoer {
 /// One repeat of measurement 4 against `who`: its command, and a row per client count.
 fn echo_run(ctx: &Ctx, who: Echoer) -> Result<(String, Vec<EchoRow>), BenchError> {
     let p = ctx.plan;
-    let (mut srv, trivial) = match who {
-        Echoer::Hb(engine) => (Some(ctx.hb(engine, &[])?), None),
-        Echoer::Trivial => (
-            None,
-            Some(TrivialEcho::start().map_err(io_err("starting the trivial echo server"))?),
-        ),
+    // hb-bench on one CPU, the server on the others (super::apart): every round trip then
+    // crosses cores, as from another machine. Sharing them, a round trip was now and then a
+    // same-core wake-up (4 µs against 64 µs on this VM), and which server got the lucky
+    // placement decided the ratio.
+    let apart = super::apart::Apart::plan();
+    let start = || -> Result<_, BenchError> {
+        Ok(match who {
+            Echoer::Hb(engine) => (Some(ctx.hb(engine, &[])?), None),
+            Echoer::Trivial => (
+                None,
+                Some(TrivialEcho::start().map_err(io_err("starting the trivial echo server"))?),
+            ),
+        })
     };
+    let (started, _placed) = match &apart {
+        Some(a) => {
+            let (s, placed) = a.start(start);
+            (s, Some(placed))
+        }
+        None => (start(), None),
+    };
+    let (mut srv, trivial) = started?;
     let (addr, cmd) = match (&srv, &trivial) {
         (Some(s), _) => (s.addr, s.command.clone()),
         (None, Some(t)) => (
@@ -1697,8 +1712,7 @@ pub fn echo(ctx: &Ctx) -> Result<Outcome, BenchError> {
     }
     let mut body = format!(
         "Closed loop: each client sends `MSG ping`, waits for `ECHO ping`, sends the next. \
-         {} s per client count after {} ms of warm-up; hb-bench and the server share \
-         the machine's cores. The yardstick is a trivial blocking echo server written for \
+         {} s per client count after {} ms of warm-up; {}. The yardstick is a trivial blocking echo server written for \
          this (not hb-echo, which echoes raw bytes with no `HELLO` and so would need another \
          client): a `std::net` thread per connection inside hb-bench that greets with \
          `HELLO` and answers each `MSG x` with `ECHO x` at once, with no heartbeat, queue \
@@ -1706,6 +1720,16 @@ pub fn echo(ctx: &Ctx) -> Result<Outcome, BenchError> {
          the repeats of each repeat's figure.\n\n",
         p.echo_window.as_secs_f64(),
         echo_warm_up(p.echo_window).as_millis(),
+        match super::apart::Apart::plan() {
+            Some(a) => format!(
+                "hb-bench runs on CPU {} and each server (the yardstick's threads too) on CPU \
+                 {}, so every round trip crosses cores, as from another machine (on shared \
+                 cores a round trip was now and then a same-core wake-up, 4 µs against 64, \
+                 and that luck decided the ratio)",
+                a.bench_cpu, a.server_cpus
+            ),
+            None => "hb-bench and the server share the machine's one CPU".into(),
+        },
         p.repeats
     );
     for who in Echoer::ALL {
