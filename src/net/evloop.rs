@@ -35,6 +35,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::config::ServerSettings;
+use crate::core::outq::MAX_SLICES;
 use crate::core::session::{Close, Session, END_GRACE};
 use crate::core::wire::EndReason;
 use crate::net::conn::{Lingerer, END_LINGER};
@@ -58,10 +59,6 @@ const READS_PER_TURN: u32 = 4;
 thread_local! {
     /// One read buffer per worker thread: an idle connection owns none.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
-    /// One buffer per worker thread for the bytes a write takes out of a session, so the
-    /// write runs without the session's lock (see `serve`).
-    static WRITE_BUF: RefCell<Vec<u8>> =
-        RefCell::new(Vec::with_capacity(crate::core::session::TRANSMIT_BATCH));
     /// One buffer of decrypted input per worker thread (TLS only).
     static PLAIN_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -456,10 +453,11 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
     tokio::pin!(woken);
     let close = loop {
         let now = Instant::now();
-        // The session is locked in short steps, never across a system call: the hub locks
-        // it to queue a line from another worker, and a fan-out to 100 members that found
-        // one of them mid-`sendmsg` waited (or parked its worker) for that write.
-        {
+        let (caught_up, close, ending, deadline) = {
+            // One lock for the turn, across the write too: the write goes straight from the
+            // session's queue, and `handle_written(n)` must consume the very bytes the
+            // socket took. Unlocked, the hub (on the other worker) could end the session
+            // urgently in between, dropping the queue the write was copied from.
             let mut s = conn.session();
             if s.is_idle_expired(now) {
                 sh.log.emit(Event::RoundStarted {
@@ -469,50 +467,39 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 });
             }
             s.handle_timeout(now);
-        }
-        let mut caught_up = false;
-        if let (Some(t), false) = (&mut tls, blocked) {
-            // TLS's own bytes first (handshake messages, an alert, records a full
-            // socket left behind).
-            if t.wants_write() {
-                match stream.try_io(Interest::WRITABLE, || match t.flush(&stream) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
-                    Err(e) => Err(e),
-                }) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
-                    Err(_) => conn.session().handle_write_error(now),
+            let mut caught_up = false;
+            if let (Some(t), false) = (&mut tls, blocked) {
+                // TLS's own bytes first (handshake messages, an alert, records a full
+                // socket left behind).
+                if t.wants_write() {
+                    match stream.try_io(Interest::WRITABLE, || match t.flush(&stream) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                        Err(e) => Err(e),
+                    }) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
+                        Err(_) => s.handle_write_error(now),
+                    }
                 }
             }
-        }
-        while !blocked {
-            let written = WRITE_BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                buf.clear();
-                let last = {
-                    let mut s = conn.session();
-                    if s.poll_close().is_some() || s.poll_transmit(&mut buf) == 0 {
-                        return None;
-                    }
-                    s.is_final_flush()
-                };
-                let iov = [IoSlice::new(&buf)];
-                Some(stream.try_io(Interest::WRITABLE, || match &mut tls {
-                    Some(t) => t.send(&stream, &iov),
-                    None => send_now(&stream, &iov, last),
-                }))
-            });
-            let Some(written) = written else { break };
-            let mut s = conn.session();
-            match report_write(&sh.log, conn.id, conn.peer, &mut s, now, written) {
-                Wrote::Took { caught_up: c } => caught_up |= c,
-                Wrote::Blocked => blocked = true,
-                Wrote::Failed => {}
+            while !blocked && s.poll_close().is_none() {
+                let mut iov = [IoSlice::new(&[]); MAX_SLICES];
+                let n = s.peek_transmit(&mut iov);
+                if n == 0 {
+                    break;
+                }
+                let last = s.is_final_flush();
+                let written = stream.try_io(Interest::WRITABLE, || match &mut tls {
+                    Some(t) => t.send(&stream, &iov[..n]),
+                    None => send_now(&stream, &iov[..n], last),
+                });
+                match report_write(&sh.log, conn.id, conn.peer, &mut s, now, written) {
+                    Wrote::Took { caught_up: c } => caught_up |= c,
+                    Wrote::Blocked => blocked = true,
+                    Wrote::Failed => {}
+                }
             }
-        }
-        let (close, ending, deadline) = {
-            let mut s = conn.session();
             let close = if conn.close_now.load(Ordering::Acquire) {
                 Some(Close::Now(
                     s.end_reason().unwrap_or(EndReason::ServerShutdown),
@@ -527,7 +514,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 fresh = true;
             }
             log_session(&sh.log, conn.id, conn.peer, &mut s);
-            (close, ending, deadline)
+            (caught_up, close, ending, deadline)
         };
         if caught_up {
             sh.caught_up();
