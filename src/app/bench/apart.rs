@@ -56,6 +56,17 @@ impl Apart {
     }
 }
 
+/// [`Apart::start`] when there is a placement, else just `start()` (a one-CPU machine).
+pub fn start_maybe<T>(apart: Option<&Apart>, start: impl FnOnce() -> T) -> (T, Option<Placed<'_>>) {
+    match apart {
+        Some(a) => {
+            let (out, placed) = a.start(start);
+            (out, Some(placed))
+        }
+        None => (start(), None),
+    }
+}
+
 /// While alive, hb-bench's thread keeps to its own CPU; dropped, it may use every CPU again.
 pub struct Placed<'a>(&'a Apart);
 

@@ -1600,13 +1600,7 @@ fn echo_run(ctx: &Ctx, who: Echoer) -> Result<(String, Vec<EchoRow>), BenchError
             ),
         })
     };
-    let (started, _placed) = match &apart {
-        Some(a) => {
-            let (s, placed) = a.start(start);
-            (s, Some(placed))
-        }
-        None => (start(), None),
-    };
+    let (started, _placed) = super::apart::start_maybe(apart.as_ref(), start);
     let (mut srv, trivial) = started?;
     let (addr, cmd) = match (&srv, &trivial) {
         (Some(s), _) => (s.addr, s.command.clone()),
@@ -2340,8 +2334,8 @@ pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
          lines against hb-server's 1: a Redis row that falls behind the rate may show that \
          reader's limit as much as Redis's (compare Redis's windowed 1 → 100 rate). \
          The fixed rate runs twice: on cores shared with hb-bench ({:.1} s, every peer), and \
-         *own cores* (the event engine and Redis): \
-         hb-bench on the first CPU and the server (every peer alike) started on the others, \
+         *own cores* (the event engine and Redis, both placed alike): \
+         hb-bench on the first CPU and the server started on the others, \
          as a client on another machine would be; on a small machine a server's second busy \
          thread otherwise takes hb-bench's core for a scheduler slice at a time, and the \
          p99 records hb-bench's wait (a single-threaded peer never causes it). The target \
@@ -2399,13 +2393,9 @@ pub fn relay(ctx: &Ctx) -> Result<Outcome, BenchError> {
                 }
                 // The apart run's peer starts on the server CPUs and hb-bench keeps to its
                 // own until `_placed` is dropped with the run.
-                let (started, _placed) = match (&apart, mode) {
-                    (Some(a), RelayMode::FixedApart) => {
-                        let (s, placed) = a.start(|| start_peer(kind, ctx, &[]));
-                        (s, Some(placed))
-                    }
-                    _ => (start_peer(kind, ctx, &[]), None),
-                };
+                let placement = apart.as_ref().filter(|_| mode == RelayMode::FixedApart);
+                let (started, _placed) =
+                    super::apart::start_maybe(placement, || start_peer(kind, ctx, &[]));
                 let mut peer = match started {
                     Ok(Some(peer)) => peer,
                     Ok(None) => {

@@ -334,8 +334,8 @@ impl Plan {
                 relay_stuck_window: s(1),
                 fixed_rate: 10_000.0,
                 fixed_receivers: 100,
-                // 10,000 messages to each of 100 receivers: a million latencies, so a p99 is not one
-                // scheduler hiccup (0.3 s windows straddled their target on noise alone).
+                // 10,000 messages to each of 100 receivers: a million latencies, so a p99 is
+                // not one scheduler hiccup (0.3 s windows straddled on noise alone).
                 fixed_window: s(1),
                 // The shared-cores run is for the record: short, to keep quick under 2 min.
                 fixed_shared_window: ms(300),
