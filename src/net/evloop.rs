@@ -471,17 +471,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
             if let (Some(t), false) = (&mut tls, blocked) {
                 // TLS's own bytes first (handshake messages, an alert, records a full
                 // socket left behind).
-                if t.wants_write() {
-                    match stream.try_io(Interest::WRITABLE, || match t.flush(&stream) {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
-                        Err(e) => Err(e),
-                    }) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
-                        Err(_) => s.handle_write_error(now),
-                    }
-                }
+                blocked = tls_flush_now(t, &stream, &mut s, now);
             }
             while !blocked && s.poll_close().is_none() {
                 let mut iov = [IoSlice::new(&[]); MAX_SLICES];
@@ -499,6 +489,13 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                     Wrote::Blocked => blocked = true,
                     Wrote::Failed => {}
                 }
+            }
+            if let (Some(t), false) = (&mut tls, blocked) {
+                // rustls may have taken the last plaintext into its buffer while the socket
+                // took only part of the records: those records are the client's too, and
+                // nothing else would wake this task for them (the queue is empty). Seen as
+                // a reader stalled for good after the sender's last line.
+                blocked = tls_flush_now(t, &stream, &mut s, now);
             }
             let close = if conn.close_now.load(Ordering::Acquire) {
                 Some(Close::Now(
@@ -652,6 +649,26 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
         chat.conns.remove(&conn.id);
     }
     sh.conns.remove(conn.id);
+}
+
+/// Sends the encrypted bytes TLS holds that the socket takes now; true when some are left
+/// (the socket is full, and its cached readiness is cleared, so waiting for it works).
+fn tls_flush_now(tls: &mut ServerTls, stream: &TcpStream, s: &mut Session, now: Instant) -> bool {
+    if !tls.wants_write() {
+        return false;
+    }
+    match stream.try_io(Interest::WRITABLE, || match tls.flush(stream) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(e) => Err(e),
+    }) {
+        Ok(()) => false,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+        Err(_) => {
+            s.handle_write_error(now);
+            false
+        }
+    }
 }
 
 /// Sends what TLS holds within `grace`, waiting for the socket as needed.

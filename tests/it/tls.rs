@@ -292,6 +292,67 @@ fn flow_control_and_slow_consumers_apply_to_the_encrypted_stream(engine: Engine)
     bob.expect("MSG alice done", PROMPT);
 }
 
+engine_tests!(a_slow_reader_gets_the_last_records_after_the_sender_stops);
+/// A TLS member that reads slowly gets every line, including the last ones: records TLS
+/// encrypted but a full socket did not take are sent once the reader makes room, with
+/// nothing else happening on the server. (The event engine once left them in TLS's buffer
+/// until the next message or heartbeat, seconds later.)
+fn a_slow_reader_gets_the_last_records_after_the_sender_stops(engine: Engine) {
+    use std::io::BufRead;
+    let _w = Watchdog::new("tls-last-records", ms(60_000));
+    let args = ["--mode", "chat", "--stall", "30s"];
+    let mut srv = tls_server(engine, "server", &args);
+    let ca = fixture("ca.pem");
+    let mut alice = Peer::connect_tls(srv.port, &ca);
+    alice.expect(
+        "HELLO hb/1 idle=30000 interval=10000 count=3 mode=chat",
+        PROMPT,
+    );
+    // alice's JOIN confirmed (WHO lists her) before bob joins, so she sees him join.
+    alice.send(b"JOIN alice\nWHO\n");
+    while !alice.line(PROMPT).1.starts_with("MEMBERS ") {}
+    let slow = connect_small_rcvbuf(srv.port);
+    slow.set_read_timeout(Some(PROMPT)).unwrap();
+    let tls = tcp_heartbeat::net::tls::ClientTlsConfig::load(Some(&ca))
+        .unwrap()
+        .connect("127.0.0.1", &slow, PROMPT)
+        .unwrap();
+    let mut bob = rustls::StreamOwned::new(tls, slow);
+    bob.write_all(b"JOIN bob\n").unwrap();
+    bob.flush().unwrap();
+    alice.expect("JOINED bob", PROMPT);
+    let lines = 3000;
+    let text = "y".repeat(100);
+    for i in 0..lines {
+        alice.send(format!("MSG {i:04} {text}\n").as_bytes());
+    }
+    // Let the server's side of bob's socket fill up, then read it in small steps.
+    thread::sleep(ms(300));
+    let mut r = std::io::BufReader::with_capacity(1024, bob);
+    let (mut got, mut line) = (0, String::new());
+    while got < lines {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => panic!("closed after {got} of {lines} lines"),
+            Ok(_) => {}
+            Err(e) => panic!(
+                "{e} after {got} of {lines} lines; log:\n{}",
+                srv.log().text()
+            ),
+        }
+        if let Some(rest) = line.strip_prefix("MSG alice ") {
+            assert!(
+                rest.starts_with(&format!("{got:04} ")),
+                "{line:?} as line {got}"
+            );
+            got += 1;
+            if got % 50 == 0 {
+                thread::sleep(Duration::from_micros(500));
+            }
+        }
+    }
+}
+
 /// hb-client --tls refuses a server whose certificate it cannot trust, and says why (exit 1);
 /// with the right CA it gets through.
 #[test]
