@@ -48,7 +48,7 @@
 //! The accept loop (poll + accept, `END server-full` when out of room) spawns the two threads.
 //!
 //! The event engine ([`net::evloop`], `--engine events`) drives the same core from a tokio
-//! runtime of at most one worker per core, one task per connection:
+//! runtime of `--workers` threads (one per core by default), one task per connection:
 //! ```text
 //!   accept task ──spawn──▶ connection task (the only reader and writer of its socket)
 //!                            Session::handle_timeout (one tokio timer, moved when earlier)

@@ -257,6 +257,7 @@ impl Harness {
             mode: Mode::Echo,
             wire,
             engine,
+            workers: None,
             max_conns: 16,
             max_line: crate::config::defaults::MAX_LINE,
             queue: crate::config::defaults::QUEUE,

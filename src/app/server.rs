@@ -3,7 +3,9 @@
 use std::fmt;
 
 use crate::app::cli::{load_file, stdin_prompter, ServerArgs};
-use crate::config::{fmt_duration, ConfigError, ServerFlags, ServerOptions, ServerSettings};
+use crate::config::{
+    fmt_duration, ConfigError, Engine, ServerFlags, ServerOptions, ServerSettings,
+};
 use crate::net::events::{flush_stdout, Event, EventLog};
 use crate::net::server::{Server, ServerError, ServerHandle};
 use std::time::Duration;
@@ -180,6 +182,10 @@ fn summary(s: &ServerSettings) -> String {
     let hb = s.heartbeat;
     let mut parts = vec![
         format!("mode {}, wire {}", s.mode.as_str(), s.wire.as_str()),
+        match s.engine {
+            Engine::Threads => "engine threads".to_string(),
+            Engine::Events => format!("engine events ({} workers)", s.event_workers()),
+        },
         format!(
             "heartbeat interval {}, count {}, idle {}",
             fmt_duration(hb.interval()),

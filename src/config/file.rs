@@ -257,6 +257,12 @@ fn parse_server(obj: &Map<String, Value>, problems: &mut Problems) -> ServerOpti
             "mode" => s.mode = p.take(key, string(v).and_then(|m| Mode::parse(&m))),
             "wire" => s.wire = p.take(key, string(v).and_then(|w| Wire::parse(&w))),
             "engine" => s.engine = p.take(key, string(v).and_then(|e| Engine::parse(&e))),
+            "workers" => {
+                s.workers = p.take(
+                    key,
+                    positive_usize(v).and_then(super::server::check_workers),
+                )
+            }
             "max_conns" => s.max_conns = p.take(key, positive_usize(v)),
             "max_line" => s.max_line = p.take(key, positive_usize(v)),
             "queue" => s.queue = p.take(key, positive_usize(v)),
@@ -344,7 +350,7 @@ mod tests {
         assert_eq!(
             msg(r#"{"server": {"prot": 1}}"#),
             "configuration.json: server.prot: unknown key (known: host, port, interval, count, \
-             idle, mode, wire, engine, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst, \
+             idle, mode, wire, engine, workers, max_conns, max_line, queue, stall, history, history_bytes, broker, node_timeout, rate, burst, \
              tls_cert, tls_key, handshake_timeout, auth_secret, max_conns_per_ip, metrics)"
         );
         assert_eq!(
@@ -445,7 +451,7 @@ mod tests {
     #[test]
     fn every_server_setting_is_a_file_key() {
         let keys = server_keys();
-        assert_eq!(keys.len(), 24, "{keys:?}");
+        assert_eq!(keys.len(), 25, "{keys:?}");
         for key in keys {
             let e = parse(&format!(r#"{{"server": {{"{key}": [1]}}}}"#)).unwrap_err();
             let m = e.to_string();

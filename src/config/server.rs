@@ -49,6 +49,11 @@ pub struct ServerOptions {
     /// and log lines [default: threads]
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
+    /// With --engine events: the threads that serve every connection (a number, at most
+    /// 1024). One is enough for a few thousand mostly idle clients; each extra core takes
+    /// a share of busy ones [default: one per core]
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
+    pub workers: Option<usize>,
     /// Clients served at once (a number); newcomers beyond it are refused (`END
     /// server-full` on the line wire). Lowered (and logged) to what vm.max_map_count
     /// allows, about 8,000 on stock limits [default: 16384]
@@ -218,6 +223,7 @@ impl ServerOptions {
             mode: self.mode.or(fallback.mode),
             wire: self.wire.or(fallback.wire),
             engine: self.engine.or(fallback.engine),
+            workers: self.workers.or(fallback.workers),
             max_conns: self.max_conns.or(fallback.max_conns),
             max_line: self.max_line.or(fallback.max_line),
             queue: self.queue.or(fallback.queue),
@@ -265,11 +271,24 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Parses `--workers` (and `server.workers`): 1 to [`MAX_WORKERS`].
+pub fn parse_workers(s: &str) -> Result<usize, String> {
+    check_workers(parse_positive(s)?)
+}
+
+/// Refuses a worker count above [`MAX_WORKERS`].
+pub fn check_workers(n: usize) -> Result<usize, String> {
+    if n > MAX_WORKERS {
+        return Err(format!("{n} is more than {MAX_WORKERS} threads"));
+    }
+    Ok(n)
+}
+
 /// `hb-server`'s command line: the settings, plus the two flags that are not settings.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerFlags {
     /// Configuration file (manual layout: server.host / server.port, optionally
-    /// server.interval, count, idle, mode, wire, engine, max_conns, max_line, queue, stall,
+    /// server.interval, count, idle, mode, wire, engine, workers, max_conns, max_line, queue, stall,
     /// history, history_bytes, broker, node_timeout, rate, burst, tls_cert, tls_key,
     /// handshake_timeout, auth_secret, max_conns_per_ip, metrics; with --wire
     /// classic, client.port is where the server connects back for heartbeats) [default:
@@ -319,6 +338,8 @@ pub struct ServerSettings {
     pub wire: Wire,
     /// Threads or events (events: line wire only).
     pub engine: Engine,
+    /// The event engine's worker threads (`--workers`; `None`: one per core).
+    pub workers: Option<usize>,
     /// Connections served at once; more are refused with `END server-full`.
     pub max_conns: usize,
     /// Longest accepted line in bytes.
@@ -393,7 +414,21 @@ fn opt_text<T>(v: &Option<T>, f: impl Fn(&T) -> String) -> String {
     v.as_ref().map_or_else(|| "off".to_string(), f)
 }
 
+/// Most worker threads `--workers` accepts: a typo's 100000 is refused before the runtime
+/// tries to start that many threads.
+pub const MAX_WORKERS: usize = 1024;
+
 impl ServerSettings {
+    /// The event engine's worker threads: `--workers`, else one per core this process may
+    /// run on (its CPU affinity and cgroup quota, as `available_parallelism` reads them).
+    pub fn event_workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS)
+        })
+    }
+
     /// Applies `new` (the file re-read, flags still over it) to these running settings. What
     /// concerns each new connection changes (heartbeat timing, limits, rate, handshake, the
     /// auth secret, the TLS certificate files); what the listening socket, the room or the
@@ -509,6 +544,11 @@ impl ServerSettings {
             format!("{:?}", self.engine).to_lowercase(),
             format!("{:?}", new.engine).to_lowercase(),
         );
+        fixed(
+            "workers",
+            self.event_workers().to_string(),
+            new.event_workers().to_string(),
+        );
         fixed("history", self.history.to_string(), new.history.to_string());
         fixed(
             "history-bytes",
@@ -602,6 +642,7 @@ impl ServerSettings {
             mode: o.mode.unwrap_or_default(),
             wire: o.wire.unwrap_or_default(),
             engine: o.engine.unwrap_or_default(),
+            workers: o.workers,
             max_conns,
             max_line,
             queue,
@@ -651,6 +692,13 @@ fn check_server_flags(flags: &ServerFlags, file: &FileConfig) -> Result<(), Conf
                 "--broker does nothing without --mode chat: only a chat room is shared".into(),
             ));
         }
+    }
+    if f.workers.is_some() && engine != Engine::Events {
+        return Err(ConfigError::Usage(
+            "--workers does nothing without --engine events: the thread engine runs two \
+             threads per client"
+                .into(),
+        ));
     }
     if f.burst.is_some() && f.rate.or(file.server.rate).is_none() {
         return Err(ConfigError::Usage(
@@ -923,6 +971,65 @@ mod tests {
             ..Default::default()
         };
         ServerSettings::resolve(&flags, &file, &mut prompter("", false)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn workers_from_flag_or_file_default_to_one_per_core_and_need_the_event_engine() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let events = ServerOptions {
+            engine: Some(Engine::Events),
+            ..Default::default()
+        };
+        let s = server(events.clone(), "{}").unwrap();
+        assert_eq!((s.workers, s.event_workers()), (None, cores));
+        let file = r#"{"server": {"workers": 3}}"#;
+        assert_eq!(server(events.clone(), file).unwrap().event_workers(), 3);
+        // The flag beats the file.
+        let one = ServerOptions {
+            workers: Some(1),
+            ..events.clone()
+        };
+        assert_eq!(server(one, file).unwrap().event_workers(), 1);
+        // A file that serves both engines may say it; a flag with the thread engine is a
+        // mistake, refused rather than ignored.
+        assert_eq!(
+            server(ServerOptions::default(), file).unwrap().engine,
+            Engine::Threads
+        );
+        assert_eq!(
+            server(
+                ServerOptions {
+                    workers: Some(2),
+                    ..Default::default()
+                },
+                "{}"
+            )
+            .unwrap_err(),
+            "--workers does nothing without --engine events: the thread engine runs two \
+             threads per client"
+        );
+        assert_eq!(parse_workers("1024"), Ok(1024));
+        assert_eq!(
+            parse_workers("1025").unwrap_err(),
+            "1025 is more than 1024 threads"
+        );
+        assert_eq!(parse_workers("0").unwrap_err(), "must be greater than zero");
+        assert_eq!(
+            server(events.clone(), r#"{"server": {"workers": 100000}}"#).unwrap_err(),
+            "configuration.json: server.workers: 100000 is more than 1024 threads"
+        );
+        // A reload reports a new count as needing a restart.
+        let (a, b) = (
+            server(events.clone(), "{}").unwrap(),
+            server(events, r#"{"server": {"workers": 7}}"#).unwrap(),
+        );
+        let r = a.reload(&b);
+        assert!(
+            r.restart_needed
+                .iter()
+                .any(|c| c == &format!("workers {cores} -> 7")),
+            "{r:?}"
+        );
     }
 
     #[test]

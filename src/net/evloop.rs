@@ -1,9 +1,10 @@
 //! The event engine (`--engine events`, CONTRACT section 6): the same line wire, rules, log
-//! lines and exit codes as the thread engine, served by a tokio runtime of at most one worker
-//! thread per core, with non-blocking sockets and tokio's timer wheel for every deadline.
+//! lines and exit codes as the thread engine, served by a tokio runtime of `--workers` threads
+//! (one per core by default), with non-blocking sockets and tokio's timer wheel for every
+//! deadline.
 //!
 //! ```text
-//!   tokio runtime (≤ 1 worker per core, "hb-ev")
+//!   tokio runtime (--workers threads, one per core by default, "hb-ev")
 //!     accept task: accept → END server-full when out of room (or at
 //!                  --max-conns-per-ip, core::admission), else spawn:
 //!     one task per connection (the only reader and writer of its socket):
@@ -168,9 +169,7 @@ impl EventServer {
             crate::net::try_each_addr(&settings.host, settings.port, listen).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 2);
+        let workers = settings.event_workers();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("hb-ev")

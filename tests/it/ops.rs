@@ -192,3 +192,37 @@ fn quiet_logs_only_refusals_errors_and_shutdown(engine: Engine) {
     );
     assert!(text.contains("shutting down"), "{text}");
 }
+
+/// `--workers N`: the event engine serves from exactly N threads (named `hb-ev`), and the
+/// SIGUSR1 status says how many; with the thread engine the flag is a usage error (exit 2).
+#[test]
+fn the_event_engine_runs_the_workers_asked_for_and_says_so() {
+    let _w = Watchdog::new("ops-workers", ms(30_000));
+    for n in [1, 3] {
+        let count = n.to_string();
+        let mut srv = Server::start(Engine::Events, &["--workers", count.as_str()]);
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", srv.proc.pid())).unwrap();
+        let workers = tasks
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == "hb-ev")
+            .count();
+        assert_eq!(workers, n, "--workers {n}");
+        srv.proc.signal("USR1");
+        let (_, status) = srv.log().wait_for("status:", PROMPT);
+        assert!(
+            status.contains(&format!("engine events ({n} workers)")),
+            "{status}"
+        );
+        srv.proc.signal("TERM");
+        assert!(srv.proc.wait(ms(2_000)).success());
+    }
+    let mut p = Proc::spawn_in_temp("hb-server", &["--defaults", "--workers", "2"], None);
+    assert_eq!(p.wait(PROMPT).code(), Some(2));
+    assert!(
+        p.stderr
+            .text()
+            .contains("--workers does nothing without --engine events"),
+        "{}",
+        p.stderr.text()
+    );
+}
