@@ -82,8 +82,11 @@ pub struct ServerOptions {
     #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
     pub history_bytes: Option<usize>,
     /// Where the room lives: `memory` (this process alone) or a Redis server shared by
-    /// several hb-servers that then form one room: `redis://HOST:PORT[/DB]` or
-    /// `redis+unix:///PATH`. Chat mode only [default: memory]
+    /// several hb-servers that then form one room: `redis://HOST:PORT[/DB]`,
+    /// `rediss://HOST:PORT[/DB]` (TLS; the system's CAs, or the PEM file in SSL_CERT_FILE)
+    /// or `redis+unix:///PATH`. A password goes in as `redis://[USER]:PASSWORD@HOST:PORT`
+    /// (better in configuration.json than on a command line others can list); logs show it
+    /// as `***`. Chat mode only [default: memory]
     #[arg(long, value_name = "URL", value_parser = parse_broker)]
     pub broker: Option<Broker>,
     /// With a Redis broker: a server not heard from this long is declared dead and its
@@ -184,29 +187,87 @@ pub struct TlsFiles {
 }
 
 /// Where the chat room lives (`--broker`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum Broker {
     /// In this process only.
     #[default]
     Memory,
-    /// In the Redis server at this URL, shared with other hb-servers.
+    /// In the Redis server at this URL, shared with other hb-servers. The URL may hold a
+    /// password: it is shown only through [`redact_url`] (this type's `Display` and `Debug`).
     Redis(String),
 }
 
-/// Parses `--broker`: `memory`, `redis://...` or `redis+unix://...` (the link checks the
-/// rest of the URL when it starts).
+impl std::fmt::Display for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Redis(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+/// Redacted like `Display`: settings end up in panics and test failures too.
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis(_) => write!(f, "Redis({self})"),
+        }
+    }
+}
+
+/// `url` with its password replaced by `***`, for every message and log line that shows a
+/// broker URL: the password of `redis://USER:PASSWORD@HOST` and the `pass=` or `password=`
+/// parameter of `redis+unix:///PATH?pass=PASSWORD`. A user name is kept (it is not secret,
+/// and it says which account failed).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(split);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// What `--broker` accepts, for its error messages.
+const BROKER_FORMS: &str = "memory, redis://[[USER]:PASSWORD@]HOST:PORT[/DB], rediss://... \
+                            (TLS) or redis+unix:///PATH[?pass=PASSWORD]";
+
+/// Parses `--broker`: `memory`, `redis://...`, `rediss://...` or `redis+unix://...` (the link
+/// checks the rest of the URL when it starts).
 pub fn parse_broker(s: &str) -> Result<Broker, String> {
     let s = s.trim();
     if s == "memory" {
         Ok(Broker::Memory)
-    } else if ["redis://", "redis+unix://"]
+    } else if ["redis://", "rediss://", "redis+unix://"]
         .iter()
         .any(|p| s.starts_with(p) && s.len() > p.len())
     {
         Ok(Broker::Redis(s.to_owned()))
     } else {
         Err(format!(
-            "'{s}' is not a broker: use memory, redis://HOST:PORT[/DB] or redis+unix:///PATH"
+            "'{}' is not a broker: use {BROKER_FORMS}",
+            redact_url(s)
         ))
     }
 }
@@ -555,11 +616,12 @@ impl ServerSettings {
             self.history_bytes.to_string(),
             new.history_bytes.to_string(),
         );
-        fixed(
-            "broker",
-            format!("{:?}", self.broker),
-            format!("{:?}", new.broker),
-        );
+        // Shown redacted, compared whole: a new password alone is a change too.
+        let (old_broker, mut new_broker) = (self.broker.to_string(), new.broker.to_string());
+        if self.broker != new.broker && old_broker == new_broker {
+            new_broker.push_str(" (new password)");
+        }
+        fixed("broker", old_broker, new_broker);
         let metrics = |m: &Option<MetricsAddr>| {
             m.as_ref()
                 .map_or_else(|| "off".to_string(), |m| format!("{}:{}", m.host, m.port))
@@ -971,6 +1033,57 @@ mod tests {
             ..Default::default()
         };
         ServerSettings::resolve(&flags, &file, &mut prompter("", false)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn broker_urls_never_show_their_password() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
+            ("redis://:pw@h:1", "redis://:***@h:1"),
+            ("redis://app:p@ss:w@h:1/0", "redis://app:***@h:1/0"),
+            ("rediss://app:pw@h:1#x", "rediss://app:***@h:1#x"),
+            ("redis://app@h:1", "redis://app@h:1"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=pw&user=u",
+                "redis+unix:///run/r.sock?db=1&pass=***&user=u",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let b = parse_broker("rediss://:pw@h:1").unwrap();
+        assert_eq!(b, Broker::Redis("rediss://:pw@h:1".into()));
+        assert_eq!(
+            (b.to_string(), format!("{b:?}")),
+            (
+                "rediss://:***@h:1".into(),
+                "Redis(rediss://:***@h:1)".into()
+            )
+        );
+        let e = parse_broker("nats://:pw@h").unwrap_err();
+        assert!(e.starts_with("'nats://:***@h' is not a broker"), "{e}");
+        // A reload that changes the broker names both URLs, redacted.
+        let chat = |url: &str| {
+            server(
+                ServerOptions {
+                    mode: Some(Mode::Chat),
+                    broker: Some(parse_broker(url).unwrap()),
+                    ..Default::default()
+                },
+                "{}",
+            )
+            .unwrap()
+        };
+        let r = chat("redis://:old@h:1").reload(&chat("redis://:new@h:2"));
+        assert_eq!(
+            r.restart_needed,
+            ["broker redis://:***@h:1 -> redis://:***@h:2"]
+        );
+        let r = chat("redis://:old@h:1").reload(&chat("redis://:new@h:1"));
+        assert_eq!(
+            r.restart_needed,
+            ["broker redis://:***@h:1 -> redis://:***@h:1 (new password)"]
+        );
     }
 
     #[test]

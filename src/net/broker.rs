@@ -166,20 +166,31 @@ impl std::error::Error for LinkFull {}
 
 /// Checks a broker URL and builds the client for it (no I/O: nothing is connected).
 fn parse_url(url: &str) -> Result<redis::Client, BrokerError> {
-    // The contract names two forms; the crate would also take TLS and `unix://` forms this
-    // build cannot or does not promise to serve.
-    if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+    // The password never reaches a message (redact_url); nor does a terminal escape.
+    let shown =
+        || crate::core::wire::printable(crate::config::server::redact_url(url).as_bytes(), 80);
+    // The contract's two forms and TLS; the crate would also take `valkey://` and `unix://`
+    // forms this build does not promise to serve.
+    if !["redis://", "rediss://", "redis+unix://"]
+        .iter()
+        .any(|p| url.starts_with(p))
+    {
         return Err(BrokerError::BadUrl(format!(
-            "'{}': expected redis://HOST:PORT[/DB] or redis+unix:///PATH",
-            crate::core::wire::printable(url.as_bytes(), 80)
+            "'{}': expected redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] or \
+             redis+unix:///PATH",
+            shown()
         )));
     }
-    redis::Client::open(url).map_err(|e| {
-        BrokerError::BadUrl(format!(
-            "'{}': {e}",
-            crate::core::wire::printable(url.as_bytes(), 80)
-        ))
-    })
+    // `rediss://...#insecure` would turn certificate checks off: a server's private CA is
+    // trusted with SSL_CERT_FILE instead.
+    if url.starts_with("rediss://") && url.contains('#') {
+        return Err(BrokerError::BadUrl(format!(
+            "'{}': a rediss:// URL takes no #fragment (certificates are always checked; \
+             trust a private CA with SSL_CERT_FILE=PEM)",
+            shown()
+        )));
+    }
+    redis::Client::open(url).map_err(|e| BrokerError::BadUrl(format!("'{}': {e}", shown())))
 }
 
 /// `n` random characters `[0-9a-z]` (epochs and node ids).

@@ -216,16 +216,6 @@ fn pump(mut s: TcpStream, j: Journal, stop: Arc<AtomicBool>, data: bool) {
     }
 }
 
-/// A free port on 127.0.0.1: bound, then released (only where a port must be known before
-/// anyone can listen on it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The original client's heartbeat listener, bound first so its port can be handed to the
 /// server before the client connects (the original binds it before connecting, too).
 pub struct OrigClientListener {

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use crate::support::{engine_tests, ms, Engine, Peer, Redis, Server, Watchdog, PROMPT};
+use crate::support::{
+    engine_tests, free_port, ms, Engine, Peer, Proc, Redis, Server, Watchdog, PROMPT,
+};
 
 const HELLO_CHAT: &str = "HELLO hb/1 idle=30000 interval=10000 count=3 mode=chat";
 
@@ -365,4 +367,98 @@ fn a_chat_client_fails_over_to_another_node_behind_a_balancer(engine: Engine) {
     assert_eq!(text.matches("bob: one").count(), 1, "{text}");
     bob.send(b"MSG three\n");
     ann.stdout.wait_for("bob: three", PROMPT);
+}
+
+engine_tests!(a_password_and_tls_guard_the_broker_link_and_no_message_shows_the_password);
+/// `rediss://:PASSWORD@…` to a Redis with `--requirepass` and a TLS port: two nodes trusting
+/// its CA (SSL_CERT_FILE) form one room. A wrong password, or a certificate the node cannot
+/// trust, leaves a node serving its members alone and saying why; a bad URL is exit 2. No
+/// line or message ever shows the password.
+fn a_password_and_tls_guard_the_broker_link_and_no_message_shows_the_password(engine: Engine) {
+    const PASSWORD: &str = "s3cret-Pw";
+    let _w = Watchdog::new("cluster-auth-tls", ms(60_000));
+    let fixture = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    let (cert, key, ca) = (
+        fixture("server.pem"),
+        fixture("server.key"),
+        fixture("ca.pem"),
+    );
+    let tls_port = free_port().to_string();
+    let Some(redis) = Redis::start_with(
+        "cluster::a_password_and_tls_guard_the_broker_link_and_no_message_shows_the_password",
+        Some(PASSWORD),
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    ) else {
+        return;
+    };
+    let tls_url = format!("rediss://:{PASSWORD}@127.0.0.1:{tls_port}");
+    let chat = |url: &str, env: &[(&str, &str)]| {
+        Server::start_env(engine, env, &["--mode", "chat", "--broker", url])
+    };
+    let trust = [("SSL_CERT_FILE", ca.as_str())];
+    let mut a = chat(&tls_url, &trust);
+    let mut b = chat(&tls_url, &trust);
+    a.log().wait_for("broker connected", PROMPT);
+    b.log().wait_for("broker connected", PROMPT);
+    let mut ann = joined(&a, "ann");
+    let mut bob = member(&b, "bob");
+    until(&mut ann, "JOINED bob", PROMPT);
+    ann.send(b"MSG over TLS\n");
+    until(&mut bob, "MSG ann over TLS", PROMPT);
+
+    let wrong = format!("redis://:wrong-{PASSWORD}@127.0.0.1:{}", redis.port);
+    let mut c = chat(&wrong, &[]);
+    let (_, line) = c.log().wait_for("broker unreachable", PROMPT);
+    assert!(line.contains("authentication failed"), "{line}");
+    // Trusting another CA than the one that signed Redis's certificate.
+    let other = fixture("other-ca.pem");
+    let mut d = chat(&tls_url, &[("SSL_CERT_FILE", other.as_str())]);
+    let (_, line) = d.log().wait_for("broker unreachable", PROMPT);
+    assert!(line.contains("certificate"), "{line}");
+
+    let mut bad = Proc::spawn_in_temp(
+        "hb-server",
+        &[
+            "--defaults",
+            "--mode",
+            "chat",
+            "--broker",
+            &format!("{tls_url}/#insecure"),
+        ],
+        None,
+    );
+    assert_eq!(bad.wait(PROMPT).code(), Some(2));
+    bad.stderr.drain(ms(100));
+    let err = bad.stderr.text();
+    assert!(err.contains("rediss://:***@127.0.0.1"), "{err}");
+
+    let mut texts = vec![err];
+    for srv in [&mut a, &mut b, &mut c, &mut d] {
+        srv.proc.signal("TERM");
+        assert!(srv.proc.wait(PROMPT).success());
+        srv.log().drain(ms(100));
+        texts.push(srv.log().text());
+        srv.proc.stderr.drain(ms(100));
+        texts.push(srv.proc.stderr.text());
+    }
+    for t in texts {
+        assert!(!t.contains(PASSWORD), "the password shows:\n{t}");
+    }
 }

@@ -469,7 +469,8 @@ fn usage_conflicts_and_flags_that_do_nothing_are_exit_2_naming_the_flag() {
     let err = p.stderr.text();
     assert!(
         err.contains(
-            "'nats://x' is not a broker: use memory, redis://HOST:PORT[/DB] or redis+unix:///PATH"
+            "'nats://x' is not a broker: use memory, redis://[[USER]:PASSWORD@]HOST:PORT[/DB], \
+             rediss://... (TLS) or redis+unix:///PATH[?pass=PASSWORD]"
         ),
         "{err}"
     );

@@ -298,8 +298,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], dir: &Path, stdin: Option<&str>) -> Self {
+        Self::spawn_env(name, args, &[], dir, stdin)
+    }
+
+    /// [`Proc::spawn`] with `env` added to the environment.
+    pub fn spawn_env(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+        stdin: Option<&str>,
+    ) -> Self {
         let mut cmd = Command::new(bin(name));
-        cmd.args(args);
+        cmd.args(args).envs(env.iter().copied());
         Self::from_command(cmd, dir, stdin)
     }
 
@@ -405,10 +416,16 @@ pub struct Server {
 impl Server {
     /// `hb-server --defaults --port 0 [--engine events] ARGS...` in an empty directory.
     pub fn start(engine: Engine, args: &[&str]) -> Self {
+        Self::start_env(engine, &[], args)
+    }
+
+    /// [`Server::start`] with `env` added to the server's environment.
+    pub fn start_env(engine: Engine, env: &[(&str, &str)], args: &[&str]) -> Self {
         let mut all = engine.with(&["--defaults", "--port", "0"]);
         all.extend_from_slice(args);
         let dir = temp_dir();
-        Self::start_raw(&all, &dir, None).keep_dir(dir)
+        let proc = Proc::spawn_env("hb-server", &all, env, &dir, None);
+        Self::started(proc, &dir).keep_dir(dir)
     }
 
     /// Starts hb-server with exactly `args`, waiting for `listening on`.
@@ -688,6 +705,14 @@ impl Drop for Peer {
 
 /// A connection with a tiny receive buffer, so a peer that never reads cannot have the kernel
 /// absorb megabytes on its behalf (loopback autotuning allows tens of MB).
+/// A port nothing listens on right now (bound to 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 pub fn connect_small_rcvbuf(port: u16) -> TcpStream {
     use rustix::net::{sockopt, AddressFamily, SocketType};
     let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
@@ -949,20 +974,27 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// `--requirepass`, if any (the test's own connections use it).
+    password: Option<String>,
+    /// More `redis-server` arguments (TLS ports and files).
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Starts one, or skips the test (`None`; a failure under CI) when `redis-server` is
     /// not installed.
     pub fn start(test: &str) -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        Self::start_with(test, None, &[])
+    }
+
+    /// [`Redis::start`] with `--requirepass PASSWORD` and `extra` arguments.
+    pub fn start_with(test: &str, password: Option<&str>, extra: &[&str]) -> Option<Self> {
         let mut r = Self {
             child: None,
-            port,
+            port: free_port(),
             dir: temp_dir(),
+            password: password.map(str::to_owned),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         match r.restart() {
             Ok(()) => Some(r),
@@ -983,6 +1015,8 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p]))
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -1016,9 +1050,12 @@ impl Redis {
         }
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis://127.0.0.1:PORT` (`redis://:PASSWORD@127.0.0.1:PORT` with a password)
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn client(&self) -> redis::Client {
