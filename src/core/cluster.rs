@@ -661,6 +661,9 @@ pub struct ClusterNode {
     joining: HashMap<MemberId, String>,
     /// Local names re-claimed after an outage and not answered yet.
     resyncing: HashSet<MemberId>,
+    /// Connections whose name a newer local connection took over while their re-claim was
+    /// in flight: the answer names the old connection, and counts for the new one.
+    moved: HashMap<MemberId, MemberId>,
     peers: HashMap<NodeId, Peer>,
     lost: HashMap<NodeId, Lost>,
     commands: VecDeque<BusCommand>,
@@ -697,6 +700,7 @@ impl ClusterNode {
             by_name: BTreeMap::new(),
             joining: HashMap::new(),
             resyncing: HashSet::new(),
+            moved: HashMap::new(),
             peers: HashMap::new(),
             lost: HashMap::new(),
             commands: VecDeque::new(),
@@ -833,6 +837,21 @@ impl ClusterNode {
         self.pending.push_back(out);
     }
 
+    /// Local connection `new` took the name of local member `old` over (a resume with its
+    /// token on this node): the name stays this node's, claimed and announced as it was, so
+    /// the other nodes hear nothing; `old`'s leave that follows is not the name's.
+    pub fn handle_local_takeover(&mut self, _now: Instant, old: MemberId, new: MemberId) {
+        let Some(name) = self.members.remove(&old) else {
+            return;
+        };
+        self.by_name.insert(name.clone(), new);
+        self.members.insert(new, name);
+        if self.resyncing.remove(&old) {
+            self.resyncing.insert(new);
+            self.moved.insert(old, new);
+        }
+    }
+
     /// Local member `conn` left for `reason` (the hub told the local room already).
     pub fn handle_local_leave(&mut self, _now: Instant, conn: MemberId, reason: EndReason) {
         if let Some(name) = self.joining.remove(&conn) {
@@ -879,6 +898,7 @@ impl ClusterNode {
     /// The link answered a claim of `name` for `conn`: `won` unless another node's member
     /// holds it.
     pub fn handle_claim(&mut self, _now: Instant, conn: MemberId, name: &str, won: bool) {
+        let conn = self.moved.remove(&conn).unwrap_or(conn);
         if self.joining.get(&conn).is_some_and(|n| n == name) {
             self.joining.remove(&conn);
             if won {
@@ -1057,6 +1077,7 @@ impl ClusterNode {
         self.events.push_back(ClusterEvent::LinkDown);
         self.commands.clear();
         self.resyncing.clear();
+        self.moved.clear();
         self.reorder.clear();
         self.filling_upto = 0;
         // In flight: they may or may not have reached Redis. Delivered locally now (the
@@ -1960,6 +1981,45 @@ mod tests {
                 Body::Hello
             ]
         );
+    }
+
+    #[test]
+    fn a_local_takeover_keeps_the_name_claimed_and_silent_even_mid_resync() {
+        let mut s = Sim::new(ClusterConfig::default());
+        s.local_member(1, "ann");
+        // Connection 2 resumes as ann with her token (the hub checked it): nothing for the
+        // bus, and the old connection's leave that follows is not the name's.
+        s.n.handle_local_takeover(s.t, 1, 2);
+        s.n.handle_local_leave(s.t, 1, EndReason::Replaced);
+        assert!(s.commands().is_empty(), "no release, no Leave presence");
+        assert!(s.events().is_empty());
+        assert_eq!(s.n.request_join(s.t, 3, "ann"), JoinRoute::Taken);
+        assert_eq!(s.n.handle_local_msg(s.t, 2, "hi"), Route::Bus);
+        // A takeover while ann's re-claim is in flight: the answer (for connection 2) counts
+        // for connection 3, and a lost claim ends the connection that holds the name now.
+        s.n.handle_link_down(s.t);
+        s.at(ms(500));
+        s.n.handle_link_up(s.t, pos("e", 0), id("a2"));
+        s.commands();
+        s.events();
+        s.n.handle_local_takeover(s.t, 2, 3);
+        s.n.handle_claim(s.t, 2, "ann", false);
+        assert_eq!(
+            s.events(),
+            vec![ClusterEvent::NameLost {
+                conn: 3,
+                name: "ann".into()
+            }]
+        );
+        let bodies: Vec<Body> = s
+            .commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                BusCommand::Publish(m) => Some(m.body),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bodies, vec![Body::Roster { names: vec![] }, Body::Hello]);
     }
 
     #[test]

@@ -784,6 +784,9 @@ impl Hub {
         };
         let token = if let (true, Some(old)) = (takeover, holder) {
             self.room.take_over(old, from);
+            if let Some(c) = self.cluster.as_mut() {
+                c.handle_local_takeover(now, old, from);
+            }
             self.positioned.remove(&old);
             self.positioned_version += 1;
             mb.end(old, now, EndReason::Replaced);

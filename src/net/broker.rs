@@ -313,14 +313,17 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {now, redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')}
 ";
 
-/// KEYS name:NAME; ARGV "NODE CONN", ttl ms. Won if free or already this member's.
+/// KEYS name:NAME; ARGV "NODE CONN", ttl ms. Won if free or already this node's: the name
+/// may have moved to another local connection (a resume with its token) since the node
+/// claimed it, as the refresh and release scripts also look at the node alone.
 const CLAIM_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
-if v == ARGV[1] or string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+local node = string.match(ARGV[1], '^%S+')
+if v == node or string.sub(v, 1, #node + 1) == node .. ' ' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
@@ -1118,6 +1121,11 @@ mod tests {
             "redis://[::1]:6380",
             "redis://redis.example",
             "redis+unix:///run/redis.sock",
+            "redis://:pw@localhost:6379",
+            "redis://app:pw@localhost:6379/1",
+            "rediss://localhost:6379",
+            "rediss://:pw@redis.example:6380/0",
+            "redis+unix:///run/redis.sock?pass=pw",
         ] {
             assert!(parse_url(ok).is_ok(), "{ok}");
         }
@@ -1126,7 +1134,7 @@ mod tests {
             "memory",
             "localhost:6379",
             "http://localhost:6379",
-            "rediss://localhost:6379",
+            "rediss://localhost:6379/#insecure",
             "unix:///run/redis.sock",
             "redis://localhost:notaport",
             "redis://localhost:6379/notadb",
@@ -1138,6 +1146,13 @@ mod tests {
                 e.map(|e| e.to_string())
             );
         }
+        // The message shows the URL, never its password.
+        let e = parse_url("redis://:hunter2@localhost:notaport").unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("redis://:***@localhost:notaport") && !m.contains("hunter2"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -462,3 +462,41 @@ fn a_password_and_tls_guard_the_broker_link_and_no_message_shows_the_password(en
         assert!(!t.contains(PASSWORD), "the password shows:\n{t}");
     }
 }
+
+engine_tests!(a_takeover_on_the_same_node_keeps_the_name_in_the_cluster);
+/// `JOIN NAME SINCE POS TOKEN` on the node that holds NAME: the new connection takes it over
+/// (the old one gets `END replaced`), silently for the whole room: the other node hears no
+/// `LEFT`, the name stays claimed (nobody elsewhere can take it), and the new connection's
+/// messages reach the other node.
+fn a_takeover_on_the_same_node_keeps_the_name_in_the_cluster(engine: Engine) {
+    let _w = Watchdog::new("cluster-takeover-local", ms(60_000));
+    let Some(redis) =
+        Redis::start("cluster::a_takeover_on_the_same_node_keeps_the_name_in_the_cluster")
+    else {
+        return;
+    };
+    let a = node(engine, &redis);
+    let b = node(engine, &redis);
+    let mut old = Peer::connect(a.port);
+    old.expect(HELLO_CHAT, PROMPT);
+    old.send(b"JOIN ann SINCE -\n");
+    let (_, welcome) = old.line(PROMPT);
+    let token = welcome.split(' ').nth(3).unwrap().to_owned();
+    let mut bob = joined(&b, "bob");
+    until(&mut old, "JOINED bob", PROMPT);
+    let mut new = Peer::connect(a.port);
+    new.expect(HELLO_CHAT, PROMPT);
+    new.send(format!("JOIN ann SINCE - {token}\n").as_bytes());
+    let (_, w) = new.line(PROMPT);
+    assert!(w.starts_with("WELCOME ann ") && w.ends_with(&token), "{w}");
+    old.expect("END replaced", PROMPT);
+    new.send(b"MSG still here\n");
+    let got = until(&mut bob, "MSG ann still here", PROMPT);
+    assert!(got.iter().all(|l| !l.starts_with("LEFT ann")), "{got:?}");
+    bob.expect_silence(ms(300));
+    // The name is still ann's in the cluster: the other node refuses it.
+    let mut imp = Peer::connect(b.port);
+    imp.expect(HELLO_CHAT, PROMPT);
+    imp.send(b"JOIN ann\n");
+    imp.expect("ERR name-taken ann is taken", PROMPT);
+}
