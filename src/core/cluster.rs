@@ -143,6 +143,14 @@ pub enum Body {
     },
     /// The sender (re)joined the bus: every node answers with its [`Body::Roster`].
     Hello,
+    /// A member of the sending node took `name` over with its resume token, from whichever
+    /// node held it: that node ends its connection `END replaced`, every node now counts the
+    /// name as the sender's, and no room hears `LEFT` or `JOINED` (a quick reconnect is not
+    /// a change of membership).
+    TakeOver {
+        /// The name.
+        name: String,
+    },
 }
 
 impl Body {
@@ -242,6 +250,10 @@ impl BusMsg {
                 "roster"
             }
             Body::Hello => "hello",
+            Body::TakeOver { name } => {
+                w.name = Some(name.clone());
+                "takeover"
+            }
         };
         w.kind = kind.to_owned();
         // Serializing a struct of strings and numbers cannot fail.
@@ -315,6 +327,9 @@ impl BusMsg {
                 Body::Roster { names }
             }
             "hello" => Body::Hello,
+            "takeover" => Body::TakeOver {
+                name: name(w.name)?,
+            },
             other => {
                 return Err(BadBusMsg(format!(
                     "unknown kind '{}'",
@@ -384,6 +399,9 @@ pub enum ClaimPurpose {
     Join,
     /// Re-claiming a local member's name after an outage.
     Resync,
+    /// A local `JOIN NAME SINCE POS TOKEN` for a name another node's member holds: won if
+    /// the claim in Redis carries that token (or the name is free).
+    TakeOver,
 }
 
 /// Something for the link to do, as plain data (the Redis commands are in docs/CLUSTER.md).
@@ -423,6 +441,9 @@ pub enum BusCommand {
         node: NodeId,
         /// The claim's TTL.
         ttl: Duration,
+        /// The member's resume token, kept in the claim (so a takeover on another node can
+        /// be checked against it); with [`ClaimPurpose::TakeOver`], the token presented.
+        token: Option<String>,
         /// Why.
         purpose: ClaimPurpose,
     },
@@ -516,6 +537,18 @@ pub enum ClusterEvent {
         name: String,
         /// Whether the claim was won.
         ok: bool,
+        /// Won by a takeover of another node's member: the name changes node, silently
+        /// (no `JOINED`; the member keeps its token).
+        replaced: bool,
+    },
+    /// A member of another node took the name of local member `conn` over with its token:
+    /// end `conn` with `END replaced`, and let it go without `LEFT` (the member is still in
+    /// the room, on the other node).
+    Replaced {
+        /// The local member.
+        conn: MemberId,
+        /// Its name.
+        name: String,
     },
     /// After an outage, a local member's name turned out to be held in Redis by a member of
     /// another node: end `conn` with `END name-taken` (the local room hears
@@ -659,6 +692,10 @@ pub struct ClusterNode {
     by_name: BTreeMap<String, MemberId>,
     /// Local joins waiting for their claim.
     joining: HashMap<MemberId, String>,
+    /// Of those, the takeovers of another node's name (the token presented).
+    taking_over: HashMap<MemberId, String>,
+    /// Local members' resume tokens (kept in their claims, re-claimed with them).
+    tokens: HashMap<MemberId, String>,
     /// Local names re-claimed after an outage and not answered yet.
     resyncing: HashSet<MemberId>,
     /// Connections whose name a newer local connection took over while their re-claim was
@@ -699,6 +736,8 @@ impl ClusterNode {
             members: HashMap::new(),
             by_name: BTreeMap::new(),
             joining: HashMap::new(),
+            taking_over: HashMap::new(),
+            tokens: HashMap::new(),
             resyncing: HashSet::new(),
             moved: HashMap::new(),
             peers: HashMap::new(),
@@ -758,22 +797,55 @@ impl ClusterNode {
     // ---- local room events ----
 
     /// Local connection `conn` asks to join as `name` (already validated by the room).
-    pub fn request_join(&mut self, _now: Instant, conn: MemberId, name: &str) -> JoinRoute {
-        if self.is_known(name) || self.joining.values().any(|n| n == name) {
+    pub fn request_join(&mut self, now: Instant, conn: MemberId, name: &str) -> JoinRoute {
+        self.request_join_since(now, conn, name, None, None)
+    }
+
+    /// [`ClusterNode::request_join`] for `JOIN NAME SINCE POS [TOKEN]`: `fresh` is the
+    /// token the member gets if it joins (kept in its claim); `presented`, the token it
+    /// sent. A name another node's member holds is then claimed as a takeover, won if that
+    /// member's claim carries the same token.
+    pub fn request_join_since(
+        &mut self,
+        _now: Instant,
+        conn: MemberId,
+        name: &str,
+        presented: Option<&str>,
+        fresh: Option<&str>,
+    ) -> JoinRoute {
+        if self.joining.values().any(|n| n == name) || self.by_name.contains_key(name) {
             return JoinRoute::Taken;
         }
+        let remote = self.peers.values().any(|p| p.names.contains(name));
+        let (purpose, token) = match (remote, presented) {
+            (false, _) => (ClaimPurpose::Join, fresh),
+            // A takeover is decided by Redis: not while the link is down.
+            (true, Some(t)) if self.up => (ClaimPurpose::TakeOver, Some(t)),
+            (true, _) => return JoinRoute::Taken,
+        };
+        let token = token.map(str::to_owned);
         if !self.up {
             // Provisional: claimed again when the link is back (module docs, Names).
+            if let Some(t) = token {
+                self.tokens.insert(conn, t);
+            }
             self.add_member(conn, name);
             return JoinRoute::Joined;
         }
         self.joining.insert(conn, name.to_owned());
+        if let Some(t) = &token {
+            self.tokens.insert(conn, t.clone());
+            if purpose == ClaimPurpose::TakeOver {
+                self.taking_over.insert(conn, t.clone());
+            }
+        }
         self.commands.push_back(BusCommand::ClaimName {
             name: name.to_owned(),
             conn,
             node: self.id.clone(),
             ttl: self.cfg.node_timeout,
-            purpose: ClaimPurpose::Join,
+            token,
+            purpose,
         });
         JoinRoute::Claiming
     }
@@ -846,6 +918,9 @@ impl ClusterNode {
         };
         self.by_name.insert(name.clone(), new);
         self.members.insert(new, name);
+        if let Some(t) = self.tokens.remove(&old) {
+            self.tokens.insert(new, t);
+        }
         if self.resyncing.remove(&old) {
             self.resyncing.insert(new);
             self.moved.insert(old, new);
@@ -854,6 +929,8 @@ impl ClusterNode {
 
     /// Local member `conn` left for `reason` (the hub told the local room already).
     pub fn handle_local_leave(&mut self, _now: Instant, conn: MemberId, reason: EndReason) {
+        self.tokens.remove(&conn);
+        self.taking_over.remove(&conn);
         if let Some(name) = self.joining.remove(&conn) {
             // Its claim may still be won: give it back.
             if self.up {
@@ -901,19 +978,47 @@ impl ClusterNode {
         let conn = self.moved.remove(&conn).unwrap_or(conn);
         if self.joining.get(&conn).is_some_and(|n| n == name) {
             self.joining.remove(&conn);
+            let takeover = self.taking_over.remove(&conn);
+            let mut replaced = false;
             if won {
-                self.add_member(conn, name);
+                match takeover {
+                    Some(token) => {
+                        // The name moves to this node: off the roster that held it, and the
+                        // others hear the takeover instead of a join.
+                        for p in self.peers.values_mut() {
+                            replaced |= p.names.remove(name);
+                        }
+                        self.tokens.insert(conn, token);
+                        self.members.insert(conn, name.to_owned());
+                        self.by_name.insert(name.to_owned(), conn);
+                        self.publish_presence(if replaced {
+                            Body::TakeOver {
+                                name: name.to_owned(),
+                            }
+                        } else {
+                            // Its holder left meanwhile: an ordinary join.
+                            Body::Join {
+                                name: name.to_owned(),
+                            }
+                        });
+                    }
+                    None => self.add_member(conn, name),
+                }
+            } else {
+                self.tokens.remove(&conn);
             }
             self.events.push_back(ClusterEvent::JoinAnswer {
                 conn,
                 name: name.to_owned(),
                 ok: won,
+                replaced,
             });
             return;
         }
         if self.resyncing.remove(&conn) {
             if !won && self.members.get(&conn).is_some_and(|n| n == name) {
                 // The claim in Redis is older than ours (made while we were cut off): it wins.
+                self.tokens.remove(&conn);
                 self.members.remove(&conn);
                 self.by_name.remove(name);
                 self.events.push_back(ClusterEvent::NameLost {
@@ -1058,6 +1163,7 @@ impl ClusterNode {
                 conn,
                 node: self.id.clone(),
                 ttl: self.cfg.node_timeout,
+                token: self.tokens.get(&conn).cloned(),
                 purpose: ClaimPurpose::Resync,
             });
         }
@@ -1101,15 +1207,23 @@ impl ClusterNode {
             self.queue_pending(out);
         }
         // Joins waiting for a claim: joined provisionally, like any join while down.
+        // A takeover in flight is refused: only Redis could decide it.
         let mut joining: Vec<(MemberId, String)> = self.joining.drain().collect();
         joining.sort();
         for (conn, name) in joining {
-            let ok = !self.is_known(&name);
+            let takeover = self.taking_over.remove(&conn).is_some();
+            let ok = !takeover && !self.is_known(&name);
             if ok {
                 self.add_member(conn, &name);
+            } else {
+                self.tokens.remove(&conn);
             }
-            self.events
-                .push_back(ClusterEvent::JoinAnswer { conn, name, ok });
+            self.events.push_back(ClusterEvent::JoinAnswer {
+                conn,
+                name,
+                ok,
+                replaced: false,
+            });
         }
     }
 
@@ -1316,6 +1430,7 @@ impl ClusterNode {
                 }
             }
             Body::Lost { of, name } => self.announce_lost(now, &of, &name),
+            Body::TakeOver { name } => self.apply_takeover(&msg.node, name),
             Body::Msg { .. } => {}
         }
         if missing > 0 {
@@ -1327,6 +1442,36 @@ impl ClusterNode {
             if self.up {
                 self.publish_presence(Body::Hello);
             }
+        }
+    }
+
+    /// Node `by` took `name` over: it is `by`'s now, wherever it was; a local holder is
+    /// ended `END replaced` (no `LEFT`: the member goes on elsewhere), and only a room that
+    /// did not know the name hears `JOINED`.
+    fn apply_takeover(&mut self, by: &NodeId, name: String) {
+        let mut known = false;
+        if let Some(conn) = self.by_name.remove(&name) {
+            known = true;
+            self.members.remove(&conn);
+            self.tokens.remove(&conn);
+            self.resyncing.remove(&conn);
+            // Its claim is the taker's now: no release, no Leave.
+            self.events.push_back(ClusterEvent::Replaced {
+                conn,
+                name: name.clone(),
+            });
+            self.maybe_finish_resync();
+        }
+        for (id, p) in self.peers.iter_mut() {
+            if id != by {
+                known |= p.names.remove(&name);
+            }
+        }
+        let taker = self.peers.entry(by.clone()).or_default();
+        known |= taker.names.contains(&name);
+        taker.names.insert(name.clone());
+        if !known {
+            self.events.push_back(ClusterEvent::Joined { name });
         }
     }
 
@@ -2041,7 +2186,8 @@ mod tests {
             vec![ClusterEvent::JoinAnswer {
                 conn: 1,
                 name: "ann".into(),
-                ok: false
+                ok: false,
+                replaced: false
             }]
         );
         assert!(s.n.names().is_empty());
@@ -2051,9 +2197,150 @@ mod tests {
         assert!(s.events().contains(&ClusterEvent::JoinAnswer {
             conn: 3,
             name: "cy".into(),
-            ok: true
+            ok: true,
+            replaced: false
         }));
         assert_eq!(s.n.names(), vec!["cy"]);
+    }
+
+    /// The bodies this node publishes, in order.
+    fn published(cmds: Vec<BusCommand>) -> Vec<Body> {
+        cmds.into_iter()
+            .filter_map(|c| match c {
+                BusCommand::Publish(m) => Some(m.body),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_token_takes_another_node_s_name_over_through_redis_and_silently() {
+        let mut s = Sim::new(ClusterConfig::default());
+        s.bus(presence("b", 1, join("ann")));
+        s.events();
+        // Without a token, or while the link is down, the name is simply taken.
+        assert_eq!(
+            s.n.request_join_since(s.t, 1, "ann", None, Some("fresh1")),
+            JoinRoute::Taken
+        );
+        // With one: a takeover claim carrying it (Redis compares it with ann's claim).
+        assert_eq!(
+            s.n.request_join_since(s.t, 2, "ann", Some("tok"), Some("fresh2")),
+            JoinRoute::Claiming
+        );
+        assert_eq!(
+            s.commands(),
+            [BusCommand::ClaimName {
+                name: "ann".into(),
+                conn: 2,
+                node: id("a"),
+                ttl: ms(3000),
+                token: Some("tok".into()),
+                purpose: ClaimPurpose::TakeOver,
+            }]
+        );
+        s.n.handle_claim(s.t, 2, "ann", true);
+        assert_eq!(
+            s.events(),
+            [ClusterEvent::JoinAnswer {
+                conn: 2,
+                name: "ann".into(),
+                ok: true,
+                replaced: true
+            }]
+        );
+        assert_eq!(
+            published(s.commands()),
+            [Body::TakeOver { name: "ann".into() }]
+        );
+        assert_eq!(s.n.names(), ["ann"], "one ann, ours now");
+        // Re-claimed after an outage with the token, so it can move on again.
+        s.n.handle_link_down(s.t);
+        s.at(ms(500));
+        s.n.handle_link_up(s.t, pos("e", 0), id("a"));
+        let tokens: Vec<Option<String>> = s
+            .commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                BusCommand::ClaimName { token, .. } => Some(token),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tokens, [Some("tok".to_owned())]);
+        s.n.handle_claim(s.t, 2, "ann", true);
+        s.events();
+        s.commands();
+        // A wrong token loses in Redis: refused, nothing published.
+        s.bus(presence("c", 1, join("cy")));
+        s.events();
+        assert_eq!(
+            s.n.request_join_since(s.t, 3, "cy", Some("nope"), Some("fresh3")),
+            JoinRoute::Claiming
+        );
+        s.commands();
+        s.n.handle_claim(s.t, 3, "cy", false);
+        assert!(matches!(
+            s.events()[..],
+            [ClusterEvent::JoinAnswer {
+                ok: false,
+                replaced: false,
+                ..
+            }]
+        ));
+        assert!(published(s.commands()).is_empty());
+        // In flight when the link drops: refused (only Redis can decide a takeover).
+        assert_eq!(
+            s.n.request_join_since(s.t, 4, "cy", Some("tok-c"), Some("fresh4")),
+            JoinRoute::Claiming
+        );
+        s.n.handle_link_down(s.t);
+        assert!(s.events().contains(&ClusterEvent::JoinAnswer {
+            conn: 4,
+            name: "cy".into(),
+            ok: false,
+            replaced: false
+        }));
+        assert_eq!(s.n.names(), ["ann", "cy"]);
+    }
+
+    #[test]
+    fn a_takeover_elsewhere_ends_the_local_holder_and_moves_the_name_without_a_word() {
+        let mut s = Sim::new(ClusterConfig::default());
+        s.local_member(1, "ann");
+        s.bus(presence("b", 1, join("bob")));
+        s.bus(presence("c", 1, join("cy")));
+        s.events();
+        // Node b took ann over from us: our connection ends `END replaced`, no Leave, no
+        // release (the claim is b's now), and nobody hears LEFT or JOINED.
+        s.bus(presence("b", 2, Body::TakeOver { name: "ann".into() }));
+        assert_eq!(
+            s.events(),
+            [ClusterEvent::Replaced {
+                conn: 1,
+                name: "ann".into()
+            }]
+        );
+        s.n.handle_local_leave(s.t, 1, EndReason::Replaced);
+        assert!(s.commands().is_empty());
+        assert_eq!(s.n.names(), ["ann", "bob", "cy"]);
+        assert_eq!(s.n.request_join(s.t, 2, "ann"), JoinRoute::Taken, "b's now");
+        // A member of c takes ann over from b: silent here too.
+        s.bus(presence("c", 2, Body::TakeOver { name: "ann".into() }));
+        assert!(s.events().is_empty());
+        // b leaves: only its own members go (ann is c's now).
+        s.bus(presence(
+            "b",
+            3,
+            Body::Leave {
+                name: "ann".into(),
+                reason: EndReason::Quit,
+            },
+        ));
+        assert!(s.events().is_empty(), "b no longer has ann");
+        assert_eq!(s.n.names(), ["ann", "bob", "cy"]);
+        // A takeover of a name this node never heard of (its join was missed): JOINED.
+        s.bus(presence("c", 3, Body::TakeOver { name: "dee".into() }));
+        assert_eq!(s.events(), [ClusterEvent::Joined { name: "dee".into() }]);
     }
 
     #[test]
@@ -2313,6 +2600,7 @@ mod tests {
             ),
             presence("b", 7, Body::Roster { names: vec![] }),
             presence("b", 8, Body::Hello),
+            presence("b", 9, Body::TakeOver { name: "ann".into() }),
         ];
         for m in all {
             let wire = m.encode();
@@ -2357,6 +2645,8 @@ mod tests {
             br#"{"v":1,"node":"b","seq":1,"kind":"roster","names":["ok","not ok"]}"#,
             br#"{"v":1,"node":"b","seq":1,"kind":"roster"}"#,
             br#"{"v":1,"node":"b","seq":1,"kind":"hello","name":7}"#,
+            br#"{"v":1,"node":"b","seq":1,"kind":"takeover"}"#,
+            br#"{"v":1,"node":"b","seq":1,"kind":"takeover","name":"a\u001b[2J"}"#,
             long.as_bytes(),
         ];
         for p in bad {

@@ -202,6 +202,12 @@ pub struct Hub {
     cluster: Option<ClusterNode>,
     /// Local joins waiting for their name claim: `None` while pending, then whether it won.
     claims: HashMap<MemberId, Option<bool>>,
+    /// Joins whose claim took the name over from another node's member: they join
+    /// silently, with the token they presented.
+    replacing: IdSet,
+    /// The token each pending cluster join of `JOIN NAME SINCE` gets if it joins, drawn
+    /// before its claim (the claim keeps it, for a takeover elsewhere to check).
+    reserved: HashMap<MemberId, ResumeToken>,
     /// A cluster event not applied yet because a local member lacked room for it.
     held_event: Option<ClusterEvent>,
     /// The newest offset given under the node's own epoch during outages, so a later outage
@@ -316,6 +322,8 @@ impl Hub {
             groups_key: None,
             cluster: None,
             claims: HashMap::new(),
+            replacing: IdSet::default(),
+            reserved: HashMap::new(),
             held_event: None,
             local_last: 0,
             evicted: false,
@@ -437,9 +445,28 @@ impl Hub {
                     push_control(mb, to, now, line.as_bytes());
                 }
             }
-            ClusterEvent::JoinAnswer { conn, ok, .. } => {
+            ClusterEvent::JoinAnswer {
+                conn, ok, replaced, ..
+            } => {
                 if let Some(answer) = self.claims.get_mut(&conn) {
                     *answer = Some(ok);
+                    if ok && replaced {
+                        self.replacing.insert(conn);
+                    }
+                }
+            }
+            ClusterEvent::Replaced { conn, name } => {
+                // The member goes on on another node: its connection here ends, and the
+                // room hears nothing (the other nodes' rooms neither).
+                mb.end(conn, now, EndReason::Replaced);
+                if self.room.handle_leave(conn, EndReason::Replaced).is_some() {
+                    self.tokens.remove(&name);
+                    self.positioned_version += self.positioned.remove(&conn) as u64;
+                    self.events.push_back(HubEvent::Left {
+                        id: conn,
+                        name,
+                        reason: EndReason::Replaced,
+                    });
                 }
             }
             ClusterEvent::NameLost { conn, name } => {
@@ -519,7 +546,7 @@ impl Hub {
         name: &str,
         op: &RoomOp,
     ) -> Option<RoomOutcome> {
-        let c = self.cluster.as_mut()?;
+        self.cluster.as_ref()?;
         match self.claims.get(&from) {
             Some(None) => return Some(RoomOutcome::Held(op.clone())),
             Some(Some(true)) => {
@@ -528,6 +555,7 @@ impl Hub {
             }
             Some(Some(false)) => {
                 self.claims.remove(&from);
+                self.reserved.remove(&from);
                 return Some(RoomOutcome::Refused(name_taken(name)));
             }
             None => {}
@@ -536,9 +564,29 @@ impl Hub {
         if let Err(bad) = self.room.check_join(from, name) {
             return Some(RoomOutcome::Refused(bad));
         }
-        match c.request_join(now, from, name) {
+        let route = match op {
+            RoomOp::JoinSince { token, .. } => {
+                let fresh = token::derive(self.token_seed, self.tokens_issued);
+                self.tokens_issued += 1;
+                let presented = token.as_ref().map(|t| t.as_str().to_owned());
+                let route = self.cluster.as_mut()?.request_join_since(
+                    now,
+                    from,
+                    name,
+                    presented.as_deref(),
+                    Some(fresh.as_str()),
+                );
+                self.reserved.insert(from, fresh);
+                route
+            }
+            _ => self.cluster.as_mut()?.request_join(now, from, name),
+        };
+        match route {
             JoinRoute::Joined => None,
-            JoinRoute::Taken => Some(RoomOutcome::Refused(name_taken(name))),
+            JoinRoute::Taken => {
+                self.reserved.remove(&from);
+                Some(RoomOutcome::Refused(name_taken(name)))
+            }
             JoinRoute::Claiming => {
                 self.claims.insert(from, None);
                 Some(RoomOutcome::Held(op.clone()))
@@ -704,6 +752,8 @@ impl Hub {
     ) {
         self.positioned_version += self.positioned.remove(&id) as u64;
         self.claims.remove(&id);
+        self.replacing.remove(&id);
+        self.reserved.remove(&id);
         if let Some(c) = self.cluster.as_mut() {
             c.handle_local_leave(now, id, reason);
         }
@@ -782,6 +832,7 @@ impl Hub {
             }
             _ => false,
         };
+        let remote_takeover = self.replacing.remove(&from);
         let token = if let (true, Some(old)) = (takeover, holder) {
             self.room.take_over(old, from);
             if let Some(c) = self.cluster.as_mut() {
@@ -801,6 +852,20 @@ impl Hub {
             });
             // The name keeps its token, so the client can resume again with it.
             token.unwrap_or_else(|| unreachable!("a takeover has a token"))
+        } else if let (true, Some(t)) = (remote_takeover, token.clone()) {
+            // Taken over from another node's member (its claim carried this token): the
+            // room knew the name already, so it hears nothing; the old connection there
+            // ends `END replaced`.
+            self.reserved.remove(&from);
+            if let Err(bad) = self.room.handle_join(from, &name) {
+                return RoomOutcome::Refused(bad);
+            }
+            self.events.push_back(HubEvent::Joined {
+                id: from,
+                name: name.clone(),
+            });
+            self.tokens.insert(name.clone(), t.clone());
+            t
         } else {
             // Already joined, a taken name (whatever the token) or a bad one: refused as
             // for JOIN. A free name is a plain join with a fresh token.
@@ -817,8 +882,11 @@ impl Hub {
                     });
                 }
             }
-            let t = token::derive(self.token_seed, self.tokens_issued);
-            self.tokens_issued += 1;
+            // In a cluster the token was drawn before the claim, which keeps it.
+            let t = self.reserved.remove(&from).unwrap_or_else(|| {
+                self.tokens_issued += 1;
+                token::derive(self.token_seed, self.tokens_issued - 1)
+            });
             self.tokens.insert(name.clone(), t.clone());
             t
         };
@@ -1780,13 +1848,16 @@ mod tests {
 
     // ---- cluster mode (docs/CLUSTER.md): two nodes over a fake broker ----
 
-    use crate::core::cluster::{Body, ClusterConfig, NodeId};
+    use crate::core::cluster::{Body, ClaimPurpose, ClusterConfig, NodeId};
 
     /// What Redis does for the cluster, in memory: offsets, claims, fan-out.
     struct FakeBroker {
         epoch: Epoch,
         off: u64,
+        /// Each claimed name's node.
         names: HashMap<String, String>,
+        /// The resume token kept in a name's claim.
+        tokens: HashMap<String, String>,
         up: bool,
     }
 
@@ -1796,6 +1867,7 @@ mod tests {
                 epoch: Epoch::new("redis1").unwrap(),
                 off: 0,
                 names: HashMap::new(),
+                tokens: HashMap::new(),
                 up: true,
             }
         }
@@ -1823,11 +1895,32 @@ mod tests {
                                 }
                             }
                             BusCommand::ClaimName {
-                                name, conn, node, ..
+                                name,
+                                conn,
+                                node,
+                                token,
+                                purpose,
+                                ..
                             } => {
-                                let holder =
-                                    self.names.entry(name.clone()).or_insert(node.to_string());
-                                let won = *holder == node.to_string();
+                                // As the claim script: free, this node's, or taken over
+                                // with the token its claim keeps.
+                                let node = node.to_string();
+                                let won = match self.names.get(&name) {
+                                    None => true,
+                                    Some(holder) => {
+                                        *holder == node
+                                            || (purpose == ClaimPurpose::TakeOver
+                                                && token.is_some()
+                                                && self.tokens.get(&name) == token.as_ref())
+                                    }
+                                };
+                                if won {
+                                    self.names.insert(name.clone(), node);
+                                    match token {
+                                        Some(t) => self.tokens.insert(name.clone(), t),
+                                        None => self.tokens.remove(&name),
+                                    };
+                                }
                                 nodes[i]
                                     .hub
                                     .cluster_mut()
@@ -1838,6 +1931,7 @@ mod tests {
                                 if self.names.get(&name) == Some(&owner.to_string()) =>
                             {
                                 self.names.remove(&name);
+                                self.tokens.remove(&name);
                             }
                             _ => {}
                         }
@@ -1882,6 +1976,68 @@ mod tests {
             sim.connect(conn);
         }
         sim
+    }
+
+    #[test]
+    fn a_token_takes_a_name_over_from_another_node_and_nobody_hears_of_it() {
+        let mut bus = FakeBroker::new();
+        let mut a = node(&mut bus, "nodea", 2);
+        let mut b = node(&mut bus, "nodeb", 3);
+        assert_eq!(a.rx(1, "JOIN ann SINCE -\n"), Input::Held);
+        bus.exchange(&mut [&mut a, &mut b]);
+        let token = token_of(&a.take(1)[0]);
+        assert_eq!(a.rx(2, "JOIN cy\n"), Input::Held);
+        assert_eq!(b.rx(1, "JOIN bob\n"), Input::Held);
+        bus.exchange(&mut [&mut a, &mut b]);
+        b.say(1, "one");
+        bus.exchange(&mut [&mut a, &mut b]);
+        let _ = (a.take(1), a.take(2), b.take(1));
+        // ann's connection to A vanished (a ghost A has not reaped); she comes back on B.
+        assert_eq!(
+            b.rx(2, "JOIN ann SINCE redis1:0 0123456789abcdef\n"),
+            Input::Held
+        );
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert_eq!(b.take(2), ["ERR name-taken ann is taken"], "a wrong token");
+        assert_eq!(
+            b.rx(3, &format!("JOIN ann SINCE redis1:0 {token}\n")),
+            Input::Held
+        );
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert_eq!(
+            b.take(3),
+            [
+                format!("WELCOME ann redis1:1 {token}"),
+                "PUB redis1:1 bob one".to_owned(),
+                "SYNCED redis1:1 1".to_owned()
+            ]
+        );
+        assert_eq!(a.s[&1].end_reason(), Some(EndReason::Replaced));
+        assert_eq!(a.take(1), ["END replaced"]);
+        // The ghost's engine makes it leave: nothing for anyone, the claim stays B's.
+        a.hub.handle_leave(a.t, 1, EndReason::Replaced, &mut a.s);
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert!(a.take(2).is_empty() && b.take(1).is_empty());
+        assert_eq!(bus.names["ann"], "nodeb");
+        // She talks from B; A's room hears her, and WHO lists her once everywhere.
+        b.say(3, "back");
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert_eq!(a.take(2), ["MSG ann back"]);
+        assert_eq!(b.take(1), ["MSG ann back"]);
+        let _ = a.rx(2, "WHO\n");
+        assert_eq!(a.take(2), ["MEMBERS ann bob cy"]);
+        // A plain JOIN of her name on A is refused, and her token brings her back to A.
+        a.connect(3);
+        assert_eq!(a.rx(3, "JOIN ann\n"), Input::NeedBytes);
+        assert_eq!(a.take(3), ["ERR name-taken ann is taken"]);
+        assert_eq!(
+            a.rx(3, &format!("JOIN ann SINCE redis1:2 {token}\n")),
+            Input::Held
+        );
+        bus.exchange(&mut [&mut a, &mut b]);
+        assert_eq!(token_of(&a.take(3)[0]), token);
+        assert_eq!(b.take(3), ["END replaced"]);
+        assert!(a.take(2).is_empty() && b.take(1).is_empty());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, SendTimeout
 use redis::{Connection, Value};
 
 use crate::core::client::Backoff;
-use crate::core::cluster::{BusCommand, BusMsg, NodeId};
+use crate::core::cluster::{BusCommand, BusMsg, ClaimPurpose, NodeId};
 use crate::core::room::MemberId;
 use crate::core::wire::{Epoch, Pos};
 
@@ -313,19 +313,26 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {now, redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')}
 ";
 
-/// KEYS name:NAME; ARGV "NODE CONN", ttl ms. Won if free or already this node's: the name
-/// may have moved to another local connection (a resume with its token) since the node
-/// claimed it, as the refresh and release scripts also look at the node alone.
+/// KEYS name:NAME; ARGV "NODE CONN", ttl ms, the member's resume token ("-": none), the
+/// token presented for a takeover ("": not one). The claim's value is "NODE CONN TOKEN".
+/// 1: won, the name was free or already this node's (it may have moved to another local
+/// connection since, as the refresh and release scripts also look at the node alone);
+/// 2: taken over, its holder's claim carried the presented token; 0: lost.
 const CLAIM_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
+local value = ARGV[1] .. ' ' .. ARGV[3]
 if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
   return 1
 end
 local node = string.match(ARGV[1], '^%S+')
 if v == node or string.sub(v, 1, #node + 1) == node .. ' ' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
   return 1
+end
+if ARGV[4] ~= '' and string.match(v, '^%S+ %S+ (%S+)$') == ARGV[4] then
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+  return 2
 end
 return 0
 ";
@@ -840,21 +847,28 @@ impl Worker {
                 conn,
                 node,
                 ttl,
-                ..
+                token,
+                purpose,
             } => {
+                let presented = match (purpose, &token) {
+                    (ClaimPurpose::TakeOver, Some(t)) => t.as_str(),
+                    _ => "",
+                };
                 let won: i64 = self
                     .scripts
                     .claim
                     .key(self.keys.of("name", &name))
                     .arg(format!("{node} {conn}"))
                     .arg(millis(ttl))
+                    .arg(token.as_deref().unwrap_or("-"))
+                    .arg(presented)
                     .invoke(&mut s.con)?;
                 self.push(
                     s,
                     LinkReport::Claim {
                         conn,
                         name,
-                        won: won == 1,
+                        won: won != 0,
                     },
                 )
             }

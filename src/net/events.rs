@@ -324,7 +324,12 @@ fn fmt_cluster(f: &mut fmt::Formatter<'_>, ev: &crate::core::cluster::ClusterEve
             f,
             "name {name} was claimed on another node during the outage: its local holder leaves (name-taken)"
         ),
-        C::Deliver { .. } | C::Joined { .. } | C::Left { .. } | C::JoinAnswer { .. } => Ok(()),
+        // The room's own lines (a replaced member is logged by the hub, as `Left`).
+        C::Deliver { .. }
+        | C::Joined { .. }
+        | C::Left { .. }
+        | C::JoinAnswer { .. }
+        | C::Replaced { .. } => Ok(()),
     }
 }
 

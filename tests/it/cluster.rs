@@ -322,9 +322,9 @@ fn redis_down_at_start_serves_locally_then_joins_the_room(engine: Engine) {
 
 engine_tests!(a_chat_client_fails_over_to_another_node_behind_a_balancer);
 /// The failover story end to end: `hb-client --chat` reaches node A through a balancer; A is
-/// killed and the balancer sends new connections to B. The client reconnects, finds its name
-/// still held (A is not declared lost yet), retries, and once B frees the name resumes there
-/// with what it missed, once.
+/// killed and the balancer sends new connections to B. The client reconnects and resumes on B
+/// with its token, taking its name over from the dead node at once, with what it missed,
+/// once; and it is still in the room after A is reaped.
 fn a_chat_client_fails_over_to_another_node_behind_a_balancer(engine: Engine) {
     let _w = Watchdog::new("cluster-failover", ms(60_000));
     let Some(redis) =
@@ -356,10 +356,14 @@ fn a_chat_client_fails_over_to_another_node_behind_a_balancer(engine: Engine) {
     bob.send(b"MSG one\n");
     ann.stdout.wait_for("bob: one", PROMPT);
     a.proc.signal("KILL");
-    lb.retarget(b.port);
     bob.send(b"MSG two\n");
-    bob.expect("LEFT ann node-lost", ms(5_000));
-    bob.expect("JOINED ann", ms(10_000));
+    // "two" goes through Redis while the balancer still points at the dead node, so the
+    // client surely missed it; then new connections go to B.
+    std::thread::sleep(ms(200));
+    lb.retarget(b.port);
+    // The client comes back on B with its token and takes its name over from the dead
+    // node (silently, if A is not declared lost yet: `--node-timeout 1s` and the client's
+    // backoff race), with what it missed.
     let (_, notice) = ann.stdout.wait_for("-- reconnected after", ms(10_000));
     assert!(notice.contains("recovered 1 message"), "{notice}");
     let text = ann.stdout.text();
@@ -367,6 +371,16 @@ fn a_chat_client_fails_over_to_another_node_behind_a_balancer(engine: Engine) {
     assert_eq!(text.matches("bob: one").count(), 1, "{text}");
     bob.send(b"MSG three\n");
     ann.stdout.wait_for("bob: three", PROMPT);
+    // Past the node timeout and A's reaping, ann is still in the room, on B.
+    std::thread::sleep(ms(1_500));
+    {
+        use std::io::Write;
+        let stdin = ann.stdin.as_mut().expect("hb-client's stdin");
+        stdin.write_all(b"four\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    let got = until(&mut bob, "MSG ann four", ms(5_000));
+    assert!(!got.iter().any(|l| l == "LEFT ann replaced"), "{got:?}");
 }
 
 engine_tests!(a_password_and_tls_guard_the_broker_link_and_no_message_shows_the_password);
@@ -499,4 +513,78 @@ fn a_takeover_on_the_same_node_keeps_the_name_in_the_cluster(engine: Engine) {
     imp.expect(HELLO_CHAT, PROMPT);
     imp.send(b"JOIN ann\n");
     imp.expect("ERR name-taken ann is taken", PROMPT);
+}
+
+engine_tests!(a_takeover_with_the_token_on_another_node_is_silent_and_ends_the_old_connection);
+/// A member whose connection to node A vanished (a ghost A has not reaped yet) resumes on
+/// node B with its token: B welcomes it with the same token and what it missed, A ends the
+/// old connection `END replaced`, nobody hears `LEFT` or `JOINED`, the name stays taken, and
+/// the member's new messages reach the room.
+fn a_takeover_with_the_token_on_another_node_is_silent_and_ends_the_old_connection(engine: Engine) {
+    let _w = Watchdog::new("cluster-takeover-remote", ms(60_000));
+    let Some(redis) = Redis::start(
+        "cluster::a_takeover_with_the_token_on_another_node_is_silent_and_ends_the_old_connection",
+    ) else {
+        return;
+    };
+    let a = node(engine, &redis);
+    let b = node(engine, &redis);
+    let mut old = Peer::connect(a.port);
+    old.expect(HELLO_CHAT, PROMPT);
+    old.send(b"JOIN ann SINCE -\nWHO\n");
+    let (_, welcome) = old.line(PROMPT);
+    let token = welcome.split(' ').nth(3).unwrap().to_owned();
+    until(&mut old, "MEMBERS ann", PROMPT);
+    let mut bob = joined(&a, "bob");
+    let mut cy = joined(&b, "cy");
+    until(&mut old, "JOINED cy", PROMPT);
+    bob.send(b"MSG while ann was away\n");
+    let seen = loop {
+        let (_, l) = old.line(PROMPT);
+        if l.starts_with("PUB ") {
+            break l.split(' ').nth(1).unwrap().to_owned();
+        }
+    };
+    bob.send(b"MSG missed\n");
+    until(&mut cy, "MSG bob missed", PROMPT);
+
+    let mut new = Peer::connect(b.port);
+    new.expect(HELLO_CHAT, PROMPT);
+    new.send(format!("JOIN ann SINCE {seen} {token}\n").as_bytes());
+    let (_, w) = new.line(PROMPT);
+    assert!(
+        w.starts_with("WELCOME ann ") && w.ends_with(&format!(" {token}")),
+        "{w}"
+    );
+    let (_, missed) = new.line(PROMPT);
+    assert!(missed.ends_with(" bob missed"), "{missed}");
+    until(&mut old, "END replaced", PROMPT);
+    new.send(b"MSG back\nWHO\n");
+    until(&mut new, "MEMBERS ann bob cy", PROMPT);
+    for p in [&mut bob, &mut cy] {
+        let got = until(p, "MSG ann back", PROMPT);
+        assert!(
+            got.iter().all(|l| !l.contains(" ann")),
+            "no LEFT or JOINED for ann: {got:?}"
+        );
+        p.send(b"WHO\n");
+        until(p, "MEMBERS ann bob cy", PROMPT);
+        p.expect_silence(ms(200));
+    }
+    // The name is B's now: A refuses it, and the same token takes it over again (back on A).
+    let mut imp = Peer::connect(a.port);
+    imp.expect(HELLO_CHAT, PROMPT);
+    imp.send(b"JOIN ann\n");
+    imp.expect("ERR name-taken ann is taken", PROMPT);
+    let mut again = Peer::connect(a.port);
+    again.expect(HELLO_CHAT, PROMPT);
+    again.send(format!("JOIN ann SINCE - {token}\n").as_bytes());
+    let (_, w) = again.line(PROMPT);
+    assert!(w.ends_with(&format!(" {token}")), "{w}");
+    until(&mut new, "END replaced", PROMPT);
+    // A wrong token is refused as before.
+    let mut wrong = Peer::connect(b.port);
+    wrong.expect(HELLO_CHAT, PROMPT);
+    wrong.send(b"JOIN ann SINCE - 0123456789abcdef\n");
+    wrong.expect("ERR name-taken ann is taken", PROMPT);
 }

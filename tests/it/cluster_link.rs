@@ -113,6 +113,7 @@ impl Node {
             conn,
             name: name.into(),
             ok: true,
+            replaced: false,
         };
         until(&mut [self], "join answered", |n| n[0].has(&answer));
     }
@@ -232,6 +233,7 @@ fn a_name_claimed_on_one_node_is_refused_on_the_other() {
         conn: 3,
         name: "cy".into(),
         ok: false,
+        replaced: false,
     };
     until(&mut [&mut b], "B's claim answered", |n| n[0].has(&refused));
     let mut con = redis.con();
@@ -239,7 +241,8 @@ fn a_name_claimed_on_one_node_is_refused_on_the_other() {
         .arg(format!("{room}:name:cy"))
         .query(&mut con)
         .unwrap();
-    assert_eq!(holder.as_deref(), Some("a1 7"));
+    // NODE CONN TOKEN ("-": joined without SINCE, so no resume token).
+    assert_eq!(holder.as_deref(), Some("a1 7 -"));
     // A leave releases it, and then B can have it.
     a.n.handle_local_leave(Instant::now(), 7, EndReason::Quit);
     until(&mut [&mut a, &mut b], "B hears A's leave", |n| {
