@@ -683,6 +683,14 @@ impl Session {
         false
     }
 
+    /// The socket took bytes at `now` that were queued below the session (TLS records of
+    /// lines it already handed over): the client is reading, so the write-stall clock
+    /// starts again, as [`Session::handle_written`] does for the session's own bytes.
+    pub fn handle_transport_progress(&mut self, now: Instant) {
+        let _ = now;
+        self.blocked_since = None;
+    }
+
     /// The socket took nothing at `now` (its buffer is full): starts the write-stall clock.
     pub fn handle_write_blocked(&mut self, now: Instant) {
         self.blocked_since.get_or_insert(now);
@@ -1729,6 +1737,26 @@ mod tests {
         assert_eq!(s.flow_timeout(), Some(t + END_GRACE));
         s.handle_timeout(t + END_GRACE);
         assert_eq!(s.poll_close(), Some(Close::Now(EndReason::ServerShutdown)));
+    }
+
+    #[test]
+    fn records_leaving_below_the_session_keep_its_end_alive() {
+        // TLS holds the lines the session handed over; the client reads them slowly, so
+        // the session's own bytes (its END) wait, but the socket keeps taking records.
+        let t = Instant::now();
+        let mut s = Session::new(cfg(Mode::Echo), t, Duration::ZERO);
+        let _ = drain(&mut s, t);
+        s.end(t, EndReason::Quit, false);
+        s.handle_write_blocked(t);
+        assert_eq!(s.flow_timeout(), Some(t + END_GRACE));
+        s.handle_transport_progress(t + ms(150));
+        s.handle_write_blocked(t + ms(150));
+        assert_eq!(s.flow_timeout(), Some(t + ms(150) + END_GRACE));
+        s.handle_timeout(t + END_GRACE);
+        assert_eq!(s.poll_close(), None, "still moving: not given up");
+        // Then nothing moves for the grace: given up.
+        s.handle_timeout(t + ms(150) + END_GRACE);
+        assert_eq!(s.poll_close(), Some(Close::Now(EndReason::Quit)));
     }
 
     #[test]

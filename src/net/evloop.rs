@@ -465,14 +465,34 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                     idle: s.idle(),
                 });
             }
-            s.handle_timeout(now);
             let mut caught_up = false;
+            // Only over TLS, and only for a session's last bytes (its END_GRACE is short):
+            // TLS holds up to 64 KiB above the socket that a plain connection would have
+            // left to the kernel. Elsewhere the stall rule waits for the socket as it always
+            // did: a client that does not read (a stuck member, a pulled cable) still sees
+            // the kernel take a few more bytes now and then, which a probe would take for
+            // reading (seen: an eviction put off for seconds, a ghost closed 250 ms later).
+            if blocked
+                && tls.is_some()
+                && !s.is_open()
+                && s.flow_timeout().is_some_and(|at| at <= now)
+            {
+                caught_up |= probe_write(&stream, tls.as_mut(), &mut s, now);
+            }
+            s.handle_timeout(now);
             if let (Some(t), false) = (&mut tls, blocked) {
                 // TLS's own bytes first (handshake messages, an alert, records a full
                 // socket left behind).
                 blocked = tls_flush_now(t, &stream, &mut s, now);
             }
-            while !blocked && s.poll_close().is_none() {
+            // Over TLS the session's bytes are offered to rustls even while its own records
+            // wait for the socket (its buffer takes up to 64 KiB more; then the send is
+            // WouldBlock and the session's write-stall clock runs). Skipping them, the
+            // session would never learn that its client stopped reading: an END queued
+            // behind a full socket then waited for good (no stall deadline, no heartbeat
+            // once ending). The thread engine's companion does the same.
+            let mut full = blocked && tls.is_none();
+            while !full && s.poll_close().is_none() {
                 let mut iov = [IoSlice::new(&[]); MAX_SLICES];
                 let n = s.peek_transmit(&mut iov);
                 if n == 0 {
@@ -483,9 +503,16 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                     Some(t) => t.send(&stream, &iov[..n]),
                     None => send_now(&stream, &iov[..n], last),
                 });
+                // Records that left count before a WouldBlock restarts the stall clock.
+                if tls.as_mut().is_some_and(|t| t.take_progress()) {
+                    s.handle_transport_progress(now);
+                }
                 match report_write(&sh.log, conn.id, conn.peer, &mut s, now, written) {
                     Wrote::Took { caught_up: c } => caught_up |= c,
-                    Wrote::Blocked => blocked = true,
+                    Wrote::Blocked => {
+                        blocked = true;
+                        full = true;
+                    }
                     Wrote::Failed => {}
                 }
             }
@@ -608,13 +635,15 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
             }
         }
     };
+    // On a plain socket the kernel delivers what it took after the close; TLS's buffer
+    // must be emptied here first (the END, the lines before it, close_notify), for as long
+    // as the client keeps reading them (each END_GRACE of silence ends it).
+    let mut delivered = true;
     if let Some(t) = &mut tls {
-        // The END (or an alert) may still sit in TLS's buffer: out with it, and with
-        // close_notify after an END, within the grace the session gives last lines.
         if matches!(close, Close::AfterEnd(_)) {
             t.close_notify();
         }
-        tls_flush_within(t, &stream, END_GRACE).await;
+        delivered = tls_flush_within(t, &stream, END_GRACE, &conn.close_now).await;
     }
     let late = conn.session().dead_late();
     match close {
@@ -623,7 +652,7 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 id: conn.id,
                 peer: conn.peer,
                 reason,
-                delivered: true,
+                delivered,
                 late,
             });
             linger(&stream, Instant::now() + END_LINGER).await;
@@ -656,11 +685,15 @@ fn tls_flush_now(tls: &mut ServerTls, stream: &TcpStream, s: &mut Session, now: 
     if !tls.wants_write() {
         return false;
     }
-    match stream.try_io(Interest::WRITABLE, || match tls.flush(stream) {
+    let flushed = stream.try_io(Interest::WRITABLE, || match tls.flush(stream) {
         Ok(true) => Ok(()),
         Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
         Err(e) => Err(e),
-    }) {
+    });
+    if tls.take_progress() {
+        s.handle_transport_progress(now);
+    }
+    match flushed {
         Ok(()) => false,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
         Err(_) => {
@@ -670,26 +703,86 @@ fn tls_flush_now(tls: &mut ServerTls, stream: &TcpStream, s: &mut Session, now: 
     }
 }
 
-/// Sends what TLS holds within `grace`, waiting for the socket as needed.
-async fn tls_flush_within(tls: &mut ServerTls, stream: &TcpStream, grace: Duration) {
-    let until = tokio::time::Instant::now() + grace;
-    loop {
-        let flushed = stream.try_io(Interest::WRITABLE, || match tls.flush(stream) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(e) => Err(e),
-        });
-        match flushed {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if tokio::time::timeout_at(until, stream.writable())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+/// One real write attempt when an ending TLS session's write-stall deadline is due while the
+/// socket is waited for (blocked): the kernel reports a TCP socket writable only once a good part of its
+/// buffer is free, and a client reading slowly through a small window frees less than that
+/// in a stall's time while still taking bytes. Bypasses `try_io`, which would not even try
+/// with the cached readiness clear. Whatever the socket takes (the session's bytes, or TLS
+/// records) restarts the stall clock; nothing taken leaves the deadline to end the client.
+/// True when this ended a lag.
+fn probe_write(
+    stream: &TcpStream,
+    tls: Option<&mut ServerTls>,
+    s: &mut Session,
+    now: Instant,
+) -> bool {
+    let mut iov = [IoSlice::new(&[]); MAX_SLICES];
+    let n = s.peek_transmit(&mut iov);
+    let last = s.is_final_flush();
+    let sent = match tls {
+        Some(t) => {
+            let sent = if n > 0 {
+                t.send(stream, &iov[..n])
+            } else {
+                t.flush_counting(stream).map(|_| 0)
+            };
+            if t.take_progress() {
+                s.handle_transport_progress(now);
             }
-            _ => return,
+            sent
         }
+        None if n > 0 => send_now(stream, &iov[..n], last),
+        None => Ok(0),
+    };
+    match sent {
+        Ok(k) if k > 0 => {
+            let caught_up = s.handle_written(now, k);
+            if s.queued() > 0 {
+                // Still more than the socket takes: the clock runs again from now.
+                s.handle_write_blocked(now);
+            }
+            caught_up
+        }
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+            s.handle_write_error(now);
+            false
+        }
+        _ => {
+            if s.queued() > 0 {
+                s.handle_write_blocked(now);
+            }
+            false
+        }
+    }
+}
+
+/// Sends what TLS holds, waiting for the socket as needed, as
+/// [`crate::net::tls::flush_within`] does (no progress for `grace`, or its cap, ends it); a
+/// shutdown's `close_now` ends it at once. True when everything left.
+async fn tls_flush_within(
+    tls: &mut ServerTls,
+    stream: &TcpStream,
+    grace: Duration,
+    close_now: &AtomicBool,
+) -> bool {
+    use crate::net::tls::{CloseFlush, CLOSE_FLUSH_POLL};
+    let mut close = CloseFlush::new(Instant::now(), grace);
+    loop {
+        // Tried directly, not through `try_io`, which would not even try while the cached
+        // readiness is clear: see CLOSE_FLUSH_POLL.
+        let flushed = tls.flush_counting(stream);
+        if let Some(done) = close.attempt(Instant::now(), flushed) {
+            return done;
+        }
+        if close_now.load(Ordering::Acquire) {
+            return false;
+        }
+        // The socket is full: clear the cached readiness, so `writable()` waits for room.
+        let _ = stream.try_io(Interest::WRITABLE, || {
+            Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
+        });
+        let until = close.deadline().min(Instant::now() + CLOSE_FLUSH_POLL);
+        let _ = tokio::time::timeout_at(until.into(), stream.writable()).await;
     }
 }
 

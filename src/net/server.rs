@@ -1137,6 +1137,11 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             }
         }
         let tried = wrote.is_some();
+        // TLS records that left count as the client reading, before a WouldBlock restarts
+        // the stall clock (TLS's buffer may be too full to take the session's next line).
+        if conn.tls().is_some_and(|mut t| t.take_progress()) {
+            s.handle_transport_progress(now);
+        }
         if let Some(wrote) = wrote {
             match report_write(&sh.log, conn.id, conn.peer, &mut s, now, wrote) {
                 Wrote::Took { caught_up: true } => {
@@ -1195,13 +1200,16 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
             }
         }
     };
+    // On a plain socket the kernel delivers what it took after the close; TLS's buffer
+    // must be emptied here first (the END, the lines before it, close_notify), for as long
+    // as the client keeps reading them (each END_GRACE of silence ends it; a shutdown's
+    // socket shutdown too).
+    let mut delivered = true;
     if let Some(mut tls) = conn.tls() {
-        // The END (or an alert) may still sit in TLS's buffer: out with it, and with
-        // close_notify after an END, within the grace the session gives last lines.
         if matches!(close, Close::AfterEnd(_)) {
             tls.close_notify();
         }
-        crate::net::tls::flush_within(&mut tls, conn.stream(), END_GRACE);
+        delivered = crate::net::tls::flush_within(&mut tls, conn.stream(), END_GRACE);
     }
     let late = conn.session().dead_late();
     match close {
@@ -1210,7 +1218,7 @@ fn companion(sh: &Shared, conn: &Arc<Conn>, bell: &Receiver<()>) {
                 id: conn.id,
                 peer: conn.peer,
                 reason,
-                delivered: true,
+                delivered,
                 late,
             });
             // FIN after the END, then discard input for a bounded while, so the close does

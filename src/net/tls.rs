@@ -126,9 +126,14 @@ impl ServerTlsConfig {
 
     /// The TLS side of a new connection.
     pub fn accept(&self) -> Result<ServerTls, rustls::Error> {
-        let mut conn = Box::new(rustls::ServerConnection::new(self.0.clone())?);
+        let mut conn = rustls::ServerConnection::new(self.0.clone())?;
         conn.set_buffer_limit(Some(TLS_BUFFER));
-        Ok(ServerTls { conn })
+        Ok(ServerTls {
+            inner: Box::new(Inner {
+                conn,
+                progressed: false,
+            }),
+        })
     }
 }
 
@@ -145,13 +150,19 @@ pub struct RawOutcome {
 pub struct ServerTls {
     /// Boxed: rustls' state is over a kilobyte, and a plain connection's task (or `Conn`)
     /// holds an `Option<ServerTls>`, which must cost it a pointer, not that.
-    conn: Box<rustls::ServerConnection>,
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    conn: rustls::ServerConnection,
+    /// The socket took encrypted bytes since [`ServerTls::take_progress`] last looked.
+    progressed: bool,
 }
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
-            .field("handshaking", &self.conn.is_handshaking())
+            .field("handshaking", &self.inner.conn.is_handshaking())
             .finish()
     }
 }
@@ -167,14 +178,21 @@ impl ServerTls {
             // Records are processed as soon as they are read, so rustls' own input buffer
             // never fills up: read_tls takes what it can, the loop offers it the rest.
             if !rest.is_empty() {
-                self.conn.read_tls(&mut rest).map_err(|e| e.to_string())?;
+                self.inner
+                    .conn
+                    .read_tls(&mut rest)
+                    .map_err(|e| e.to_string())?;
             }
-            let state = self.conn.process_new_packets().map_err(|e| e.to_string())?;
+            let state = self
+                .inner
+                .conn
+                .process_new_packets()
+                .map_err(|e| e.to_string())?;
             let mut want = state.plaintext_bytes_to_read();
             while want > 0 {
                 let at = plain.len();
                 plain.resize(at + want, 0);
-                match self.conn.reader().read(&mut plain[at..]) {
+                match self.inner.conn.reader().read(&mut plain[at..]) {
                     Ok(n) => {
                         plain.truncate(at + n);
                         if n == 0 {
@@ -199,12 +217,12 @@ impl ServerTls {
 
     /// True until the handshake is complete.
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        self.inner.conn.is_handshaking()
     }
 
     /// True while encrypted bytes (handshake messages, records, an alert) wait for the socket.
     pub fn wants_write(&self) -> bool {
-        self.conn.wants_write()
+        self.inner.conn.wants_write()
     }
 
     /// Encrypts what rustls' buffer takes of `iov` and sends what the socket takes now
@@ -214,7 +232,7 @@ impl ServerTls {
     pub fn send(&mut self, sock: &impl AsFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         self.flush(sock)?;
         let offered: usize = iov.iter().map(|s| s.len()).sum();
-        let taken = self.conn.writer().write_vectored(iov)?;
+        let taken = self.inner.conn.writer().write_vectored(iov)?;
         self.flush(sock)?;
         if taken == 0 && offered > 0 {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -224,22 +242,39 @@ impl ServerTls {
 
     /// Sends what the socket takes of the encrypted bytes waiting; true when none is left.
     pub fn flush(&mut self, sock: &impl AsFd) -> io::Result<bool> {
+        self.flush_counting(sock).map(|(done, _)| done)
+    }
+
+    /// [`ServerTls::flush`], also saying how many bytes the socket took (progress).
+    pub fn flush_counting(&mut self, sock: &impl AsFd) -> io::Result<(bool, usize)> {
         let mut w = SockWriter(sock);
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut w) {
-                Ok(0) => return Ok(false),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        let mut sent = 0;
+        let done = loop {
+            if !self.inner.conn.wants_write() {
+                break true;
+            }
+            match self.inner.conn.write_tls(&mut w) {
+                Ok(0) => break false,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
                 Err(e) => return Err(e),
             }
-        }
-        Ok(true)
+        };
+        self.inner.progressed |= sent > 0;
+        Ok((done, sent))
+    }
+
+    /// True when the socket took encrypted bytes since the last call: the client is reading,
+    /// even while TLS's buffer is too full to take more of the session's lines (see
+    /// `Session::handle_transport_progress`).
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.inner.progressed)
     }
 
     /// Queues `close_notify` (then [`ServerTls::flush`]): the client learns the end of the
     /// stream was meant, not a truncation.
     pub fn close_notify(&mut self) {
-        self.conn.send_close_notify();
+        self.inner.conn.send_close_notify();
     }
 }
 
@@ -258,21 +293,77 @@ impl<S: AsFd> Write for SockWriter<'_, S> {
     }
 }
 
-/// Sends everything rustls holds within `grace`, waiting for the socket as needed: the last
-/// bytes of a connection (its `END`, then `close_notify`) before the engine lingers.
+/// Longest a connection's last TLS records (at most rustls' 64 KiB buffer: its `END`, the
+/// lines before it, `close_notify`) may take to leave while the client keeps reading them:
+/// a slow reader still gets them, a trickle cannot hold the connection for minutes.
+pub const CLOSE_FLUSH_CAP: Duration = Duration::from_secs(10);
+
+/// How often the close path tries the socket even without a writable event: the kernel
+/// reports a TCP socket writable only once a third or so of its buffer is free, and a client
+/// reading slowly through a small window frees less than that in [`END_GRACE`]'s 200 ms
+/// while still taking bytes (seen as a slow reader's last 64 KiB dropped).
+///
+/// [`END_GRACE`]: crate::core::session::END_GRACE
+pub const CLOSE_FLUSH_POLL: Duration = Duration::from_millis(20);
+
+/// What the close path waits for the socket: the next deadline for the last records to
+/// move (`grace` without progress, at most [`CLOSE_FLUSH_CAP`] in all); see [`flush_within`].
+#[derive(Debug, Clone, Copy)]
+pub struct CloseFlush {
+    grace: Duration,
+    cap: Instant,
+    stalled_at: Instant,
+}
+
+impl CloseFlush {
+    /// Starting now: give up after `grace` without progress.
+    pub fn new(now: Instant, grace: Duration) -> Self {
+        Self {
+            grace,
+            cap: now + CLOSE_FLUSH_CAP,
+            stalled_at: now + grace,
+        }
+    }
+
+    /// One flush attempt at `now`: `Some(true)` all sent, `Some(false)` give up (an error,
+    /// no progress for the grace, or the cap), `None` wait for the socket until
+    /// [`CloseFlush::deadline`].
+    pub fn attempt(&mut self, now: Instant, flushed: io::Result<(bool, usize)>) -> Option<bool> {
+        match flushed {
+            Ok((true, _)) => Some(true),
+            Err(_) => Some(false),
+            Ok((false, sent)) => {
+                if sent > 0 {
+                    self.stalled_at = now + self.grace;
+                }
+                (now >= self.deadline()).then_some(false)
+            }
+        }
+    }
+
+    /// When to give up if the socket takes nothing more.
+    pub fn deadline(&self) -> Instant {
+        self.stalled_at.min(self.cap)
+    }
+}
+
+/// Sends everything rustls holds, waiting for the socket as needed: the last bytes of a
+/// connection (its `END`, then `close_notify`) before the engine lingers. Gives up after
+/// `grace` in which the socket took nothing (as the session gives up an `END` its client does
+/// not read), or after [`CLOSE_FLUSH_CAP`]. True when everything left.
 pub fn flush_within(tls: &mut ServerTls, sock: &impl AsFd, grace: Duration) -> bool {
-    let until = Instant::now() + grace;
+    let mut close = CloseFlush::new(Instant::now(), grace);
     loop {
-        match tls.flush(sock) {
-            Ok(true) => return true,
-            Ok(false) => {}
-            Err(_) => return false,
+        let flushed = tls.flush_counting(sock);
+        if let Some(done) = close.attempt(Instant::now(), flushed) {
+            return done;
         }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let _ = crate::net::wait::wait_one(sock, crate::net::wait::PollFlags::OUT, left);
+        let left = close.deadline().saturating_duration_since(Instant::now());
+        let _ = crate::net::wait::wait_one(
+            sock,
+            crate::net::wait::PollFlags::OUT,
+            left.min(CLOSE_FLUSH_POLL),
+        );
     }
 }
 
@@ -412,6 +503,33 @@ fn describe_client_error(e: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_close_flush_gives_up_after_a_grace_without_progress_or_at_its_cap() {
+        let ms = Duration::from_millis;
+        let t = Instant::now();
+        let mut c = CloseFlush::new(t, ms(200));
+        assert_eq!(c.attempt(t, Ok((false, 0))), None);
+        assert_eq!(c.deadline(), t + ms(200));
+        // Bytes moved at 150 ms: another 200 ms from there.
+        assert_eq!(c.attempt(t + ms(150), Ok((false, 100))), None);
+        assert_eq!(c.attempt(t + ms(300), Ok((false, 0))), None);
+        assert_eq!(c.attempt(t + ms(350), Ok((false, 0))), Some(false));
+        // All sent, or a broken socket, decide at once.
+        assert_eq!(c.attempt(t, Ok((true, 0))), Some(true));
+        let broken = Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert_eq!(CloseFlush::new(t, ms(200)).attempt(t, broken), Some(false));
+        // A trickle that never stops still ends at the cap.
+        let mut c = CloseFlush::new(t, ms(200));
+        let mut at = t;
+        let end = loop {
+            at += ms(100);
+            if let Some(done) = c.attempt(at, Ok((false, 1))) {
+                break (done, at);
+            }
+        };
+        assert_eq!(end, (false, t + CLOSE_FLUSH_CAP));
+    }
 
     #[test]
     fn a_connection_without_tls_pays_a_pointer_for_it() {

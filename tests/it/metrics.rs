@@ -299,7 +299,8 @@ fn a_slow_consumer_eviction_moves_the_flow_metrics(engine: Engine) {
     );
     // Ended after --stall.
     wait_value(port, "hb_slow_consumers_total", 1.0);
-    // Its END is counted when it is given up on (its socket takes nothing), a moment later.
+    // Its END is counted when it is sent or given up on (its socket takes nothing), a moment
+    // later.
     let s = wait_value(port, "hb_ends_total{reason=\"slow-consumer\"}", 1.0);
     assert!(
         s.value("hb_relay_bytes_total") >= (3 * 14 + 32_768) as f64,
@@ -309,8 +310,10 @@ fn a_slow_consumer_eviction_moves_the_flow_metrics(engine: Engine) {
     flood.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     // The flood went on to an empty room; nothing stays queued once it is over.
-    let s = wait_value(port, "hb_queue_bytes", 0.0);
-    assert_eq!(s.value("hb_connections"), 1.0, "snd only");
+    wait_value(port, "hb_queue_bytes", 0.0);
+    // snd only, once the stuck member is closed: at once if its END was given up, or after
+    // the linger if the kernel still took the END when the grace was up.
+    let s = wait_value(port, "hb_connections", 1.0);
     assert_eq!(s.value("hb_slow_consumers_total"), 1.0);
     assert_eq!(s.value("hb_ends_total{reason=\"slow-consumer\"}"), 1.0);
     drop(stuck);

@@ -353,6 +353,137 @@ fn a_slow_reader_gets_the_last_records_after_the_sender_stops(engine: Engine) {
     }
 }
 
+/// A client socket with a 4 KiB receive buffer, speaking TLS to the fixture server or not:
+/// the same tests, plain and encrypted.
+enum Slow {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Slow {
+    fn connect(port: u16, tls: bool) -> Self {
+        let s = connect_small_rcvbuf(port);
+        s.set_read_timeout(Some(PROMPT)).unwrap();
+        if !tls {
+            return Self::Plain(s);
+        }
+        let c = tcp_heartbeat::net::tls::ClientTlsConfig::load(Some(&fixture("ca.pem")))
+            .unwrap()
+            .connect("127.0.0.1", &s, PROMPT)
+            .unwrap();
+        Self::Tls(Box::new(rustls::StreamOwned::new(c, s)))
+    }
+}
+
+impl Read for Slow {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(b),
+            Self::Tls(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Slow {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(b),
+            Self::Tls(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// `hb-server ARGS`, with the fixture certificate when `tls`.
+fn server_maybe_tls(engine: Engine, tls: bool, args: &[&str]) -> Server {
+    if tls {
+        tls_server(engine, "server", args)
+    } else {
+        Server::start(engine, args)
+    }
+}
+
+/// `n` numbered `MSG` lines of about 110 bytes, then `tail`.
+fn burst(n: usize, tail: &str) -> String {
+    let text = "q".repeat(100);
+    let mut all: String = (0..n).map(|i| format!("MSG {i:04} {text}\n")).collect();
+    all.push_str(tail);
+    all
+}
+
+engine_tests!(a_client_that_stops_reading_mid_burst_is_still_ended_and_closed);
+/// A client that sends a burst and never reads again, its socket full and (over TLS) the
+/// encryption layer holding the rest of its replies, is still ended (the heartbeat's END,
+/// or slow-consumer) and closed within seconds, plain or TLS. (The event engine over TLS once
+/// kept it open for good: the session never learned that its client had stopped reading.)
+fn a_client_that_stops_reading_mid_burst_is_still_ended_and_closed(engine: Engine) {
+    let _w = Watchdog::new("tls-frozen-reader", ms(60_000));
+    for tls in [false, true] {
+        let args = ["--idle", "1", "--interval", "0.5", "--count", "2"];
+        let mut srv = server_maybe_tls(engine, tls, &args);
+        let mut c = Slow::connect(srv.port, tls);
+        // About 55 KB of ECHO lines: more than the full socket takes, less than it plus
+        // TLS's 64 KiB buffer.
+        c.write_all(burst(500, "").as_bytes()).unwrap();
+        c.flush().unwrap();
+        let t = Instant::now();
+        let closed = srv.log().find(" closed", ms(10_000));
+        assert!(
+            closed.is_some(),
+            "tls {tls}: still open {:?} later; log:\n{}",
+            t.elapsed(),
+            srv.log().text()
+        );
+        drop(c);
+    }
+}
+
+engine_tests!(a_slow_reader_gets_every_reply_and_its_end_after_quit);
+/// A client that sends a burst and `QUIT`, then reads at about 100 KB/s, gets every `ECHO` and
+/// its `END quit`, plain or TLS: the last records TLS holds at the close leave for as long as
+/// the client keeps reading them. (Both engines once gave them 200 ms in all over TLS.)
+fn a_slow_reader_gets_every_reply_and_its_end_after_quit(engine: Engine) {
+    use std::io::BufRead;
+    let _w = Watchdog::new("tls-quit-slow-reader", ms(60_000));
+    for tls in [false, true] {
+        let mut srv = server_maybe_tls(engine, tls, &["--stall", "30s"]);
+        let mut c = Slow::connect(srv.port, tls);
+        let lines = 1000;
+        c.write_all(burst(lines, "QUIT\n").as_bytes()).unwrap();
+        c.flush().unwrap();
+        let mut r = std::io::BufReader::with_capacity(1024, c);
+        let (mut got, mut line) = (0, String::new());
+        loop {
+            line.clear();
+            let n = r.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                srv.log().settle(ms(300));
+            }
+            assert!(
+                n > 0,
+                "tls {tls}: closed after {got} of {lines} ECHOs, no END; log:\n{}",
+                srv.log().text()
+            );
+            if line.starts_with("ECHO ") {
+                got += 1;
+                if got % 10 == 0 {
+                    thread::sleep(ms(10));
+                }
+            } else if line.starts_with("END ") {
+                assert_eq!(line.trim_end(), "END quit");
+                break;
+            }
+        }
+        assert_eq!(got, lines, "tls {tls}");
+        srv.log().wait_for("END quit sent, closing", PROMPT);
+    }
+}
+
 /// hb-client --tls refuses a server whose certificate it cannot trust, and says why (exit 1);
 /// with the right CA it gets through.
 #[test]
