@@ -485,12 +485,13 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
                 // socket left behind).
                 blocked = tls_flush_now(t, &stream, &mut s, now);
             }
-            // Over TLS the session's bytes are offered to rustls even while its own records
-            // wait for the socket (its buffer takes up to 64 KiB more; then the send is
-            // WouldBlock and the session's write-stall clock runs). Skipping them, the
-            // session would never learn that its client stopped reading: an END queued
-            // behind a full socket then waited for good (no stall deadline, no heartbeat
-            // once ending). The thread engine's companion does the same.
+            // Over TLS the session's bytes are offered even while TLS's own records wait for
+            // the socket: with the cached readiness clear the attempt is a WouldBlock (or, if
+            // the socket has room again, a real send), and either way the session learns
+            // whether its client reads. Skipping it, the session never started its
+            // write-stall clock: an END queued behind TLS's records then waited for good (no
+            // stall deadline, and no heartbeat once ending). The thread engine's companion
+            // tries every turn too.
             let mut full = blocked && tls.is_none();
             while !full && s.poll_close().is_none() {
                 let mut iov = [IoSlice::new(&[]); MAX_SLICES];
