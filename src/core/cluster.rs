@@ -2109,14 +2109,7 @@ mod tests {
                 name: "bob".into()
             }]
         );
-        let bodies: Vec<Body> = s
-            .commands()
-            .into_iter()
-            .filter_map(|c| match c {
-                BusCommand::Publish(m) => Some(m.body),
-                _ => None,
-            })
-            .collect();
+        let bodies = published(s.commands());
         assert_eq!(
             bodies,
             vec![
@@ -2156,14 +2149,7 @@ mod tests {
                 name: "ann".into()
             }]
         );
-        let bodies: Vec<Body> = s
-            .commands()
-            .into_iter()
-            .filter_map(|c| match c {
-                BusCommand::Publish(m) => Some(m.body),
-                _ => None,
-            })
-            .collect();
+        let bodies = published(s.commands());
         assert_eq!(bodies, vec![Body::Roster { names: vec![] }, Body::Hello]);
     }
 
