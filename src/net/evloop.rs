@@ -444,6 +444,8 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     let mut moved_later = false;
+    // When the current hold's safety net fires (see HOLD_SLICE).
+    let mut hold_deadline: Option<tokio::time::Instant> = None;
     // One wake-up registration kept across turns (re-made only after it fired), and the
     // socket's own reader and writer waker slots below: a fresh `notified()` or `ready()`
     // per turn would lock a waiter list to enter it and again to leave it, twice per
@@ -581,6 +583,14 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
         }
         let room_held = matches!(held, Held::Room(_));
         let any_held = matches!(held, Held::Room(_) | Held::Own);
+        // The safety net's deadline is fixed when the hold starts: a sleep made afresh each
+        // turn would never fire for a held task woken more often than every slice.
+        let hold_until = if any_held {
+            *hold_deadline.get_or_insert_with(|| tokio::time::Instant::now() + HOLD_SLICE)
+        } else {
+            hold_deadline = None;
+            tokio::time::Instant::now()
+        };
         let room_wait = match &mut held {
             Held::Room(n) => Some(n),
             _ => None,
@@ -615,13 +625,14 @@ async fn serve(sh: Arc<Shared>, conn: Arc<EConn>, stream: TcpStream, mut tls: Op
             }
             _ = async { room_wait.expect("checked").await }, if room_held => release = true,
             // A held line is offered again at least every slice (a safety net).
-            _ = tokio::time::sleep(HOLD_SLICE), if any_held => release = true,
+            _ = tokio::time::sleep_until(hold_until), if any_held => release = true,
         }
         if reads >= READS_PER_TURN {
             reads = 0;
             tokio::task::yield_now().await;
         }
         if release {
+            hold_deadline = None;
             held = Held::No;
             fresh = true;
             // Bytes waiting in the socket while the input side was held prove the client
