@@ -692,8 +692,8 @@ pub struct ClusterNode {
     by_name: BTreeMap<String, MemberId>,
     /// Local joins waiting for their claim.
     joining: HashMap<MemberId, String>,
-    /// Of those, the takeovers of another node's name (the token presented).
-    taking_over: HashMap<MemberId, String>,
+    /// Of those, the takeovers of another node's name (their token is in `tokens`).
+    taking_over: HashSet<MemberId>,
     /// Local members' resume tokens (kept in their claims, re-claimed with them).
     tokens: HashMap<MemberId, String>,
     /// Local names re-claimed after an outage and not answered yet.
@@ -736,7 +736,7 @@ impl ClusterNode {
             members: HashMap::new(),
             by_name: BTreeMap::new(),
             joining: HashMap::new(),
-            taking_over: HashMap::new(),
+            taking_over: HashSet::new(),
             tokens: HashMap::new(),
             resyncing: HashSet::new(),
             moved: HashMap::new(),
@@ -824,20 +824,17 @@ impl ClusterNode {
             (true, _) => return JoinRoute::Taken,
         };
         let token = token.map(str::to_owned);
+        if let Some(t) = &token {
+            self.tokens.insert(conn, t.clone());
+        }
         if !self.up {
             // Provisional: claimed again when the link is back (module docs, Names).
-            if let Some(t) = token {
-                self.tokens.insert(conn, t);
-            }
             self.add_member(conn, name);
             return JoinRoute::Joined;
         }
         self.joining.insert(conn, name.to_owned());
-        if let Some(t) = &token {
-            self.tokens.insert(conn, t.clone());
-            if purpose == ClaimPurpose::TakeOver {
-                self.taking_over.insert(conn, t.clone());
-            }
+        if purpose == ClaimPurpose::TakeOver {
+            self.taking_over.insert(conn);
         }
         self.commands.push_back(BusCommand::ClaimName {
             name: name.to_owned(),
@@ -851,12 +848,24 @@ impl ClusterNode {
     }
 
     fn add_member(&mut self, conn: MemberId, name: &str) {
-        self.members.insert(conn, name.to_owned());
-        self.by_name.insert(name.to_owned(), conn);
-        if self.up {
-            self.publish_presence(Body::Join {
+        self.add_member_as(
+            conn,
+            Body::Join {
                 name: name.to_owned(),
-            });
+            },
+        );
+    }
+
+    /// A local member in, announced (while up) with `body`: its [`Body::Join`] or
+    /// [`Body::TakeOver`], which names it.
+    fn add_member_as(&mut self, conn: MemberId, body: Body) {
+        let (Body::Join { name } | Body::TakeOver { name }) = &body else {
+            unreachable!("a member is announced by Join or TakeOver");
+        };
+        self.members.insert(conn, name.clone());
+        self.by_name.insert(name.clone(), conn);
+        if self.up {
+            self.publish_presence(body);
         }
     }
 
@@ -981,29 +990,23 @@ impl ClusterNode {
             let takeover = self.taking_over.remove(&conn);
             let mut replaced = false;
             if won {
-                match takeover {
-                    Some(token) => {
-                        // The name moves to this node: off the roster that held it, and the
-                        // others hear the takeover instead of a join.
-                        for p in self.peers.values_mut() {
-                            replaced |= p.names.remove(name);
-                        }
-                        self.tokens.insert(conn, token);
-                        self.members.insert(conn, name.to_owned());
-                        self.by_name.insert(name.to_owned(), conn);
-                        self.publish_presence(if replaced {
-                            Body::TakeOver {
-                                name: name.to_owned(),
-                            }
-                        } else {
-                            // Its holder left meanwhile: an ordinary join.
-                            Body::Join {
-                                name: name.to_owned(),
-                            }
-                        });
+                // A takeover moves the name to this node: off the roster that held it, and
+                // the others hear the takeover instead of a join (unless its holder left
+                // meanwhile: then it is an ordinary join).
+                if takeover {
+                    for p in self.peers.values_mut() {
+                        replaced |= p.names.remove(name);
                     }
-                    None => self.add_member(conn, name),
                 }
+                let name = name.to_owned();
+                self.add_member_as(
+                    conn,
+                    if replaced {
+                        Body::TakeOver { name }
+                    } else {
+                        Body::Join { name }
+                    },
+                );
             } else {
                 self.tokens.remove(&conn);
             }
@@ -1211,7 +1214,7 @@ impl ClusterNode {
         let mut joining: Vec<(MemberId, String)> = self.joining.drain().collect();
         joining.sort();
         for (conn, name) in joining {
-            let takeover = self.taking_over.remove(&conn).is_some();
+            let takeover = self.taking_over.remove(&conn);
             let ok = !takeover && !self.is_known(&name);
             if ok {
                 self.add_member(conn, &name);

@@ -566,8 +566,7 @@ impl Hub {
         }
         let route = match op {
             RoomOp::JoinSince { token, .. } => {
-                let fresh = token::derive(self.token_seed, self.tokens_issued);
-                self.tokens_issued += 1;
+                let fresh = self.next_token();
                 let presented = token.as_ref().map(|t| t.as_str().to_owned());
                 let route = self.cluster.as_mut()?.request_join_since(
                     now,
@@ -592,6 +591,12 @@ impl Hub {
                 Some(RoomOutcome::Held(op.clone()))
             }
         }
+    }
+
+    /// A fresh resume token (the next of this node's series).
+    fn next_token(&mut self) -> ResumeToken {
+        self.tokens_issued += 1;
+        token::derive(self.token_seed, self.tokens_issued - 1)
     }
 
     /// The room's stream and its kept messages.
@@ -883,10 +888,10 @@ impl Hub {
                 }
             }
             // In a cluster the token was drawn before the claim, which keeps it.
-            let t = self.reserved.remove(&from).unwrap_or_else(|| {
-                self.tokens_issued += 1;
-                token::derive(self.token_seed, self.tokens_issued - 1)
-            });
+            let t = match self.reserved.remove(&from) {
+                Some(t) => t,
+                None => self.next_token(),
+            };
             self.tokens.insert(name.clone(), t.clone());
             t
         };
